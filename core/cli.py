@@ -1,0 +1,246 @@
+"""`python -m core`: every action the dashboard has, and more. Errors are one line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 1
+
+
+def _ws(args):
+    from core.workspace import open_workspace
+
+    return open_workspace(args.workspace)
+
+
+def cmd_init(args) -> int:
+    from core.setup import init_workspace
+
+    ws = init_workspace(Path(args.workspace), Path(args.labeled), Path(args.unlabeled) if args.unlabeled else None,
+                        Path(args.heldout) if args.heldout else None, args.text_col, args.label_col,
+                        args.base_model)
+    counts = ws.store.datasets().set_index("split")["n_rows"].to_dict()
+    print(f"workspace {ws.root}: {len(ws.store.labels())} labels, "
+          + ", ".join(f"{n:,} {split}" for split, n in counts.items()))
+    print(f"next: python -m core evolve --workspace {ws.root}")
+    return 0
+
+
+def _print_outcome(outcome) -> None:
+    print(outcome.message, flush=True)
+
+
+def cmd_evolve(args) -> int:
+    import time
+
+    from core import cycle
+
+    ws = _ws(args)
+    while True:
+        outcomes = cycle.evolve(ws, args.cycles, args.auto_approve, progress=not args.quiet,
+                                on_outcome=_print_outcome)
+        if not (args.wait and outcomes and outcomes[-1].status == "waiting"):
+            return 0
+        # --wait: poll until someone decides the gate, then carry on
+        gate_id = outcomes[-1].gate_id
+        while ws.store.gate(gate_id)["status"] == "pending":
+            time.sleep(args.poll)
+        args.cycles = max(1, args.cycles - sum(o.status in ("done", "rejected") for o in outcomes))
+
+
+def cmd_resume(args) -> int:
+    from core import cycle
+
+    outcome = cycle.resume(_ws(args), args.auto_approve, progress=not args.quiet)
+    print(outcome.message if outcome else "nothing to resume: no cycle is open")
+    return 0
+
+
+def status_dict(ws) -> dict:
+    store = ws.store
+    cycles = store.cycles()
+    evals = store.evaluations().set_index("version")["accuracy"].to_dict() if len(store.versions()) else {}
+    return {
+        "workspace": str(ws.root),
+        "production": store.alias("production"),
+        "candidate": store.alias("candidate"),
+        "labels": len(store.labels()),
+        "cycles": [{"id": int(r.id), "kind": r.kind, "stage": r.stage, "status": r.status,
+                    "parent": r.parent_version, "candidate": r.candidate_version,
+                    "candidate_accuracy": evals.get(r.candidate_version),
+                    "error": r.error} for r in cycles.itertuples()],
+        "pending_gates": [int(g) for g in store.gates("pending")["id"]],
+        "versions": {v: evals.get(v) for v in store.versions()["version"]},
+    }
+
+
+def cmd_status(args) -> int:
+    info = status_dict(_ws(args))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"workspace   {info['workspace']}")
+    prod = info["production"]
+    print(f"production  {prod or '-'}" + (f"  (held-out accuracy {info['versions'].get(prod):.4f})"
+                                           if prod and info["versions"].get(prod) is not None else ""))
+    print(f"candidate   {info['candidate'] or '-'}")
+    for c in info["cycles"]:
+        acc = f"{c['candidate_accuracy']:.4f}" if c["candidate_accuracy"] is not None else "-"
+        print(f"cycle {c['id']:>3}  {c['kind']:<8} {c['status']:<8} stage={c['stage']:<8} "
+              f"candidate={c['candidate'] or '-':<5} acc={acc}" + (f"  error: {c['error']}" if c["error"] else ""))
+    if info["pending_gates"]:
+        print(f"pending gates: {', '.join(map(str, info['pending_gates']))} "
+              f"(python -m core gates --workspace {info['workspace']})")
+    return 0
+
+
+def cmd_gates(args) -> int:
+    ws = _ws(args)
+    frame = ws.store.gates()
+    rows = [{**{k: (None if v != v else v) for k, v in r.items()}, "checks": json.loads(r["checks"])}
+            for r in frame.to_dict("records")]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no gates yet")
+    for g in rows:
+        checks = g["checks"]
+        print(f"gate {g['id']}  cycle {g['cycle_id']}  {g['kind']:<10} {g['status']:<8} policy={g['policy']}"
+              + (f"  by {g['decided_by']}" if g["decided_by"] else ""))
+        print(f"    {'; '.join(checks.get('reasons', []))}")
+    return 0
+
+
+def cmd_decide(args) -> int:
+    from core import gates
+
+    ws = _ws(args)
+    approved = args.command == "approve"
+    decided = gates.decide(ws.store, args.gate_id, approved, args.by, args.comment or "")
+    print(f"gate {decided['id']} {decided['status']} by {args.by}; "
+          f"continue with `python -m core resume --workspace {ws.root}`")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from core import model as M, registry
+    from core.setup import read_predict_input
+
+    ws = _ws(args)
+    config = ws.config()
+    frame = read_predict_input(Path(args.input), args.text_col, config)
+    loaded = registry.load_alias(ws, "production")
+    probs = M.predict_proba(loaded, frame[args.text_col].tolist(), progress=True)
+    frame["prediction"] = np.asarray(loaded.labels, dtype=object)[probs.argmax(1)]
+    frame["confidence"] = probs.max(1).round(6)
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    print(f"{len(frame):,} predictions from {loaded.version} -> {out}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from core import registry
+
+    ws = _ws(args)
+    previous = registry.rollback(ws, args.to, actor=args.by or os.environ.get("USER", "cli"))
+    print(f"production: {previous or '-'} -> {args.to}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from core.demo import run_demo
+
+    return run_demo(Path(args.workspace), cycles=args.cycles, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Evolab: a self-improving classifier "
+                                     "under human oversight.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_):
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("init", cmd_init, "create a workspace from labeled (and unlabeled) CSV files")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--labeled", required=True)
+    p.add_argument("--unlabeled")
+    p.add_argument("--heldout")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--base-model", help="Hugging Face id or local path (default: the bundled MiniLM)")
+
+    for name, fn, help_ in (("evolve", cmd_evolve, "run evolution cycles"),
+                            ("resume", cmd_resume, "finish the open cycle")):
+        p = add(name, fn, help_)
+        p.add_argument("--workspace", required=True)
+        p.add_argument("--auto-approve", action="store_true",
+                       help="decide every gate automatically by its checks (recorded in the audit log)")
+        p.add_argument("--quiet", action="store_true")
+        if name == "evolve":
+            p.add_argument("--cycles", type=int, default=1)
+            p.add_argument("--wait", action="store_true", help="at a gate, poll until it is decided")
+            p.add_argument("--poll", type=float, default=5.0)
+
+    for name, fn, help_ in (("status", cmd_status, "production model, cycles and pending gates"),
+                            ("gates", cmd_gates, "list gates with their checks")):
+        p = add(name, fn, help_)
+        p.add_argument("--workspace", required=True)
+        p.add_argument("--json", action="store_true")
+
+    for name in ("approve", "reject"):
+        p = add(name, cmd_decide, f"{name} a pending gate")
+        p.add_argument("--workspace", required=True)
+        p.add_argument("gate_id", type=int)
+        p.add_argument("--by", required=True)
+        p.add_argument("--comment")
+
+    p = add("predict", cmd_predict, "label a CSV with the production model")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--text-col", default="text")
+
+    p = add("rollback", cmd_rollback, "point production at an earlier version")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--to", required=True)
+    p.add_argument("--by")
+
+    p = add("demo", cmd_demo, "create a workspace on the bundled demo data and run a cycle")
+    p.add_argument("--workspace", default="demo-workspace")
+    p.add_argument("--cycles", type=int, default=1)
+    p.add_argument("--port", type=int, default=8501)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from core.config import ConfigError
+    from core.data import DataError
+    from core.model import ModelIntegrityError
+    from core.registry import NoModelError
+    from core.store import StoreBusy, StoreConflict
+    from core.workspace import WorkspaceError
+
+    known = (ConfigError, DataError, ModelIntegrityError, NoModelError, StoreBusy, StoreConflict, WorkspaceError,
+             ValueError, KeyError, FileNotFoundError)
+    try:
+        return args.fn(args)
+    except known as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: run `resume` to continue where it stopped", file=sys.stderr)
+        return 130

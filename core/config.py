@@ -1,0 +1,114 @@
+"""Workspace settings: one pydantic object holds every knob, read from and written to `config.toml`."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+
+
+class _Section(BaseModel):
+    # A misspelt key must be refused, not silently ignored: extra="forbid".
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    text_col: str = "text"
+    label_col: str = "label"
+    max_text_chars: int = Field(10_000, gt=0)
+    max_file_bytes: int = Field(500_000_000, gt=0)
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    base_model: str = BUNDLED_MODEL
+    max_length: int = Field(64, ge=8, le=512)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["query", "key", "value", "dense"]
+    # LoRA on the top N transformer layers only (0: all): backward then stops there, which is
+    # what makes CPU training affordable.
+    lora_layers: int = Field(3, ge=0)
+    # Cosine-similarity head scale: logits = scale * cos(embedding, class weight).
+    head_scale: float = Field(20.0, gt=0)
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(0, ge=0)  # 0: as many as the epochs need
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    head_lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    eval_every: int = Field(0, ge=0)  # 0: once per epoch
+    num_processes: int = Field(1, ge=1)  # >1 runs `accelerate launch` in a subprocess
+    seed: int = 0
+
+
+class CurateConfig(_Section):
+    min_confidence: float = Field(0.7, ge=0, le=1)
+    max_per_class: int = Field(40, ge=1)
+
+
+GatePolicy = Literal["human", "auto", "auto_under_thresholds"]
+
+
+class GateConfig(_Section):
+    policy: GatePolicy = "human"
+    timeout_hours: float = Field(72.0, gt=0)
+    # auto_under_thresholds: decide automatically only when the gain is at least this.
+    auto_min_gain: float = 0.01
+
+
+class GatesConfig(_Section):
+    min_gain: float = Field(0.0, ge=-1, le=1)
+    max_recall_drop: float = Field(0.10, ge=0, le=1)
+    promotion: GateConfig = GateConfig()
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    curate: CurateConfig = CurateConfig()
+    gates: GatesConfig = GatesConfig()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    return f"bad config value for '{key}': {first['msg']}"
+
+
+def parse_config(raw: dict) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    return parse_config(raw)
+
+
+def dump_config(config: Config) -> str:
+    return tomli_w.dumps(config.model_dump())

@@ -1,0 +1,236 @@
+"""The evolution cycle as a persisted state machine.
+
+Stages: diagnose -> curate -> train -> evaluate -> gate -> promote (or rejected). The cycle's stage lives
+in the store, and every stage writes its output and the next stage in one transaction, so a process
+killed at any moment resumes from the stage it was in without losing or duplicating anything.
+The first cycle of a workspace is a baseline: it trains on the labeled seed and skips diagnosis and curation.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from core import curate, diagnose, gates, model as M, registry
+from core.evaluate import evaluate
+from core.store import StoreConflict, utcnow
+from core.train import TrainSpec, train
+from core.workspace import Workspace, engine_lock
+
+EVOLVE_STAGES = ["diagnose", "curate", "train", "evaluate", "gate", "promote"]
+BASELINE_STAGES = ["train", "evaluate", "gate", "promote"]
+ENGINE = "engine"
+
+
+@dataclass
+class Outcome:
+    cycle_id: int
+    status: str  # done, rejected or waiting
+    stage: str
+    gate_id: int | None = None
+    message: str = ""
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+def ensure_evaluated(ws: Workspace, version: str, progress: bool = False) -> dict:
+    store = ws.store
+    found = store.evaluation(version)
+    if found is None:
+        held = store.examples("heldout")
+        results, acc, per_class = evaluate(registry.load(ws, version), held, progress=progress)
+        store.save_evaluation(version, "heldout", results, acc, per_class)
+        found = store.evaluation(version)
+    return found
+
+
+# -- stages ----------------------------------------------------------------------------------------
+def stage_diagnose(ws: Workspace, cycle: dict, ctx: dict) -> None:
+    store = ws.store
+    ensure_evaluated(ws, cycle["parent_version"], ctx["progress"])
+    findings = diagnose.confusion_findings(store.eval_results(cycle["parent_version"]))
+    store.save_diagnosis(cycle["id"], findings, "curate")
+
+
+def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
+    store, cfg = ws.store, ws.config()
+    pool = store.examples("unlabeled")
+    loaded = registry.load(ws, cycle["parent_version"])
+    probs = M.predict_proba(loaded, pool["text"].tolist(), progress=ctx["progress"])
+    favoured = diagnose.target_labels(store.diagnoses(cycle["id"]))
+    samples = curate.pseudo_label(pool, probs, loaded.labels, cfg.curate, favoured)
+    store.save_samples(cycle["id"], samples, "train")
+    kept = int((samples["status"] == "kept").sum())
+    _say(ctx["progress"], f"  curate: generated {len(samples):,}, kept {kept:,}")
+
+
+def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
+    store = ws.store
+    seed = store.examples("seed")[["text", "label"]].assign(source="seed")
+    if cycle["kind"] == "baseline":
+        return seed
+    kept = store.samples(cycle["id"], status="kept")[["text", "label"]].assign(source="synthetic")
+    return pd.concat([seed, kept], ignore_index=True)  # the seed is replayed in every retraining
+
+
+def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
+    store, cfg = ws.store, ws.config()
+    run_dir = ws.checkpoints / f"cycle_{cycle['id']}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    num = store.next_version_num()
+    version = f"v{num}"
+    out = ws.models / version
+    result_file = run_dir / "checkpoints" / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() else None
+    if not (result and out.exists() and M.manifest(out) == result.get("files")):
+        data = _training_data(ws, cycle)
+        data.to_parquet(run_dir / "train.parquet")
+        store.examples("heldout")[["text", "label"]].to_parquet(run_dir / "eval.parquet")
+        spec = TrainSpec(run_id=f"cycle_{cycle['id']}", labels=store.labels(), model=cfg.model.model_dump(),
+                         train=cfg.train.model_dump(), train_file=str(run_dir / "train.parquet"),
+                         eval_file=str(run_dir / "eval.parquet"), checkpoint_dir=str(run_dir / "checkpoints"),
+                         output_dir=str(out), db=str(ws.db))
+        spec.save(run_dir / "spec.json")
+        _say(ctx["progress"], f"  train: {len(data):,} rows ({int((data['source'] == 'seed').sum()):,} seed "
+                              f"replayed) -> {version}")
+        if cfg.train.num_processes > 1:
+            subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
+                            str(cfg.train.num_processes), "-m", "core.train", str(run_dir / "spec.json")],
+                           check=True)
+        else:
+            train(spec, progress=ctx["progress"])
+        result = json.loads(result_file.read_text())
+    data = pd.read_parquet(run_dir / "train.parquet")
+    lineage = {"parent": cycle["parent_version"], "cycle": cycle["id"], "run_id": f"cycle_{cycle['id']}",
+               "train_rows": len(data), "rows_by_source": data["source"].value_counts().to_dict(),
+               "train_data_sha256": M.sha256_file(run_dir / "train.parquet"),
+               "best_val_acc": result["best_val_acc"], "steps": result["steps"]}
+    store.register_version(version, num, cycle["id"], cycle["parent_version"], ws.config().model.base_model,
+                           str(out.relative_to(ws.root)), result["files"], lineage, ENGINE, next_stage="evaluate")
+
+
+def stage_evaluate(ws: Workspace, cycle: dict, ctx: dict) -> None:
+    store = ws.store
+    version = cycle["candidate_version"]
+    results, acc, per_class = evaluate(registry.load(ws, version), store.examples("heldout"), ctx["progress"])
+    store.save_evaluation(version, "heldout", results, acc, per_class, cycle_id=cycle["id"], next_stage="gate")
+    _say(ctx["progress"], f"  evaluate: {version} held-out accuracy {acc:.4f}")
+
+
+def stage_gate(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
+    store, cfg = ws.store, ws.config()
+    candidate = store.evaluation(cycle["candidate_version"])
+    production = store.evaluation(cycle["parent_version"]) if cycle["parent_version"] else None
+    checks = gates.promotion_checks(cfg.gates, candidate, production)
+    gate = gates.open_gate(store, cycle["id"], "promotion", cfg.gates.promotion, checks)
+    if gate["status"] == "pending":
+        verdict = gates.automatic_verdict(cfg.gates.promotion, checks, ctx["auto_approve"])
+        if verdict.action != "wait":
+            try:
+                gates.decide(store, gate["id"], verdict.action == "approve", verdict.actor, verdict.comment,
+                             automatic=True)
+            except StoreConflict:
+                pass  # a person decided in the meantime; their decision stands
+        gate = gates.expire_if_due(store, store.gate(gate["id"]))
+    if gate["status"] == "pending":
+        store.set_cycle_waiting(cycle["id"], True)
+        return Outcome(cycle["id"], "waiting", "gate", gate["id"],
+                       f"cycle {cycle['id']} waits at promotion gate {gate['id']}: decide with "
+                       f"`python -m core approve|reject --workspace {ws.root} {gate['id']} --by NAME`, "
+                       f"then `python -m core resume --workspace {ws.root}`")
+    if gate["status"] == "approved":
+        store.set_stage(cycle["id"], "promote")
+        return None
+    store.reject_cycle(cycle["id"], gate["decided_by"], gate["comment"] or "gate rejected")
+    return None
+
+
+def stage_promote(ws: Workspace, cycle: dict, ctx: dict) -> None:
+    gate = ws.store.gate_for(cycle["id"], "promotion")
+    if gate is None or gate["status"] != "approved":  # never promote past a gate that did not allow it
+        raise RuntimeError(f"cycle {cycle['id']} reached promotion without an approved gate")
+    ws.store.promote(cycle["id"], cycle["candidate_version"], gate["decided_by"],
+                     f"gate {gate['id']}: {gate['comment'] or 'approved'}")
+
+
+STAGES: dict[str, Callable] = {"diagnose": stage_diagnose, "curate": stage_curate, "train": stage_train,
+                               "evaluate": stage_evaluate, "gate": stage_gate, "promote": stage_promote}
+
+
+def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress: bool = True) -> Outcome:
+    store = ws.store
+    ctx = {"auto_approve": auto_approve, "progress": progress}
+    while True:
+        cycle = store.cycle(cycle_id)
+        if cycle["status"] in ("done", "rejected", "failed"):
+            if cycle["status"] == "done":
+                detail = f"production: {store.alias('production')}"
+            else:
+                gate = store.gate_for(cycle_id, "promotion")
+                detail = (gate or {}).get("comment") or cycle.get("error") or ""
+            return Outcome(cycle_id, cycle["status"], cycle["stage"],
+                           message=f"cycle {cycle_id} {cycle['status']}" + (f" ({detail})" if detail else ""))
+        if cycle["status"] == "waiting":
+            store.set_cycle_waiting(cycle_id, False)
+            cycle["status"] = "running"
+        stage = cycle["stage"]
+        started, t0 = utcnow(), time.perf_counter()
+        _say(progress, f"cycle {cycle_id} [{cycle['kind']}] {stage} ...")
+        outcome = STAGES[stage](ws, cycle, ctx)
+        store.record_stage_run(cycle_id, stage, started, time.perf_counter() - t0, _peak_rss_mb())
+        if outcome is not None:
+            return outcome
+
+
+def start_cycle(ws: Workspace) -> int:
+    production = ws.store.alias("production")
+    if production is None:
+        return ws.store.create_cycle("baseline", BASELINE_STAGES[0], None, ENGINE)
+    return ws.store.create_cycle("evolve", EVOLVE_STAGES[0], production, ENGINE)
+
+
+def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress: bool = True,
+           on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Finish any open cycle, then run new ones until `cycles` evolution cycles have ended or one waits.
+
+    A workspace without a production model first runs its baseline cycle, which does not count."""
+    outcomes: list[Outcome] = []
+    with engine_lock(ws):
+        counted = 0
+        while counted < cycles:
+            open_ = ws.store.open_cycle()
+            cycle_id = open_["id"] if open_ else start_cycle(ws)
+            kind = ws.store.cycle(cycle_id)["kind"]
+            outcome = run_cycle(ws, cycle_id, auto_approve, progress)
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+            if outcome.status == "waiting":
+                break
+            if kind != "baseline":
+                counted += 1
+    return outcomes
+
+
+def resume(ws: Workspace, auto_approve: bool = False, progress: bool = True) -> Outcome | None:
+    with engine_lock(ws):
+        open_ = ws.store.open_cycle()
+        if open_ is None:
+            return None
+        return run_cycle(ws, open_["id"], auto_approve, progress)

@@ -1,0 +1,32 @@
+"""One evaluation harness for gates, diagnosis and benchmarks: predictions, accuracy, per-class figures."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core import model as M
+
+
+def score(examples: pd.DataFrame, probs: np.ndarray, labels: list[str]) -> tuple[pd.DataFrame, float, dict]:
+    """examples: id, text, label. Returns per-example results, accuracy and per-class recall/precision."""
+    pred_idx = probs.argmax(1)
+    predicted = np.asarray(labels, dtype=object)[pred_idx]
+    correct = predicted == examples["label"].to_numpy()
+    results = pd.DataFrame({"example_id": examples["id"].to_numpy(), "predicted": predicted,
+                            "confidence": probs.max(1).astype(float), "correct": correct})
+    per_class = {}
+    truth = examples["label"].to_numpy()
+    for label in labels:
+        support = int((truth == label).sum())
+        predicted_n = int((predicted == label).sum())
+        hits = int(((truth == label) & correct).sum())
+        per_class[label] = {"support": support,
+                            "recall": hits / support if support else None,
+                            "precision": hits / predicted_n if predicted_n else None}
+    accuracy = float(correct.mean()) if len(correct) else 0.0
+    return results, accuracy, per_class
+
+
+def evaluate(loaded: M.Loaded, examples: pd.DataFrame, progress: bool = False):
+    probs = M.predict_proba(loaded, examples["text"].tolist(), progress=progress)
+    return score(examples, probs, loaded.labels)

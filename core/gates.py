@@ -1,0 +1,84 @@
+"""Oversight gates: the checks a candidate must pass, and who may decide what under each policy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from core.config import GateConfig, GatesConfig
+from core.store import Store, StoreConflict, utcnow
+
+AUTO_ACTOR = "auto"
+AUTO_APPROVE_ACTOR = "auto-approve"
+
+
+def promotion_checks(cfg: GatesConfig, candidate: dict, production: dict | None) -> dict:
+    """candidate/production: evaluations with accuracy and per_class. Passing is necessary, never sufficient."""
+    checks = {"candidate_accuracy": candidate["accuracy"], "min_gain": cfg.min_gain,
+              "max_recall_drop": cfg.max_recall_drop, "reasons": []}
+    if production is None:
+        checks.update(production_accuracy=None, gain=None, worst_recall_drop=None, passed=True)
+        checks["reasons"].append("no production model yet: this is the baseline")
+        return checks
+    gain = candidate["accuracy"] - production["accuracy"]
+    worst_label, worst_drop = None, 0.0
+    for label, prod in production["per_class"].items():
+        cand = candidate["per_class"].get(label, {})
+        if prod.get("recall") is None or cand.get("recall") is None:
+            continue
+        drop = prod["recall"] - cand["recall"]
+        if drop > worst_drop:
+            worst_label, worst_drop = label, drop
+    checks.update(production_accuracy=production["accuracy"], gain=gain,
+                  worst_recall_drop={"label": worst_label, "drop": worst_drop})
+    beats = gain > cfg.min_gain if cfg.min_gain > 0 else gain > 0
+    if not beats:
+        checks["reasons"].append(f"accuracy gain {gain:+.4f} does not beat the margin {cfg.min_gain:+.4f}")
+    if worst_drop > cfg.max_recall_drop:
+        checks["reasons"].append(f"forgetting guard: recall of '{worst_label}' drops by {worst_drop:.3f} "
+                                 f"(> {cfg.max_recall_drop:.3f})")
+    checks["passed"] = not checks["reasons"]
+    if checks["passed"]:
+        checks["reasons"].append(f"accuracy {gain:+.4f}; worst class recall drop {worst_drop:.3f}")
+    return checks
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # approve, reject or wait
+    actor: str
+    comment: str
+
+
+def automatic_verdict(gate: GateConfig, checks: dict, auto_approve: bool) -> Verdict:
+    if not checks["passed"]:
+        return Verdict("reject", AUTO_ACTOR, "checks failed: " + "; ".join(checks["reasons"]))
+    if auto_approve:
+        return Verdict("approve", AUTO_APPROVE_ACTOR, "--auto-approve: checks passed")
+    if gate.policy == "auto":
+        return Verdict("approve", AUTO_ACTOR, "policy auto: checks passed")
+    gain = checks.get("gain")
+    if gate.policy == "auto_under_thresholds" and (gain is None or gain >= gate.auto_min_gain):
+        return Verdict("approve", AUTO_ACTOR, f"policy auto_under_thresholds: gain >= {gate.auto_min_gain}")
+    return Verdict("wait", "", "waiting for a human decision")
+
+
+def open_gate(store: Store, cycle_id: int, kind: str, gate: GateConfig, checks: dict) -> dict:
+    gid = store.open_gate(cycle_id, kind, gate.policy, checks, utcnow() + timedelta(hours=gate.timeout_hours))
+    return store.gate(gid)
+
+
+def decide(store: Store, gate_id: int, approved: bool, by: str, comment: str = "", automatic: bool = False) -> dict:
+    if not by or not by.strip():
+        raise ValueError("a decision needs the name of who made it (--by)")
+    return store.decide_gate(gate_id, approved, by.strip(), comment, automatic)
+
+
+def expire_if_due(store: Store, gate: dict) -> dict:
+    """A pending gate past its deadline is rejected: silence never ships weights."""
+    if gate["status"] == "pending" and gate["deadline"] is not None and utcnow() > gate["deadline"]:
+        try:
+            decide(store, gate["id"], False, AUTO_ACTOR, "timed out without a decision", automatic=True)
+        except StoreConflict:
+            pass
+        return store.gate(gate["id"])
+    return gate

