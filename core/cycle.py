@@ -20,6 +20,7 @@ import pandas as pd
 
 from core import curate, diagnose, gates, model as M, registry
 from core.evaluate import evaluate
+from core.faults import crash_point
 from core.store import StoreConflict, utcnow
 from core.train import TrainSpec, train
 from core.workspace import Workspace, engine_lock
@@ -110,9 +111,10 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
         _say(ctx["progress"], f"  train: {len(data):,} rows ({int((data['source'] == 'seed').sum()):,} seed "
                               f"replayed) -> {version}")
         if cfg.train.num_processes > 1:
-            subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-                            str(cfg.train.num_processes), "-m", "core.train", str(run_dir / "spec.json")],
-                           check=True)
+            # --multi_gpu starts one process per worker; without CUDA they form a gloo group on the CPU.
+            subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines",
+                            "1", "--num_processes", str(cfg.train.num_processes), "--mixed_precision", "no",
+                            "--dynamo_backend", "no", "-m", "core.train", str(run_dir / "spec.json")], check=True)
         else:
             train(spec, progress=ctx["progress"])
         result = json.loads(result_file.read_text())
@@ -121,6 +123,7 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
                "train_rows": len(data), "rows_by_source": data["source"].value_counts().to_dict(),
                "train_data_sha256": M.sha256_file(run_dir / "train.parquet"),
                "best_val_acc": result["best_val_acc"], "steps": result["steps"]}
+    crash_point("train_before_register")
     store.register_version(version, num, cycle["id"], cycle["parent_version"], ws.config().model.base_model,
                            str(out.relative_to(ws.root)), result["files"], lineage, ENGINE, next_stage="evaluate")
 
@@ -165,6 +168,7 @@ def stage_promote(ws: Workspace, cycle: dict, ctx: dict) -> None:
     gate = ws.store.gate_for(cycle["id"], "promotion")
     if gate is None or gate["status"] != "approved":  # never promote past a gate that did not allow it
         raise RuntimeError(f"cycle {cycle['id']} reached promotion without an approved gate")
+    crash_point("promote_start")
     ws.store.promote(cycle["id"], cycle["candidate_version"], gate["decided_by"],
                      f"gate {gate['id']}: {gate['comment'] or 'approved'}")
 

@@ -38,6 +38,8 @@ def read_csv(path: Path, text_col: str, label_col: str | None, *, max_text_chars
         raise DataError(f"{path}: not UTF-8 (bad byte 0x{raw[err.start]:02x} on line {line})") from None
     if not content.strip():
         raise DataError(f"{path}: file is empty")
+    # The csv module's own field cap (128 KiB) would hide our clearer per-text limit below.
+    csv.field_size_limit(max(max_file_bytes, 1 << 20))
     try:
         frame = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False, na_filter=False,
                             engine="python")
@@ -86,7 +88,7 @@ def stratified_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[p
     train_parts, held_parts = [], []
     for _, group in frame.groupby("label", sort=True):
         group = group.sample(frac=1.0, random_state=seed)
-        n_held = min(int(round(len(group) * fraction)), len(group) - 1)
+        n_held = min(max(1, int(round(len(group) * fraction))), len(group) - 1)
         held_parts.append(group.iloc[:n_held])
         train_parts.append(group.iloc[n_held:])
     train = pd.concat(train_parts).sort_values("row_num").reset_index(drop=True)

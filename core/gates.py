@@ -30,8 +30,7 @@ def promotion_checks(cfg: GatesConfig, candidate: dict, production: dict | None)
             worst_label, worst_drop = label, drop
     checks.update(production_accuracy=production["accuracy"], gain=gain,
                   worst_recall_drop={"label": worst_label, "drop": worst_drop})
-    beats = gain > cfg.min_gain if cfg.min_gain > 0 else gain > 0
-    if not beats:
+    if not gain > cfg.min_gain:
         checks["reasons"].append(f"accuracy gain {gain:+.4f} does not beat the margin {cfg.min_gain:+.4f}")
     if worst_drop > cfg.max_recall_drop:
         checks["reasons"].append(f"forgetting guard: recall of '{worst_label}' drops by {worst_drop:.3f} "

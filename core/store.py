@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator
 import duckdb
 import pandas as pd
 
+from core.faults import crash_point
+
 SCHEMA_VERSION = 1
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -402,6 +404,7 @@ class Store:
             self._set_stage(con, cycle_id, "done", "done")
             self._audit(con, actor, "promoted", f"version:{version}",
                         {"cycle": cycle_id, "previous": previous, "reason": reason})
+            crash_point("promote_before_commit")
 
     def reject_cycle(self, cycle_id: int, actor: str, reason: str) -> None:
         with self._tx() as con:

@@ -144,7 +144,9 @@ class _MetricSink:
 
 def train(spec: TrainSpec, progress: bool = True) -> dict:
     mcfg, tcfg = ModelConfig(**spec.model), TrainConfig(**spec.train)
-    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    # cpu=True on a machine without CUDA lets torchrun-style launches form a gloo process group.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(tcfg.seed)
     label_index = {name: i for i, name in enumerate(spec.labels)}
     data = pd.read_parquet(spec.train_file)

@@ -1,0 +1,368 @@
+"""Banking77 benchmark: run Evolab's evolution loop on the Banking77 few-shot protocol and measure it.
+
+Protocol (see shared/datasets/banking77/README.md): walk train.csv in file order; per intent the first
+10 rows are the labeled seed, the next 5 the held-out validation set, and every other row is unlabeled
+traffic. A fixed random part of that traffic (1,500 rows, numpy default_rng(seed)) is the development
+test set: its labels are used for scoring only and its texts are never given to the engine. The rest of
+the traffic is the unlabeled pool (text only).
+
+    python bench/banking77.py --cycles 1
+    python bench/banking77.py --cycles 3 --set train.epochs=2 --json-out bench/out/run.json --keep
+
+Per cycle it prints the production model's development-test accuracy, the candidate's held-out accuracy,
+samples generated/kept per generator, the wall time of each stage and of the cycle, and peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "banking77"
+SEED_PER_CLASS = 10
+HELDOUT_PER_CLASS = 5
+DEV_SIZE = 1500
+STAGES = ["diagnose", "curate", "train", "evaluate", "gate", "promote"]
+# Measured on this protocol with the default MiniLM encoder, scored on the official test split
+# (not the development test set used here, so they are a guide rather than an exact comparison).
+REFERENCES = [
+    ("frozen embeddings + logistic regression (10/intent)", 0.854),
+    ("pseudo-label + full fine-tune", 0.872),
+    ("supervised ceiling (LR on all 10,003 labels)", 0.930),
+]
+REFERENCE_TEXT = ["85.4%", "~87%", "93.0%"]
+
+
+class BenchError(Exception):
+    """A problem with the bench's own input: one line, exit 2."""
+
+
+# -- data ------------------------------------------------------------------------------------------
+def split_protocol(train_csv: Path, seed: int, dev_size: int):
+    """Return (seed, heldout, pool, dev) frames following the protocol; pool has text only."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
+    missing = {"text", "category"} - set(frame.columns)
+    if missing:
+        raise BenchError(f"{train_csv}: missing column(s) {', '.join(sorted(missing))} (expected text,category)")
+    frame = frame.rename(columns={"category": "label"})[["text", "label"]]
+    rank = frame.groupby("label", sort=False).cumcount()  # position of the row within its intent, file order
+    seed_df = frame[rank < SEED_PER_CLASS].reset_index(drop=True)
+    held_df = frame[(rank >= SEED_PER_CLASS) & (rank < SEED_PER_CLASS + HELDOUT_PER_CLASS)].reset_index(drop=True)
+    traffic = frame[rank >= SEED_PER_CLASS + HELDOUT_PER_CLASS].reset_index(drop=True)
+    if not 0 < dev_size < len(traffic):
+        raise BenchError(f"--dev-size must be between 1 and {len(traffic) - 1} (the traffic has {len(traffic):,} rows)")
+    rng = np.random.default_rng(seed)
+    dev_idx = np.sort(rng.choice(len(traffic), size=dev_size, replace=False))
+    is_dev = np.zeros(len(traffic), dtype=bool)
+    is_dev[dev_idx] = True
+    dev_df = traffic[is_dev].reset_index(drop=True)
+    pool_df = traffic[~is_dev][["text"]].reset_index(drop=True)
+    return seed_df, held_df, pool_df, dev_df
+
+
+# -- config ----------------------------------------------------------------------------------------
+def _parse_value(text: str):
+    """A TOML value when it parses as one (2, 0.5, true, ["a", "b"]), otherwise the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def build_config(overrides: list[str]):
+    from core.config import Config, parse_config
+
+    raw = Config().model_dump()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = [p.strip() for p in key.split(".")]
+        if not sep or len(parts) < 2 or not all(parts):
+            raise BenchError(f"--set {item!r}: expected section.key=value (e.g. train.epochs=2)")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise BenchError(f"--set {item!r}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value.strip())
+    return parse_config(raw)  # pydantic validation: unknown keys and bad values raise ConfigError
+
+
+# -- measurement -----------------------------------------------------------------------------------
+def rss_mb() -> tuple[float, float]:
+    """Peak resident set size so far (ru_maxrss is KiB on Linux, bytes on macOS) of self and children."""
+    scale = 1 / (1024 * 1024) if sys.platform == "darwin" else 1 / 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    return own, kids
+
+
+class DevScorer:
+    """Development-test accuracy per model version (cached: a rejected cycle keeps the same production)."""
+
+    def __init__(self, ws, dev):
+        self.ws, self.dev, self.cache = ws, dev, {}
+
+    def __call__(self, version: str | None) -> tuple[float | None, float]:
+        import numpy as np
+
+        from core import model as M, registry
+
+        if version is None:
+            return None, 0.0
+        if version not in self.cache:
+            t0 = time.perf_counter()
+            loaded = registry.load(self.ws, version)
+            probs = M.predict_proba(loaded, self.dev["text"].tolist())
+            predicted = np.asarray(loaded.labels, dtype=object)[probs.argmax(1)]
+            acc = float((predicted == self.dev["label"].to_numpy()).mean())
+            self.cache[version] = (acc, time.perf_counter() - t0)
+            return self.cache[version]
+        return self.cache[version][0], 0.0
+
+
+def cycle_record(ws, index: int, outcome, seconds: float, production: str | None, dev_acc, dev_s) -> dict:
+    store = ws.store
+    cyc = store.cycle(outcome.cycle_id)
+    candidate = cyc.get("candidate_version")
+    evals = store.evaluations()
+    held = evals.loc[evals["version"] == candidate, "accuracy"]
+    runs = store.stage_runs(outcome.cycle_id)
+    stage_s = {s: float(runs.loc[runs["stage"] == s, "seconds"].sum()) if (runs["stage"] == s).any() else None
+               for s in STAGES}
+    samples = store.samples(outcome.cycle_id)
+    per_gen = {}
+    if len(samples):
+        for gen, group in samples.groupby("generator"):
+            per_gen[str(gen)] = {"generated": int(len(group)), "kept": int((group["status"] == "kept").sum())}
+    gate = store.gate_for(outcome.cycle_id, "promotion")
+    own, kids = rss_mb()
+    return {
+        "cycle": index, "cycle_id": int(outcome.cycle_id), "kind": cyc["kind"], "status": outcome.status,
+        "parent": cyc.get("parent_version"), "candidate": candidate, "production": production,
+        "dev_acc": dev_acc, "heldout_acc": float(held.iloc[0]) if len(held) else None,
+        "samples": per_gen, "stage_s": stage_s, "cycle_s": seconds, "dev_scoring_s": dev_s,
+        "gate": None if gate is None else {"status": gate["status"], "by": gate["decided_by"],
+                                           "comment": gate["comment"], "reasons": gate["checks"].get("reasons")},
+        "peak_rss_mb": {"self": round(own, 1), "children": round(kids, 1)},
+    }
+
+
+# -- printing --------------------------------------------------------------------------------------
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _sec(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+COLS = [("cyc", 3), ("id", 3), ("kind", 8), ("status", 8), ("prod", 5), ("dev_acc", 7), ("heldout", 7),
+        *[(s[:5], 7) for s in STAGES], ("cycle_s", 8), ("rss_MB", 7), ("rss_ch", 6), ("samples gen/kept", 0)]
+
+
+def header() -> str:
+    return "  ".join(f"{name:<{w}}" if i in (2, 3, 4) or w == 0 else f"{name:>{w}}"
+                     for i, (name, w) in enumerate(COLS))
+
+
+def row_line(r: dict) -> str:
+    samples = ", ".join(f"{g} {v['generated']:,}/{v['kept']:,}" for g, v in r["samples"].items()) or "-"
+    cells = [str(r["cycle"]), str(r["cycle_id"]), r["kind"], r["status"], r["production"] or "-",
+             _pct(r["dev_acc"]), _pct(r["heldout_acc"]), *[_sec(r["stage_s"][s]) for s in STAGES],
+             _sec(r["cycle_s"]), f"{r['peak_rss_mb']['self']:.0f}", f"{r['peak_rss_mb']['children']:.0f}", samples]
+    return "  ".join(f"{c:<{w}}" if i in (2, 3, 4) or w == 0 else f"{c:>{w}}"
+                     for i, (c, (_, w)) in enumerate(zip(cells, COLS)))
+
+
+def print_summary(rows: list[dict], meta: dict) -> None:
+    print()
+    print("== summary " + "=" * 70)
+    print(f"data      {meta['data']}  (seed {meta['sizes']['seed']:,}, held-out {meta['sizes']['heldout']:,}, "
+          f"pool {meta['sizes']['pool']:,}, dev test {meta['sizes']['dev']:,}; split seed {meta['seed']})")
+    print(f"machine   {meta['machine']['cpus']} CPUs, torch device {meta['machine']['device']}, "
+          f"{meta['machine']['torch_threads']} torch threads")
+    base = rows[0]["dev_acc"] if rows else None
+    print()
+    print(f"{'cyc':>3}  {'kind':<8}  {'status':<8}  {'cand':<5}  {'heldout':>7}  {'prod':<5}  {'dev_acc':>7}  "
+          f"{'vs base':>8}  {'kept':>6}  {'train_s':>8}  {'cycle_s':>8}")
+    for r in rows:
+        kept = sum(v["kept"] for v in r["samples"].values()) if r["samples"] else None
+        delta = "-" if base is None or r["dev_acc"] is None else f"{100 * (r['dev_acc'] - base):+.2f}pp"
+        print(f"{r['cycle']:>3}  {r['kind']:<8}  {r['status']:<8}  {r['candidate'] or '-':<5}  "
+              f"{_pct(r['heldout_acc']):>7}  {r['production'] or '-':<5}  {_pct(r['dev_acc']):>7}  {delta:>8}  "
+              f"{'-' if kept is None else f'{kept:,}':>6}  {_sec(r['stage_s']['train']):>8}  {_sec(r['cycle_s']):>8}")
+    final = rows[-1]["dev_acc"] if rows else None
+    print()
+    print(f"final production {rows[-1]['production'] if rows else '-'}: dev-test accuracy {_pct(final)}")
+    print("reference figures (official test split, not this dev test set):")
+    for (name, value), shown in zip(REFERENCES, REFERENCE_TEXT):
+        gap = "" if final is None else f"   (ours {100 * (final - value):+.1f}pp)"
+        print(f"  {shown:>6}  {name}{gap}")
+    t = meta["timing"]
+    print()
+    print(f"time      total {t['total_s']:.1f}s = setup {t['setup_s']:.1f}s + cycles {t['cycles_s']:.1f}s "
+          f"+ dev scoring {t['dev_scoring_s']:.1f}s")
+    print(f"memory    peak RSS self {meta['peak_rss_mb']['self']:.0f} MB, children {meta['peak_rss_mb']['children']:.0f} MB")
+    if meta.get("error"):
+        print(f"error     {meta['error']}")
+
+
+# -- main ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python bench/banking77.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cycles", type=int, default=1, help="evolution cycles after the baseline (default 1)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"dataset folder (default {DEFAULT_DATA})")
+    p.add_argument("--seed", type=int, default=0, help="numpy default_rng seed for the dev-test hold-out")
+    p.add_argument("--dev-size", type=int, default=DEV_SIZE, help=f"dev-test rows held out of the traffic "
+                   f"(default {DEV_SIZE})")
+    p.add_argument("--work", type=Path, help="work folder for the CSVs and the workspace (default: a fresh "
+                   "temp folder, deleted at the end unless --keep)")
+    p.add_argument("--keep", action="store_true", help="keep the temp work folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--json-out", type=Path, help="also write the summary as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no engine progress on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t_start = time.perf_counter()
+    train_csv = args.data / "train.csv"
+    if not train_csv.is_file():
+        print(f"error: Banking77 data not found: {train_csv} is missing (pass --data DIR)", file=sys.stderr)
+        return 2
+    if args.cycles < 0:
+        print("error: --cycles must be 0 or more", file=sys.stderr)
+        return 2
+
+    from core.config import ConfigError
+    from core.data import DataError
+    from core.workspace import WorkspaceError
+
+    try:
+        config = build_config(args.overrides)
+        seed_df, held_df, pool_df, dev_df = split_protocol(train_csv, args.seed, args.dev_size)
+    except (BenchError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    own_tmp = args.work is None
+    work = Path(tempfile.mkdtemp(prefix="evolab-banking77-")) if own_tmp else args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    meta: dict = {}
+    code = 0
+    setup_s = 0.0
+    try:
+        import torch
+
+        from core import cycle
+        from core.model import device
+        from core.setup import init_workspace
+
+        t0 = time.perf_counter()
+        seed_df.to_csv(work / "seed.csv", index=False)
+        held_df.to_csv(work / "heldout.csv", index=False)
+        pool_df.to_csv(work / "unlabeled.csv", index=False)
+        try:
+            ws = init_workspace(work / "workspace", work / "seed.csv", work / "unlabeled.csv", work / "heldout.csv",
+                                "text", "label", None, config)
+        except (DataError, WorkspaceError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        setup_s = time.perf_counter() - t0
+        meta = {
+            "data": str(args.data.resolve()), "seed": args.seed, "work": str(work),
+            "sizes": {"seed": len(seed_df), "heldout": len(held_df), "pool": len(pool_df), "dev": len(dev_df),
+                      "labels": int(seed_df["label"].nunique())},
+            "config": config.model_dump(), "overrides": args.overrides, "cycles_requested": args.cycles,
+            "machine": {"cpus": os.cpu_count(), "device": str(device()), "torch_threads": torch.get_num_threads(),
+                        "python": platform.python_version(), "torch": torch.__version__,
+                        "platform": platform.platform()},
+            "references": {name: value for name, value in REFERENCES},
+        }
+        print(f"banking77: {meta['sizes']['labels']} intents; seed {len(seed_df):,}, held-out {len(held_df):,}, "
+              f"pool {len(pool_df):,}, dev test {len(dev_df):,} (seed {args.seed}); workspace {ws.root}; "
+              f"setup {setup_s:.1f}s", flush=True)
+        if args.overrides:
+            print(f"config overrides: {', '.join(args.overrides)}", flush=True)
+        scorer = DevScorer(ws, dev_df)
+        printed_header = False
+        # One evolve call per cycle; the first call also runs the baseline (reported as cycle 0).
+        for _ in range(max(args.cycles, 1)):
+            marks: list[tuple[object, float, str | None]] = []
+            t_call = time.perf_counter()
+
+            def on_outcome(outcome, marks=marks):
+                marks.append((outcome, time.perf_counter(), ws.store.alias("production")))
+
+            try:
+                if args.cycles == 0:  # baseline only: evolve(cycles=0) would do nothing
+                    cid = cycle.start_cycle(ws)
+                    on_outcome(cycle.run_cycle(ws, cid, auto_approve=True, progress=not args.quiet))
+                else:
+                    cycle.evolve(ws, cycles=1, auto_approve=True, progress=not args.quiet, on_outcome=on_outcome)
+            finally:
+                previous = t_call
+                for outcome, at, production in marks:
+                    dev_acc, dev_s = scorer(production)
+                    record = cycle_record(ws, len(rows), outcome, at - previous, production, dev_acc, dev_s)
+                    previous = at
+                    rows.append(record)
+                    if not printed_header:
+                        print(header(), flush=True)
+                        printed_header = True
+                    print(row_line(record), flush=True)
+                    if record["status"] == "rejected" and record["gate"]:
+                        print(f"      rejected: {record['gate']['comment']}", flush=True)
+            if marks and marks[-1][0].status == "waiting":
+                meta["error"] = f"cycle {marks[-1][0].cycle_id} is waiting at a gate; stopping"
+                code = 1
+                break
+    except KeyboardInterrupt:
+        meta["error"] = "interrupted"
+        code = 130
+    except Exception as err:  # report what was measured before the failure, with the traceback
+        traceback.print_exc()
+        meta["error"] = f"{type(err).__name__}: {err}"
+        code = 1
+    finally:
+        if meta:
+            own, kids = rss_mb()
+            meta["timing"] = {"total_s": time.perf_counter() - t_start, "setup_s": setup_s,
+                              "cycles_s": sum(r["cycle_s"] for r in rows),
+                              "dev_scoring_s": sum(r["dev_scoring_s"] for r in rows)}
+            meta["peak_rss_mb"] = {"self": round(own, 1), "children": round(kids, 1)}
+            print_summary(rows, meta)
+            if args.json_out:
+                args.json_out.parent.mkdir(parents=True, exist_ok=True)
+                args.json_out.write_text(json.dumps({**meta, "cycles": rows}, indent=2, default=str) + "\n",
+                                         encoding="utf-8")
+                print(f"json      {args.json_out}")
+        if own_tmp and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        elif meta:
+            print(f"work      {work} (kept)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny real dataset cut from the demo data, a fast training config, real workspaces."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+SHARED = ROOT.parent / "shared"
+LABELS = ["billing_question", "payment_processing_error", "shipping_delay", "account_access"]
+
+sys.path.insert(0, str(ROOT))
+
+
+def fast_config():
+    from core.config import Config
+
+    config = Config()
+    config.model.lora_r = 4
+    config.model.lora_layers = 1
+    config.model.max_length = 32
+    config.train.epochs = 2
+    config.train.batch_size = 8
+    config.train.checkpoint_every = 2
+    config.curate.min_confidence = 0.3
+    config.curate.max_per_class = 10
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_csvs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("tiny")
+    labeled = pd.read_csv(DATA / "tickets_labeled.csv")
+    held = pd.read_csv(DATA / "tickets_heldout.csv")
+    pool = pd.read_csv(DATA / "tickets_unlabeled.csv")
+    labeled = labeled[labeled["label"].isin(LABELS)].groupby("label").head(6)
+    held = held[held["label"].isin(LABELS)].groupby("label").head(4)
+    paths = {"labeled": out / "labeled.csv", "heldout": out / "heldout.csv", "unlabeled": out / "unlabeled.csv"}
+    labeled.to_csv(paths["labeled"], index=False)
+    held.to_csv(paths["heldout"], index=False)
+    pool.head(40).to_csv(paths["unlabeled"], index=False)
+    return paths
+
+
+def make_workspace(root: Path, csvs: dict[str, Path], config=None):
+    from core.setup import init_workspace
+
+    return init_workspace(root, csvs["labeled"], csvs["unlabeled"], csvs["heldout"], config=config or fast_config())
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_csvs):
+    return make_workspace(tmp_path / "ws", tiny_csvs)
+
+
+@pytest.fixture(scope="session")
+def _baseline_template(tmp_path_factory, tiny_csvs):
+    """A workspace whose baseline is trained and promoted, built once and copied per test."""
+    from core import cycle
+
+    ws = make_workspace(tmp_path_factory.mktemp("template") / "ws", tiny_csvs)
+    cid = cycle.start_cycle(ws)
+    outcome = cycle.run_cycle(ws, cid, auto_approve=True, progress=False)
+    assert outcome.status == "done"
+    return ws.root
+
+
+@pytest.fixture
+def baseline_ws(tmp_path, _baseline_template):
+    from core.workspace import open_workspace
+
+    target = tmp_path / "ws"
+    shutil.copytree(_baseline_template, target)
+    return open_workspace(target)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False):
+    """The real CLI in its own process, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=full_env, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"CLI {args} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result

@@ -1,0 +1,120 @@
+"""The evolution cycle end to end on real data and real training, and its gates."""
+import json
+
+import pytest
+
+from core import cycle, gates
+from core.cli import main
+from core.config import GateConfig, GatesConfig
+from core.workspace import WorkspaceError, engine_lock
+
+
+def test_baseline_then_evolve_with_auto_approve(baseline_ws):
+    store = baseline_ws.store
+    assert store.alias("production") == "v1"
+    outcomes = cycle.evolve(baseline_ws, cycles=1, auto_approve=True, progress=False)
+    assert [o.status in ("done", "rejected") for o in outcomes] == [True]
+    cid = outcomes[0].cycle_id
+    stages = set(store.stage_runs(cid)["stage"])
+    assert {"diagnose", "curate", "train", "evaluate", "gate"} <= stages
+    samples = store.samples(cid)
+    assert len(samples) == len(store.examples("unlabeled"))  # every pool row is a sample with a reason
+    assert samples["reason"].str.len().gt(0).all()
+    assert not store.diagnoses(cid).empty
+    version = store.version("v2")
+    assert version["parent_version"] == "v1"
+    assert version["lineage"]["rows_by_source"]["seed"] == len(store.examples("seed"))  # replay of the seed
+    gate = store.gate_for(cid, "promotion")
+    assert gate["automatic"] and gate["decided_by"] in (gates.AUTO_ACTOR, gates.AUTO_APPROVE_ACTOR)
+    expected = "v2" if gate["status"] == "approved" else "v1"
+    assert store.alias("production") == expected
+    assert not store.metrics(f"cycle_{cid}").empty
+
+
+def _force_pass(ws):
+    config = ws.config()
+    config.gates.min_gain = -1.0  # let any candidate pass the checks, so the human decision is what is tested
+    config.gates.max_recall_drop = 1.0
+    ws.save_config(config)
+
+
+def test_human_gate_waits_then_approval_promotes(baseline_ws, capsys):
+    _force_pass(baseline_ws)
+    root = str(baseline_ws.root)
+    assert main(["evolve", "--workspace", root, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "waits at promotion gate" in out
+    store = baseline_ws.store
+    pending = store.gates("pending")
+    assert len(pending) == 1 and store.open_cycle()["status"] == "waiting"
+    gid = int(pending["id"][0])
+    assert main(["gates", "--workspace", root, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[-1]["status"] == "pending" and listed[-1]["checks"]["passed"]
+    assert main(["evolve", "--workspace", root, "--quiet"]) == 0  # still waiting: nothing promoted
+    assert store.alias("production") == "v1"
+    assert main(["approve", "--workspace", root, str(gid), "--by", "alice", "--comment", "looks good"]) == 0
+    assert main(["approve", "--workspace", root, str(gid), "--by", "bob"]) == 1  # decided twice
+    assert "already decided" in capsys.readouterr().err
+    assert main(["resume", "--workspace", root, "--quiet"]) == 0
+    assert store.alias("production") == "v2"
+    history = store.alias_history()
+    assert history[history.name == "production"]["actor"].tolist()[-1] == "alice"
+    actions = store.audit_entries()["action"].tolist()
+    assert "gate_approved" in actions and "promoted" in actions
+
+
+def test_rejected_candidate_is_never_deployed(baseline_ws):
+    _force_pass(baseline_ws)
+    outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
+    assert outcome.status == "waiting"
+    gates.decide(baseline_ws.store, outcome.gate_id, False, "carol", "not convinced")
+    final = cycle.resume(baseline_ws, progress=False)
+    assert final.status == "rejected"
+    assert baseline_ws.store.alias("production") == "v1"
+    assert baseline_ws.store.alias("candidate") is None
+
+
+def test_second_engine_on_the_same_workspace_is_refused(baseline_ws, capsys):
+    with engine_lock(baseline_ws):
+        assert main(["evolve", "--workspace", str(baseline_ws.root), "--quiet"]) == 1
+    assert "already evolving" in capsys.readouterr().err
+    assert baseline_ws.store.open_cycle() is None  # nothing was started
+
+
+def test_gate_timeout_rejects(baseline_ws):
+    config = baseline_ws.config()
+    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
+    config.gates.promotion.timeout_hours = 1e-9
+    baseline_ws.save_config(config)
+    outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
+    assert outcome.status == "rejected"
+    gate = baseline_ws.store.gate_for(outcome.cycle_id, "promotion")
+    assert gate["status"] == "rejected" and "timed out" in gate["comment"]
+
+
+def _eval(acc, recalls):
+    return {"accuracy": acc, "per_class": {k: {"recall": v} for k, v in recalls.items()}}
+
+
+def test_promotion_checks_margin_and_forgetting_guard():
+    cfg = GatesConfig(min_gain=0.01, max_recall_drop=0.1)
+    prod = _eval(0.80, {"a": 0.9, "b": 0.7})
+    assert gates.promotion_checks(cfg, _eval(0.85, {"a": 0.85, "b": 0.85}), prod)["passed"]
+    small = gates.promotion_checks(cfg, _eval(0.805, {"a": 0.9, "b": 0.71}), prod)
+    assert not small["passed"] and "margin" in small["reasons"][0]
+    forgot = gates.promotion_checks(cfg, _eval(0.90, {"a": 0.5, "b": 1.0}), prod)
+    assert not forgot["passed"] and "forgetting guard" in forgot["reasons"][0]
+    assert forgot["worst_recall_drop"]["label"] == "a"
+
+
+def test_policies():
+    passed = {"passed": True, "gain": 0.02, "reasons": []}
+    failed = {"passed": False, "gain": 0.02, "reasons": ["x"]}
+    assert gates.automatic_verdict(GateConfig(policy="human"), passed, False).action == "wait"
+    assert gates.automatic_verdict(GateConfig(policy="human"), passed, True).action == "approve"
+    assert gates.automatic_verdict(GateConfig(policy="human"), failed, True).action == "reject"
+    assert gates.automatic_verdict(GateConfig(policy="auto"), passed, False).action == "approve"
+    under = GateConfig(policy="auto_under_thresholds", auto_min_gain=0.05)
+    assert gates.automatic_verdict(under, passed, False).action == "wait"
+    assert gates.automatic_verdict(under, {**passed, "gain": 0.06}, False).action == "approve"
