@@ -115,12 +115,24 @@ def cmd_gates(args) -> int:
     return 0
 
 
+def _password(confirm: bool = False) -> str:
+    """From EVOLAB_PASSWORD when set (scripts, CI), else from a prompt that does not echo."""
+    import getpass
+
+    if "EVOLAB_PASSWORD" in os.environ:
+        return os.environ["EVOLAB_PASSWORD"]
+    first = getpass.getpass("password: ")
+    if confirm and getpass.getpass("repeat password: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
 def cmd_decide(args) -> int:
     from core import gates
 
     ws = _ws(args)
     approved = args.command == "approve"
-    decided = gates.decide(ws.store, args.gate_id, approved, args.by, args.comment or "")
+    decided = gates.decide_as(ws.store, args.gate_id, approved, args.by, _password(), args.comment or "")
     print(f"gate {decided['id']} {decided['status']} by {args.by}; "
           f"continue with `python -m core resume --workspace {ws.root}`")
     return 0
@@ -153,6 +165,45 @@ def cmd_rollback(args) -> int:
     ws = _ws(args)
     previous = registry.rollback(ws, args.to, actor=args.by or os.environ.get("USER", "cli"))
     print(f"production: {previous or '-'} -> {args.to}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from core.demo import serve_dashboard
+
+    ws = _ws(args)
+    return serve_dashboard(ws.root, args.port, args.host)
+
+
+def cmd_users(args) -> int:
+    from core import auth
+
+    ws = _ws(args)
+    if args.action == "add":
+        if not args.name or not args.role:
+            raise ValueError("users add needs NAME and --role approver|viewer")
+        auth.add_user(ws.store, args.name, args.role, _password(confirm=True))
+        print(f"user {args.name} added as {args.role}")
+    else:
+        users = ws.store.users()
+        print("no users yet" if users.empty else users.to_string(index=False))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from core import audit
+
+    ws = _ws(args)
+    if args.action == "verify":
+        report = audit.verify(ws.store)
+        if report.ok:
+            print(f"audit log intact: {report.entries} entries, chain verified")
+            return 0
+        print(f"audit log BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
+        return EXIT_ERROR
+    for row in ws.store.audit_entries().itertuples():
+        print(f"{row.seq:>5}  {row.at:%Y-%m-%d %H:%M:%S}  {row.actor:<14} {row.action:<20} {row.subject:<16} "
+              f"{audit.describe(row.detail)}")
     return 0
 
 
@@ -217,6 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True)
     p.add_argument("--by")
 
+    p = add("users", cmd_users, "add or list approvers and viewers")
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=["approver", "viewer"])
+    p.add_argument("--workspace", required=True)
+
+    p = add("audit", cmd_audit, "show the audit log or verify its hash chain")
+    p.add_argument("action", choices=["verify", "list"])
+    p.add_argument("--workspace", required=True)
+
+    p = add("ui", cmd_ui, "serve the dashboard for a workspace")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1")
+
     p = add("demo", cmd_demo, "create a workspace on the bundled demo data and run a cycle")
     p.add_argument("--workspace", default="demo-workspace")
     p.add_argument("--cycles", type=int, default=1)
@@ -233,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     from core.store import StoreBusy, StoreConflict
     from core.workspace import WorkspaceError
 
-    known = (ConfigError, DataError, ModelIntegrityError, NoModelError, StoreBusy, StoreConflict, WorkspaceError,
+    from core.auth import AuthError
+
+    known = (AuthError, ConfigError, DataError, ModelIntegrityError, NoModelError, StoreBusy, StoreConflict, WorkspaceError,
              ValueError, KeyError, FileNotFoundError)
     try:
         return args.fn(args)

@@ -204,6 +204,9 @@ def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress
 
 def start_cycle(ws: Workspace) -> int:
     production = ws.store.alias("production")
+    if production is not None:  # refuse damaged weights before anything is written
+        row = ws.store.version(production)
+        M.verify_files(ws.models / production, row["files"], production)
     if production is None:
         return ws.store.create_cycle("baseline", BASELINE_STAGES[0], None, ENGINE)
     return ws.store.create_cycle("evolve", EVOLVE_STAGES[0], production, ENGINE)

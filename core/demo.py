@@ -5,7 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+UI = REPO / "app" / "main.py"
+
+
+def serve_dashboard(root: Path, port: int = 8501, host: str = "127.0.0.1") -> int:
+    """Run Streamlit in the foreground; the dashboard only reads the store and acts through core."""
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(UI), "--server.port", str(port),
+                            "--server.address", host, "--server.headless", "true",
+                            "--browser.gatherUsageStats", "false", "--", "--workspace", str(root)])
 
 
 def run_demo(root: Path, cycles: int = 1, port: int = 8501) -> int:
@@ -15,20 +24,20 @@ def run_demo(root: Path, cycles: int = 1, port: int = 8501) -> int:
 
     if not (root / "config.toml").exists():
         config = Config()
-        # A person approves promotions in the dashboard; the baseline alone may go straight through.
+        # The baseline goes straight to production (nothing to compare it with); every later
+        # promotion waits for a person in the approvals inbox.
         config.gates.promotion.policy = "auto_under_thresholds"
         config.gates.promotion.auto_min_gain = 1.0
         init_workspace(root, DATA / "tickets_labeled.csv", DATA / "tickets_unlabeled.csv",
                        DATA / "tickets_heldout.csv", config=config)
         print(f"created demo workspace {root}")
     ws = open_workspace(root)
-    engine = subprocess.Popen([sys.executable, "-m", "core", "evolve", "--workspace", str(root), "--cycles",
+    engine = subprocess.Popen([sys.executable, "-m", "core", "evolve", "--workspace", str(ws.root), "--cycles",
                                str(cycles), "--wait"])
-    ui = Path(__file__).resolve().parent.parent / "app" / "main.py"
-    if not ui.exists():
+    if not UI.exists():
         return engine.wait()
+    print(f"dashboard: http://127.0.0.1:{port}  (the engine runs beside it; Ctrl+C stops both)")
     try:
-        return subprocess.call([sys.executable, "-m", "streamlit", "run", str(ui), "--server.port", str(port),
-                                "--server.headless", "true", "--", "--workspace", str(ws.root)])
+        return serve_dashboard(ws.root, port)
     finally:
         engine.terminate()

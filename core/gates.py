@@ -72,6 +72,14 @@ def decide(store: Store, gate_id: int, approved: bool, by: str, comment: str = "
     return store.decide_gate(gate_id, approved, by.strip(), comment, automatic)
 
 
+def decide_as(store: Store, gate_id: int, approved: bool, name: str, password: str, comment: str = "") -> dict:
+    """A person's decision: only an approver with the right password may make it (CLI and dashboard)."""
+    from core.auth import require_approver
+
+    require_approver(store, name, password, f"gate:{gate_id}")
+    return decide(store, gate_id, approved, name, comment)
+
+
 def expire_if_due(store: Store, gate: dict) -> dict:
     """A pending gate past its deadline is rejected: silence never ships weights."""
     if gate["status"] == "pending" and gate["deadline"] is not None and utcnow() > gate["deadline"]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from core.faults import crash_point
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -64,6 +64,10 @@ MIGRATIONS: list[str] = [
         UNIQUE(cycle_id, kind));
     CREATE TABLE audit_log(seq BIGINT PRIMARY KEY, "at" TIMESTAMP, actor VARCHAR,
         action VARCHAR, subject VARCHAR, detail JSON, prev_hash VARCHAR, hash VARCHAR);
+    """,
+    """
+    CREATE TABLE users(name VARCHAR PRIMARY KEY, role VARCHAR NOT NULL, password_hash VARCHAR NOT NULL,
+        created_at TIMESTAMP);
     """,
 ]
 
@@ -187,6 +191,8 @@ class Store:
         digest = entry_hash(prev, at, actor, action, subject, detail_s)
         con.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [seq, at, actor, action, subject, detail_s, prev, digest])
+        # The head lets verification notice a deleted last entry, which the chain alone cannot show.
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", [f"{seq}:{digest}"])
 
     def audit(self, actor: str, action: str, subject: str, detail: dict | None = None) -> None:
         with self._tx() as con:
@@ -194,6 +200,24 @@ class Store:
 
     def audit_entries(self) -> pd.DataFrame:
         return self._read("SELECT * FROM audit_log ORDER BY seq")
+
+    def audit_head(self) -> str | None:
+        df = self._read("SELECT value FROM meta WHERE key = 'audit_head'")
+        return None if df.empty else df.iloc[0, 0]
+
+    # -- users --------------------------------------------------------------------------------
+    def add_user(self, name: str, role: str, password_hash: str, actor: str) -> None:
+        with self._tx() as con:
+            if con.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
+                raise StoreConflict(f"user '{name}' already exists")
+            con.execute("INSERT INTO users VALUES (?, ?, ?, ?)", [name, role, password_hash, utcnow()])
+            self._audit(con, actor, "user_added", f"user:{name}", {"role": role})
+
+    def user(self, name: str) -> dict | None:
+        return _first(self._read("SELECT * FROM users WHERE name = ?", [name]))
+
+    def users(self) -> pd.DataFrame:
+        return self._read("SELECT name, role, created_at FROM users ORDER BY name")
 
     # -- datasets -----------------------------------------------------------------------------
     def load_datasets(self, labels: list[str], parts: list[tuple[str, str, str, pd.DataFrame]],

@@ -38,8 +38,11 @@ def _force_pass(ws):
     ws.save_config(config)
 
 
-def test_human_gate_waits_then_approval_promotes(baseline_ws, capsys):
+def test_human_gate_waits_then_approval_promotes(baseline_ws, capsys, monkeypatch):
     _force_pass(baseline_ws)
+    monkeypatch.setenv("EVOLAB_PASSWORD", "correct horse")
+    for name in ("alice", "bob"):
+        assert main(["users", "add", name, "--role", "approver", "--workspace", str(baseline_ws.root)]) == 0
     root = str(baseline_ws.root)
     assert main(["evolve", "--workspace", root, "--quiet"]) == 0
     out = capsys.readouterr().out

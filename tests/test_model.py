@@ -43,3 +43,14 @@ def test_lineage_is_recorded(baseline_ws):
     assert row["lineage"]["cycle"] == row["cycle_id"]
     assert row["lineage"]["rows_by_source"] == {"seed": len(baseline_ws.store.examples("seed"))}
     assert len(row["lineage"]["train_data_sha256"]) == 64
+
+
+def test_evolve_on_damaged_production_fails_before_writing(baseline_ws, capsys):
+    version = baseline_ws.store.alias("production")
+    head = baseline_ws.models / version / "head.safetensors"
+    head.write_bytes(head.read_bytes()[:100])
+    before = len(baseline_ws.store.audit_entries())
+    assert main(["evolve", "--workspace", str(baseline_ws.root), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "head.safetensors was altered or truncated" in err and len(err.splitlines()) == 1
+    assert len(baseline_ws.store.cycles()) == 1 and len(baseline_ws.store.audit_entries()) == before

@@ -1,0 +1,70 @@
+"""Approvals only by approvers with their password; the audit log's chain finds edits and deletions."""
+import duckdb
+import pytest
+
+from core import audit, auth, cycle, gates
+from core.cli import main
+from core.store import Store
+
+
+@pytest.fixture
+def pending(baseline_ws):
+    config = baseline_ws.config()
+    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
+    baseline_ws.save_config(config)
+    auth.add_user(baseline_ws.store, "alice", "approver", "alice-secret")
+    auth.add_user(baseline_ws.store, "victor", "viewer", "victor-secret")
+    outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
+    assert outcome.status == "waiting"
+    return baseline_ws, outcome.gate_id
+
+
+def test_password_is_stored_as_a_salted_slow_hash(workspace):
+    auth.add_user(workspace.store, "alice", "approver", "alice-secret")
+    auth.add_user(workspace.store, "bob", "approver", "alice-secret")
+    a, b = workspace.store.user("alice")["password_hash"], workspace.store.user("bob")["password_hash"]
+    assert a.startswith("$argon2id$") and a != b and "alice-secret" not in a
+
+
+@pytest.mark.parametrize("name,password,why", [("victor", "victor-secret", "not an approver"),
+                                               ("alice", "guess", "wrong password"),
+                                               ("mallory", "x", "unknown user")])
+def test_refusals_are_refused_and_logged(pending, monkeypatch, capsys, name, password, why):
+    ws, gid = pending
+    monkeypatch.setenv("EVOLAB_PASSWORD", password)
+    assert main(["approve", "--workspace", str(ws.root), str(gid), "--by", name]) == 1
+    assert why in capsys.readouterr().err
+    assert ws.store.gate(gid)["status"] == "pending"
+    log = ws.store.audit_entries()
+    assert log.iloc[-1]["action"] == "auth_refused" and why in log.iloc[-1]["detail"]
+
+
+def test_approver_decides_with_password(pending, monkeypatch):
+    ws, gid = pending
+    monkeypatch.setenv("EVOLAB_PASSWORD", "alice-secret")
+    assert main(["reject", "--workspace", str(ws.root), str(gid), "--by", "alice", "--comment", "no"]) == 0
+    assert ws.store.gate(gid)["status"] == "rejected" and ws.store.gate(gid)["decided_by"] == "alice"
+    with pytest.raises(Exception, match="already decided"):
+        gates.decide_as(ws.store, gid, True, "alice", "alice-secret")
+
+
+def test_audit_verify_finds_an_edited_row(pending, capsys):
+    ws, _ = pending
+    assert main(["audit", "verify", "--workspace", str(ws.root)]) == 0
+    con = duckdb.connect(str(ws.db))
+    con.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+    con.close()
+    assert main(["audit", "verify", "--workspace", str(ws.root)]) == 1
+    assert "entry 3" in capsys.readouterr().err and "altered" in audit.verify(ws.store).problem
+
+
+@pytest.mark.parametrize("seq", ["middle", "last"])
+def test_audit_verify_finds_a_deleted_row(pending, seq):
+    ws, _ = pending
+    n = len(ws.store.audit_entries())
+    target = 4 if seq == "middle" else n
+    con = duckdb.connect(str(ws.db))
+    con.execute("DELETE FROM audit_log WHERE seq = ?", [target])
+    con.close()
+    report = audit.verify(Store(ws.db))
+    assert not report.ok and report.first_bad_seq == target and "deleted" in report.problem

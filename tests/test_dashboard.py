@@ -1,0 +1,147 @@
+"""The dashboard, driven the way a browser drives it (streamlit.testing.v1.AppTest) on real workspaces."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+
+from app import nav, queries
+from core import auth, cycle
+from core.workspace import open_workspace
+
+MAIN = ROOT / "app" / "main.py"
+APPROVER, PASSWORD = "alice", "alice-secret"
+
+
+@pytest.fixture(scope="module")
+def _pending_template(tmp_path_factory, _baseline_template):
+    """baseline v1 in production, an approver, and cycle 2 waiting at its promotion gate with candidate v2."""
+    root = tmp_path_factory.mktemp("dashboard") / "ws"
+    shutil.copytree(_baseline_template, root)
+    ws = open_workspace(root)
+    config = ws.config()
+    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0  # any candidate passes the checks
+    ws.save_config(config)
+    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
+    assert outcome.status == "waiting"
+    return root, outcome.gate_id
+
+
+@pytest.fixture
+def pending(tmp_path, _pending_template):
+    """A private copy, for tests that change the workspace."""
+    root, gate_id = _pending_template
+    shutil.copytree(root, tmp_path / "ws")
+    return open_workspace(tmp_path / "ws"), gate_id
+
+
+def open_page(monkeypatch, root, page: str = "overview") -> AppTest:
+    monkeypatch.setenv(queries.ENV_VAR, str(root))
+    at = AppTest.from_file(str(MAIN), default_timeout=60)
+    at.run()
+    if page != "overview":
+        at.switch_page(nav.path(page)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "info", "warning", "success", "error")
+             for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    return "\n".join(map(str, parts))
+
+
+@pytest.mark.parametrize("page", list(nav.PAGES))
+def test_every_page_renders_on_an_empty_workspace(monkeypatch, workspace, page):
+    at = open_page(monkeypatch, workspace.root, page)
+    assert at.title[0].value
+    if page == "overview":
+        assert f"python -m core evolve --workspace {workspace.root}" in at.info[0].value
+
+
+@pytest.mark.parametrize("page", list(nav.PAGES))
+def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pending_template, page):
+    root, gate_id = _pending_template
+    at = open_page(monkeypatch, root, page)
+    shown = texts(at)
+    charts = at.get("plotly_chart")
+    if page == "overview":
+        assert "Production v1" in shown and "Candidate v2" in shown
+        assert f"gate {gate_id}" in at.warning[0].value
+        assert at.get("page_link") and len(charts) == 1
+        assert list(at.dataframe[0].value["id"]) == [2, 1]
+    elif page == "training":
+        assert at.selectbox[0].value == "cycle_2" and len(charts) == 1
+    elif page == "diagnosis":
+        assert at.selectbox[1].value == "v1" and len(charts) == 1  # the heatmap shows production
+    elif page == "synthetic_data":
+        assert "40 matching samples" in shown
+    elif page == "approvals":
+        assert f"Gate {gate_id}" in shown and "Checks passed" in shown
+        recall = at.dataframe[0].value
+        assert {"production_recall", "candidate_recall", "change"} <= set(recall.columns) and len(recall) == 4
+    elif page == "models":
+        assert set(at.dataframe[0].value["version"]) == {"v1", "v2"} and "production v1" in shown
+    elif page == "audit":
+        assert "Chain verified" in at.success[0].value and "gate_opened" in set(at.dataframe[0].value["action"])
+
+
+def test_synthetic_data_filters_and_pages_in_sql(monkeypatch, _pending_template):
+    root, _ = _pending_template
+    kept = open_workspace(root).store.samples(status="kept")
+    at = open_page(monkeypatch, root, "synthetic_data")
+    at.selectbox[2].select("kept").run()
+    assert f"{len(kept)} matching samples" in texts(at)
+    assert set(at.dataframe[0].value["status"]) == {"kept"}
+    at.selectbox[2].select(None)
+    at.selectbox[4].select(25).run()
+    assert "page 1 of 2" in texts(at) and len(at.dataframe[0].value) == 25
+    at.get("pagination")[0].set_value(2).run()
+    assert "page 2 of 2" in texts(at) and len(at.dataframe[0].value) == 15
+    word = kept.iloc[0]["text"].split()[0]
+    at.text_input[0].input(word).run()
+    assert at.dataframe[0].value["text"].str.lower().str.contains(word.lower()).all()
+
+
+def test_approve_through_the_form(monkeypatch, pending):
+    ws, gate_id = pending
+    at = open_page(monkeypatch, ws.root, "approvals")
+    at.text_input(key=f"by_{gate_id}").input(APPROVER)
+    at.text_input(key=f"password_{gate_id}").input("wrong")
+    at.button(key=f"approve_{gate_id}").click().run()
+    assert "wrong password" in at.error[0].value and ws.store.gate(gate_id)["status"] == "pending"
+
+    at.text_input(key=f"by_{gate_id}").input(APPROVER)
+    at.text_input(key=f"password_{gate_id}").input(PASSWORD)
+    at.text_area(key=f"comment_{gate_id}").input("looked at the recall table")
+    at.button(key=f"approve_{gate_id}").click().run()
+    assert not at.exception
+    gate = ws.store.gate(gate_id)
+    assert (gate["status"], gate["decided_by"], gate["comment"]) == ("approved", APPROVER, "looked at the recall table")
+    assert f"Gate {gate_id} approved" in at.success[0].value
+    assert "No gate waits" in texts(at) and list(at.dataframe[0].value["id"]) == [gate_id]
+
+
+def test_rollback_through_the_form(monkeypatch, pending):
+    ws, _ = pending
+    at = open_page(monkeypatch, ws.root, "models")
+    at.selectbox(key="rollback_version").select("v2")
+    at.text_input(key="rollback_by").input(APPROVER)
+    at.text_input(key="rollback_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception and ws.store.alias("production") == "v2"
+    assert "v1 → v2" in at.success[0].value
+    assert ws.store.audit_entries().iloc[-1]["action"] == "rollback"
+
+
+def test_workspace_comes_from_the_command_line_then_the_environment(monkeypatch):
+    monkeypatch.setenv(queries.ENV_VAR, "/from/env")
+    assert queries.workspace_from_args(["--workspace", "/from/args"]) == "/from/args"
+    assert queries.workspace_from_args(["-q", "tests"]) == "/from/env"
+    monkeypatch.delenv(queries.ENV_VAR)
+    assert queries.workspace_from_args([]) is None
