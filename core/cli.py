@@ -21,7 +21,7 @@ def cmd_init(args) -> int:
 
     ws = init_workspace(Path(args.workspace), Path(args.labeled), Path(args.unlabeled) if args.unlabeled else None,
                         Path(args.heldout) if args.heldout else None, args.text_col, args.label_col,
-                        args.base_model)
+                        args.base_model, guardrails=Path(args.guardrails) if args.guardrails else None)
     counts = ws.store.datasets().set_index("split")["n_rows"].to_dict()
     print(f"workspace {ws.root}: {len(ws.store.labels())} labels, "
           + ", ".join(f"{n:,} {split}" for split, n in counts.items()))
@@ -175,6 +175,49 @@ def cmd_ui(args) -> int:
     return serve_dashboard(ws.root, args.port, args.host)
 
 
+def cmd_guardrails(args) -> int:
+    from core.setup import add_guardrails
+
+    ws = _ws(args)
+    if args.action == "add":
+        if not args.file:
+            raise ValueError("guardrails add needs --file PROBES.csv (text,expected_label[,note])")
+        print(f"{add_guardrails(ws, Path(args.file)):,} guardrail probes added")
+    else:
+        probes = ws.store.guardrails()
+        print("no guardrail probes yet" if probes.empty else
+              probes[["id", "text", "expected_label", "note"]].to_string(index=False))
+    return 0
+
+
+def cmd_drift(args) -> int:
+    ws = _ws(args)
+    cycle_id = args.cycle or next((int(c) for c in reversed(ws.store.cycles()["id"].tolist())
+                                   if ws.store.drift_report(int(c))), None)
+    found = ws.store.drift_report(cycle_id) if cycle_id else None
+    if not found:
+        print("no drift report yet (one is made for every candidate once production exists)")
+        return 0
+    report = found["report"]
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    held = report["heldout"]
+    print(f"cycle {cycle_id}: {found['candidate']} vs {found['production']}: verdict {report['verdict'].upper()}")
+    for reason in report["reasons"]:
+        print(f"  - {reason}")
+    print(f"  held-out flip rate {held['flip_rate']:.3f} ({held['flips_fixed']} fixed, {held['flips_broken']} broken), "
+          f"KL {held['kl']:.4f}, ECE {held['ece_production']:.3f} -> {held['ece_candidate']:.3f}")
+    if "guardrails" in report:
+        g = report["guardrails"]
+        print(f"  guardrails {g['pass_rate_production']:.0%} -> {g['pass_rate_candidate']:.0%}")
+        for f in g["failures"][:10]:
+            print(f"    FAIL {f['text']!r}: expected {f['expected']}, got {f['candidate']}  {f['note']}")
+    for f in held["flipped"][:10]:
+        print(f"  flip  {f['text'][:70]!r}: {f['production']} -> {f['candidate']} (true {f['label']})")
+    return 0
+
+
 def cmd_users(args) -> int:
     from core import auth
 
@@ -231,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-col", default="text")
     p.add_argument("--label-col", default="label")
     p.add_argument("--base-model", help="Hugging Face id or local path (default: the bundled MiniLM)")
+    p.add_argument("--guardrails", help="must-hold probes: CSV with text,expected_label[,note]")
 
     for name, fn, help_ in (("evolve", cmd_evolve, "run evolution cycles"),
                             ("resume", cmd_resume, "finish the open cycle")):
@@ -267,6 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", required=True)
     p.add_argument("--to", required=True)
     p.add_argument("--by")
+
+    p = add("guardrails", cmd_guardrails, "add or list must-hold guardrail probes")
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--file")
+
+    p = add("drift", cmd_drift, "show a candidate's drift report")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--cycle", type=int)
+    p.add_argument("--json", action="store_true")
 
     p = add("users", cmd_users, "add or list approvers and viewers")
     p.add_argument("action", choices=["add", "list"])

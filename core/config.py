@@ -65,14 +65,34 @@ GatePolicy = Literal["human", "auto", "auto_under_thresholds"]
 class GateConfig(_Section):
     policy: GatePolicy = "human"
     timeout_hours: float = Field(72.0, gt=0)
-    # auto_under_thresholds: decide automatically only when the gain is at least this.
+    # auto_under_thresholds, promotion and scaffold_adoption: automatic only when the gain is at least this.
     auto_min_gain: float = 0.01
+    # auto_under_thresholds, data_review: automatic only for at most this many kept samples whose
+    # mean verifier confidence is at least auto_min_confidence.
+    auto_max_samples: int = Field(50_000, ge=0)
+    auto_min_confidence: float = Field(0.5, ge=0, le=1)
 
 
 class GatesConfig(_Section):
     min_gain: float = Field(0.0, ge=-1, le=1)
     max_recall_drop: float = Field(0.10, ge=0, le=1)
-    promotion: GateConfig = GateConfig()
+    # A class counts as forgotten only when it also loses at least this many held-out examples: with
+    # five examples a class, one flip is a 0.2 recall drop and mostly noise.
+    forgetting_min_examples: int = Field(2, ge=1)
+    data_review: GateConfig = GateConfig(policy="auto_under_thresholds")
+    promotion: GateConfig = GateConfig(policy="human")
+    drift_review: GateConfig = GateConfig(policy="human")
+    scaffold_adoption: GateConfig = GateConfig(policy="auto_under_thresholds")
+
+
+class DriftConfig(_Section):
+    """A candidate whose behaviour moves past any of these is sent to the drift_review gate."""
+    max_flip_rate: float = Field(0.25, ge=0, le=1)
+    max_kl: float = Field(0.5, ge=0)
+    max_ece_increase: float = Field(0.05, ge=0, le=1)
+    max_guardrail_drop: float = Field(0.0, ge=0, le=1)
+    reference_size: int = Field(500, ge=0)  # recent traffic rows compared besides the held-out set
+    max_flipped_shown: int = Field(50, ge=0)
 
 
 class Config(_Section):
@@ -81,6 +101,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     curate: CurateConfig = CurateConfig()
     gates: GatesConfig = GatesConfig()
+    drift: DriftConfig = DriftConfig()
 
 
 class ConfigError(ValueError):

@@ -1,6 +1,7 @@
 """The evolution cycle as a persisted state machine.
 
-Stages: diagnose -> curate -> train -> evaluate -> gate -> promote (or rejected). The cycle's stage lives
+Stages: diagnose -> curate -> data_review -> train -> evaluate -> drift -> [drift_review] -> gate (promotion)
+-> promote, or rejected at any gate. The cycle's stage lives
 in the store, and every stage writes its output and the next stage in one transaction, so a process
 killed at any moment resumes from the stage it was in without losing or duplicating anything.
 The first cycle of a workspace is a baseline: it trains on the labeled seed and skips diagnosis and curation.
@@ -18,14 +19,15 @@ from typing import Callable
 
 import pandas as pd
 
-from core import curate, diagnose, gates, model as M, registry
+from core import curate, diagnose, drift, gates, model as M, registry
 from core.evaluate import evaluate
 from core.faults import crash_point
 from core.store import StoreConflict, utcnow
 from core.train import TrainSpec, train
-from core.workspace import Workspace, engine_lock
+from core.workspace import Workspace, audit_config, engine_lock
 
-EVOLVE_STAGES = ["diagnose", "curate", "train", "evaluate", "gate", "promote"]
+EVOLVE_STAGES = ["diagnose", "curate", "data_review", "train", "evaluate", "drift", "drift_review", "gate",
+                 "promote"]
 BASELINE_STAGES = ["train", "evaluate", "gate", "promote"]
 ENGINE = "engine"
 
@@ -76,7 +78,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
     probs = M.predict_proba(loaded, pool["text"].tolist(), progress=ctx["progress"])
     favoured = diagnose.target_labels(store.diagnoses(cycle["id"]))
     samples = curate.pseudo_label(pool, probs, loaded.labels, cfg.curate, favoured)
-    store.save_samples(cycle["id"], samples, "train")
+    store.save_samples(cycle["id"], samples, "data_review")
     kept = int((samples["status"] == "kept").sum())
     _say(ctx["progress"], f"  curate: generated {len(samples):,}, kept {kept:,}")
 
@@ -132,18 +134,20 @@ def stage_evaluate(ws: Workspace, cycle: dict, ctx: dict) -> None:
     store = ws.store
     version = cycle["candidate_version"]
     results, acc, per_class = evaluate(registry.load(ws, version), store.examples("heldout"), ctx["progress"])
-    store.save_evaluation(version, "heldout", results, acc, per_class, cycle_id=cycle["id"], next_stage="gate")
+    # A baseline has nothing to drift from.
+    next_stage = "drift" if cycle["parent_version"] else "gate"
+    store.save_evaluation(version, "heldout", results, acc, per_class, cycle_id=cycle["id"], next_stage=next_stage)
     _say(ctx["progress"], f"  evaluate: {version} held-out accuracy {acc:.4f}")
 
 
-def stage_gate(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
-    store, cfg = ws.store, ws.config()
-    candidate = store.evaluation(cycle["candidate_version"])
-    production = store.evaluation(cycle["parent_version"]) if cycle["parent_version"] else None
-    checks = gates.promotion_checks(cfg.gates, candidate, production)
-    gate = gates.open_gate(store, cycle["id"], "promotion", cfg.gates.promotion, checks)
+def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, next_stage: str,
+                hard: bool = True) -> Outcome | None:
+    """Open (or find) the cycle's gate of this kind, let its policy decide if it may, else wait for a person."""
+    store = ws.store
+    gate_cfg = getattr(ws.config().gates, kind)
+    gate = gates.open_gate(store, cycle["id"], kind, gate_cfg, checks)
     if gate["status"] == "pending":
-        verdict = gates.automatic_verdict(cfg.gates.promotion, checks, ctx["auto_approve"])
+        verdict = gates.automatic_verdict(gate_cfg, checks, ctx["auto_approve"], hard=hard)
         if verdict.action != "wait":
             try:
                 gates.decide(store, gate["id"], verdict.action == "approve", verdict.actor, verdict.comment,
@@ -153,15 +157,49 @@ def stage_gate(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
         gate = gates.expire_if_due(store, store.gate(gate["id"]))
     if gate["status"] == "pending":
         store.set_cycle_waiting(cycle["id"], True)
-        return Outcome(cycle["id"], "waiting", "gate", gate["id"],
-                       f"cycle {cycle['id']} waits at promotion gate {gate['id']}: decide with "
+        return Outcome(cycle["id"], "waiting", cycle["stage"], gate["id"],
+                       f"cycle {cycle['id']} waits at {kind} gate {gate['id']}: decide with "
                        f"`python -m core approve|reject --workspace {ws.root} {gate['id']} --by NAME`, "
                        f"then `python -m core resume --workspace {ws.root}`")
     if gate["status"] == "approved":
-        store.set_stage(cycle["id"], "promote")
+        store.set_stage(cycle["id"], next_stage)
         return None
-    store.reject_cycle(cycle["id"], gate["decided_by"], gate["comment"] or "gate rejected")
+    store.reject_cycle(cycle["id"], gate["decided_by"], gate["comment"] or f"{kind} gate rejected")
     return None
+
+
+def stage_data_review(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
+    samples = ws.store.samples(cycle["id"])
+    kept = samples[samples["status"] == "kept"]
+    checks = gates.data_review_checks(ws.config().gates.data_review, len(kept), len(samples),
+                                      float(kept["confidence"].mean()) if len(kept) else None)
+    return _gate_stage(ws, cycle, ctx, "data_review", checks, "train")
+
+
+def stage_drift(ws: Workspace, cycle: dict, ctx: dict) -> None:
+    store, cfg = ws.store, ws.config()
+    pool = store.examples("unlabeled")
+    reference = pool["text"].tail(cfg.drift.reference_size).tolist() if cfg.drift.reference_size else []
+    report = drift.compare(registry.load(ws, cycle["parent_version"]), registry.load(ws, cycle["candidate_version"]),
+                           store.examples("heldout"), reference, store.guardrails(), cfg.drift)
+    passed = report["verdict"] == "pass"
+    store.save_drift(cycle["id"], cycle["candidate_version"], cycle["parent_version"], passed, report,
+                     "gate" if passed else "drift_review")
+    _say(ctx["progress"], f"  drift: {report['verdict']} ({'; '.join(report['reasons'])})")
+
+
+def stage_drift_review(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
+    report = ws.store.drift_report(cycle["id"])["report"]
+    checks = {"passed": False, "verdict": report["verdict"], "reasons": report["reasons"]}
+    return _gate_stage(ws, cycle, ctx, "drift_review", checks, "gate", hard=False)
+
+
+def stage_gate(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
+    store, cfg = ws.store, ws.config()
+    candidate = store.evaluation(cycle["candidate_version"])
+    production = store.evaluation(cycle["parent_version"]) if cycle["parent_version"] else None
+    checks = gates.promotion_checks(cfg.gates, candidate, production)
+    return _gate_stage(ws, cycle, ctx, "promotion", checks, "promote")
 
 
 def stage_promote(ws: Workspace, cycle: dict, ctx: dict) -> None:
@@ -173,8 +211,10 @@ def stage_promote(ws: Workspace, cycle: dict, ctx: dict) -> None:
                      f"gate {gate['id']}: {gate['comment'] or 'approved'}")
 
 
-STAGES: dict[str, Callable] = {"diagnose": stage_diagnose, "curate": stage_curate, "train": stage_train,
-                               "evaluate": stage_evaluate, "gate": stage_gate, "promote": stage_promote}
+STAGES: dict[str, Callable] = {"diagnose": stage_diagnose, "curate": stage_curate,
+                               "data_review": stage_data_review, "train": stage_train, "evaluate": stage_evaluate,
+                               "drift": stage_drift, "drift_review": stage_drift_review, "gate": stage_gate,
+                               "promote": stage_promote}
 
 
 def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress: bool = True) -> Outcome:
@@ -219,6 +259,7 @@ def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress:
     A workspace without a production model first runs its baseline cycle, which does not count."""
     outcomes: list[Outcome] = []
     with engine_lock(ws):
+        audit_config(ws, "engine")  # hand edits to config.toml since the last run
         counted = 0
         while counted < cycles:
             open_ = ws.store.open_cycle()
@@ -237,6 +278,7 @@ def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress:
 
 def resume(ws: Workspace, auto_approve: bool = False, progress: bool = True) -> Outcome | None:
     with engine_lock(ws):
+        audit_config(ws, "engine")
         open_ = ws.store.open_cycle()
         if open_ is None:
             return None

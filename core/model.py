@@ -211,6 +211,10 @@ class Loaded:
 
 
 def verify_files(folder: Path, files: dict[str, str], version: str) -> None:
+    present = {str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file()}
+    extra = sorted(present - set(files))
+    if extra:  # e.g. a planted pickle that a library might pick up next to the weights
+        raise ModelIntegrityError(f"model {version}: unexpected file {extra[0]} in its folder")
     for name, expected in files.items():
         path = Path(folder) / name
         if not path.is_file():

@@ -8,7 +8,7 @@ import pandas as pd
 from core import data as D
 from core.config import Config
 from core.store import Store
-from core.workspace import Workspace, staging
+from core.workspace import Workspace, audit_config, staging
 
 
 def check_base_model(name: str) -> None:
@@ -25,7 +25,7 @@ def check_base_model(name: str) -> None:
 
 def init_workspace(root: Path, labeled: Path, unlabeled: Path | None = None, heldout: Path | None = None,
                    text_col: str = "text", label_col: str = "label", base_model: str | None = None,
-                   config: Config | None = None) -> Workspace:
+                   config: Config | None = None, guardrails: Path | None = None) -> Workspace:
     config = config or Config()
     config.data.text_col, config.data.label_col = text_col, label_col
     if base_model:
@@ -45,6 +45,7 @@ def init_workspace(root: Path, labeled: Path, unlabeled: Path | None = None, hel
         if held_frame.empty:
             raise D.DataError(f"{labeled}: too few rows per label to hold any out; pass --heldout")
     pool = D.read_csv(unlabeled, text_col, None, **limits) if unlabeled else None
+    probes = read_guardrails(guardrails, labels, config) if guardrails else None
     check_base_model(config.model.base_model)
 
     parts = [("seed", seed.source, seed.sha256, seed_frame), ("heldout", held_source, held_sha, held_frame)]
@@ -55,6 +56,9 @@ def init_workspace(root: Path, labeled: Path, unlabeled: Path | None = None, hel
         Store(ws.db).load_datasets(labels, parts, "cli", {
             "labels": len(labels), "rows": {split: len(frame) for split, _, _, frame in parts},
             "base_model": config.model.base_model})
+        if probes is not None:
+            Store(ws.db).add_guardrails(probes, "cli", str(Path(guardrails).resolve()))
+        audit_config(ws, "cli")
     return Workspace(Path(root))
 
 
@@ -62,3 +66,22 @@ def read_predict_input(path: Path, text_col: str, config: Config) -> pd.DataFram
     table = D.read_csv(path, text_col, None, max_text_chars=config.data.max_text_chars,
                        max_file_bytes=config.data.max_file_bytes, keep_extra=True)
     return table.frame.drop(columns=["row_num"])
+
+
+def read_guardrails(path: Path, labels: list[str], config: Config) -> pd.DataFrame:
+    """Must-hold probes: `text,expected_label[,note]`, every expected label one the model knows."""
+    table = D.read_csv(path, "text", "expected_label", max_text_chars=config.data.max_text_chars,
+                       max_file_bytes=config.data.max_file_bytes, keep_extra=True)
+    frame = table.frame
+    unknown = sorted(set(frame["expected_label"].astype(str).str.strip()) - set(labels))
+    if unknown:
+        raise D.DataError(f"{path}: guardrail expected_label(s) not among the model's labels: "
+                          + ", ".join(f"'{u}'" for u in unknown[:5]))
+    notes = frame["note"].astype(str) if "note" in frame else ""
+    return pd.DataFrame({"text": frame["text"], "expected_label": frame["expected_label"].str.strip(),
+                         "note": notes})
+
+
+def add_guardrails(ws: Workspace, path: Path, actor: str = "cli") -> int:
+    probes = read_guardrails(path, ws.store.labels(), ws.config())
+    return ws.store.add_guardrails(probes, actor, str(Path(path).resolve()))

@@ -22,7 +22,7 @@ import pandas as pd
 
 from core.faults import crash_point
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -68,6 +68,12 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE users(name VARCHAR PRIMARY KEY, role VARCHAR NOT NULL, password_hash VARCHAR NOT NULL,
         created_at TIMESTAMP);
+    """,
+    """
+    CREATE TABLE guardrails(id INTEGER PRIMARY KEY, text VARCHAR NOT NULL, expected_label VARCHAR NOT NULL,
+        note VARCHAR, created_at TIMESTAMP);
+    CREATE TABLE drift_reports(cycle_id INTEGER PRIMARY KEY, candidate VARCHAR, production VARCHAR,
+        passed BOOLEAN, report JSON, created_at TIMESTAMP);
     """,
 ]
 
@@ -204,6 +210,42 @@ class Store:
     def audit_head(self) -> str | None:
         df = self._read("SELECT value FROM meta WHERE key = 'audit_head'")
         return None if df.empty else df.iloc[0, 0]
+
+    # -- configuration history ------------------------------------------------------------------
+    def config_snapshot(self) -> dict | None:
+        df = self._read("SELECT value FROM meta WHERE key = 'config_snapshot'")
+        return None if df.empty else json.loads(df.iloc[0, 0])
+
+    def record_config(self, snapshot: dict, changes: dict, actor: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('config_snapshot', ?)", [_json(snapshot)])
+            self._audit(con, actor, "config_changed", "config.toml", changes)
+
+    # -- guardrail probes and drift ---------------------------------------------------------------
+    def add_guardrails(self, probes: pd.DataFrame, actor: str, source: str) -> int:
+        with self._tx() as con:
+            start = con.execute("SELECT coalesce(max(id), 0) + 1 FROM guardrails").fetchone()[0]
+            frame = probes.assign(id=range(start, start + len(probes)), created_at=utcnow())
+            _register(con, "probes_df", frame)
+            con.execute("INSERT INTO guardrails SELECT id, text, expected_label, note, created_at FROM probes_df")
+            self._audit(con, actor, "guardrails_added", "guardrails", {"count": len(probes), "source": source})
+            return len(probes)
+
+    def guardrails(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM guardrails ORDER BY id")
+
+    def save_drift(self, cycle_id: int, candidate: str, production: str, passed: bool, report: dict,
+                   next_stage: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO drift_reports VALUES (?, ?, ?, ?, ?, ?)",
+                        [cycle_id, candidate, production, passed, _json(report), utcnow()])
+            self._set_stage(con, cycle_id, next_stage)
+
+    def drift_report(self, cycle_id: int) -> dict | None:
+        row = _first(self._read("SELECT * FROM drift_reports WHERE cycle_id = ?", [cycle_id]))
+        if row:
+            row["report"] = json.loads(row["report"])
+        return row
 
     # -- users --------------------------------------------------------------------------------
     def add_user(self, name: str, role: str, password_hash: str, actor: str) -> None:

@@ -45,8 +45,10 @@ class Workspace:
     def config(self) -> Config:
         return load_config(self.config_path)
 
-    def save_config(self, config: Config) -> None:
+    def save_config(self, config: Config, actor: str = "cli") -> None:
         _atomic_write(self.config_path, dump_config(config))
+        if self.db.exists():
+            audit_config(self, actor)
 
 
 def open_workspace(path: str | Path) -> Workspace:
@@ -102,3 +104,27 @@ def engine_lock(ws: Workspace) -> Iterator[None]:
     finally:
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def audit_config(ws: Workspace, actor: str) -> dict:
+    """Record in the audit log how config.toml differs from the last version seen, hand edits included."""
+    current = _flatten(ws.config().model_dump())
+    before = ws.store.config_snapshot()
+    if before == current:
+        return {}
+    changes = {k: {"from": (before or {}).get(k), "to": current.get(k)}
+               for k in sorted(set(current) | set(before or {})) if (before or {}).get(k) != current.get(k)}
+    if before is None:
+        changes = {"initial": True}
+    ws.store.record_config(current, changes, actor)
+    return changes

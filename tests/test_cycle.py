@@ -16,7 +16,8 @@ def test_baseline_then_evolve_with_auto_approve(baseline_ws):
     assert [o.status in ("done", "rejected") for o in outcomes] == [True]
     cid = outcomes[0].cycle_id
     stages = set(store.stage_runs(cid)["stage"])
-    assert {"diagnose", "curate", "train", "evaluate", "gate"} <= stages
+    assert {"diagnose", "curate", "data_review", "train", "evaluate", "drift", "gate"} <= stages
+    assert store.drift_report(cid)["report"]["verdict"] == "pass"
     samples = store.samples(cid)
     assert len(samples) == len(store.examples("unlabeled"))  # every pool row is a sample with a reason
     assert samples["reason"].str.len().gt(0).all()
@@ -96,8 +97,8 @@ def test_gate_timeout_rejects(baseline_ws):
     assert gate["status"] == "rejected" and "timed out" in gate["comment"]
 
 
-def _eval(acc, recalls):
-    return {"accuracy": acc, "per_class": {k: {"recall": v} for k, v in recalls.items()}}
+def _eval(acc, recalls, support=10):
+    return {"accuracy": acc, "per_class": {k: {"recall": v, "support": support} for k, v in recalls.items()}}
 
 
 def test_promotion_checks_margin_and_forgetting_guard():
@@ -109,15 +110,22 @@ def test_promotion_checks_margin_and_forgetting_guard():
     forgot = gates.promotion_checks(cfg, _eval(0.90, {"a": 0.5, "b": 1.0}), prod)
     assert not forgot["passed"] and "forgetting guard" in forgot["reasons"][0]
     assert forgot["worst_recall_drop"]["label"] == "a"
+    # one lost example out of five is noise, not forgetting
+    tiny = gates.promotion_checks(cfg, _eval(0.90, {"a": 0.8, "b": 1.0}, support=5), _eval(0.8, {"a": 1.0, "b": 0.6}, 5))
+    assert tiny["passed"] and tiny["worst_recall_drop"]["drop"] == pytest.approx(0.2)
 
 
 def test_policies():
-    passed = {"passed": True, "gain": 0.02, "reasons": []}
-    failed = {"passed": False, "gain": 0.02, "reasons": ["x"]}
+    passed = {"passed": True, "within_thresholds": False, "reasons": []}
+    failed = {"passed": False, "reasons": ["x"]}
     assert gates.automatic_verdict(GateConfig(policy="human"), passed, False).action == "wait"
     assert gates.automatic_verdict(GateConfig(policy="human"), passed, True).action == "approve"
     assert gates.automatic_verdict(GateConfig(policy="human"), failed, True).action == "reject"
     assert gates.automatic_verdict(GateConfig(policy="auto"), passed, False).action == "approve"
-    under = GateConfig(policy="auto_under_thresholds", auto_min_gain=0.05)
+    under = GateConfig(policy="auto_under_thresholds")
     assert gates.automatic_verdict(under, passed, False).action == "wait"
-    assert gates.automatic_verdict(under, {**passed, "gain": 0.06}, False).action == "approve"
+    assert gates.automatic_verdict(under, {**passed, "within_thresholds": True}, False).action == "approve"
+    # drift review: a failed check is put to a person under `human`, rejected under automatic policies
+    assert gates.automatic_verdict(GateConfig(policy="human"), failed, False, hard=False).action == "wait"
+    assert gates.automatic_verdict(GateConfig(policy="auto"), failed, False, hard=False).action == "reject"
+    assert gates.automatic_verdict(GateConfig(policy="human"), failed, True, hard=False).action == "reject"

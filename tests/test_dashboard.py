@@ -24,6 +24,7 @@ def _pending_template(tmp_path_factory, _baseline_template):
     ws = open_workspace(root)
     config = ws.config()
     config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0  # any candidate passes the checks
+    config.train.epochs = 1  # the curves only need to exist
     ws.save_config(config)
     auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
     outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
@@ -124,7 +125,7 @@ def test_approve_through_the_form(monkeypatch, pending):
     gate = ws.store.gate(gate_id)
     assert (gate["status"], gate["decided_by"], gate["comment"]) == ("approved", APPROVER, "looked at the recall table")
     assert f"Gate {gate_id} approved" in at.success[0].value
-    assert "No gate waits" in texts(at) and list(at.dataframe[0].value["id"]) == [gate_id]
+    assert "No gate waits" in texts(at) and at.dataframe[0].value["id"].iloc[0] == gate_id
 
 
 def test_rollback_through_the_form(monkeypatch, pending):
