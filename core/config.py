@@ -54,6 +54,20 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+class DoctorConfig(_Section):
+    """The training doctor's rules: what counts as a sick loss curve and how hard to respond."""
+    enabled: bool = True
+    spike_factor: float = Field(3.0, gt=1)  # loss above this multiple of its running average: divergence
+    ema_alpha: float = Field(0.1, gt=0, le=1)
+    lr_backoff: float = Field(0.3, gt=0, lt=1)  # learning rate multiplier after each rollback
+    clip_backoff: float = Field(0.5, gt=0, le=1)  # gradient-clipping norm multiplier after each rollback
+    max_rollbacks: int = Field(10, ge=0)
+    plateau_patience: int = Field(3, ge=1)  # evaluations without val-loss improvement before stopping
+    plateau_min_delta: float = Field(1e-3, ge=0)
+    gap_max: float = Field(1.0, gt=0)  # val loss minus train loss above this, and widening: overfitting
+    gap_patience: int = Field(3, ge=1)
+
+
 class CurateConfig(_Section):
     min_confidence: float = Field(0.7, ge=0, le=1)
     max_per_class: int = Field(40, ge=1)
@@ -99,6 +113,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    doctor: DoctorConfig = DoctorConfig()
     curate: CurateConfig = CurateConfig()
     gates: GatesConfig = GatesConfig()
     drift: DriftConfig = DriftConfig()

@@ -108,7 +108,7 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
         spec = TrainSpec(run_id=f"cycle_{cycle['id']}", labels=store.labels(), model=cfg.model.model_dump(),
                          train=cfg.train.model_dump(), train_file=str(run_dir / "train.parquet"),
                          eval_file=str(run_dir / "eval.parquet"), checkpoint_dir=str(run_dir / "checkpoints"),
-                         output_dir=str(out), db=str(ws.db))
+                         output_dir=str(out), db=str(ws.db), extra={"doctor": cfg.doctor.model_dump()})
         spec.save(run_dir / "spec.json")
         _say(ctx["progress"], f"  train: {len(data):,} rows ({int((data['source'] == 'seed').sum()):,} seed "
                               f"replayed) -> {version}")

@@ -5,6 +5,7 @@ many GPUs or nodes with `accelerate launch -m core.train SPEC.json`.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -24,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from core import model as M
-from core.config import ModelConfig, TrainConfig
+from core.config import DoctorConfig, ModelConfig, TrainConfig
+from core.doctor import Doctor
 
 LOG_EVERY = 10
 KEEP_CHECKPOINTS = 2
@@ -52,7 +54,7 @@ class TrainSpec:
 
 
 # -- checkpoints: safetensors for tensors, JSON for the rest, never pickle -----------------------
-def _save_checkpoint(folder: Path, step: int, model, optimizer, best: dict) -> None:
+def _save_checkpoint(folder: Path, step: int, model, optimizer, best: dict, doctor: dict) -> None:
     tmp = folder / f".step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -66,7 +68,8 @@ def _save_checkpoint(folder: Path, step: int, model, optimizer, best: dict) -> N
             else:
                 scalars[f"{pid}.{key}"] = value
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    state = {"step": step, "param_groups": opt["param_groups"], "scalars": scalars, "best": best}
+    state = {"step": step, "param_groups": opt["param_groups"], "scalars": scalars, "best": best,
+             "doctor": doctor}
     (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     os.replace(tmp, folder / f"step_{step}")
     for old in _checkpoints(folder)[:-KEEP_CHECKPOINTS]:
@@ -144,6 +147,8 @@ class _MetricSink:
 
 def train(spec: TrainSpec, progress: bool = True) -> dict:
     mcfg, tcfg = ModelConfig(**spec.model), TrainConfig(**spec.train)
+    doctor = Doctor(DoctorConfig(**spec.extra.get("doctor", {})))
+    inject_nan = set(spec.extra.get("inject_nan_steps", []))  # tests: the doctor must survive these
     # cpu=True on a machine without CUDA lets torchrun-style launches form a gloo process group.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
@@ -188,6 +193,7 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
     if found:  # resume after a crash or a kill: the checkpoint's weights, optimizer and position
         state = _load_checkpoint(found[-1], model, optimizer)
         step, best = state["step"], state["best"]
+        doctor.restore(state.get("doctor"))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     sink = _MetricSink(spec, accelerator.is_main_process)
     base_lrs = [tcfg.lr, tcfg.head_lr]
@@ -200,29 +206,63 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
 
     bar = tqdm(total=total, initial=step, desc="training", disable=not (progress and accelerator.is_main_process),
                leave=False)
+    def snapshot():
+        return step, M.trainable_state(unwrapped), copy.deepcopy(optimizer.state_dict())
+
+    def agree(flag: bool) -> bool:
+        """Every process takes the same branch: one sick rank makes all of them act."""
+        if accelerator.num_processes == 1:
+            return flag
+        return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+    last_good = snapshot()
+    recent_losses: list[float] = []
+    stopped = False
     model.train()
-    while step < total:
+    while step < total and not stopped:
         epoch = step // steps_per_epoch
         loader.set_epoch(epoch)
         skip = step - epoch * steps_per_epoch
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in epoch_loader:
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base_lr * schedule(step)
+                group["lr"] = base_lr * schedule(step) * doctor.lr_scale
             logits = model(batch["input_ids"], batch["attention_mask"])
             loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=0.1)
+            if step + 1 in inject_nan:
+                loss = loss * float("nan")
+            finding = doctor.check_step(loss.item())
+            if agree(finding is not None):
+                # A sick step is never applied: back to the last good weights, then gentler settings.
+                finding = finding or doctor.check_step(float("nan"))
+                sink.event(step + 1, finding.kind, finding.detail)
+                optimizer.zero_grad(set_to_none=True)
+                if finding.action == "stop":
+                    sink.event(step + 1, "early_stop", "training stopped by the doctor")
+                    stopped = True
+                    break
+                good_step, weights, opt_state = last_good
+                M.load_trainable_state(unwrapped, weights)
+                optimizer.load_state_dict(opt_state)
+                sink.event(step + 1, "rollback", f"weights of step {good_step} restored; learning rate x"
+                                                 f"{doctor.lr_scale:.3g}, clip norm x{doctor.clip_scale:.3g}")
+                step += 1
+                bar.update(1)
+                continue
             accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm * doctor.clip_scale)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
+            recent_losses = (recent_losses + [loss.item()])[-LOG_EVERY:]
             ep = step / steps_per_epoch
             if accelerator.is_main_process and (step % LOG_EVERY == 0 or step == total):
                 sink.add(step, "train_loss", loss.item(), ep)
                 sink.add(step, "lr", optimizer.param_groups[0]["lr"], ep)
                 sink.add(step, "grad_norm", float(grad_norm), ep)
                 sink.flush()
+            stop_now, improved = False, False
             if step % eval_every == 0 or step == total:
                 if accelerator.is_main_process:
                     val_loss, val_acc = _evaluate(unwrapped, tokenizer, eval_texts, eval_ids, mcfg.max_length,
@@ -233,14 +273,27 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
                     if val_acc > best["acc"]:
                         best = {"acc": val_acc, "step": step}
                         save_file(M.trainable_state(unwrapped), str(best_path))
-                accelerator.wait_for_everyone()
+                    train_avg = sum(recent_losses) / len(recent_losses) if recent_losses else None
+                    verdict = doctor.check_eval(val_loss, train_avg)
+                    improved = doctor.evals_without_gain == 0
+                    if verdict is not None and step < total:
+                        sink.event(step, verdict.kind, verdict.detail)
+                        sink.event(step, "early_stop", "training stopped by the doctor; best state kept")
+                        stop_now = True
+                stop_now = agree(stop_now)
+                if agree(improved):  # a rollback returns to a state the validation set vouched for
+                    last_good = snapshot()
             if accelerator.is_main_process and (step % tcfg.checkpoint_every == 0):
-                _save_checkpoint(ckpt_dir, step, unwrapped, optimizer, best)
+                _save_checkpoint(ckpt_dir, step, unwrapped, optimizer, best, doctor.state())
             accelerator.wait_for_everyone()
+            if stop_now:
+                stopped = True
+                break
             if step >= total:
                 break
     bar.close()
-    result = {"steps": step, "best_val_acc": best["acc"], "best_step": best["step"],
+    result = {"steps": step, "stopped_early": stopped, "rollbacks": doctor.rollbacks,
+              "best_val_acc": best["acc"], "best_step": best["step"],
               "seconds": time.time() - started, "processes": accelerator.num_processes,
               "train_rows": len(items)}
     if accelerator.is_main_process:

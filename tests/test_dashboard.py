@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import timedelta
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -10,6 +11,7 @@ from conftest import ROOT
 
 from app import nav, queries
 from core import auth, cycle
+from core.store import utcnow
 from core.workspace import open_workspace
 
 MAIN = ROOT / "app" / "main.py"
@@ -107,6 +109,30 @@ def test_synthetic_data_filters_and_pages_in_sql(monkeypatch, _pending_template)
     word = kept.iloc[0]["text"].split()[0]
     at.text_input[0].input(word).run()
     assert at.dataframe[0].value["text"].str.lower().str.contains(word.lower()).all()
+
+
+def test_approvals_show_the_evidence_of_every_gate_kind(monkeypatch, pending):
+    ws, gate_id = pending
+    deadline = utcnow() + timedelta(hours=1)
+    drift = ws.store.open_gate(2, "drift_review", "human", {"passed": False, "verdict": "review",
+                                                             "reasons": ["held-out flip rate 0.300 > 0.25"]}, deadline)
+    other = ws.store.open_gate(2, "scaffold_adoption", "human", {"passed": True, "reasons": ["gain +0.02"],
+                                                                  "scaffold": "few_shot"}, deadline)
+    at = open_page(monkeypatch, ws.root, "approvals")
+    shown = texts(at)
+    for gid in (gate_id, drift, other):
+        assert f"Gate {gid}" in shown and at.button(key=f"approve_{gid}")
+    assert "Checks failed: held-out flip rate 0.300" in shown and "Held-out flip rate" in shown
+    assert at.json and "few_shot" in at.json[0].value
+
+
+def test_training_marks_the_doctors_interventions(monkeypatch, pending):
+    ws, _ = pending
+    ws.store.record_train_event("cycle_2", 3, "lr_cut", "loss plateaued: learning rate halved")
+    at = open_page(monkeypatch, ws.root, "training")
+    assert list(at.dataframe[0].value["kind"]) == ["lr_cut"]
+    figure = at.get("plotly_chart")[0].proto.spec
+    assert '"lr_cut"' in figure and '"val_acc"' in figure
 
 
 def test_approve_through_the_form(monkeypatch, pending):
