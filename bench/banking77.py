@@ -137,29 +137,34 @@ class DevScorer:
         return self.cache[version][0], 0.0
 
 
-def cycle_record(ws, index: int, outcome, seconds: float, production: str | None, dev_acc, dev_s) -> dict:
+def cycle_record(ws, index: int, outcome, seconds: float, production: str | None, scorer: "DevScorer") -> dict:
     store = ws.store
     cyc = store.cycle(outcome.cycle_id)
     candidate = cyc.get("candidate_version")
     evals = store.evaluations()
     held = evals.loc[evals["version"] == candidate, "accuracy"]
     runs = store.stage_runs(outcome.cycle_id)
-    stage_s = {s: float(runs.loc[runs["stage"] == s, "seconds"].sum()) if (runs["stage"] == s).any() else None
-               for s in STAGES}
+    seen = [str(s) for s in runs["stage"]]
+    stage_s = {s: float(runs.loc[runs["stage"] == s, "seconds"].sum()) if s in seen else None
+               for s in STAGES + [s for s in seen if s not in STAGES]}  # stages added later are kept too
     samples = store.samples(outcome.cycle_id)
     per_gen = {}
     if len(samples):
         for gen, group in samples.groupby("generator"):
             per_gen[str(gen)] = {"generated": int(len(group)), "kept": int((group["status"] == "kept").sum())}
-    gate = store.gate_for(outcome.cycle_id, "promotion")
+    gates = store.gates()
+    gates = gates[gates["cycle_id"] == outcome.cycle_id]
+    gate_list = [{"kind": g["kind"], "status": g["status"], "by": g["decided_by"], "comment": g["comment"],
+                  "reasons": json.loads(g["checks"]).get("reasons")} for g in gates.to_dict("records")]
+    dev_acc, dev_s = scorer(production)
+    cand_dev, cand_s = scorer(candidate)  # also for a rejected candidate: was the gate right?
     own, kids = rss_mb()
     return {
         "cycle": index, "cycle_id": int(outcome.cycle_id), "kind": cyc["kind"], "status": outcome.status,
         "parent": cyc.get("parent_version"), "candidate": candidate, "production": production,
-        "dev_acc": dev_acc, "heldout_acc": float(held.iloc[0]) if len(held) else None,
-        "samples": per_gen, "stage_s": stage_s, "cycle_s": seconds, "dev_scoring_s": dev_s,
-        "gate": None if gate is None else {"status": gate["status"], "by": gate["decided_by"],
-                                           "comment": gate["comment"], "reasons": gate["checks"].get("reasons")},
+        "dev_acc": dev_acc, "candidate_dev_acc": cand_dev, "heldout_acc": float(held.iloc[0]) if len(held) else None,
+        "samples": per_gen, "stage_s": stage_s, "cycle_s": seconds, "dev_scoring_s": dev_s + cand_s,
+        "gates": gate_list,
         "peak_rss_mb": {"self": round(own, 1), "children": round(kids, 1)},
     }
 
@@ -173,8 +178,9 @@ def _sec(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-COLS = [("cyc", 3), ("id", 3), ("kind", 8), ("status", 8), ("prod", 5), ("dev_acc", 7), ("heldout", 7),
-        *[(s[:5], 7) for s in STAGES], ("cycle_s", 8), ("rss_MB", 7), ("rss_ch", 6), ("samples gen/kept", 0)]
+# stage columns are wall seconds; rss_* are peak resident memory so far in MB
+COLS = [("cyc", 3), ("id", 3), ("kind", 8), ("status", 8), ("prod", 5), ("dev_acc", 7), ("heldout", 7), ("cand_dev", 8),
+        *[(s, 8) for s in STAGES], ("cycle_s", 8), ("rss_self", 8), ("rss_kids", 8), ("samples gen/kept", 0)]
 
 
 def header() -> str:
@@ -184,8 +190,11 @@ def header() -> str:
 
 def row_line(r: dict) -> str:
     samples = ", ".join(f"{g} {v['generated']:,}/{v['kept']:,}" for g, v in r["samples"].items()) or "-"
+    extra = [f"{s} {_sec(v)}s" for s, v in r["stage_s"].items() if s not in STAGES]
+    if extra:
+        samples += f"  [other stages: {', '.join(extra)}]"
     cells = [str(r["cycle"]), str(r["cycle_id"]), r["kind"], r["status"], r["production"] or "-",
-             _pct(r["dev_acc"]), _pct(r["heldout_acc"]), *[_sec(r["stage_s"][s]) for s in STAGES],
+             _pct(r["dev_acc"]), _pct(r["heldout_acc"]), _pct(r["candidate_dev_acc"]), *[_sec(r["stage_s"][s]) for s in STAGES],
              _sec(r["cycle_s"]), f"{r['peak_rss_mb']['self']:.0f}", f"{r['peak_rss_mb']['children']:.0f}", samples]
     return "  ".join(f"{c:<{w}}" if i in (2, 3, 4) or w == 0 else f"{c:>{w}}"
                      for i, (c, (_, w)) in enumerate(zip(cells, COLS)))
@@ -200,13 +209,13 @@ def print_summary(rows: list[dict], meta: dict) -> None:
           f"{meta['machine']['torch_threads']} torch threads")
     base = rows[0]["dev_acc"] if rows else None
     print()
-    print(f"{'cyc':>3}  {'kind':<8}  {'status':<8}  {'cand':<5}  {'heldout':>7}  {'prod':<5}  {'dev_acc':>7}  "
+    print(f"{'cyc':>3}  {'kind':<8}  {'status':<8}  {'cand':<5}  {'heldout':>7}  {'cand_dev':>8}  {'prod':<5}  {'dev_acc':>7}  "
           f"{'vs base':>8}  {'kept':>6}  {'train_s':>8}  {'cycle_s':>8}")
     for r in rows:
         kept = sum(v["kept"] for v in r["samples"].values()) if r["samples"] else None
         delta = "-" if base is None or r["dev_acc"] is None else f"{100 * (r['dev_acc'] - base):+.2f}pp"
         print(f"{r['cycle']:>3}  {r['kind']:<8}  {r['status']:<8}  {r['candidate'] or '-':<5}  "
-              f"{_pct(r['heldout_acc']):>7}  {r['production'] or '-':<5}  {_pct(r['dev_acc']):>7}  {delta:>8}  "
+              f"{_pct(r['heldout_acc']):>7}  {_pct(r['candidate_dev_acc']):>8}  {r['production'] or '-':<5}  {_pct(r['dev_acc']):>7}  {delta:>8}  "
               f"{'-' if kept is None else f'{kept:,}':>6}  {_sec(r['stage_s']['train']):>8}  {_sec(r['cycle_s']):>8}")
     final = rows[-1]["dev_acc"] if rows else None
     print()
@@ -214,7 +223,7 @@ def print_summary(rows: list[dict], meta: dict) -> None:
     print("reference figures (official test split, not this dev test set):")
     for (name, value), shown in zip(REFERENCES, REFERENCE_TEXT):
         gap = "" if final is None else f"   (ours {100 * (final - value):+.1f}pp)"
-        print(f"  {shown:>6}  {name}{gap}")
+        print(f"  {shown:>6}  {name:<52}{gap}")
     t = meta["timing"]
     print()
     print(f"time      total {t['total_s']:.1f}s = setup {t['setup_s']:.1f}s + cycles {t['cycles_s']:.1f}s "
@@ -323,16 +332,16 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 previous = t_call
                 for outcome, at, production in marks:
-                    dev_acc, dev_s = scorer(production)
-                    record = cycle_record(ws, len(rows), outcome, at - previous, production, dev_acc, dev_s)
+                    record = cycle_record(ws, len(rows), outcome, at - previous, production, scorer)
                     previous = at
                     rows.append(record)
                     if not printed_header:
                         print(header(), flush=True)
                         printed_header = True
                     print(row_line(record), flush=True)
-                    if record["status"] == "rejected" and record["gate"]:
-                        print(f"      rejected: {record['gate']['comment']}", flush=True)
+                    for g in record["gates"]:
+                        if g["status"] == "rejected":
+                            print(f"      {g['kind']} gate rejected by {g['by']}: {g['comment']}", flush=True)
             if marks and marks[-1][0].status == "waiting":
                 meta["error"] = f"cycle {marks[-1][0].cycle_id} is waiting at a gate; stopping"
                 code = 1

@@ -35,6 +35,8 @@ class ModelConfig(_Section):
     # LoRA on the top N transformer layers only (0: all): backward then stops there, which is
     # what makes CPU training affordable.
     lora_layers: int = Field(3, ge=0)
+    # Explicit layer indices for LoRA; set per cycle by the head analysis (empty: the top lora_layers).
+    lora_layer_ids: list[int] = []
     # Cosine-similarity head scale: logits = scale * cos(embedding, class weight).
     head_scale: float = Field(20.0, gt=0)
 
@@ -66,6 +68,16 @@ class DoctorConfig(_Section):
     plateau_min_delta: float = Field(1e-3, ge=0)
     gap_max: float = Field(1.0, gt=0)  # val loss minus train loss above this, and widening: overfitting
     gap_patience: int = Field(3, ge=1)
+
+
+class DiagnoseConfig(_Section):
+    max_attributions: int = Field(300, ge=0)  # misclassified held-out examples attributed, at most
+    correct_attributions: int = Field(30, ge=0)  # and a sample of correct ones, for contrast
+    attribution_steps: int = Field(16, ge=2)  # integrated-gradients steps
+    max_clusters: int = Field(8, ge=0)
+    samples_per_error: int = Field(20, ge=1)  # how many curated samples each explained error asks for
+    top_findings: int = Field(20, ge=1)
+    head_analysis: bool = True  # and let it choose the layers that get LoRA next time
 
 
 class CurateConfig(_Section):
@@ -114,6 +126,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     doctor: DoctorConfig = DoctorConfig()
+    diagnose: DiagnoseConfig = DiagnoseConfig()
     curate: CurateConfig = CurateConfig()
     gates: GatesConfig = GatesConfig()
     drift: DriftConfig = DriftConfig()

@@ -64,11 +64,24 @@ def ensure_evaluated(ws: Workspace, version: str, progress: bool = False) -> dic
 
 
 # -- stages ----------------------------------------------------------------------------------------
+def run_diagnosis(ws: Workspace, cycle_id: int, version: str, next_stage: str | None,
+                  progress: bool = False) -> dict:
+    """Diagnose a version on the held-out set and store it under cycle_id (0: an on-demand diagnosis)."""
+    store, cfg = ws.store, ws.config()
+    ensure_evaluated(ws, version, progress)
+    _, previous = store.latest_diagnosis(before_cycle=cycle_id if cycle_id else None)
+    found = diagnose.diagnose(registry.load(ws, version), store.eval_results(version), cfg.diagnose,
+                              cfg.model.lora_layers, diagnose.finding_keys(previous))
+    store.save_diagnosis(cycle_id, found["findings"], next_stage, found["attributions"], found["internals"], version)
+    return found
+
+
 def stage_diagnose(ws: Workspace, cycle: dict, ctx: dict) -> None:
-    store = ws.store
-    ensure_evaluated(ws, cycle["parent_version"], ctx["progress"])
-    findings = diagnose.confusion_findings(store.eval_results(cycle["parent_version"]))
-    store.save_diagnosis(cycle["id"], findings, "curate")
+    found = run_diagnosis(ws, cycle["id"], cycle["parent_version"], "curate", ctx["progress"])
+    top = found["findings"].head(1)
+    if len(top):
+        _say(ctx["progress"], f"  diagnose: {len(found['findings'])} findings; top: {top['subject'].iloc[0]} "
+                              f"({top['action'].iloc[0]})")
 
 
 def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
@@ -92,6 +105,18 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
     return pd.concat([seed, kept], ignore_index=True)  # the seed is replayed in every retraining
 
 
+def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:
+    """The model settings for this cycle's training: the diagnosis may pick which layers get LoRA."""
+    cfg = ws.config().model.model_dump()
+    if cycle["kind"] == "baseline" or cfg["lora_layer_ids"]:
+        return cfg, "configured"
+    heads = ws.store.diagnosis_internals(cycle["id"]).get("heads")
+    if heads and heads.get("lora_layers"):
+        cfg["lora_layer_ids"] = heads["lora_layers"]
+        return cfg, heads["reason"]
+    return cfg, "configured"
+
+
 def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
     store, cfg = ws.store, ws.config()
     run_dir = ws.checkpoints / f"cycle_{cycle['id']}"
@@ -103,12 +128,14 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
     result = json.loads(result_file.read_text()) if result_file.exists() else None
     if not (result and out.exists() and M.manifest(out) == result.get("files")):
         data = _training_data(ws, cycle)
+        model_cfg, lora_reason = _model_config_for(ws, cycle)
         data.to_parquet(run_dir / "train.parquet")
         store.examples("heldout")[["text", "label"]].to_parquet(run_dir / "eval.parquet")
-        spec = TrainSpec(run_id=f"cycle_{cycle['id']}", labels=store.labels(), model=cfg.model.model_dump(),
+        spec = TrainSpec(run_id=f"cycle_{cycle['id']}", labels=store.labels(), model=model_cfg,
                          train=cfg.train.model_dump(), train_file=str(run_dir / "train.parquet"),
                          eval_file=str(run_dir / "eval.parquet"), checkpoint_dir=str(run_dir / "checkpoints"),
-                         output_dir=str(out), db=str(ws.db), extra={"doctor": cfg.doctor.model_dump()})
+                         output_dir=str(out), db=str(ws.db), extra={"doctor": cfg.doctor.model_dump(),
+                                                                    "lora_reason": lora_reason})
         spec.save(run_dir / "spec.json")
         _say(ctx["progress"], f"  train: {len(data):,} rows ({int((data['source'] == 'seed').sum()):,} seed "
                               f"replayed) -> {version}")
@@ -121,8 +148,10 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
             train(spec, progress=ctx["progress"])
         result = json.loads(result_file.read_text())
     data = pd.read_parquet(run_dir / "train.parquet")
+    spec_saved = TrainSpec.load(run_dir / "spec.json")
     lineage = {"parent": cycle["parent_version"], "cycle": cycle["id"], "run_id": f"cycle_{cycle['id']}",
-               "train_rows": len(data), "rows_by_source": data["source"].value_counts().to_dict(),
+               "lora_layers": spec_saved.model.get("lora_layer_ids") or f"top {spec_saved.model['lora_layers']}",
+               "lora_reason": spec_saved.extra.get("lora_reason"), "train_rows": len(data), "rows_by_source": data["source"].value_counts().to_dict(),
                "train_data_sha256": M.sha256_file(run_dir / "train.parquet"),
                "best_val_acc": result["best_val_acc"], "steps": result["steps"]}
     crash_point("train_before_register")

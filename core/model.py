@@ -99,7 +99,9 @@ def build(cfg: ModelConfig, num_labels: int) -> tuple[object, TextClassifier]:
     tokenizer, encoder = load_base(cfg.base_model)
     n_layers = getattr(encoder.config, "num_hidden_layers", 0)
     layers = None
-    if cfg.lora_layers and n_layers > cfg.lora_layers:
+    if cfg.lora_layer_ids:
+        layers = sorted(cfg.lora_layer_ids)
+    elif cfg.lora_layers and n_layers > cfg.lora_layers:
         layers = list(range(n_layers - cfg.lora_layers, n_layers))
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=_lora_targets(encoder, cfg.target_modules), layers_to_transform=layers)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from core.faults import crash_point
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -74,6 +74,12 @@ MIGRATIONS: list[str] = [
         note VARCHAR, created_at TIMESTAMP);
     CREATE TABLE drift_reports(cycle_id INTEGER PRIMARY KEY, candidate VARCHAR, production VARCHAR,
         passed BOOLEAN, report JSON, created_at TIMESTAMP);
+    """,
+    """
+    CREATE TABLE attributions(cycle_id INTEGER, version VARCHAR, example_id BIGINT, label VARCHAR,
+        predicted VARCHAR, correct BOOLEAN, target VARCHAR, tokens JSON, scores JSON, baseline VARCHAR,
+        delta DOUBLE, PRIMARY KEY(cycle_id, example_id));
+    CREATE TABLE diagnosis_internals(cycle_id INTEGER, kind VARCHAR, data JSON, PRIMARY KEY(cycle_id, kind));
     """,
 ]
 
@@ -136,8 +142,7 @@ class Store:
     @contextmanager
     def _tx(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._process_lock:
-            if not read_only:
-                self._ensure_schema()
+            self._ensure_schema()
             con = self._connect(read_only)
             try:
                 con.execute("BEGIN TRANSACTION")
@@ -350,15 +355,44 @@ class Store:
         return self._read("SELECT * FROM stage_runs WHERE cycle_id = ? ORDER BY started_at", [cycle_id])
 
     # -- stage outputs: each replaces the cycle's earlier output and advances the stage at once --
-    def save_diagnosis(self, cycle_id: int, rows: pd.DataFrame, next_stage: str) -> None:
+    def save_diagnosis(self, cycle_id: int, rows: pd.DataFrame, next_stage: str | None,
+                       attributions: pd.DataFrame | None = None, internals: dict | None = None,
+                       version: str | None = None) -> None:
+        """Findings, attributions and internals of one diagnosis, replacing any earlier one of the cycle."""
         with self._tx() as con:
-            con.execute("DELETE FROM diagnoses WHERE cycle_id = ?", [cycle_id])
+            for table in ("diagnoses", "attributions", "diagnosis_internals"):
+                con.execute(f"DELETE FROM {table} WHERE cycle_id = ?", [cycle_id])
             if len(rows):
                 frame = rows.assign(cycle_id=cycle_id)
                 _register(con, "diag_df", frame)
                 con.execute("INSERT INTO diagnoses SELECT cycle_id, rank, kind, subject, severity, "
                             "detail, action FROM diag_df")
-            self._set_stage(con, cycle_id, next_stage)
+            if attributions is not None and len(attributions):
+                frame = attributions.assign(cycle_id=cycle_id, version=version)
+                _register(con, "attr_df", frame)
+                con.execute("INSERT INTO attributions SELECT cycle_id, version, example_id, label, predicted, "
+                            "correct, target, tokens, scores, baseline, delta FROM attr_df")
+            for kind, data in (internals or {}).items():
+                con.execute("INSERT INTO diagnosis_internals VALUES (?, ?, ?)", [cycle_id, kind, _json(data)])
+            if next_stage:
+                self._set_stage(con, cycle_id, next_stage)
+
+    def latest_diagnosis(self, before_cycle: int | None = None) -> tuple[int | None, pd.DataFrame]:
+        """The newest diagnosis (of a cycle before `before_cycle` when given): its cycle id and findings."""
+        where, params = ("WHERE cycle_id < ?", [before_cycle]) if before_cycle is not None else ("", [])
+        df = self._read(f"SELECT max(cycle_id) AS c FROM diagnoses {where}", params)
+        if df.empty or pd.isna(df.iloc[0, 0]):
+            return None, pd.DataFrame()
+        cid = int(df.iloc[0, 0])
+        return cid, self.diagnoses(cid)
+
+    def attributions(self, cycle_id: int) -> pd.DataFrame:
+        return self._read("SELECT a.*, x.text FROM attributions a JOIN examples x ON x.id = a.example_id "
+                          "WHERE a.cycle_id = ? ORDER BY a.correct, a.example_id", [cycle_id])
+
+    def diagnosis_internals(self, cycle_id: int) -> dict:
+        df = self._read("SELECT kind, data FROM diagnosis_internals WHERE cycle_id = ?", [cycle_id])
+        return {row.kind: json.loads(row.data) for row in df.itertuples()}
 
     def diagnoses(self, cycle_id: int) -> pd.DataFrame:
         return self._read("SELECT * FROM diagnoses WHERE cycle_id = ? ORDER BY rank", [cycle_id])

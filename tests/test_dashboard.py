@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import shutil
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-
-from conftest import ROOT
 
 from app import nav, queries
 from core import auth, cycle
 from core.store import utcnow
 from core.workspace import open_workspace
 
-MAIN = ROOT / "app" / "main.py"
+MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 APPROVER, PASSWORD = "alice", "alice-secret"
 
 

@@ -1,0 +1,304 @@
+"""Every read the dashboard makes: short-lived, cached for a moment, shaped for the pages.
+
+Pages hold layout only; they read through these functions and act through `core`. Each call opens the
+store, reads and closes (the Store retries while the engine holds the file), so the dashboard never
+blocks the engine for longer than one read. Results are cached for TTL_S seconds per workspace, which
+keeps reruns cheap and the figures at most a couple of seconds old; `clear()` drops them after an action.
+Every function copes with an empty workspace: no cycles, no versions, no samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import audit
+from core.workspace import Workspace, open_workspace
+
+TTL_S = 2.0
+ENV_VAR = "EVOLAB_WORKSPACE"
+
+
+# -- which workspace ------------------------------------------------------------------------------
+def workspace_from_args(argv: list[str] | None = None) -> str | None:
+    """`streamlit run app/main.py -- --workspace W` first, then the EVOLAB_WORKSPACE variable."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--workspace")
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known.workspace or os.environ.get(ENV_VAR) or None
+
+
+def workspace_path() -> str:
+    """The workspace app/main.py chose for this session (a page run on its own falls back to the arguments)."""
+    path = st.session_state.get("workspace") or workspace_from_args()
+    if not path:
+        st.error(f"No workspace given: `streamlit run app/main.py -- --workspace W` or set {ENV_VAR}.")
+        st.stop()
+    return path
+
+
+def workspace(ws: str) -> Workspace:
+    """The workspace to act on (decide, roll back) through core; reads go through the functions below."""
+    return open_workspace(ws)
+
+
+def _store(ws: str):
+    return Workspace(Path(ws)).store
+
+
+def when(at) -> str:
+    """A stored UTC timestamp for people: minutes, no microseconds."""
+    return "-" if at is None or pd.isna(at) else f"{pd.Timestamp(at):%Y-%m-%d %H:%M} UTC"
+
+
+def clear() -> None:
+    """After an action (a decision, a rollback) the next read must see it."""
+    st.cache_data.clear()
+
+
+def _cached(fn):
+    return st.cache_data(ttl=TTL_S, show_spinner=False)(fn)
+
+
+# -- overview, cycles, versions -----------------------------------------------------------------------
+@_cached
+def alias(ws: str, name: str) -> str | None:
+    return _store(ws).alias(name)
+
+
+@_cached
+def aliases(ws: str) -> pd.DataFrame:
+    frame = _store(ws).aliases()
+    return frame.astype({"version": object}).where(frame.notna(), None)  # a cleared alias reads None, not NaN
+
+
+@_cached
+def alias_history(ws: str) -> pd.DataFrame:
+    return _store(ws).alias_history()
+
+
+@_cached
+def labels(ws: str) -> list[str]:
+    return _store(ws).labels()
+
+
+@_cached
+def cycles(ws: str) -> pd.DataFrame:
+    return _store(ws).cycles()
+
+
+@_cached
+def cycle(ws: str, cycle_id: int) -> dict | None:
+    return _store(ws).cycle(int(cycle_id))
+
+
+@_cached
+def evaluations(ws: str) -> pd.DataFrame:
+    """Held-out accuracy of every evaluated version, oldest first."""
+    frame = _store(ws).evaluations()
+    return frame[frame["split"] == "heldout"].reset_index(drop=True)
+
+
+@_cached
+def evaluation(ws: str, version: str) -> dict | None:
+    return _store(ws).evaluation(version)
+
+
+@_cached
+def versions(ws: str) -> pd.DataFrame:
+    """One row per version with its lineage spread into columns and its held-out accuracy."""
+    store = _store(ws)
+    frame = store.versions()
+    columns = ["version", "num", "created_at", "cycle_id", "parent_version", "train_rows", "rows_by_source",
+               "best_val_acc", "steps", "heldout_accuracy", "base_model"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    lineage = frame["lineage"].map(json.loads)
+    frame = frame.assign(
+        train_rows=lineage.map(lambda d: d.get("train_rows")),
+        rows_by_source=lineage.map(lambda d: json.dumps(d.get("rows_by_source", {}), sort_keys=True)),
+        best_val_acc=lineage.map(lambda d: d.get("best_val_acc")),
+        steps=lineage.map(lambda d: d.get("steps")))
+    accuracy = store.evaluations().query("split == 'heldout'").set_index("version")["accuracy"]
+    frame["heldout_accuracy"] = frame["version"].map(accuracy)
+    return frame[columns]
+
+
+# -- training -------------------------------------------------------------------------------------------
+def _run_order(run_id: str) -> tuple[int, str]:
+    tail = run_id.rsplit("_", 1)[-1]
+    return (int(tail), run_id) if tail.isdigit() else (-1, run_id)
+
+
+@_cached
+def train_runs(ws: str) -> list[str]:
+    """Run ids with recorded metrics (cycle_1, cycle_2, ...), oldest first, and the live run before its first metric."""
+    runs = set(_store(ws).metrics()["run_id"].unique())
+    runs.update([live_run(ws)] if live_run(ws) else [])
+    return sorted(runs, key=_run_order)
+
+
+@_cached
+def live_run(ws: str) -> str | None:
+    """The run id being trained right now: the newest cycle is open and at stage train."""
+    frame = _store(ws).cycles()
+    if frame.empty:
+        return None
+    newest = frame.iloc[-1]
+    if newest["stage"] == "train" and newest["status"] == "running":
+        return f"cycle_{int(newest['id'])}"
+    return None
+
+
+@_cached
+def metric_curves(ws: str, run_id: str) -> pd.DataFrame:
+    """One row per step: train_loss, val_loss, val_acc (NaN where a step did not record one)."""
+    long = _store(ws).metrics(run_id)
+    if long.empty:
+        return pd.DataFrame(columns=["step", "train_loss", "val_loss", "val_acc"])
+    wide = long.pivot_table(index="step", columns="name", values="value", aggfunc="last").reset_index()
+    for name in ("train_loss", "val_loss", "val_acc"):
+        if name not in wide:
+            wide[name] = float("nan")
+    return wide
+
+
+@_cached
+def train_events(ws: str, run_id: str) -> pd.DataFrame:
+    return _store(ws).train_events(run_id)
+
+
+# -- diagnosis ----------------------------------------------------------------------------------------------
+@_cached
+def diagnoses(ws: str, cycle_id: int) -> pd.DataFrame:
+    return _store(ws).diagnoses(int(cycle_id))
+
+
+@_cached
+def confusion(ws: str, version: str) -> pd.DataFrame:
+    """Held-out counts: rows are true labels, columns predicted labels, every label on both axes."""
+    results = _store(ws).eval_results(version)
+    names = labels(ws)
+    if results.empty:
+        return pd.DataFrame(0, index=names, columns=names)
+    table = pd.crosstab(results["label"], results["predicted"])
+    return table.reindex(index=names, columns=names, fill_value=0)
+
+
+# -- approvals --------------------------------------------------------------------------------------------------
+@_cached
+def pending_gates(ws: str) -> list[dict]:
+    """Each pending gate with its parsed checks and its cycle's candidate and production versions."""
+    store = _store(ws)
+    out = []
+    for gate_id in store.gates("pending")["id"]:
+        gate = store.gate(int(gate_id))
+        if gate is None or gate["status"] != "pending":  # decided between the two reads
+            continue
+        cyc = store.cycle(int(gate["cycle_id"])) or {}
+        gate["candidate"] = cyc.get("candidate_version")
+        gate["production"] = cyc.get("parent_version")
+        out.append(gate)
+    return out
+
+
+@_cached
+def decided_gates(ws: str) -> pd.DataFrame:
+    frame = _store(ws).gates()
+    frame = frame[frame["status"] != "pending"]
+    return frame[["id", "cycle_id", "kind", "status", "policy", "decided_by", "decided_at", "automatic",
+                  "comment"]].sort_values("id", ascending=False).reset_index(drop=True)
+
+
+@_cached
+def recall_comparison(ws: str, candidate: str | None, production: str | None) -> pd.DataFrame:
+    """Per-class recall of production (before) and candidate (after), worst change first."""
+    store = _store(ws)
+    before = (store.evaluation(production) or {}).get("per_class", {}) if production else {}
+    after = (store.evaluation(candidate) or {}).get("per_class", {}) if candidate else {}
+    rows = []
+    for label in labels(ws):
+        b, a = before.get(label, {}), after.get(label, {})
+        rows.append({"label": label, "support": a.get("support", b.get("support")),
+                     "production_recall": b.get("recall"), "candidate_recall": a.get("recall")})
+    frame = pd.DataFrame(rows, columns=["label", "support", "production_recall", "candidate_recall"])
+    frame["change"] = frame["candidate_recall"].astype(float) - frame["production_recall"].astype(float)
+    return frame.sort_values("change", na_position="last").reset_index(drop=True)
+
+
+@_cached
+def drift_report(ws: str, cycle_id: int) -> dict | None:
+    row = _store(ws).drift_report(int(cycle_id))
+    return row["report"] if row else None
+
+
+@_cached
+def approvers(ws: str) -> list[str]:
+    users = _store(ws).users()
+    return users.loc[users["role"] == "approver", "name"].tolist()
+
+
+# -- audit ---------------------------------------------------------------------------------------------------------
+@_cached
+def audit_log(ws: str) -> pd.DataFrame:
+    frame = _store(ws).audit_entries()
+    return frame[["seq", "at", "actor", "action", "subject", "detail"]]
+
+
+@_cached
+def audit_check(ws: str) -> dict:
+    report = audit.verify(_store(ws))
+    return {"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq,
+            "problem": report.problem}
+
+
+# -- synthetic samples ---------------------------------------------------------------------------------------------
+# Deliberate exception to "only core/store.py writes SQL": filtering and paging must happen in DuckDB
+# (a cycle can keep hundreds of thousands of samples), and Store has no paged read yet. These two reads
+# are read-only, parameterized, and go through the Store's own connection policy (`_tx(read_only=True)`
+# retries while the engine holds the file). A later issue may move them into core/store.py as
+# `Store.sample_facets()` and `Store.sample_page(...)`.
+SAMPLE_COLUMNS = ["id", "cycle_id", "generator", "status", "label", "confidence", "difficulty", "reason",
+                  "text", "parent_id", "scores", "created_at"]
+
+
+@_cached
+def sample_facets(ws: str) -> dict[str, list]:
+    """The distinct values the filters offer."""
+    with _store(ws)._tx(read_only=True) as con:
+        def distinct(column: str) -> list:
+            rows = con.execute(f"SELECT DISTINCT {column} FROM synthetic_samples "
+                               f"WHERE {column} IS NOT NULL ORDER BY 1").fetchall()
+            return [r[0] for r in rows]
+        return {"cycle_id": distinct("cycle_id"), "generator": distinct("generator"),
+                "status": distinct("status"), "label": distinct("label")}
+
+
+@_cached
+def sample_page(ws: str, cycle_id: int | None = None, generator: str | None = None, status: str | None = None,
+                label: str | None = None, search: str = "", page: int = 1, page_size: int = 50
+                ) -> tuple[pd.DataFrame, int, int]:
+    """One page of samples matching every given filter: (rows, total matching, page actually shown)."""
+    where, params = [], []
+    for column, value in (("cycle_id", cycle_id), ("generator", generator), ("status", status),
+                          ("label", label)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if search.strip():
+        where.append("contains(lower(text), lower(?))")
+        params.append(search.strip())
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    page_size = max(1, int(page_size))
+    with _store(ws)._tx(read_only=True) as con:  # one transaction: the count and the page agree
+        total = con.execute(f"SELECT count(*) FROM synthetic_samples {clause}", params).fetchone()[0]
+        last = max(1, -(-total // page_size))
+        page = min(max(1, int(page)), last)
+        rows = con.execute(f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM synthetic_samples {clause} "
+                           f"ORDER BY id LIMIT ? OFFSET ?", [*params, page_size, (page - 1) * page_size]).df()
+    return rows, int(total), page

@@ -1,0 +1,75 @@
+"""Self-diagnosis: the production model finds its own weaknesses, says why, and names an action for each.
+
+A diagnosis combines error patterns (pairs, weak classes, clusters), Captum token attributions,
+activation statistics and attention-head importance, and is stored per cycle with a ranked list of
+weaknesses; the head analysis also picks the layers the next training adapts.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from core import model as M
+from core.config import DiagnoseConfig
+from core.diagnose.attribution import attribution_rows, top_tokens
+from core.diagnose.errors import (class_findings, cluster_findings, confusion_findings, pair_findings, rank,
+                                  target_labels)
+from core.diagnose.internals import activation_stats, choose_lora_layers, head_importance
+
+__all__ = ["diagnose", "confusion_findings", "target_labels"]
+
+
+def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_layers: int,
+             previous_keys: set[str]) -> dict:
+    """results: the version's held-out eval rows (example_id, text, label, predicted, confidence, correct)."""
+    results = results.reset_index(drop=True)
+    findings = pair_findings(results, cfg.samples_per_error, cfg.top_findings) + class_findings(results,
+                                                                                                cfg.top_findings)
+    embeddings = M.embed_texts(loaded.tokenizer, loaded.model, results["text"].tolist(), loaded.max_length)
+    clusters, coords = cluster_findings(results, embeddings, cfg.max_clusters, cfg.samples_per_error)
+    findings += clusters
+    attributions = attribution_rows(loaded, results, cfg.max_attributions, cfg.correct_attributions,
+                                    n_steps=cfg.attribution_steps)
+    # The tokens the model leaned on when it erred: evidence for each confused pair.
+    wrong_attr = attributions[~attributions["correct"]] if len(attributions) else attributions
+    for f in findings:
+        if f["kind"] == "confusion_pair" and len(wrong_attr):
+            ids = set(f["detail"]["example_ids"])
+            rows = wrong_attr[wrong_attr["example_id"].isin(ids)]
+            f["detail"]["top_tokens"] = [top_tokens(json.loads(t), json.loads(s))
+                                         for t, s in zip(rows["tokens"], rows["scores"])][:5]
+    failed = ~results["correct"].astype(bool).to_numpy()
+    internals: dict = {"error_map": {"example_ids": [int(i) for i in results["example_id"]],
+                                     "x": coords[:, 0].round(4).tolist(), "y": coords[:, 1].round(4).tolist(),
+                                     "label": results["label"].tolist(), "correct": (~failed).tolist()}}
+    activations = activation_stats(loaded, results["text"].tolist(), failed)
+    internals["activations"] = activations.to_dict("records")
+    if activations is not None and len(activations):
+        weakest = activations.sort_values("ratio").iloc[0]
+        internals["activations_summary"] = (f"layer {int(weakest['layer'])} fires weakest on failures "
+                                            f"(failed/passed mean |activation| {weakest['ratio']:.3f}); units "
+                                            + ", ".join(str(u["unit"]) for u in weakest["weak_units"]))
+    if cfg.head_analysis:
+        failing = sorted(set(results.loc[failed, "label"]))
+        subset = results[results["label"].isin(failing)]
+        index = {name: i for i, name in enumerate(loaded.labels)}
+        heads = head_importance(loaded, subset["text"].tolist(), [index[x] for x in subset["label"]])
+        layers, reason = choose_lora_layers(heads, lora_layers)
+        if heads.size:
+            flat = np.sort(heads.ravel())
+            low = float(flat[max(0, int(len(flat) * 0.25) - 1)])
+            internals["heads"] = {"importance": heads.round(6).tolist(), "failing_classes": failing,
+                                  "low_signal": [[int(l), int(h)] for l, h in zip(*np.where(heads <= low))],
+                                  "lora_layers": layers, "reason": reason}
+    return {"findings": rank(findings, previous_keys), "attributions": attributions, "internals": internals}
+
+
+def finding_keys(rows: pd.DataFrame) -> set[str]:
+    keys = set()
+    for detail in rows.get("detail", []):
+        d = json.loads(detail)
+        if d.get("trend") != "fixed" and "key" in d:
+            keys.add(d["key"])
+    return keys

@@ -1,0 +1,144 @@
+"""Error patterns in held-out predictions: confused pairs, weak classes and clusters of failures.
+
+Severity is the number of held-out errors a finding explains, so findings of every kind rank together.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["rank", "kind", "subject", "severity", "detail", "action"]
+KIND_ORDER = {"confusion_pair": 0, "error_cluster": 1, "weak_class": 2}
+
+
+def pair_findings(results: pd.DataFrame, samples_per_error: int, top: int = 20) -> list[dict]:
+    errors = results[~results["correct"].astype(bool)]
+    rows = []
+    pairs = errors.groupby(["label", "predicted"]).agg(n=("text", "size"), examples=("text", list),
+                                                       ids=("example_id", list))
+    for (truth, pred), row in pairs.sort_values("n", ascending=False).head(top).iterrows():
+        n = int(row["n"])
+        rows.append({"kind": "confusion_pair", "subject": f"{truth} -> {pred}", "severity": float(n),
+                     "key": f"pair:{truth}->{pred}",
+                     "detail": {"true": truth, "predicted": pred, "examples": row["examples"][:5],
+                                "example_ids": [int(i) for i in row["ids"]]},
+                     "action": f"generate {n * samples_per_error} samples separating '{truth}' from '{pred}'"})
+    return rows
+
+
+def class_findings(results: pd.DataFrame, top: int = 20) -> list[dict]:
+    rows = []
+    for label, group in results.groupby("label"):
+        correct = group["correct"].astype(bool)
+        predicted_as = results["predicted"] == label
+        precision = float((predicted_as & results["correct"].astype(bool)).sum() / predicted_as.sum()) \
+            if predicted_as.any() else None
+        misses = int((~correct).sum())
+        if misses:
+            rows.append({"kind": "weak_class", "subject": label, "severity": float(misses), "key": f"class:{label}",
+                         "detail": {"recall": float(correct.mean()), "precision": precision,
+                                    "support": len(group)},
+                         "action": f"raise the share of '{label}' in curated data"})
+    return sorted(rows, key=lambda r: -r["severity"])[:top]
+
+
+def distinctive_terms(docs: list[str], k: int = 3) -> list[list[str]]:
+    """Class-based TF-IDF: each document is all the texts of one cluster."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    try:
+        vec = CountVectorizer(stop_words="english", ngram_range=(1, 2), token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")
+        counts = vec.fit_transform(docs).toarray().astype(float)
+    except ValueError:  # nothing but stop words
+        return [[] for _ in docs]
+    tf = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    avg_words = counts.sum() / max(len(docs), 1)
+    idf = np.log(1 + avg_words / np.maximum(counts.sum(0), 1))
+    scores = tf * idf
+    vocab = np.asarray(vec.get_feature_names_out())
+    return [list(vocab[np.argsort(-row)[:k]][row[np.argsort(-row)[:k]] > 0]) for row in scores]
+
+
+def cluster_findings(results: pd.DataFrame, embeddings: np.ndarray, max_clusters: int,
+                     samples_per_error: int) -> tuple[list[dict], np.ndarray]:
+    """KMeans over the embeddings of failures, each cluster named by its distinctive terms.
+
+    Returns the findings and 2-D coordinates (PCA over every held-out example) for the error map."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    coords = PCA(n_components=2, random_state=0).fit_transform(embeddings) if len(embeddings) >= 2 \
+        else np.zeros((len(embeddings), 2))
+    wrong = ~results["correct"].astype(bool).to_numpy()
+    n_errors = int(wrong.sum())
+    k = min(max_clusters, n_errors // 4)
+    if k < 2:
+        return [], coords
+    labels = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(embeddings[wrong])
+    errors = results[wrong].reset_index(drop=True)
+    docs = [" ".join(errors.loc[labels == c, "text"]) for c in range(k)]
+    names = distinctive_terms(docs)
+    err_coords = coords[wrong]
+    rows = []
+    for c in range(k):
+        members = errors[labels == c]
+        terms = names[c] or [f"cluster {c}"]
+        rows.append({"kind": "error_cluster", "subject": " / ".join(terms), "severity": float(len(members)),
+                     "key": "cluster:" + "|".join(sorted(terms)),
+                     "detail": {"terms": terms, "labels": members["label"].value_counts().to_dict(),
+                                "predicted": members["predicted"].value_counts().to_dict(),
+                                "examples": members["text"].head(5).tolist(),
+                                "members": [{"example_id": int(e), "x": float(x), "y": float(y)}
+                                            for e, (x, y) in zip(members["example_id"], err_coords[labels == c])]},
+                     "action": f"generate {len(members) * samples_per_error} samples like '{' / '.join(terms)}' "
+                               f"with their true labels ({', '.join(members['label'].unique()[:3])})"})
+    return rows, coords
+
+
+def _trend(row: dict, previous: set[str]) -> str:
+    if row["key"].startswith("cluster:"):
+        terms = set(row["key"][8:].split("|"))
+        seen = any(terms & set(p[8:].split("|")) for p in previous if p.startswith("cluster:"))
+        return "persisting" if seen else "new"
+    return "persisting" if row["key"] in previous else "new"
+
+
+def rank(findings: list[dict], previous_keys: set[str]) -> pd.DataFrame:
+    """Rank by severity; mark each finding new or persisting, and add the earlier ones now fixed."""
+    current = {f["key"] for f in findings}
+    for f in findings:
+        f["detail"] = {**f["detail"], "trend": _trend(f, previous_keys), "key": f["key"]}
+    fixed = [{"kind": key.split(":", 1)[0].replace("pair", "confusion_pair").replace("class", "weak_class")
+              .replace("cluster", "error_cluster"), "subject": key.split(":", 1)[1], "severity": 0.0, "key": key,
+              "detail": {"trend": "fixed", "key": key}, "action": "none: fixed since the last diagnosis"}
+             for key in sorted(previous_keys - current)
+             if not (key.startswith("cluster:") and _trend({"key": key}, current) == "persisting")]
+    ordered = sorted(findings, key=lambda f: (-f["severity"], KIND_ORDER[f["kind"]])) + fixed
+    frame = pd.DataFrame([{"kind": f["kind"], "subject": f["subject"], "severity": f["severity"],
+                           "detail": json.dumps(f["detail"], default=str), "action": f["action"]}
+                          for f in ordered], columns=COLUMNS[1:])
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame
+
+
+def confusion_findings(results: pd.DataFrame, top: int = 20, samples_per_error: int = 20) -> pd.DataFrame:
+    """Pairs and weak classes only: what a diagnosis needs when nothing heavier is wanted."""
+    return rank(pair_findings(results, samples_per_error, top) + class_findings(results, top), set())
+
+
+def target_labels(findings: pd.DataFrame) -> set[str]:
+    """Classes the curation should favour: both sides of every confused pair, weak classes, cluster labels."""
+    labels: set[str] = set()
+    for _, row in findings.iterrows():
+        detail = json.loads(row["detail"])
+        if detail.get("trend") == "fixed":
+            continue
+        if row["kind"] == "confusion_pair":
+            labels.update([detail["true"], detail["predicted"]])
+        elif row["kind"] == "weak_class":
+            labels.add(row["subject"])
+        elif row["kind"] == "error_cluster":
+            labels.update(detail.get("labels", {}))
+    return labels

@@ -1,0 +1,109 @@
+"""Looking inside the encoder: which layers and units fire weakly on failures, which heads carry signal.
+
+Activations come from Captum's LayerActivation per transformer layer. Head importance is the
+head-mask gradient of Michel et al. (2019): a gate of 1.0 multiplies every head's output, and the
+size of the loss gradient on that gate says how much the head matters for the examples given.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerActivation
+
+from core import model as M
+
+# Linear layers that receive the concatenated heads, by architecture (BERT/MiniLM, DistilBERT, others).
+HEAD_INPUT_SUFFIXES = ("attention.output.dense", "attention.out_lin", "self_attn.o_proj", "attention.o")
+
+
+def _layers(model: M.TextClassifier) -> list[torch.nn.Module]:
+    base = model.encoder.get_base_model()
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        obj = base
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return list(obj)
+        except AttributeError:
+            continue
+    return []
+
+
+def _batches(loaded: M.Loaded, texts: list[str], batch_size: int = 32):
+    dev = M.device()
+    for start in range(0, len(texts), batch_size):
+        enc = M.tokenize(loaded.tokenizer, texts[start:start + batch_size], loaded.max_length)
+        yield start, enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+
+
+def activation_stats(loaded: M.Loaded, texts: list[str], failed: np.ndarray, top_units: int = 5) -> pd.DataFrame:
+    """Per layer: mean |activation| on failed and passed examples, and the units most weakened on failures."""
+    model = loaded.model.to(M.device()).eval()
+    layers = _layers(model)
+    if not layers or failed.all() or not failed.any():
+        return pd.DataFrame(columns=["layer", "mean_failed", "mean_passed", "ratio", "weak_units"])
+    per_layer = [np.zeros((len(texts), model.encoder.config.hidden_size), dtype=np.float32) for _ in layers]
+    for start, ids, mask in _batches(loaded, texts):
+        acts = LayerActivation(lambda i, m: model(i, m), layers).attribute(ids, additional_forward_args=(mask,))
+        weights = mask.unsqueeze(-1).float()
+        for li, act in enumerate(acts):
+            hidden = act[0] if isinstance(act, tuple) else act
+            pooled = (hidden.abs() * weights).sum(1) / weights.sum(1)
+            per_layer[li][start:start + len(ids)] = pooled.detach().cpu().numpy()
+    rows = []
+    for li, values in enumerate(per_layer):
+        fail_mean, pass_mean = values[failed].mean(0), values[~failed].mean(0)
+        drop = pass_mean - fail_mean
+        weak = np.argsort(-drop)[:top_units]
+        rows.append({"layer": li, "mean_failed": float(fail_mean.mean()), "mean_passed": float(pass_mean.mean()),
+                     "ratio": float(fail_mean.mean() / max(pass_mean.mean(), 1e-9)),
+                     "weak_units": [{"unit": int(u), "passed": float(pass_mean[u]), "failed": float(fail_mean[u])}
+                                    for u in weak]})
+    return pd.DataFrame(rows)
+
+
+def head_importance(loaded: M.Loaded, texts: list[str], label_ids: list[int]) -> np.ndarray:
+    """layers x heads array of mean |d loss / d gate| over the given examples (empty if unsupported)."""
+    model = loaded.model.to(M.device()).eval()
+    cfg = model.encoder.config
+    n_heads = getattr(cfg, "num_attention_heads", 0)
+    targets = [m for name, m in model.encoder.named_modules()
+               if name.endswith(HEAD_INPUT_SUFFIXES) and isinstance(m, torch.nn.Linear)]
+    if not targets or not n_heads or not texts:
+        return np.zeros((0, 0))
+    gates = torch.ones(len(targets), n_heads, device=M.device(), requires_grad=True)
+    handles = []
+    for li, module in enumerate(targets):
+        def hook(_module, args, li=li):
+            x = args[0]
+            shaped = x.view(*x.shape[:-1], n_heads, x.shape[-1] // n_heads) * gates[li].view(1, 1, n_heads, 1)
+            return (shaped.view_as(x),) + tuple(args[1:])
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        total = torch.zeros_like(gates)
+        for start, ids, mask in _batches(loaded, texts):
+            target = torch.as_tensor(label_ids[start:start + len(ids)], device=M.device())
+            loss = F.cross_entropy(model(ids, mask), target, reduction="sum")
+            grad, = torch.autograd.grad(loss, gates)
+            total += grad.abs()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (total / len(texts)).detach().cpu().numpy()
+
+
+def choose_lora_layers(importance: np.ndarray, k: int) -> tuple[list[int], str]:
+    """The k layers whose heads matter most for the failing classes get the LoRA adapters next time.
+
+    Only the upper two thirds compete: adapting the lowest layers makes every backward pass run
+    through the whole encoder, and their features are the least task-specific."""
+    if importance.size == 0 or k <= 0:
+        return [], "no head importance available"
+    per_layer = importance.sum(1)
+    first = len(per_layer) // 3
+    candidates = np.arange(first, len(per_layer))
+    chosen = sorted(int(i) for i in candidates[np.argsort(-per_layer[first:])[:k]])
+    return chosen, ("layers " + ", ".join(map(str, chosen)) + " carry the most head importance for the failing "
+                    f"classes ({', '.join(f'{per_layer[i]:.3g}' for i in chosen)} of {per_layer.sum():.3g})")

@@ -1,0 +1,116 @@
+"""Approvals: the gates waiting for a person, the evidence to decide them, and the decisions so far.
+
+Decisions go through core.gates.decide_as: only an approver, with their password, may decide.
+"""
+import streamlit as st
+
+from app import nav, queries
+from core import gates
+from core.auth import AuthError
+from core.store import StoreConflict
+
+ws = queries.workspace_path()
+st.title("Approvals")
+
+
+def decide(gate_id: int, approved: bool) -> None:
+    """Form callback: runs before the page redraws, so the page below already shows the outcome."""
+    by = st.session_state.get(f"by_{gate_id}", "")
+    password = st.session_state.get(f"password_{gate_id}", "")
+    comment = st.session_state.get(f"comment_{gate_id}", "")
+    try:
+        result = gates.decide_as(queries.workspace(ws).store, gate_id, approved, by, password, comment)
+    except (AuthError, StoreConflict, ValueError, KeyError) as err:
+        st.session_state["approvals_flash"] = ("error", f"Gate {gate_id}: {err}")
+    else:
+        st.session_state["approvals_flash"] = (
+            "success", f"Gate {gate_id} {result['status']} by {by.strip()}. The engine acts on it at its next step "
+                       f"(an `evolve --wait` picks it up; otherwise run `python -m core resume --workspace {ws}`).")
+    queries.clear()
+
+
+def promotion_evidence(gate: dict, checks: dict) -> None:
+    worst = checks.get("worst_recall_drop") or {}
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric(f"Candidate {gate['candidate'] or ''}", f"{checks['candidate_accuracy']:.4f}")
+    prod_acc, gain = checks.get("production_accuracy"), checks.get("gain")
+    c2.metric(f"Production {gate['production'] or ''}", "-" if prod_acc is None else f"{prod_acc:.4f}")
+    c3.metric("Gain", "-" if gain is None else f"{gain:+.4f}", help=f"must beat {checks['min_gain']:+.4f}")
+    c4.metric("Worst recall drop", f"{worst.get('drop', 0.0):.3f}",
+              help=f"class {worst.get('label') or '-'}; tolerance {checks['max_recall_drop']:.3f}")
+    st.markdown("**Per-class recall, production → candidate**")
+    st.dataframe(queries.recall_comparison(ws, gate["candidate"], gate["production"]), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("production_recall", "candidate_recall", "change")})
+
+
+def data_review_evidence(gate: dict, checks: dict) -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Kept samples", f"{checks.get('kept', 0):,}")
+    c2.metric("Generated", f"{checks.get('generated', 0):,}")
+    confidence = checks.get("mean_confidence")
+    c3.metric("Mean confidence", "-" if confidence is None else f"{confidence:.3f}")
+    st.page_link(nav.path("synthetic_data"), label=f"Read the samples of cycle {gate['cycle_id']}",
+                 icon=":material/dataset:")
+
+
+def drift_evidence(gate: dict, checks: dict) -> None:
+    report = queries.drift_report(ws, gate["cycle_id"]) or {}
+    held, guard = report.get("heldout", {}), report.get("guardrails") or {}
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Held-out flip rate", f"{held.get('flip_rate', 0.0):.3f}",
+              help=f"{held.get('flips_fixed', 0)} fixed, {held.get('flips_broken', 0)} broken")
+    c2.metric("KL divergence", f"{held.get('kl', 0.0):.3f}")
+    c3.metric("Calibration error change", f"{held.get('ece_change', 0.0):+.3f}")
+    c4.metric("Guardrails passed", f"{guard['pass_rate_candidate']:.0%}" if guard else "-")
+    if held.get("flipped"):
+        st.markdown("**Held-out predictions that flipped**")
+        st.dataframe(held["flipped"], hide_index=True)
+    if guard.get("failures"):
+        st.markdown("**Guardrail probes the candidate fails**")
+        st.dataframe(guard["failures"], hide_index=True)
+
+
+EVIDENCE = {"promotion": promotion_evidence, "data_review": data_review_evidence, "drift_review": drift_evidence}
+
+flash = st.session_state.pop("approvals_flash", None)
+if flash:
+    (st.success if flash[0] == "success" else st.error)(flash[1])
+
+pending = queries.pending_gates(ws)
+if not pending:
+    st.success("No gate waits for a decision.", icon=":material/check_circle:")
+elif not queries.approvers(ws):
+    st.warning("This workspace has no approvers yet, so no one can decide here. Add one with "
+               f"`python -m core users add NAME --role approver --workspace {ws}`.")
+
+for gate in pending:
+    checks = gate["checks"]
+    st.subheader(f"Gate {gate['id']} · cycle {gate['cycle_id']} · {gate['kind']}")
+    st.caption(f"policy {gate['policy']} · opened {queries.when(gate['created_at'])} · rejected "
+               f"automatically if undecided by {queries.when(gate['deadline'])}")
+    (st.success if checks.get("passed") else st.error)(
+        ("Checks passed: " if checks.get("passed") else "Checks failed: ") + "; ".join(checks.get("reasons", [])))
+    if gate["kind"] in EVIDENCE:
+        EVIDENCE[gate["kind"]](gate, checks)
+    else:  # a gate kind this page does not know yet: show its checks as they are
+        st.json(checks, expanded=False)
+
+    with st.form(f"decide_{gate['id']}"):
+        c1, c2 = st.columns(2)
+        c1.text_input("Your name", key=f"by_{gate['id']}")
+        c2.text_input("Password", type="password", key=f"password_{gate['id']}")
+        st.text_area("Comment", key=f"comment_{gate['id']}", placeholder="what you checked")
+        b1, b2 = st.columns(2)
+        b1.form_submit_button("Approve", type="primary", on_click=decide, args=(int(gate["id"]), True),
+                              key=f"approve_{gate['id']}")
+        b2.form_submit_button("Reject", on_click=decide, args=(int(gate["id"]), False),
+                              key=f"reject_{gate['id']}")
+    st.divider()
+
+st.subheader("Decided")
+history = queries.decided_gates(ws)
+if history.empty:
+    st.caption("No gate has been decided yet.")
+else:
+    st.dataframe(history, hide_index=True)

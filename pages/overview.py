@@ -1,0 +1,49 @@
+"""Overview: what is in production, what waits for a person, how accuracy moved across versions."""
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import nav, queries
+
+ws = queries.workspace_path()
+st.title("Overview")
+
+cycles = queries.cycles(ws)
+if cycles.empty:
+    st.info("This workspace has no cycles yet. Start the first one (it trains the baseline):\n\n"
+            f"```bash\npython -m core evolve --workspace {ws}\n```")
+    st.caption(f"{len(queries.labels(ws))} labels loaded.")
+    st.stop()
+
+pending = queries.pending_gates(ws)
+if pending:
+    ids = ", ".join(str(g["id"]) for g in pending)
+    st.warning(f"{len(pending)} gate(s) wait for a decision: gate {ids}. Nothing is promoted until someone "
+               "approves.", icon=":material/pending_actions:")
+    st.page_link(nav.path("approvals"), label="Decide in Approvals", icon=":material/gavel:")
+
+production = queries.alias(ws, "production")
+prod_eval = queries.evaluation(ws, production) if production else None
+candidate = queries.alias(ws, "candidate")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Production", production or "-")
+c2.metric("Held-out accuracy", f"{prod_eval['accuracy']:.4f}" if prod_eval else "-")
+c3.metric("Candidate", candidate or "-")
+c4.metric("Cycles", len(cycles))
+
+st.subheader("Cycles")
+st.dataframe(cycles[["id", "kind", "stage", "status", "parent_version", "candidate_version", "created_at",
+                     "finished_at", "error"]].sort_values("id", ascending=False), hide_index=True)
+
+st.subheader("Held-out accuracy by version")
+evals = queries.evaluations(ws)
+if evals.empty:
+    st.caption("No version has been evaluated yet.")
+else:
+    fig = go.Figure(go.Scatter(x=evals["version"], y=evals["accuracy"], mode="lines+markers", name="accuracy",
+                               hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    if production in set(evals["version"]):
+        fig.add_trace(go.Scatter(x=[production], y=evals.loc[evals["version"] == production, "accuracy"],
+                                 mode="markers", marker={"size": 14, "symbol": "star"}, name="production"))
+    fig.update_layout(xaxis_title="version", yaxis_title="held-out accuracy", height=320,
+                      margin={"t": 20, "b": 40})
+    st.plotly_chart(fig)
