@@ -175,6 +175,37 @@ def cmd_ui(args) -> int:
     return serve_dashboard(ws.root, args.port, args.host)
 
 
+def cmd_diagnose(args) -> int:
+    from core import cycle
+
+    ws = _ws(args)
+    store = ws.store
+    cycle_id, findings = store.latest_diagnosis()
+    if args.run or cycle_id is None:
+        version = store.alias("production")
+        if not version:
+            raise ValueError("nothing to diagnose yet: no production model (run `python -m core evolve`)")
+        cycle.run_diagnosis(ws, 0, version, None, progress=not args.json)
+        cycle_id, findings = 0, store.diagnoses(0)
+    internals = store.diagnosis_internals(cycle_id)
+    if args.json:
+        rows = [{**r, "detail": json.loads(r["detail"])} for r in findings.to_dict("records")]
+        print(json.dumps({"cycle": cycle_id, "findings": rows,
+                          "activations": internals.get("activations_summary"),
+                          "heads": {k: v for k, v in internals.get("heads", {}).items() if k != "importance"}},
+                         indent=2, default=str))
+        return 0
+    print(f"diagnosis {'on demand' if cycle_id == 0 else f'of cycle {cycle_id}'}: {len(findings)} findings")
+    for r in findings.head(15).itertuples():
+        trend = json.loads(r.detail).get("trend", "")
+        print(f"{r.rank:>3}. [{r.kind:<14}] {r.subject:<50} errors={r.severity:>4.0f} {trend:<10} -> {r.action}")
+    if internals.get("activations_summary"):
+        print(f"activations: {internals['activations_summary']}")
+    if internals.get("heads"):
+        print(f"heads: {internals['heads']['reason']}")
+    return 0
+
+
 def cmd_guardrails(args) -> int:
     from core.setup import add_guardrails
 
@@ -311,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", required=True)
     p.add_argument("--to", required=True)
     p.add_argument("--by")
+
+    p = add("diagnose", cmd_diagnose, "show the latest diagnosis, or run one on production")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--run", action="store_true", help="diagnose the production model now")
+    p.add_argument("--json", action="store_true")
 
     p = add("guardrails", cmd_guardrails, "add or list must-hold guardrail probes")
     p.add_argument("action", choices=["add", "list"])

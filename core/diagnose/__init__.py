@@ -25,8 +25,8 @@ def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_
              previous_keys: set[str]) -> dict:
     """results: the version's held-out eval rows (example_id, text, label, predicted, confidence, correct)."""
     results = results.reset_index(drop=True)
-    findings = pair_findings(results, cfg.samples_per_error, cfg.top_findings) + class_findings(results,
-                                                                                                cfg.top_findings)
+    pairs = pair_findings(results, cfg.samples_per_error, cfg.top_findings)
+    findings = pairs + class_findings(results, cfg.top_findings, pairs)
     embeddings = M.embed_texts(loaded.tokenizer, loaded.model, results["text"].tolist(), loaded.max_length)
     clusters, coords = cluster_findings(results, embeddings, cfg.max_clusters, cfg.samples_per_error)
     findings += clusters

@@ -28,7 +28,14 @@ def pair_findings(results: pd.DataFrame, samples_per_error: int, top: int = 20) 
     return rows
 
 
-def class_findings(results: pd.DataFrame, top: int = 20) -> list[dict]:
+def class_findings(results: pd.DataFrame, top: int = 20, pairs: list[dict] | None = None) -> list[dict]:
+    """Severity counts the class's misses that no repeated confusion pair already explains, so the
+    same error is not ranked twice: a class whose misses scatter is weak, one that leaks to one
+    neighbour is a pair."""
+    explained: dict[str, int] = {}
+    for p in pairs or []:
+        if p["severity"] >= 2:
+            explained[p["detail"]["true"]] = explained.get(p["detail"]["true"], 0) + int(p["severity"])
     rows = []
     for label, group in results.groupby("label"):
         correct = group["correct"].astype(bool)
@@ -36,10 +43,12 @@ def class_findings(results: pd.DataFrame, top: int = 20) -> list[dict]:
         precision = float((predicted_as & results["correct"].astype(bool)).sum() / predicted_as.sum()) \
             if predicted_as.any() else None
         misses = int((~correct).sum())
-        if misses:
-            rows.append({"kind": "weak_class", "subject": label, "severity": float(misses), "key": f"class:{label}",
+        residual = misses - explained.get(label, 0)
+        if residual > 0:
+            rows.append({"kind": "weak_class", "subject": label, "severity": float(residual),
+                         "key": f"class:{label}",
                          "detail": {"recall": float(correct.mean()), "precision": precision,
-                                    "support": len(group)},
+                                    "support": len(group), "misses": misses},
                          "action": f"raise the share of '{label}' in curated data"})
     return sorted(rows, key=lambda r: -r["severity"])[:top]
 
@@ -125,7 +134,8 @@ def rank(findings: list[dict], previous_keys: set[str]) -> pd.DataFrame:
 
 def confusion_findings(results: pd.DataFrame, top: int = 20, samples_per_error: int = 20) -> pd.DataFrame:
     """Pairs and weak classes only: what a diagnosis needs when nothing heavier is wanted."""
-    return rank(pair_findings(results, samples_per_error, top) + class_findings(results, top), set())
+    pairs = pair_findings(results, samples_per_error, top)
+    return rank(pairs + class_findings(results, top, pairs), set())
 
 
 def target_labels(findings: pd.DataFrame) -> set[str]:

@@ -69,8 +69,9 @@ def head_importance(loaded: M.Loaded, texts: list[str], label_ids: list[int]) ->
     model = loaded.model.to(M.device()).eval()
     cfg = model.encoder.config
     n_heads = getattr(cfg, "num_attention_heads", 0)
+    # A LoRA-wrapped projection is not an nn.Linear but still takes the heads as its input.
     targets = [m for name, m in model.encoder.named_modules()
-               if name.endswith(HEAD_INPUT_SUFFIXES) and isinstance(m, torch.nn.Linear)]
+               if name.endswith(HEAD_INPUT_SUFFIXES) and hasattr(m, "in_features")]
     if not targets or not n_heads or not texts:
         return np.zeros((0, 0))
     gates = torch.ones(len(targets), n_heads, device=M.device(), requires_grad=True)

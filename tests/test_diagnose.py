@@ -1,0 +1,86 @@
+"""Self-diagnosis on data built so the answer is known."""
+import json
+
+import pandas as pd
+import pytest
+
+from core import cycle, model as M
+from core.cli import main
+from core.diagnose.attribution import attribute, top_tokens
+from core.train import TrainSpec, train
+from tests.conftest import fast_config, make_workspace
+
+
+@pytest.fixture
+def planted_confusion(tmp_path, tiny_csvs):
+    """Held-out 'billing_question' rows that are really payment errors: the model must confuse the pair."""
+    held = pd.read_csv(tiny_csvs["heldout"])
+    payments = pd.read_csv("data/tickets_unlabeled.csv")["text"]
+    payments = payments[payments.str.contains("declined|failed", case=False)].head(4).tolist()
+    billing_idx = held.index[held["label"] == "billing_question"][:4]
+    held.loc[billing_idx, "text"] = payments[: len(billing_idx)]
+    path = tmp_path / "heldout.csv"
+    held.to_csv(path, index=False)
+    config = fast_config()
+    config.diagnose.max_clusters = 2
+    ws = make_workspace(tmp_path / "ws", {**tiny_csvs, "heldout": path}, config)
+    cid = cycle.start_cycle(ws)
+    assert cycle.run_cycle(ws, cid, auto_approve=True, progress=False).status == "done"
+    return ws
+
+
+def test_planted_confusion_is_the_top_weakness(planted_confusion, capsys):
+    ws = planted_confusion
+    assert main(["diagnose", "--workspace", str(ws.root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    top = report["findings"][0]
+    assert top["kind"] == "confusion_pair"
+    assert top["subject"] == "billing_question -> payment_processing_error"
+    assert "separating 'billing_question' from 'payment_processing_error'" in top["action"]
+    assert top["detail"]["trend"] == "new"
+    store = ws.store
+    attributions = store.attributions(0)
+    wrong = attributions[~attributions["correct"]]
+    assert len(wrong) == int((~store.eval_results("v1")["correct"]).sum())  # every error, under the cap
+    assert attributions["baseline"].str.contains("PAD").all() and attributions["delta"].notna().all()
+    internals = store.diagnosis_internals(0)
+    heads = internals["heads"]
+    assert len(heads["importance"]) == 6 and len(heads["importance"][0]) == 12  # MiniLM: 6 layers x 12 heads
+    assert heads["lora_layers"] and "layers" in heads["reason"]
+    assert len(internals["activations"]) == 6 and internals["activations_summary"].startswith("layer")
+
+
+def test_findings_are_tracked_across_cycles(planted_confusion):
+    ws = planted_confusion
+    config = ws.config()
+    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
+    ws.save_config(config)
+    cycle.run_diagnosis(ws, 0, "v1", None)
+    outcome = cycle.evolve(ws, cycles=1, auto_approve=True, progress=False)[-1]
+    findings = ws.store.diagnoses(outcome.cycle_id)
+    trends = {json.loads(d)["trend"] for d in findings["detail"]}
+    assert "persisting" in trends  # the same production model shows the same planted confusion
+    lineage = ws.store.version("v2")["lineage"]
+    assert lineage["lora_reason"].startswith("layers") and isinstance(lineage["lora_layers"], list)
+
+
+def test_attribution_ranks_a_planted_trigger_word_first(tmp_path):
+    """Class 'alert' differs from 'calm' only by the word 'zebra': attributions must point at it."""
+    calm = [f"the weekly report number {i} is ready for review" for i in range(30)]
+    alert = [f"the weekly report number {i} is ready for review zebra" for i in range(30)]
+    frame = pd.DataFrame({"text": calm + alert, "label": ["calm"] * 30 + ["alert"] * 30})
+    frame.to_parquet(tmp_path / "train.parquet")
+    frame.iloc[::5].to_parquet(tmp_path / "eval.parquet")
+    config = fast_config()
+    spec = TrainSpec(run_id="trigger", labels=["alert", "calm"], model=config.model.model_dump(),
+                     train={**config.train.model_dump(), "max_steps": 30, "lr": 2e-3, "head_lr": 5e-3},
+                     train_file=str(tmp_path / "train.parquet"), eval_file=str(tmp_path / "eval.parquet"),
+                     checkpoint_dir=str(tmp_path / "ckpt"), output_dir=str(tmp_path / "out"))
+    result = train(spec, progress=False)
+    loaded = M.load_version(tmp_path / "out", result["files"], "trigger")
+    texts = ["the monthly summary 7 is ready zebra", "please review report 12 zebra today"]
+    probs = M.predict_proba(loaded, texts)
+    assert (probs.argmax(1) == 0).all(), "precondition: the trigger routes to 'alert'"
+    for record in attribute(loaded, texts, [0, 0]):
+        assert top_tokens(record["tokens"], record["scores"], k=1) == ["zebra"]
+        assert abs(record["delta"]) < 1.0
