@@ -161,9 +161,11 @@ def cmd_predict(args) -> int:
 
 def cmd_rollback(args) -> int:
     from core import registry
+    from core.auth import require_approver
 
     ws = _ws(args)
-    previous = registry.rollback(ws, args.to, actor=args.by or os.environ.get("USER", "cli"))
+    require_approver(ws.store, args.by, _password(), f"rollback:{args.to}")  # as strict as a promotion
+    previous = registry.rollback(ws, args.to, actor=args.by)
     print(f"production: {previous or '-'} -> {args.to}")
     return 0
 
@@ -341,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rollback", cmd_rollback, "point production at an earlier version")
     p.add_argument("--workspace", required=True)
     p.add_argument("--to", required=True)
-    p.add_argument("--by")
+    p.add_argument("--by", required=True, help="an approver's name (password from a prompt or EVOLAB_PASSWORD)")
 
     p = add("diagnose", cmd_diagnose, "show the latest diagnosis, or run one on production")
     p.add_argument("--workspace", required=True)
