@@ -208,6 +208,44 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_samples(args) -> int:
+    ws = _ws(args)
+    store = ws.store
+    filters = {"cycle_id": args.cycle, "status": args.status, "generator": args.generator, "label": args.label,
+               "search": args.search}
+    if args.action == "list":
+        page = store.sample_query(**filters, limit=args.limit, offset=args.offset)
+        if args.json:
+            print(page.to_json(orient="records", date_format="iso"))
+        elif page.empty:
+            print("no samples match")
+        else:
+            cols = ["id", "cycle_id", "generator", "status", "label", "difficulty", "confidence", "text", "reason"]
+            with __import__("pandas").option_context("display.max_colwidth", 60, "display.width", 200):
+                print(page[cols].to_string(index=False))
+        return 0
+    if args.action == "export":
+        if not args.out:
+            raise ValueError("samples export needs --out FILE.parquet or FILE.jsonl")
+        from core.curate.export import export_samples
+
+        n = export_samples(store, Path(args.out), **filters)
+        print(f"{n:,} samples -> {args.out}")
+        return 0
+    from core.auth import require_approver
+
+    ids = [int(i) for i in args.ids.split(",")] if args.ids else \
+        store.sample_query(**filters)["id"].astype(int).tolist() if args.all_matching else []
+    if not ids:
+        raise ValueError("choose samples with --ids 1,2,3 or --all-matching plus filters")
+    if not args.by:
+        raise ValueError(f"samples {args.action} needs --by NAME (an approver)")
+    require_approver(store, args.by, _password(), f"samples:{args.action}")
+    n = store.review_samples(ids, args.action, args.by, label=args.to_label, comment=args.comment or "")
+    print(f"{n:,} samples {args.action}d by {args.by}")
+    return 0
+
+
 def cmd_guardrails(args) -> int:
     from core.setup import add_guardrails
 
@@ -349,6 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", required=True)
     p.add_argument("--run", action="store_true", help="diagnose the production model now")
     p.add_argument("--json", action="store_true")
+
+    p = add("samples", cmd_samples, "list, review (approve, reject, relabel) or export curated samples")
+    p.add_argument("action", choices=["list", "approve", "reject", "relabel", "export"])
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--cycle", type=int)
+    p.add_argument("--status")
+    p.add_argument("--generator")
+    p.add_argument("--label")
+    p.add_argument("--search")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--ids", help="comma-separated sample ids")
+    p.add_argument("--all-matching", action="store_true", help="every sample the filters match")
+    p.add_argument("--to-label", help="relabel: the new label")
+    p.add_argument("--by")
+    p.add_argument("--comment")
+    p.add_argument("--out", help="export: .parquet or .jsonl")
 
     p = add("guardrails", cmd_guardrails, "add or list must-hold guardrail probes")
     p.add_argument("action", choices=["add", "list"])

@@ -80,9 +80,39 @@ class DiagnoseConfig(_Section):
     head_analysis: bool = True  # and let it choose the layers that get LoRA next time
 
 
+class LLMConfig(_Section):
+    """An OpenAI-compatible chat-completions endpoint; off unless enabled."""
+    enabled: bool = False
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1 ; EVOLAB_LLM_BASE_URL overrides
+    model: str = ""  # EVOLAB_LLM_MODEL overrides
+    api_key_env: str = "EVOLAB_LLM_API_KEY"  # the key is read from this environment variable, never stored
+    per_request: int = Field(10, ge=1, le=100)
+    max_requests: int = Field(10, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+
+
 class CurateConfig(_Section):
-    min_confidence: float = Field(0.7, ge=0, le=1)
+    generators: list[Literal["self_label", "counterfactual", "templates", "llm"]] = [
+        "self_label", "counterfactual", "templates", "llm"]
+    # Verifier bars: a sample is kept only when every verifier clears its bar for the sample's label.
+    min_confidence: float = Field(0.7, ge=0, le=1)  # the current model's probability
+    min_knn_agreement: float = Field(0.4, ge=0, le=1)  # share of the k nearest labeled examples
+    knn_k: int = Field(7, ge=1)
+    min_consistency: float = Field(1.0, ge=0, le=1)  # share of perturbed views predicted the same
+    perturbed_views: int = Field(2, ge=0, le=8)
+    # Filters
+    near_duplicate_similarity: float = Field(0.9, gt=0, le=1)  # character n-gram cosine
+    contamination_similarity: float = Field(0.85, gt=0, le=1)  # to any held-out text
+    min_chars: int = Field(3, ge=1)
+    max_chars: int = Field(1000, ge=1)
     max_per_class: int = Field(40, ge=1)
+    favoured_class_factor: float = Field(1.5, ge=1)  # cap multiplier for diagnosed weak classes
+    # Share of kept samples per difficulty level (0 easy .. 3 hard), where generators can choose.
+    difficulty_mix: list[float] = [0.1, 0.3, 0.3, 0.3]
+    counterfactual_per_pair: int = Field(40, ge=0)
+    templates_per_class: int = Field(30, ge=0)
+    templates_file: str = "templates.json"  # in the workspace: {"templates": {label: [...]}, "slots": {...}}
+    llm: LLMConfig = LLMConfig()
 
 
 GatePolicy = Literal["human", "auto", "auto_under_thresholds"]

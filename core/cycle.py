@@ -86,14 +86,21 @@ def stage_diagnose(ws: Workspace, cycle: dict, ctx: dict) -> None:
 
 def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
     store, cfg = ws.store, ws.config()
-    pool = store.examples("unlabeled")
-    loaded = registry.load(ws, cycle["parent_version"])
-    probs = M.predict_proba(loaded, pool["text"].tolist(), progress=ctx["progress"])
-    favoured = diagnose.target_labels(store.diagnoses(cycle["id"]))
-    samples = curate.pseudo_label(pool, probs, loaded.labels, cfg.curate, favoured)
+    findings = store.diagnoses(cycle["id"])
+    pairs = [(json.loads(d)["true"], json.loads(d)["predicted"], int(sev))
+             for kind, d, sev in zip(findings.get("kind", []), findings.get("detail", []), findings.get("severity", []))
+             if kind == "confusion_pair" and json.loads(d).get("trend") != "fixed"]
+    context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=store.examples("seed"),
+                             pool=store.examples("unlabeled"), pairs=pairs,
+                             favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
+                             seed_value=cycle["id"])
+    samples, report = curate.curate(context, store.examples("heldout"), store.reviewed_samples(cycle["id"]),
+                                    ctx["progress"])
     store.save_samples(cycle["id"], samples, "data_review")
-    kept = int((samples["status"] == "kept").sum())
-    _say(ctx["progress"], f"  curate: generated {len(samples):,}, kept {kept:,}")
+    ctx["stage_detail"] = report
+    _say(ctx["progress"], f"  curate: {report['summary']} ("
+                          + ", ".join(f"{g} {v['generated']:,}/{v['kept']:,}" for g, v in
+                                      report["per_generator"].items()) + ")")
 
 
 def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
@@ -101,7 +108,9 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
     seed = store.examples("seed")[["text", "label"]].assign(source="seed")
     if cycle["kind"] == "baseline":
         return seed
-    kept = store.samples(cycle["id"], status="kept")[["text", "label"]].assign(source="synthetic")
+    samples = store.samples(cycle["id"])
+    # Human approvals and relabels count as kept; a human rejection is never trained on.
+    kept = samples[samples["status"].isin(["kept", "approved"])][["text", "label"]].assign(source="synthetic")
     return pd.concat([seed, kept], ignore_index=True)  # the seed is replayed in every retraining
 
 
@@ -199,7 +208,7 @@ def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, 
 
 def stage_data_review(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
     samples = ws.store.samples(cycle["id"])
-    kept = samples[samples["status"] == "kept"]
+    kept = samples[samples["status"].isin(["kept", "approved"])]
     checks = gates.data_review_checks(ws.config().gates.data_review, len(kept), len(samples),
                                       float(kept["confidence"].mean()) if len(kept) else None)
     return _gate_stage(ws, cycle, ctx, "data_review", checks, "train")
@@ -265,8 +274,10 @@ def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress
         stage = cycle["stage"]
         started, t0 = utcnow(), time.perf_counter()
         _say(progress, f"cycle {cycle_id} [{cycle['kind']}] {stage} ...")
+        ctx.pop("stage_detail", None)
         outcome = STAGES[stage](ws, cycle, ctx)
-        store.record_stage_run(cycle_id, stage, started, time.perf_counter() - t0, _peak_rss_mb())
+        store.record_stage_run(cycle_id, stage, started, time.perf_counter() - t0, _peak_rss_mb(),
+                               ctx.get("stage_detail"))
         if outcome is not None:
             return outcome
 

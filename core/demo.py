@@ -17,6 +17,16 @@ def serve_dashboard(root: Path, port: int = 8501, host: str = "127.0.0.1") -> in
                             "--browser.gatherUsageStats", "false", "--", "--workspace", str(root)])
 
 
+def write_templates(path: Path) -> None:
+    """The demo domain's templates and slots, for the template generator."""
+    import json
+
+    sys.path.insert(0, str(REPO))
+    from data.generate_tickets import SLOTS, TEMPLATES
+
+    path.write_text(json.dumps({"templates": TEMPLATES, "slots": SLOTS}, indent=1), encoding="utf-8")
+
+
 def run_demo(root: Path, cycles: int = 1, port: int = 8501) -> int:
     from core.config import Config
     from core.setup import init_workspace
@@ -28,8 +38,9 @@ def run_demo(root: Path, cycles: int = 1, port: int = 8501) -> int:
         # promotion waits for a person in the approvals inbox.
         config.gates.promotion.policy = "auto_under_thresholds"
         config.gates.promotion.auto_min_gain = 1.0
-        init_workspace(root, DATA / "tickets_labeled.csv", DATA / "tickets_unlabeled.csv",
-                       DATA / "tickets_heldout.csv", config=config)
+        ws = init_workspace(root, DATA / "tickets_labeled.csv", DATA / "tickets_unlabeled.csv",
+                            DATA / "tickets_heldout.csv", config=config)
+        write_templates(ws.root / config.curate.templates_file)
         print(f"created demo workspace {root}")
     ws = open_workspace(root)
     engine = subprocess.Popen([sys.executable, "-m", "core", "evolve", "--workspace", str(ws.root), "--cycles",

@@ -154,6 +154,16 @@ def embed_texts(tokenizer, model_or_encoder, texts: list[str], max_length: int, 
     return out
 
 
+def embed_and_proba(loaded: "Loaded", texts: list[str], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Both the model's embeddings and its class probabilities from one encoder pass."""
+    emb = embed_texts(loaded.tokenizer, loaded.model, texts, loaded.max_length, progress=progress)
+    weight = F.normalize(loaded.model.head.weight.detach().float().cpu(), dim=-1).numpy()
+    logits = loaded.model.scale * emb @ weight.T
+    logits -= logits.max(1, keepdims=True)
+    probs = np.exp(logits)
+    return emb, probs / probs.sum(1, keepdims=True)
+
+
 @torch.no_grad()
 def predict_proba(loaded: "Loaded", texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
     from tqdm import tqdm

@@ -22,7 +22,7 @@ import pandas as pd
 
 from core.faults import crash_point
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -80,6 +80,10 @@ MIGRATIONS: list[str] = [
         predicted VARCHAR, correct BOOLEAN, target VARCHAR, tokens JSON, scores JSON, baseline VARCHAR,
         delta DOUBLE, PRIMARY KEY(cycle_id, example_id));
     CREATE TABLE diagnosis_internals(cycle_id INTEGER, kind VARCHAR, data JSON, PRIMARY KEY(cycle_id, kind));
+    """,
+    """
+    ALTER TABLE synthetic_samples ADD COLUMN reviewed_by VARCHAR;
+    ALTER TABLE synthetic_samples ADD COLUMN original_label VARCHAR;
     """,
 ]
 
@@ -406,8 +410,62 @@ class Store:
                                        created_at=utcnow())
                 _register(con, "samples_df", frame)
                 con.execute("INSERT INTO synthetic_samples SELECT id, cycle_id, generator, parent_id, text, "
-                            "label, confidence, difficulty, scores, status, reason, created_at FROM samples_df")
+                            "label, confidence, difficulty, scores, status, reason, created_at, NULL, NULL "
+                            "FROM samples_df")
             self._set_stage(con, cycle_id, next_stage)
+
+    REVIEW_ACTIONS = ("approve", "reject", "relabel")
+
+    def review_samples(self, ids: list[int], action: str, by: str, label: str | None = None,
+                       comment: str = "") -> int:
+        """A person's decision on samples; it wins over every verifier and is audited."""
+        if action not in self.REVIEW_ACTIONS:
+            raise ValueError(f"unknown review action '{action}'")
+        if not ids:
+            raise ValueError("no samples selected")
+        with self._tx() as con:
+            found = con.execute("SELECT count(*) FROM synthetic_samples WHERE id IN (SELECT unnest(?))",
+                                [ids]).fetchone()[0]
+            if found != len(set(ids)):
+                raise KeyError(f"{len(set(ids)) - found} of the selected sample ids do not exist")
+            if action == "relabel":
+                if label is None or not con.execute("SELECT 1 FROM labels WHERE name = ?", [label]).fetchone():
+                    raise ValueError(f"unknown label '{label}'")
+                con.execute("UPDATE synthetic_samples SET original_label = coalesce(original_label, label), "
+                            "label = ?, status = 'approved', reason = ?, reviewed_by = ? "
+                            "WHERE id IN (SELECT unnest(?))", [label, f"relabelled by {by}", by, ids])
+            else:
+                status = "approved" if action == "approve" else "rejected"
+                con.execute("UPDATE synthetic_samples SET status = ?, reason = ?, reviewed_by = ? "
+                            "WHERE id IN (SELECT unnest(?))", [status, f"{status} by {by}", by, ids])
+            self._audit(con, by, f"samples_{action}", "samples", {"ids": sorted(set(ids))[:1000],
+                                                                  "count": len(set(ids)), "label": label,
+                                                                  "comment": comment})
+            return len(set(ids))
+
+    def reviewed_samples(self, before_cycle: int) -> pd.DataFrame:
+        """The latest human decision per text from earlier cycles."""
+        return self._read("SELECT text, label, status, reviewed_by FROM synthetic_samples "
+                          "WHERE reviewed_by IS NOT NULL AND cycle_id < ? "
+                          "QUALIFY row_number() OVER (PARTITION BY text ORDER BY cycle_id DESC, id DESC) = 1",
+                          [before_cycle])
+
+    def sample_query(self, cycle_id: int | None = None, status: str | None = None, generator: str | None = None,
+                     label: str | None = None, search: str | None = None, limit: int | None = None,
+                     offset: int = 0) -> pd.DataFrame:
+        """Filtering and paging in SQL, so a million samples never pass through pandas whole."""
+        where, params = [], []
+        for column, value in (("cycle_id", cycle_id), ("status", status), ("generator", generator),
+                              ("label", label)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if search:
+            where.append("text ILIKE ?")
+            params.append(f"%{search}%")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        return self._read(f"SELECT * FROM synthetic_samples {clause} ORDER BY id {page}", params)
 
     def samples(self, cycle_id: int | None = None, status: str | None = None) -> pd.DataFrame:
         where, params = [], []

@@ -1,0 +1,104 @@
+"""Filters that need no model: sanity, exact and near duplicates, contamination of held-out data."""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import numpy as np
+import pandas as pd
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def sanity_reason(text: str, min_chars: int, max_chars: int) -> str | None:
+    stripped = text.strip()
+    if len(stripped) < min_chars:
+        return f"sanity: shorter than {min_chars} characters"
+    if len(stripped) > max_chars:
+        return f"sanity: longer than {max_chars} characters"
+    printable = sum(ch.isprintable() for ch in stripped) / len(stripped)
+    letters = sum(ch.isalpha() for ch in stripped) / len(stripped)
+    if printable < 0.95:
+        return "sanity: control characters"
+    if letters < 0.3:
+        return "sanity: too few letters"
+    return None
+
+
+def char_vectors(texts: list[str], fitted=None):
+    """Character 3-5-gram TF-IDF: robust to the typos and small edits that separate near-duplicates."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = fitted or TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=1, sublinear_tf=True)
+    matrix = vec.transform(texts) if fitted else vec.fit_transform(texts)
+    return vec, matrix
+
+
+def nearest(query, reference, chunk: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the most similar reference row and the cosine (rows are L2-normalised)."""
+    best_sim = np.zeros(query.shape[0], dtype=np.float32)
+    best_idx = np.full(query.shape[0], -1, dtype=np.int64)
+    if reference.shape[0] == 0:
+        return best_idx, best_sim
+    for start in range(0, query.shape[0], chunk):
+        sims = (query[start:start + chunk] @ reference.T).toarray()
+        best_idx[start:start + chunk] = sims.argmax(1)
+        best_sim[start:start + chunk] = sims.max(1)
+    return best_idx, best_sim
+
+
+def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame, cfg) -> pd.DataFrame:
+    """Set status/reason for samples that fail a model-free filter; candidates are in priority order."""
+    out = candidates.copy()
+    alive = out["status"] == "candidate"
+    for i in out.index[alive]:
+        reason = sanity_reason(out.at[i, "text"], cfg.min_chars, cfg.max_chars)
+        if reason:
+            out.loc[i, ["status", "reason"]] = ["dropped", reason]
+    norm = out["text"].map(normalize)
+    labeled_norm = set(labeled["text"].map(normalize))
+    seen: dict[str, int] = {}
+    for i in out.index[out["status"] == "candidate"]:
+        key = norm[i]
+        if key in labeled_norm:
+            out.loc[i, ["status", "reason"]] = ["dropped", "exact duplicate of a labeled example"]
+        elif key in seen:
+            out.loc[i, ["status", "reason"]] = ["dropped", f"exact duplicate of sample #{seen[key]}"]
+        else:
+            seen[key] = i
+    rest = out.index[out["status"] == "candidate"]
+    if len(rest) == 0:
+        return out
+    vec, _ = char_vectors(list(out.loc[rest, "text"]) + list(labeled["text"]) + list(heldout["text"]))
+    cand = char_vectors(list(out.loc[rest, "text"]), vec)[1]
+    held_idx, held_sim = nearest(cand, char_vectors(list(heldout["text"]), vec)[1])
+    lab_idx, lab_sim = nearest(cand, char_vectors(list(labeled["text"]), vec)[1])
+    held_texts = heldout["text"].tolist()
+    for pos, i in enumerate(rest):
+        if held_sim[pos] >= cfg.contamination_similarity:
+            out.loc[i, ["status", "reason"]] = [
+                "dropped", f"contamination: {held_sim[pos]:.2f} similar to held-out text "
+                           f"{held_texts[held_idx[pos]][:60]!r}"]
+        elif lab_sim[pos] >= cfg.near_duplicate_similarity:
+            out.loc[i, ["status", "reason"]] = ["dropped", f"near-duplicate ({lab_sim[pos]:.2f}) of a labeled example"]
+    # Near-duplicates among the candidates themselves: the first (highest priority) one stays.
+    rest = [i for i in rest if out.at[i, "status"] == "candidate"]
+    if len(rest) > 1:
+        mat = char_vectors([out.at[i, "text"] for i in rest], vec)[1]
+        for start in range(0, len(rest), 1000):
+            sims = (mat[start:start + 1000] @ mat.T).toarray()
+            for row in range(sims.shape[0]):
+                pos = start + row
+                i = rest[pos]
+                if out.at[i, "status"] != "candidate":
+                    continue
+                earlier = np.nonzero(sims[row, :pos] >= cfg.near_duplicate_similarity)[0]
+                earlier = [e for e in earlier if out.at[rest[e], "status"] == "candidate"]
+                if earlier:
+                    out.loc[i, ["status", "reason"]] = [
+                        "dropped", f"near-duplicate ({sims[row, earlier[0]]:.2f}) of sample #{rest[earlier[0]]}"]
+    return out

@@ -1,0 +1,64 @@
+"""An LLM generator through any OpenAI-compatible chat-completions endpoint (off by default).
+
+The base URL, model and key come from config or the environment (EVOLAB_LLM_BASE_URL,
+EVOLAB_LLM_MODEL, and the variable named by curate.llm.api_key_env); the key is never stored.
+"""
+from __future__ import annotations
+
+import os
+
+import httpx
+
+from core.curate.registry import Context, candidates, register
+
+PROMPT = ("Write {n} different short customer messages whose intent is '{label}'{contrast}. Vary the wording, "
+          "length and tone, and include the occasional typo. Examples of '{label}':\n{examples}\n"
+          "Answer with one message per line and nothing else.")
+
+
+class LLMError(RuntimeError):
+    pass
+
+
+def complete(base_url: str, model: str, key: str | None, prompt: str, timeout: float) -> str:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"model": model, "temperature": 0.9,
+            "messages": [{"role": "system", "content": "You write realistic support tickets."},
+                         {"role": "user", "content": prompt}]}
+    try:
+        response = httpx.post(base_url.rstrip("/") + "/chat/completions", json=body, headers=headers,
+                              timeout=timeout)
+        response.raise_for_status()
+        return response.json()["choices"][0]["message"]["content"]
+    except (httpx.HTTPError, KeyError, IndexError, ValueError) as err:
+        raise LLMError(f"LLM endpoint {base_url}: {err}") from None
+
+
+@register("llm")
+def llm(ctx: Context):
+    cfg = ctx.cfg.llm
+    base_url = os.environ.get("EVOLAB_LLM_BASE_URL", cfg.base_url)
+    model = os.environ.get("EVOLAB_LLM_MODEL", cfg.model)
+    if not cfg.enabled or not base_url or not model:
+        ctx.notes["llm"] = "disabled (curate.llm.enabled, base_url and model)"
+        return candidates("llm", [])
+    targets = [(t, p) for t, p, _ in ctx.pairs] or [(label, None) for label in sorted(ctx.favoured)]
+    rows, requests = [], 0
+    for label, other in targets:
+        if requests >= cfg.max_requests:
+            break
+        examples = "\n".join(f"- {t}" for t in ctx.seed.loc[ctx.seed["label"] == label, "text"].head(5))
+        contrast = f" (not '{other}', which it is often confused with)" if other else ""
+        try:
+            text = complete(base_url, model, os.environ.get(cfg.api_key_env), PROMPT.format(
+                n=cfg.per_request, label=label, contrast=contrast, examples=examples), cfg.timeout_s)
+        except LLMError as err:
+            ctx.notes["llm"] = str(err)  # a failing endpoint costs this generator, not the cycle
+            break
+        requests += 1
+        for line in text.splitlines():
+            line = line.strip().lstrip("-*0123456789.) ").strip()
+            if line:
+                rows.append({"parent_id": None, "text": line, "label": label})
+    ctx.notes.setdefault("llm", f"{requests} requests")
+    return candidates("llm", rows)

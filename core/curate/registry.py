@@ -1,0 +1,41 @@
+"""Generators register here; the curation pipeline asks each enabled one for candidates."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from core import model as M
+
+CANDIDATE_COLUMNS = ["generator", "parent_id", "text", "label"]
+
+
+@dataclass
+class Context:
+    loaded: M.Loaded  # the current production model
+    seed: pd.DataFrame  # labeled examples: id, text, label
+    pool: pd.DataFrame  # unlabeled traffic: id, text
+    pairs: list[tuple[str, str, int]]  # diagnosed confusions: (true, predicted, errors)
+    favoured: set[str]  # classes the diagnosis asks for more of
+    cfg: object  # CurateConfig
+    root: Path  # the workspace, for generator resources such as templates.json
+    seed_value: int = 0
+    notes: dict = field(default_factory=dict)  # per generator: what it did or why it did nothing
+
+
+GENERATORS: dict[str, Callable[[Context], pd.DataFrame]] = {}
+
+
+def register(name: str):
+    def wrap(fn: Callable[[Context], pd.DataFrame]):
+        GENERATORS[name] = fn
+        return fn
+    return wrap
+
+
+def candidates(name: str, rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["parent_id", "text", "label"])
+    frame.insert(0, "generator", name)
+    return frame[CANDIDATE_COLUMNS]

@@ -1,0 +1,48 @@
+"""Template and slot generation, for domains that ship templates (the demo's live in data/).
+
+The workspace's templates file holds {"templates": {label: ["... {slot} ..."]}, "slots": {slot: [...]}}.
+Three times the wanted number is generated so the difficulty mix can be honoured after measuring.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+
+from core.curate.registry import Context, candidates, register
+
+SLOT = re.compile(r"\{(\w+)\}")
+
+
+def fill(template: str, slots: dict[str, list[str]], rng: random.Random) -> str | None:
+    def pick(match):
+        options = slots.get(match.group(1))
+        if not options:
+            raise KeyError(match.group(1))
+        return rng.choice(options)
+
+    try:
+        return SLOT.sub(pick, template)
+    except KeyError:
+        return None
+
+
+@register("templates")
+def templates(ctx: Context):
+    path = ctx.root / ctx.cfg.templates_file
+    if not path.is_file():
+        ctx.notes["templates"] = f"no {ctx.cfg.templates_file} in the workspace"
+        return candidates("templates", [])
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    rng = random.Random(ctx.seed_value)
+    rows = []
+    known = set(ctx.loaded.labels)
+    for label, items in spec.get("templates", {}).items():
+        if label not in known or not items:
+            continue
+        want = ctx.cfg.templates_per_class * (2 if label in ctx.favoured else 1) * 3
+        for _ in range(want):
+            text = fill(rng.choice(items), spec.get("slots", {}), rng)
+            if text:
+                rows.append({"parent_id": None, "text": text, "label": label})
+    return candidates("templates", rows)

@@ -1,0 +1,81 @@
+"""Self-verified distillation: independent verifiers must agree with a sample's label.
+
+- model: the current model's probability for the label;
+- knn: the share of the k nearest labeled examples (in the model's embedding space) with that label;
+- consistency: the share of perturbed views of the text (a word dropped, two words swapped, a typo)
+  that the model still assigns to the label.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+
+from core import model as M
+
+VERIFIERS = ("model", "knn", "consistency")
+
+
+def perturb(text: str, rng: random.Random) -> str:
+    words = text.split()
+    kind = rng.randrange(3)
+    if kind == 0 and len(words) > 3:
+        del words[rng.randrange(len(words))]
+    elif kind == 1 and len(words) > 2:
+        i = rng.randrange(len(words) - 1)
+        words[i], words[i + 1] = words[i + 1], words[i]
+    else:
+        i = rng.randrange(len(words))
+        w = words[i]
+        if len(w) > 3:
+            j = rng.randrange(1, len(w) - 1)
+            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+    return " ".join(words)
+
+
+def difficulty_level(margin: np.ndarray) -> np.ndarray:
+    """0 easy .. 3 hard, from the model's top-1 minus top-2 probability."""
+    return 3 - np.digitize(margin, [0.25, 0.5, 0.75])
+
+
+def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: np.ndarray,
+          labeled_labels: np.ndarray, k: int, views: int, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    index = {name: i for i, name in enumerate(loaded.labels)}
+    target = np.asarray([index[c] for c in claimed])
+    emb, probs = M.embed_and_proba(loaded, texts, progress=progress)
+    rows = np.arange(len(texts))
+    model_score = probs[rows, target] if len(texts) else np.zeros(0)
+    top2 = np.sort(probs, axis=1)[:, -2:] if len(texts) else np.zeros((0, 2))
+    margin = top2[:, 1] - top2[:, 0] if len(texts) else np.zeros(0)
+    knn = np.zeros(len(texts))
+    if len(labeled_emb) and len(texts):
+        kk = min(k, len(labeled_emb))
+        for start in range(0, len(texts), 2048):
+            sims = emb[start:start + 2048] @ labeled_emb.T
+            nn = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            knn[start:start + 2048] = (labeled_labels[nn] == np.asarray(claimed[start:start + 2048],
+                                                                        dtype=object)[:, None]).mean(1)
+    consistency = np.ones(len(texts))
+    if views and len(texts):
+        rng = random.Random(seed)
+        hits = np.zeros(len(texts))
+        for _ in range(views):
+            view = [perturb(t, rng) for t in texts]
+            hits += M.predict_proba(loaded, view).argmax(1) == target
+        consistency = hits / views
+    return pd.DataFrame({"model": model_score.astype(float), "knn": knn, "consistency": consistency,
+                         "margin": margin.astype(float), "predicted": np.asarray(loaded.labels, dtype=object)[
+                             probs.argmax(1)] if len(texts) else [], "difficulty": difficulty_level(margin)})
+
+
+def verdict(scores: pd.Series, cfg) -> str | None:
+    """None when every verifier clears its bar, else the reason the sample is dropped."""
+    failed = []
+    if scores["model"] < cfg.min_confidence:
+        failed.append(f"model {scores['model']:.2f} < {cfg.min_confidence} (predicts {scores['predicted']})")
+    if scores["knn"] < cfg.min_knn_agreement:
+        failed.append(f"knn {scores['knn']:.2f} < {cfg.min_knn_agreement}")
+    if scores["consistency"] < cfg.min_consistency:
+        failed.append(f"consistency {scores['consistency']:.2f} < {cfg.min_consistency}")
+    return ("verifiers disagree: " + "; ".join(failed)) if failed else None
