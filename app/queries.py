@@ -258,47 +258,40 @@ def audit_check(ws: str) -> dict:
 
 
 # -- synthetic samples ---------------------------------------------------------------------------------------------
-# Deliberate exception to "only core/store.py writes SQL": filtering and paging must happen in DuckDB
-# (a cycle can keep hundreds of thousands of samples), and Store has no paged read yet. These two reads
-# are read-only, parameterized, and go through the Store's own connection policy (`_tx(read_only=True)`
-# retries while the engine holds the file). A later issue may move them into core/store.py as
-# `Store.sample_facets()` and `Store.sample_page(...)`.
-SAMPLE_COLUMNS = ["id", "cycle_id", "generator", "status", "label", "confidence", "difficulty", "reason",
-                  "text", "parent_id", "scores", "created_at"]
-
-
 @_cached
 def sample_facets(ws: str) -> dict[str, list]:
-    """The distinct values the filters offer."""
-    with _store(ws)._tx(read_only=True) as con:
-        def distinct(column: str) -> list:
-            rows = con.execute(f"SELECT DISTINCT {column} FROM synthetic_samples "
-                               f"WHERE {column} IS NOT NULL ORDER BY 1").fetchall()
-            return [r[0] for r in rows]
-        return {"cycle_id": distinct("cycle_id"), "generator": distinct("generator"),
-                "status": distinct("status"), "label": distinct("label")}
+    return _store(ws).sample_facets()
 
 
 @_cached
 def sample_page(ws: str, cycle_id: int | None = None, generator: str | None = None, status: str | None = None,
                 label: str | None = None, search: str = "", page: int = 1, page_size: int = 50
                 ) -> tuple[pd.DataFrame, int, int]:
-    """One page of samples matching every given filter: (rows, total matching, page actually shown)."""
-    where, params = [], []
-    for column, value in (("cycle_id", cycle_id), ("generator", generator), ("status", status),
-                          ("label", label)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if search.strip():
-        where.append("contains(lower(text), lower(?))")
-        params.append(search.strip())
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    page_size = max(1, int(page_size))
-    with _store(ws)._tx(read_only=True) as con:  # one transaction: the count and the page agree
-        total = con.execute(f"SELECT count(*) FROM synthetic_samples {clause}", params).fetchone()[0]
-        last = max(1, -(-total // page_size))
-        page = min(max(1, int(page)), last)
-        rows = con.execute(f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM synthetic_samples {clause} "
-                           f"ORDER BY id LIMIT ? OFFSET ?", [*params, page_size, (page - 1) * page_size]).df()
-    return rows, int(total), page
+    """Filtered and paged in DuckDB by the store: (rows, total matching, page actually shown)."""
+    return _store(ws).sample_page(page, page_size, cycle_id=cycle_id, generator=generator, status=status,
+                                  label=label, search=search)
+
+
+def review_samples(ws: str, ids: list[int] | None, filters: dict, action: str, by: str, password: str,
+                   label: str | None) -> int:
+    """Approve, reject or relabel samples as an approver; ids=None means every sample the filters match."""
+    from core.auth import require_approver
+
+    store = _store(ws)
+    require_approver(store, by.strip(), password, f"samples:{action}")
+    if ids is None:
+        ids = store.sample_query(**filters)["id"].astype(int).tolist()
+    done = store.review_samples(ids, action, by.strip(), label=label if action == "relabel" else None)
+    clear()
+    return done
+
+
+def export_bytes(ws: str, filters: dict, fmt: str) -> bytes:
+    import tempfile
+
+    from core.curate.export import export_samples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"samples.{fmt}"
+        export_samples(_store(ws), out, **filters)
+        return out.read_bytes()

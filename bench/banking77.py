@@ -35,7 +35,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "banking77"
 SEED_PER_CLASS = 10
 HELDOUT_PER_CLASS = 5
 DEV_SIZE = 1500
-STAGES = ["diagnose", "curate", "train", "evaluate", "gate", "promote"]
+from core.cycle import EVOLVE_STAGES as STAGES  # noqa: E402  (one list of stages, the engine's)
 # Measured on this protocol with the default MiniLM encoder, scored on the official test split
 # (not the development test set used here, so they are a guide rather than an exact comparison).
 REFERENCES = [
@@ -151,7 +151,8 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
     per_gen = {}
     if len(samples):
         for gen, group in samples.groupby("generator"):
-            per_gen[str(gen)] = {"generated": int(len(group)), "kept": int((group["status"] == "kept").sum())}
+            per_gen[str(gen)] = {"generated": int(len(group)),
+                                 "kept": int(group["status"].isin(["kept", "approved"]).sum())}
     gates = store.gates()
     gates = gates[gates["cycle_id"] == outcome.cycle_id]
     gate_list = [{"kind": g["kind"], "status": g["status"], "by": g["decided_by"], "comment": g["comment"],

@@ -45,11 +45,16 @@ class TrainConfig(_Section):
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(0, ge=0)  # 0: as many as the epochs need
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(5e-4, gt=0)
-    head_lr: float = Field(2e-3, gt=0)
+    # Measured on the Banking77 seed (dev test): 5e-4/2e-3 83.4%, 2e-4/1e-3 83.5%, 1e-3 x5 epochs 83.0%.
+    lr: float = Field(2e-4, gt=0)
+    head_lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    # Smoothing hurt the cosine head on few-shot intent data (Banking77 dev: 83.4% without, 81.5% with 0.1).
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Full-batch steps fitting the head on frozen embeddings before LoRA training starts (0: none).
+    head_warmup_steps: int = Field(100, ge=0)
     checkpoint_every: int = Field(50, ge=1)
     eval_every: int = Field(0, ge=0)  # 0: once per epoch
     num_processes: int = Field(1, ge=1)  # >1 runs `accelerate launch` in a subprocess

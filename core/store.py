@@ -450,22 +450,50 @@ class Store:
                           "QUALIFY row_number() OVER (PARTITION BY text ORDER BY cycle_id DESC, id DESC) = 1",
                           [before_cycle])
 
-    def sample_query(self, cycle_id: int | None = None, status: str | None = None, generator: str | None = None,
-                     label: str | None = None, search: str | None = None, limit: int | None = None,
-                     offset: int = 0) -> pd.DataFrame:
-        """Filtering and paging in SQL, so a million samples never pass through pandas whole."""
+    @staticmethod
+    def _sample_filter(cycle_id=None, status=None, generator=None, label=None, search=None) -> tuple[str, list]:
         where, params = [], []
         for column, value in (("cycle_id", cycle_id), ("status", status), ("generator", generator),
                               ("label", label)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if search:
-            where.append("text ILIKE ?")
-            params.append(f"%{search}%")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        if search and search.strip():
+            where.append("contains(lower(text), lower(?))")
+            params.append(search.strip())
+        return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+    def sample_query(self, cycle_id: int | None = None, status: str | None = None, generator: str | None = None,
+                     label: str | None = None, search: str | None = None, limit: int | None = None,
+                     offset: int = 0) -> pd.DataFrame:
+        """Filtering and paging in SQL, so a million samples never pass through pandas whole."""
+        clause, params = self._sample_filter(cycle_id, status, generator, label, search)
         page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         return self._read(f"SELECT * FROM synthetic_samples {clause} ORDER BY id {page}", params)
+
+    SAMPLE_PAGE_COLUMNS = ["id", "cycle_id", "generator", "status", "label", "confidence", "difficulty", "reason",
+                           "text", "parent_id", "scores", "created_at"]
+
+    def sample_page(self, page: int = 1, page_size: int = 50, **filters) -> tuple[pd.DataFrame, int, int]:
+        """One page of matching samples: (rows, total matching, page actually shown), read in one transaction
+        so the count and the page agree while the engine writes."""
+        clause, params = self._sample_filter(**filters)
+        page_size = max(1, int(page_size))
+        with self._tx(read_only=True) as con:
+            total = con.execute(f"SELECT count(*) FROM synthetic_samples {clause}", params).fetchone()[0]
+            last = max(1, -(-total // page_size))
+            page = min(max(1, int(page)), last)
+            rows = con.execute(f"SELECT {', '.join(self.SAMPLE_PAGE_COLUMNS)} FROM synthetic_samples {clause} "
+                               f"ORDER BY id LIMIT ? OFFSET ?", [*params, page_size, (page - 1) * page_size]).df()
+        return rows, int(total), page
+
+    def sample_facets(self) -> dict[str, list]:
+        """The distinct values a sample browser can filter on."""
+        with self._tx(read_only=True) as con:
+            def distinct(column: str) -> list:
+                return [r[0] for r in con.execute(f"SELECT DISTINCT {column} FROM synthetic_samples "
+                                                  f"WHERE {column} IS NOT NULL ORDER BY 1").fetchall()]
+            return {c: distinct(c) for c in ("cycle_id", "generator", "status", "label")}
 
     def samples(self, cycle_id: int | None = None, status: str | None = None) -> pd.DataFrame:
         where, params = [], []

@@ -94,16 +94,27 @@ def _load_checkpoint(path: Path, model, optimizer) -> dict:
 
 
 # -- pieces of the loop -----------------------------------------------------------------------------
-def _prototype_head(model: M.TextClassifier, tokenizer, texts, label_ids, num_labels, max_length) -> None:
-    """Start the head at each class's mean embedding: the model is a nearest-centroid classifier at step 0."""
+def _prototype_head(model: M.TextClassifier, tokenizer, texts, label_ids, num_labels, max_length,
+                    warmup_steps: int) -> None:
+    """Start the head at each class's mean embedding, then fit it on the frozen embeddings (cheap: the
+    encoder runs once), so LoRA training starts from a good linear probe instead of a random head."""
     emb = M.embed_texts(tokenizer, model, list(texts), max_length)
     weight = np.random.default_rng(0).normal(0, 0.01, size=(num_labels, emb.shape[1])).astype(np.float32)
     for c in range(num_labels):
         rows = emb[label_ids == c]
         if len(rows):
             weight[c] = rows.mean(0)
+    head = torch.nn.Parameter(torch.from_numpy(weight))
+    if warmup_steps and len(emb):
+        feats, target = torch.from_numpy(emb), torch.as_tensor(np.array(label_ids))
+        opt = torch.optim.Adam([head], lr=0.01)
+        for _ in range(warmup_steps):
+            loss = F.cross_entropy(model.scale * feats @ F.normalize(head, dim=-1).T, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     with torch.no_grad():
-        model.head.weight.copy_(torch.from_numpy(weight))
+        model.head.weight.copy_(head.detach())
 
 
 @torch.no_grad()
@@ -162,7 +173,8 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
     tokenizer, model = M.build(mcfg, len(spec.labels))
     ckpt_dir = Path(spec.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _prototype_head(model, tokenizer, data["text"].tolist(), train_ids, len(spec.labels), mcfg.max_length)
+    _prototype_head(model, tokenizer, data["text"].tolist(), train_ids, len(spec.labels), mcfg.max_length,
+                    tcfg.head_warmup_steps)
 
     items = list(zip(data["text"].tolist(), train_ids.tolist()))
 
@@ -228,7 +240,7 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * schedule(step) * doctor.lr_scale
             logits = model(batch["input_ids"], batch["attention_mask"])
-            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=0.1)
+            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=tcfg.label_smoothing)
             if step + 1 in inject_nan:
                 loss = loss * float("nan")
             finding = doctor.check_step(loss.item())

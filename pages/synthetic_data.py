@@ -38,3 +38,34 @@ st.dataframe(rows, hide_index=True, column_config={
     "confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
     "text": st.column_config.TextColumn(width="large")})
 st.pagination(pages, default=page, key=key)
+
+st.subheader("Review")
+st.caption("A person's decision wins over every verifier, in this cycle and later ones, and is audited.")
+with st.form("review_samples"):
+    ids = st.multiselect("Samples on this page", rows["id"].tolist(), key="review_ids")
+    everything = st.checkbox(f"All {total:,} matching samples instead", key="review_all")
+    r1, r2 = st.columns(2)
+    action = r1.radio("Decision", ["approve", "reject", "relabel"], horizontal=True, key="review_action")
+    to_label = r2.selectbox("New label (relabel)", queries.labels(ws), key="review_label")
+    a1, a2 = st.columns(2)
+    by = a1.text_input("Approver", key="review_by")
+    password = a2.text_input("Password", type="password", key="review_password")
+    submitted = st.form_submit_button("Apply")
+if submitted:
+    from core.auth import AuthError
+
+    try:
+        done = queries.review_samples(ws, None if everything else ids, filters, action, by, password, to_label)
+    except (AuthError, ValueError, KeyError) as err:
+        st.error(str(err.args[0] if err.args else err))
+    else:
+        st.success(f"{done:,} samples {action}d by {by}")
+
+st.subheader("Export")
+fmt = st.radio("Format", ["parquet", "jsonl"], horizontal=True, key="export_format")
+# Built on request only: reading every kept sample on each rerun would slow the page for everyone.
+if st.button("Prepare export of the kept samples matching the filters", key="export_prepare"):
+    st.session_state["export_blob"] = (fmt, queries.export_bytes(ws, filters, fmt))
+blob = st.session_state.get("export_blob")
+if blob:
+    st.download_button(f"Download (.{blob[0]})", data=blob[1], file_name=f"evolab-samples.{blob[0]}")

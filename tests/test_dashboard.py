@@ -82,7 +82,7 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
     elif page == "diagnosis":
         assert at.selectbox[1].value == "v1" and len(charts) == 1  # the heatmap shows production
     elif page == "synthetic_data":
-        assert "40 matching samples" in shown
+        assert f"{len(open_workspace(root).store.samples())} matching samples" in shown
     elif page == "approvals":
         assert f"Gate {gate_id}" in shown and "Checks passed" in shown
         recall = at.dataframe[0].value
@@ -102,9 +102,11 @@ def test_synthetic_data_filters_and_pages_in_sql(monkeypatch, _pending_template)
     assert set(at.dataframe[0].value["status"]) == {"kept"}
     at.selectbox[2].select(None)
     at.selectbox[4].select(25).run()
-    assert "page 1 of 2" in texts(at) and len(at.dataframe[0].value) == 25
-    at.get("pagination")[0].set_value(2).run()
-    assert "page 2 of 2" in texts(at) and len(at.dataframe[0].value) == 15
+    total = len(open_workspace(root).store.samples())
+    pages, last = -(-total // 25), total - 25 * (-(-total // 25) - 1)
+    assert f"page 1 of {pages}" in texts(at) and len(at.dataframe[0].value) == 25
+    at.get("pagination")[0].set_value(pages).run()
+    assert f"page {pages} of {pages}" in texts(at) and len(at.dataframe[0].value) == last
     word = kept.iloc[0]["text"].split()[0]
     at.text_input[0].input(word).run()
     assert at.dataframe[0].value["text"].str.lower().str.contains(word.lower()).all()
@@ -171,3 +173,20 @@ def test_workspace_comes_from_the_command_line_then_the_environment(monkeypatch)
     assert queries.workspace_from_args(["-q", "tests"]) == "/from/env"
     monkeypatch.delenv(queries.ENV_VAR)
     assert queries.workspace_from_args([]) is None
+
+
+def test_review_samples_through_the_form(monkeypatch, pending):
+    ws, _ = pending
+    kept = ws.store.samples(status="kept")
+    at = open_page(monkeypatch, ws.root, "synthetic_data")
+    at.selectbox[2].select("kept").run()
+    target = int(at.dataframe[0].value["id"].iloc[0])
+    at.multiselect(key="review_ids").select(target)
+    at.radio(key="review_action").set_value("reject")
+    at.text_input(key="review_by").input(APPROVER)
+    at.text_input(key="review_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    row = ws.store.samples().set_index("id").loc[target]
+    assert row["status"] == "rejected" and row["reviewed_by"] == APPROVER
+    assert len(ws.store.samples(status="kept")) == len(kept) - 1
