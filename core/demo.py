@@ -1,6 +1,7 @@
 """The two-command demo: a workspace on the bundled ticket data, a cycle running, the dashboard served."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,23 @@ DATA = REPO / "data"
 UI = REPO / "app" / "main.py"
 
 
+def _stop_on_sigterm() -> None:
+    # SIGTERM would end Python without running `finally`, leaving the engine and the UI orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def serve_dashboard(root: Path, port: int = 8501, host: str = "127.0.0.1") -> int:
     """Run Streamlit in the foreground; the dashboard only reads the store and acts through core."""
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(UI), "--server.port", str(port),
-                            "--server.address", host, "--server.headless", "true",
-                            "--browser.gatherUsageStats", "false", "--", "--workspace", str(root)])
+    _stop_on_sigterm()
+    ui = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(UI), "--server.port", str(port),
+                           "--server.address", host, "--server.headless", "true",
+                           "--browser.gatherUsageStats", "false", "--", "--workspace", str(root)])
+    try:
+        return ui.wait()
+    finally:
+        if ui.poll() is None:
+            ui.terminate()
+            ui.wait(timeout=30)
 
 
 def write_templates(path: Path) -> None:
@@ -43,6 +56,7 @@ def run_demo(root: Path, cycles: int = 1, port: int = 8501) -> int:
         write_templates(ws.root / config.curate.templates_file)
         print(f"created demo workspace {root}")
     ws = open_workspace(root)
+    _stop_on_sigterm()
     engine = subprocess.Popen([sys.executable, "-m", "core", "evolve", "--workspace", str(ws.root), "--cycles",
                                str(cycles), "--wait"])
     if not UI.exists():
