@@ -295,3 +295,30 @@ def export_bytes(ws: str, filters: dict, fmt: str) -> bytes:
         out = Path(tmp) / f"samples.{fmt}"
         export_samples(_store(ws), out, **filters)
         return out.read_bytes()
+
+
+@_cached
+def attributions(ws: str, cycle_id: int) -> pd.DataFrame:
+    return _store(ws).attributions(int(cycle_id))
+
+
+@_cached
+def diagnosis_internals(ws: str, cycle_id: int) -> dict:
+    return _store(ws).diagnosis_internals(int(cycle_id))
+
+
+def token_html(tokens: list[str], scores: list[float]) -> str:
+    """Tokens as coloured text: green pushed toward the target class, red pushed away."""
+    import html
+
+    peak = max((abs(s) for s in scores), default=1.0) or 1.0
+    spans = []
+    for token, value in zip(tokens, scores):
+        if token in ("[CLS]", "[SEP]", "[PAD]"):
+            continue
+        alpha = min(1.0, abs(value) / peak)
+        rgb = "34,139,34" if value >= 0 else "205,38,38"
+        text = html.escape(token[2:] if token.startswith("##") else " " + token)
+        spans.append(f'<span style="background: rgba({rgb},{alpha:.2f}); border-radius: 3px" '
+                     f'title="{value:+.3f}">{text}</span>')
+    return "".join(spans)

@@ -80,7 +80,9 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
     elif page == "training":
         assert at.selectbox[0].value == "cycle_2" and len(charts) == 1
     elif page == "diagnosis":
-        assert at.selectbox[1].value == "v1" and len(charts) == 1  # the heatmap shows production
+        # error map, activations, head importance, and the confusion heatmap of production
+        assert at.selectbox[1].value == "v1" and len(charts) == 4
+        assert "Token attributions" in shown and "delta" in shown and "LoRA on layers" in shown
     elif page == "synthetic_data":
         assert f"{len(open_workspace(root).store.samples())} matching samples" in shown
     elif page == "approvals":
