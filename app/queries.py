@@ -265,11 +265,12 @@ def sample_facets(ws: str) -> dict[str, list]:
 
 @_cached
 def sample_page(ws: str, cycle_id: int | None = None, generator: str | None = None, status: str | None = None,
-                label: str | None = None, search: str = "", page: int = 1, page_size: int = 50
+                label: str | None = None, search: str = "", difficulty: int | None = None,
+                min_confidence: float | None = None, page: int = 1, page_size: int = 50
                 ) -> tuple[pd.DataFrame, int, int]:
     """Filtered and paged in DuckDB by the store: (rows, total matching, page actually shown)."""
     return _store(ws).sample_page(page, page_size, cycle_id=cycle_id, generator=generator, status=status,
-                                  label=label, search=search)
+                                  label=label, search=search, difficulty=difficulty, min_confidence=min_confidence)
 
 
 def review_samples(ws: str, ids: list[int] | None, filters: dict, action: str, by: str, password: str,

@@ -451,10 +451,14 @@ class Store:
                           [before_cycle])
 
     @staticmethod
-    def _sample_filter(cycle_id=None, status=None, generator=None, label=None, search=None) -> tuple[str, list]:
+    def _sample_filter(cycle_id=None, status=None, generator=None, label=None, search=None, difficulty=None,
+                       min_confidence=None) -> tuple[str, list]:
         where, params = [], []
+        if min_confidence is not None:
+            where.append("confidence >= ?")
+            params.append(float(min_confidence))
         for column, value in (("cycle_id", cycle_id), ("status", status), ("generator", generator),
-                              ("label", label)):
+                              ("label", label), ("difficulty", difficulty)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -463,11 +467,9 @@ class Store:
             params.append(search.strip())
         return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
-    def sample_query(self, cycle_id: int | None = None, status: str | None = None, generator: str | None = None,
-                     label: str | None = None, search: str | None = None, limit: int | None = None,
-                     offset: int = 0) -> pd.DataFrame:
+    def sample_query(self, limit: int | None = None, offset: int = 0, **filters) -> pd.DataFrame:
         """Filtering and paging in SQL, so a million samples never pass through pandas whole."""
-        clause, params = self._sample_filter(cycle_id, status, generator, label, search)
+        clause, params = self._sample_filter(**filters)
         page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         return self._read(f"SELECT * FROM synthetic_samples {clause} ORDER BY id {page}", params)
 
@@ -493,7 +495,7 @@ class Store:
             def distinct(column: str) -> list:
                 return [r[0] for r in con.execute(f"SELECT DISTINCT {column} FROM synthetic_samples "
                                                   f"WHERE {column} IS NOT NULL ORDER BY 1").fetchall()]
-            return {c: distinct(c) for c in ("cycle_id", "generator", "status", "label")}
+            return {c: distinct(c) for c in ("cycle_id", "generator", "status", "label", "difficulty")}
 
     def samples(self, cycle_id: int | None = None, status: str | None = None) -> pd.DataFrame:
         where, params = [], []

@@ -27,8 +27,13 @@ label = c4.selectbox("Label", [None, *facets["label"]], format_func=every)
 c5, c6 = st.columns([4, 1])
 search = c5.text_input("Text contains", placeholder="words in the sample text")
 page_size = c6.selectbox("Rows per page", [25, 50, 100, 200], index=1)
+c7, c8 = st.columns(2)
+difficulty = c7.selectbox("Difficulty (0 easy .. 3 hard)", [None, *[d for d in facets["difficulty"] if d >= 0]],
+                          format_func=every, key="difficulty")
+min_confidence = c8.slider("Model verifier score at least", 0.0, 1.0, 0.0, 0.05, key="min_confidence")
 
-filters = {"cycle_id": cycle_id, "generator": generator, "status": status, "label": label, "search": search}
+filters = {"cycle_id": cycle_id, "generator": generator, "status": status, "label": label, "search": search,
+           "difficulty": difficulty, "min_confidence": min_confidence or None}
 key = "samples_page:" + repr(sorted(filters.items())) + f":{page_size}"  # new filters start at page 1
 rows, total, page = queries.sample_page(ws, **filters, page=st.session_state.get(key, 1), page_size=page_size)
 

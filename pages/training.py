@@ -49,3 +49,15 @@ def curves(run_id: str, was_live: bool) -> None:
 
 
 curves(run, live)
+
+st.subheader("Compare runs")
+chosen = st.multiselect("Runs", runs, default=runs[-2:], key="compare_runs")
+metric = st.radio("Metric", ["val_acc", "val_loss", "train_loss"], horizontal=True, key="compare_metric")
+if chosen:
+    fig = go.Figure()
+    for run_id in chosen:
+        points = queries.metric_curves(ws, run_id).dropna(subset=[metric])
+        fig.add_trace(go.Scatter(x=points["step"], y=points[metric], name=run_id, mode="lines+markers"))
+    fig.update_layout(height=360, margin={"t": 20}, xaxis_title="step", yaxis_title=metric,
+                      legend={"orientation": "h"})
+    st.plotly_chart(fig)

@@ -78,7 +78,9 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
         assert at.get("page_link") and len(charts) == 1
         assert list(at.dataframe[0].value["id"]) == [2, 1]
     elif page == "training":
-        assert at.selectbox[0].value == "cycle_2" and len(charts) == 1
+        # the run's curves, and the comparison of the last two runs (the baseline's and cycle 2's)
+        assert at.selectbox[0].value == "cycle_2" and len(charts) == 2
+        assert at.multiselect(key="compare_runs").value == ["cycle_1", "cycle_2"]
     elif page == "diagnosis":
         # error map, activations, head importance, and the confusion heatmap of production
         assert at.selectbox[1].value == "v1" and len(charts) == 4
@@ -109,6 +111,9 @@ def test_synthetic_data_filters_and_pages_in_sql(monkeypatch, _pending_template)
     assert f"page 1 of {pages}" in texts(at) and len(at.dataframe[0].value) == 25
     at.get("pagination")[0].set_value(pages).run()
     assert f"page {pages} of {pages}" in texts(at) and len(at.dataframe[0].value) == last
+    at.selectbox(key="difficulty").select(kept["difficulty"].iloc[0]).run()
+    assert set(at.dataframe[0].value["difficulty"]) == {kept["difficulty"].iloc[0]}
+    at.selectbox(key="difficulty").select(None).run()
     word = kept.iloc[0]["text"].split()[0]
     at.text_input[0].input(word).run()
     assert at.dataframe[0].value["text"].str.lower().str.contains(word.lower()).all()
