@@ -90,3 +90,26 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bo
     if check and result.returncode != 0:
         raise AssertionError(f"CLI {args} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+APPROVER, PASSWORD = "alice", "alice-secret"
+
+
+@pytest.fixture(scope="session")
+def _pending_template(tmp_path_factory, _baseline_template):
+    """baseline v1 in production, an approver, and cycle 2 waiting at its promotion gate with candidate v2.
+    Shared: tests that change it work on a copy."""
+    from core import auth, cycle
+    from core.workspace import open_workspace
+
+    root = tmp_path_factory.mktemp("pending") / "ws"
+    shutil.copytree(_baseline_template, root)
+    ws = open_workspace(root)
+    config = ws.config()
+    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0  # any candidate passes the checks
+    config.train.epochs = 1  # the curves only need to exist
+    ws.save_config(config)
+    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
+    assert outcome.status == "waiting"
+    return root, outcome.gate_id

@@ -4,7 +4,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pandas as pd
-import pytest
 
 from core import auth, curate as C, cycle, registry
 from core.cli import main

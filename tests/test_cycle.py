@@ -6,7 +6,7 @@ import pytest
 from core import cycle, gates
 from core.cli import main
 from core.config import GateConfig, GatesConfig
-from core.workspace import WorkspaceError, engine_lock
+from core.workspace import engine_lock
 
 
 def test_baseline_then_evolve_with_auto_approve(baseline_ws):

@@ -9,28 +9,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import nav, queries
-from core import auth, cycle
 from core.store import utcnow
 from core.workspace import open_workspace
+from tests.conftest import APPROVER, PASSWORD
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
-APPROVER, PASSWORD = "alice", "alice-secret"
-
-
-@pytest.fixture(scope="module")
-def _pending_template(tmp_path_factory, _baseline_template):
-    """baseline v1 in production, an approver, and cycle 2 waiting at its promotion gate with candidate v2."""
-    root = tmp_path_factory.mktemp("dashboard") / "ws"
-    shutil.copytree(_baseline_template, root)
-    ws = open_workspace(root)
-    config = ws.config()
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0  # any candidate passes the checks
-    config.train.epochs = 1  # the curves only need to exist
-    ws.save_config(config)
-    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
-    outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
-    assert outcome.status == "waiting"
-    return root, outcome.gate_id
 
 
 @pytest.fixture

@@ -19,30 +19,12 @@ from pathlib import Path
 import pytest
 
 from app import nav
-from core import auth, cycle
 from core.store import Store
 from core.workspace import open_workspace
-from tests.conftest import ROOT, run_cli
+from tests.conftest import APPROVER, PASSWORD, ROOT, run_cli
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-APPROVER, PASSWORD = "alice", "alice-secret"
 SERVER_TIMEOUT, UI_TIMEOUT = 120, 90
-
-
-@pytest.fixture(scope="module")
-def _pending_template(tmp_path_factory, _baseline_template):
-    """baseline v1 in production, an approver, and cycle 2 waiting at its promotion gate with candidate v2."""
-    root = tmp_path_factory.mktemp("e2e") / "ws"
-    shutil.copytree(_baseline_template, root)
-    ws = open_workspace(root)
-    config = ws.config()
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0  # any candidate passes the checks
-    config.train.epochs = 1
-    ws.save_config(config)
-    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
-    outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
-    assert outcome.status == "waiting"
-    return root, outcome.gate_id
 
 
 def free_port() -> int:
