@@ -14,11 +14,11 @@ import pandas as pd
 from core import model as M
 from core.config import DiagnoseConfig
 from core.diagnose.attribution import attribution_rows, top_tokens
-from core.diagnose.errors import (class_findings, cluster_findings, confusion_findings, pair_findings, rank,
+from core.diagnose.errors import (class_findings, cluster_findings, pair_findings, rank,
                                   target_labels)
 from core.diagnose.internals import activation_stats, choose_lora_layers, head_importance
 
-__all__ = ["diagnose", "confusion_findings", "target_labels"]
+__all__ = ["diagnose", "finding_keys", "target_labels"]
 
 
 def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_layers: int,

@@ -132,12 +132,6 @@ def rank(findings: list[dict], previous_keys: set[str]) -> pd.DataFrame:
     return frame
 
 
-def confusion_findings(results: pd.DataFrame, top: int = 20, samples_per_error: int = 20) -> pd.DataFrame:
-    """Pairs and weak classes only: what a diagnosis needs when nothing heavier is wanted."""
-    pairs = pair_findings(results, samples_per_error, top)
-    return rank(pairs + class_findings(results, top, pairs), set())
-
-
 def target_labels(findings: pd.DataFrame) -> set[str]:
     """Classes the curation should favour: both sides of every confused pair, weak classes, cluster labels."""
     labels: set[str] = set()
