@@ -113,3 +113,13 @@ def _pending_template(tmp_path_factory, _baseline_template):
     outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
     assert outcome.status == "waiting"
     return root, outcome.gate_id
+
+
+@pytest.fixture
+def pending_ws(tmp_path, _pending_template):
+    """A private copy of the pending-gate workspace, for tests that change it: (workspace, gate id)."""
+    from core.workspace import open_workspace
+
+    root, gate_id = _pending_template
+    shutil.copytree(root, tmp_path / "pending_ws")
+    return open_workspace(tmp_path / "pending_ws"), gate_id

@@ -2,21 +2,17 @@
 import duckdb
 import pytest
 
-from core import audit, auth, cycle, gates
+from core import audit, auth, gates
 from core.cli import main
 from core.store import Store
 
 
 @pytest.fixture
-def pending(baseline_ws):
-    config = baseline_ws.config()
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
-    baseline_ws.save_config(config)
-    auth.add_user(baseline_ws.store, "alice", "approver", "alice-secret")
-    auth.add_user(baseline_ws.store, "victor", "viewer", "victor-secret")
-    outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
-    assert outcome.status == "waiting"
-    return baseline_ws, outcome.gate_id
+def pending(pending_ws):
+    """A gate waiting for a person; alice (alice-secret) approves, victor only views."""
+    ws, gate_id = pending_ws
+    auth.add_user(ws.store, "victor", "viewer", "victor-secret")
+    return ws, gate_id
 
 
 def test_password_is_stored_as_a_salted_slow_hash(workspace):

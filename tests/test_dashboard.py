@@ -1,7 +1,6 @@
 """The dashboard, driven the way a browser drives it (streamlit.testing.v1.AppTest) on real workspaces."""
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,11 +16,9 @@ MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 
 
 @pytest.fixture
-def pending(tmp_path, _pending_template):
+def pending(pending_ws):
     """A private copy, for tests that change the workspace."""
-    root, gate_id = _pending_template
-    shutil.copytree(root, tmp_path / "ws")
-    return open_workspace(tmp_path / "ws"), gate_id
+    return pending_ws
 
 
 def open_page(monkeypatch, root, page: str = "overview") -> AppTest:

@@ -79,16 +79,11 @@ def test_guardrails_with_unknown_labels_are_refused(baseline_ws, tmp_path, capsy
     assert baseline_ws.store.guardrails().empty
 
 
-def test_two_processes_approving_at_once_yield_one_promotion(baseline_ws):
-    config = baseline_ws.config()
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
-    baseline_ws.save_config(config)
-    auth.add_user(baseline_ws.store, "alice", "approver", "alice-secret")
+def test_two_processes_approving_at_once_yield_one_promotion(pending_ws):
+    baseline_ws, gate_id = pending_ws  # alice (alice-secret) is an approver already
     auth.add_user(baseline_ws.store, "bob", "approver", "bob-secret-1")
-    outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
-    assert outcome.status == "waiting"
     procs = [subprocess.Popen([sys.executable, "-m", "core", "approve", "--workspace", str(baseline_ws.root),
-                               str(outcome.gate_id), "--by", name], cwd=ROOT, env={"EVOLAB_PASSWORD": pw,
+                               str(gate_id), "--by", name], cwd=ROOT, env={"EVOLAB_PASSWORD": pw,
                                                                                    "PATH": "/usr/bin:/bin"},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, pw in (("alice", "alice-secret"), ("bob", "bob-secret-1"))]
