@@ -22,8 +22,6 @@ import pandas as pd
 
 from core.faults import crash_point
 
-SCHEMA_VERSION = 5
-
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
     """
@@ -85,7 +83,20 @@ MIGRATIONS: list[str] = [
     ALTER TABLE synthetic_samples ADD COLUMN reviewed_by VARCHAR;
     ALTER TABLE synthetic_samples ADD COLUMN original_label VARCHAR;
     """,
+    # v6: scaffolds (inference programs), their evaluations and A/B trials
+    """
+    CREATE TABLE scaffolds(id VARCHAR PRIMARY KEY, num INTEGER NOT NULL UNIQUE, parent_id VARCHAR,
+        operator VARCHAR, spec JSON NOT NULL, created_at TIMESTAMP, created_by VARCHAR);
+    """,
+    # v7: production logs of the server (predictions and human feedback)
+    """
+    CREATE TABLE predictions(id VARCHAR PRIMARY KEY, "at" TIMESTAMP, text VARCHAR NOT NULL, label VARCHAR,
+        confidence DOUBLE, model_version VARCHAR, scaffold_id VARCHAR, latency_ms DOUBLE);
+    CREATE TABLE feedback(prediction_id VARCHAR PRIMARY KEY, label VARCHAR NOT NULL, "at" TIMESTAMP,
+        actor VARCHAR);
+    """,
 ]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 LOCK_TIMEOUT_S = 120.0
 GENESIS_HASH = "0" * 64
