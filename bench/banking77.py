@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, help="work folder for the CSVs and the workspace (default: a fresh "
                    "temp folder, deleted at the end unless --keep)")
     p.add_argument("--keep", action="store_true", help="keep the temp work folder")
+    p.add_argument("--auto-approve", action="store_true",
+                   help="gates whose policy waits for a person are decided by their automatic checks instead")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--json-out", type=Path, help="also write the summary as JSON here")
@@ -327,9 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if args.cycles == 0:  # baseline only: evolve(cycles=0) would do nothing
                     cid = cycle.start_cycle(ws)
-                    on_outcome(cycle.run_cycle(ws, cid, auto_approve=True, progress=not args.quiet))
+                    on_outcome(cycle.run_cycle(ws, cid, auto_approve=args.auto_approve, progress=not args.quiet))
                 else:
-                    cycle.evolve(ws, cycles=1, auto_approve=True, progress=not args.quiet, on_outcome=on_outcome)
+                    cycle.evolve(ws, cycles=1, auto_approve=args.auto_approve, progress=not args.quiet,
+                                 on_outcome=on_outcome)
             finally:
                 previous = t_call
                 for outcome, at, production in marks:
@@ -344,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                         if g["status"] == "rejected":
                             print(f"      {g['kind']} gate rejected by {g['by']}: {g['comment']}", flush=True)
             if marks and marks[-1][0].status == "waiting":
-                meta["error"] = f"cycle {marks[-1][0].cycle_id} is waiting at a gate; stopping"
+                meta["error"] = (f"cycle {marks[-1][0].cycle_id} is waiting at a human gate; stopping "
+                                 "(rerun with --auto-approve to let automatic gates decide)")
                 code = 1
                 break
     except KeyboardInterrupt:

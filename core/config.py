@@ -65,6 +65,7 @@ class DoctorConfig(_Section):
     """The training doctor's rules: what counts as a sick loss curve and how hard to respond."""
     enabled: bool = True
     spike_factor: float = Field(3.0, gt=1)  # loss above this multiple of its running average: divergence
+    spike_min_delta: float = Field(1.0, ge=0)  # ...and at least this far above it (nats)
     ema_alpha: float = Field(0.1, gt=0, le=1)
     lr_backoff: float = Field(0.3, gt=0, lt=1)  # learning rate multiplier after each rollback
     clip_backoff: float = Field(0.5, gt=0, le=1)  # gradient-clipping norm multiplier after each rollback
@@ -99,18 +100,24 @@ class LLMConfig(_Section):
 class CurateConfig(_Section):
     generators: list[Literal["self_label", "counterfactual", "templates", "llm"]] = [
         "self_label", "counterfactual", "templates", "llm"]
+    # Who labels traffic: the model's probabilities smoothed by label propagation over the embedding
+    # graph, or the model alone. Banking77 pool, labels from a cycle-1 model: model 87.4%, propagation 88.0%.
+    teacher: Literal["propagation", "model"] = "propagation"
+    propagation_alpha: float = Field(0.9, gt=0, lt=1)  # how far scores flow through the graph
+    propagation_prior_weight: float = Field(0.3, ge=0)  # weight of the model's own scores at each text
     # Verifier bars: a sample is kept only when every verifier clears its bar for the sample's label.
-    min_confidence: float = Field(0.7, ge=0, le=1)  # the current model's probability
-    min_knn_agreement: float = Field(0.4, ge=0, le=1)  # share of the k nearest labeled examples
-    knn_k: int = Field(7, ge=1)
+    # On that pool, model >= 0.5 and knn >= 0.3 keep 92% of it at 91.4% label accuracy (the rest: 88.0%).
+    min_confidence: float = Field(0.5, ge=0, le=1)  # the current model's probability
+    min_knn_agreement: float = Field(0.3, ge=0, le=1)  # the labeled examples' vote through the k-NN graph
+    knn_k: int = Field(10, ge=1)
     min_consistency: float = Field(1.0, ge=0, le=1)  # share of perturbed views predicted the same
-    perturbed_views: int = Field(2, ge=0, le=8)
+    perturbed_views: int = Field(1, ge=0, le=8)
     # Filters
     near_duplicate_similarity: float = Field(0.9, gt=0, le=1)  # character n-gram cosine
     contamination_similarity: float = Field(0.85, gt=0, le=1)  # to any held-out text
     min_chars: int = Field(3, ge=1)
     max_chars: int = Field(1000, ge=1)
-    max_per_class: int = Field(40, ge=1)
+    max_per_class: int = Field(200, ge=1)
     favoured_class_factor: float = Field(1.5, ge=1)  # cap multiplier for diagnosed weak classes
     # Share of kept samples per difficulty level (0 easy .. 3 hard), where generators can choose.
     difficulty_mix: list[float] = [0.1, 0.3, 0.3, 0.3]

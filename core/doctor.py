@@ -43,7 +43,9 @@ class Doctor:
             return None
         if not math.isfinite(loss):
             return self._rollback("nan_loss", f"loss is {loss}")
-        if self.ema is not None and loss > self.cfg.spike_factor * self.ema:
+        # Both a ratio and an absolute rise: near zero loss a single hard batch is several times the
+        # average without anything being wrong.
+        if self.ema is not None and loss > self.cfg.spike_factor * self.ema and loss - self.ema > self.cfg.spike_min_delta:
             return self._rollback("divergence", f"loss {loss:.3f} > {self.cfg.spike_factor:g} x running "
                                                 f"average {self.ema:.3f}")
         self.ema = loss if self.ema is None else (1 - self.cfg.ema_alpha) * self.ema + self.cfg.ema_alpha * loss

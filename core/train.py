@@ -94,6 +94,38 @@ def _load_checkpoint(path: Path, model, optimizer) -> dict:
 
 
 # -- pieces of the loop -----------------------------------------------------------------------------
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """A shuffled order in which neighbouring rows have similar token lengths.
+
+    Batches pad to their longest row; random batches of short queries pad to about three times their
+    real tokens (Banking77), so grouping by length cuts the compute of a step. Rows are shuffled,
+    sorted by length within windows of 50 batches, cut into batches, and the batches shuffled again.
+    Deterministic for a (seed, epoch), so a resumed run skips exactly the batches it had done."""
+
+    WINDOW = 50
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = np.asarray(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # accelerate calls this through its loader's set_epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        window = self.batch_size * self.WINDOW
+        batches = []
+        for start in range(0, len(order), window):
+            part = order[start:start + window]
+            part = part[np.argsort(-self.lengths[part], kind="stable")]
+            batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        for b in rng.permutation(len(batches)):
+            yield from batches[b].tolist()
+
+
 def _prototype_head(model: M.TextClassifier, tokenizer, texts, label_ids, num_labels, max_length,
                     warmup_steps: int) -> None:
     """Start the head at each class's mean embedding, then fit it on the frozen embeddings (cheap: the
@@ -183,8 +215,10 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
         enc["labels"] = torch.tensor([y for _, y in batch])
         return enc
 
-    loader = DataLoader(items, batch_size=tcfg.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(tcfg.seed))
+    lengths = [len(ids) for ids in tokenizer(data["text"].tolist(), truncation=True,
+                                             max_length=mcfg.max_length)["input_ids"]]
+    loader = DataLoader(items, batch_size=tcfg.batch_size, collate_fn=collate,
+                        sampler=LengthGroupedSampler(lengths, tcfg.batch_size, tcfg.seed))
     head_params = list(model.head.parameters())
     lora_params = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([

@@ -63,9 +63,10 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     if len(alive):
         lab_emb = M.embed_texts(ctx.loaded.tokenizer, ctx.loaded.model, labeled["text"].tolist(),
                                 ctx.loaded.max_length)
-        scores = verify.score(ctx.loaded, cand.loc[alive, "text"].tolist(), cand.loc[alive, "label"].tolist(),
+        texts = cand.loc[alive, "text"].tolist()
+        scores = verify.score(ctx.loaded, texts, cand.loc[alive, "label"].tolist(),
                               lab_emb, labeled["label"].to_numpy(dtype=object), cfg.knn_k, cfg.perturbed_views,
-                              ctx.seed_value, progress)
+                              ctx.seed_value, progress, precomputed=ctx.recall(texts))
         scores.index = alive
         cand.loc[alive, "confidence"] = scores["model"]
         cand.loc[alive, "difficulty"] = scores["difficulty"].astype(int)

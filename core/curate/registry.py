@@ -23,6 +23,20 @@ class Context:
     root: Path  # the workspace, for generator resources such as templates.json
     seed_value: int = 0
     notes: dict = field(default_factory=dict)  # per generator: what it did or why it did nothing
+    # The model's (embedding, probabilities) per text already computed in this run, so verification
+    # does not run the encoder over the traffic a second time.
+    seen: dict = field(default_factory=dict)
+
+    def remember(self, texts: list[str], emb, probs) -> None:
+        self.seen.update({t: (e, p) for t, e, p in zip(texts, emb, probs)})
+
+    def recall(self, texts: list[str]):
+        """Stacked (embeddings, probabilities) when every text was seen, else None."""
+        if not texts or any(t not in self.seen for t in texts):
+            return None
+        import numpy as np
+
+        return np.stack([self.seen[t][0] for t in texts]), np.stack([self.seen[t][1] for t in texts])
 
 
 GENERATORS: dict[str, Callable[[Context], pd.DataFrame]] = {}

@@ -1,12 +1,26 @@
-"""Self-labeling of production traffic: the model's own label for each unlabeled text.
+"""Self-labeling of production traffic: each unlabeled text gets the label of a teacher.
 
-Targeting happens later, in the class caps: diagnosed weak classes may keep more samples."""
+The teacher is the current model's probabilities smoothed by label propagation over the embedding
+graph of labeled examples and traffic ("propagation"), or the model alone ("model"). Targeting
+happens later, in the class caps: diagnosed weak classes may keep more samples."""
 from __future__ import annotations
 
 import numpy as np
 
 from core import model as M
+from core.curate.propagate import propagate
 from core.curate.registry import Context, candidates, register
+
+
+def teacher_labels(ctx: Context, emb: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    if ctx.cfg.teacher == "model" or ctx.seed.empty:
+        return probs.argmax(1)
+    index = {name: i for i, name in enumerate(ctx.loaded.labels)}
+    seed_emb = M.embed_texts(ctx.loaded.tokenizer, ctx.loaded.model, ctx.seed["text"].tolist(), ctx.loaded.max_length)
+    scores = propagate(seed_emb, ctx.seed["label"].map(index).to_numpy(), emb, len(ctx.loaded.labels),
+                       ctx.cfg.knn_k, ctx.cfg.propagation_alpha, prior=probs,
+                       prior_weight=ctx.cfg.propagation_prior_weight)
+    return scores.argmax(1)
 
 
 @register("self_label")
@@ -14,7 +28,9 @@ def self_label(ctx: Context):
     if ctx.pool.empty:
         ctx.notes["self_label"] = "no unlabeled traffic"
         return candidates("self_label", [])
-    probs = M.predict_proba(ctx.loaded, ctx.pool["text"].tolist())
-    labels = np.asarray(ctx.loaded.labels, dtype=object)[probs.argmax(1)]
+    texts = ctx.pool["text"].tolist()
+    emb, probs = M.embed_and_proba(ctx.loaded, texts)
+    ctx.remember(texts, emb, probs)
+    labels = np.asarray(ctx.loaded.labels, dtype=object)[teacher_labels(ctx, emb, probs)]
     return candidates("self_label", [{"parent_id": int(i), "text": t, "label": l}
-                                     for i, t, l in zip(ctx.pool["id"], ctx.pool["text"], labels)])
+                                     for i, t, l in zip(ctx.pool["id"], texts, labels)])

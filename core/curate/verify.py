@@ -1,7 +1,9 @@
 """Self-verified distillation: independent verifiers must agree with a sample's label.
 
 - model: the current model's probability for the label;
-- knn: the share of the k nearest labeled examples (in the model's embedding space) with that label;
+- knn: the nearest-neighbour vote of the labeled examples for that label, carried through a k-nearest
+  neighbour graph of labeled and candidate embeddings (label propagation, labels only: independent of
+  the model's scores);
 - consistency: the share of perturbed views of the text (a word dropped, two words swapped, a typo)
   that the model still assigns to the label.
 """
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from core import model as M
+from core.curate.propagate import propagate
 
 VERIFIERS = ("model", "knn", "consistency")
 
@@ -40,22 +43,20 @@ def difficulty_level(margin: np.ndarray) -> np.ndarray:
 
 
 def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: np.ndarray,
-          labeled_labels: np.ndarray, k: int, views: int, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+          labeled_labels: np.ndarray, k: int, views: int, seed: int = 0, progress: bool = False,
+          precomputed: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """precomputed: the model's (embeddings, probabilities) for texts, when the caller already has them."""
     index = {name: i for i, name in enumerate(loaded.labels)}
     target = np.asarray([index[c] for c in claimed])
-    emb, probs = M.embed_and_proba(loaded, texts, progress=progress)
+    emb, probs = precomputed if precomputed is not None else M.embed_and_proba(loaded, texts, progress=progress)
     rows = np.arange(len(texts))
     model_score = probs[rows, target] if len(texts) else np.zeros(0)
     top2 = np.sort(probs, axis=1)[:, -2:] if len(texts) else np.zeros((0, 2))
     margin = top2[:, 1] - top2[:, 0] if len(texts) else np.zeros(0)
     knn = np.zeros(len(texts))
     if len(labeled_emb) and len(texts):
-        kk = min(k, len(labeled_emb))
-        for start in range(0, len(texts), 2048):
-            sims = emb[start:start + 2048] @ labeled_emb.T
-            nn = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            knn[start:start + 2048] = (labeled_labels[nn] == np.asarray(claimed[start:start + 2048],
-                                                                        dtype=object)[:, None]).mean(1)
+        votes = propagate(labeled_emb, np.asarray([index[c] for c in labeled_labels]), emb, len(loaded.labels), k)
+        knn = votes[rows, target]
     consistency = np.ones(len(texts))
     if views and len(texts):
         rng = random.Random(seed)
