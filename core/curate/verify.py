@@ -39,6 +39,16 @@ def difficulty_level(margin: np.ndarray) -> np.ndarray:
     return 3 - np.digitize(margin, [0.25, 0.5, 0.75])
 
 
+def nearest(emb: np.ndarray, labeled_emb: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Indices of the k most similar labeled embeddings per row (unordered; embeddings are normalized)."""
+    kk = min(k, len(labeled_emb))
+    out = np.zeros((len(emb), kk), dtype=np.int64)
+    for start in range(0, len(emb), chunk):  # chunks bound the similarity matrix's memory
+        sims = emb[start:start + chunk] @ labeled_emb.T
+        out[start:start + chunk] = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    return out
+
+
 def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: np.ndarray,
           labeled_labels: np.ndarray, k: int, views: int, seed: int = 0, progress: bool = False) -> pd.DataFrame:
     index = {name: i for i, name in enumerate(loaded.labels)}
@@ -50,12 +60,8 @@ def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: n
     margin = top2[:, 1] - top2[:, 0] if len(texts) else np.zeros(0)
     knn = np.zeros(len(texts))
     if len(labeled_emb) and len(texts):
-        kk = min(k, len(labeled_emb))
-        for start in range(0, len(texts), 2048):
-            sims = emb[start:start + 2048] @ labeled_emb.T
-            nn = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            knn[start:start + 2048] = (labeled_labels[nn] == np.asarray(claimed[start:start + 2048],
-                                                                        dtype=object)[:, None]).mean(1)
+        nn = nearest(emb, labeled_emb, k)
+        knn = (labeled_labels[nn] == np.asarray(claimed, dtype=object)[:, None]).mean(1)
     consistency = np.ones(len(texts))
     if views and len(texts):
         rng = random.Random(seed)
