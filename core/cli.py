@@ -156,7 +156,8 @@ def cmd_predict(args) -> int:
     tmp = out.with_name(f".{out.name}.tmp")
     frame.to_csv(tmp, index=False)
     os.replace(tmp, out)
-    print(f"{len(frame):,} predictions from {loaded.version} with scaffold {scaffold_id} ({spec['name']}); "
+    named = f" ({spec['name']})" if spec["name"] != scaffold_id else ""
+    print(f"{len(frame):,} predictions from {loaded.version} with scaffold {scaffold_id}{named}; "
           f"{int(frame['abstained'].sum()):,} routed to a person -> {out}")
     return 0
 

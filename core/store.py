@@ -667,14 +667,16 @@ class Store:
 
     # -- scaffolds: inference programs, their evaluations, A/B trials and adoptions -------------
     def add_scaffold(self, name: str, spec: dict, spec_sha256: str, actor: str, parent_id: str | None = None,
-                     operator: str | None = None, cycle_id: int | None = None) -> tuple[str, bool]:
-        """Store a scaffold once: the same steps again return the existing id. (id, whether it is new)."""
+                     operator: str | None = None, cycle_id: int | None = None,
+                     scaffold_id: str | None = None) -> tuple[str, bool]:
+        """Store a scaffold once: the same steps again return the existing id. (id, whether it is new).
+        The id is `s<num>` unless given (built-ins are stored under their names)."""
         with self._tx() as con:
             row = con.execute("SELECT id FROM scaffolds WHERE spec_sha256 = ?", [spec_sha256]).fetchone()
             if row:
                 return row[0], False
             num = con.execute("SELECT coalesce(max(num), 0) + 1 FROM scaffolds").fetchone()[0]
-            sid = f"s{num}"
+            sid = scaffold_id or f"s{num}"
             con.execute("INSERT INTO scaffolds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [sid, num, name, parent_id, operator, _json(spec), spec_sha256, cycle_id, utcnow(), actor])
             self._audit(con, actor, "scaffold_added", f"scaffold:{sid}",

@@ -35,7 +35,7 @@ st.dataframe(archive[["id", "name", "parent", "operator", "steps", "accuracy", "
                       "novelty", "production", "cycle"]], hide_index=True,
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in ("accuracy", "coverage", "guardrail_pass", "novelty")})
-scored = archive.dropna(subset=["accuracy"]).assign(num=lambda f: f["id"].str[1:].astype(int))
+scored = archive.dropna(subset=["accuracy"])
 if len(scored):
     # Each scaffold at (creation order, search accuracy), a line from its parent: the lineage tree.
     where = scored.set_index("id")[["num", "accuracy"]]

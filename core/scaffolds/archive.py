@@ -6,8 +6,8 @@ from core.store import Store
 
 
 def ensure_builtins(store: Store, actor: str = "engine") -> dict[str, str]:
-    """Store the built-in scaffolds once; name -> id."""
-    return {name: store.add_scaffold(name, s, S.digest(s), actor)[0]
+    """Store the built-in scaffolds once, under their names as ids; name -> id."""
+    return {name: store.add_scaffold(name, s, S.digest(s), actor, scaffold_id=name)[0]
             for name, s in ((n, S.builtin(n)) for n in S.BUILTINS)}
 
 
@@ -26,12 +26,9 @@ def get(store: Store, scaffold_id: str) -> dict:
 
 
 def production(store: Store) -> tuple[str, dict]:
-    """(id, spec) of the production scaffold. Before any adoption it is the default built-in, named by its id
-    once stored and by its name before that: reading never writes, so a server can call it per request."""
+    """(id, spec) of the production scaffold: the default built-in until one is adopted. Reading never
+    writes (a built-in's id is its name, stored or not), so a server can call it per request."""
     adopted = store.production_scaffold()
     if adopted:
         return adopted, get(store, adopted)
-    spec = S.builtin(S.DEFAULT)
-    frame = store.scaffolds()
-    found = frame.loc[frame["spec_sha256"] == S.digest(spec), "id"]
-    return (found.iloc[0] if len(found) else S.DEFAULT), spec
+    return S.DEFAULT, S.builtin(S.DEFAULT)

@@ -20,7 +20,7 @@ def overview(store) -> dict:
     for r in store.scaffolds().to_dict("records"):
         spec = json.loads(r["spec"])
         e = scores.get(r["id"], {})
-        rows.append({"id": r["id"], "name": r["name"], "parent": _clean(r["parent_id"]),
+        rows.append({"id": r["id"], "num": r["num"], "name": r["name"], "parent": _clean(r["parent_id"]),
                      "operator": _clean(r["operator"]), "cycle": _clean(r["cycle_id"]), "steps": S.describe(spec),
                      "accuracy": _clean(e.get("accuracy")), "coverage": _clean(e.get("coverage")),
                      "guardrail_pass": _clean(e.get("guardrail_pass")), "novelty": _clean(e.get("novelty")),

@@ -121,8 +121,9 @@ def search(ws, cycle_id: int, version: str, budget: int, production_id: str, pro
         _say(progress, f"  search {made}/{budget}: {sid} from {parent['id']} ({what}) accuracy "
                        f"{metrics['accuracy']:.4f}")
     guard = store.scaffold_evals(version, SPLIT).set_index("scaffold_id")["guardrail_pass"].to_dict()
-    rivals = [p for p in pool if p["id"] != production_id]
+    order = {p["id"]: i for i, p in enumerate(pool)}  # creation order: ties go to the older scaffold
+
     def rank(p: dict) -> tuple:
         g = guard.get(p["id"])
-        return p["accuracy"], 0.0 if g is None or g != g else g, -int(p["id"][1:])  # NaN: no probes
-    return max(rivals, key=rank)["id"]
+        return p["accuracy"], 0.0 if g is None or g != g else g, -order[p["id"]]  # NaN: no guardrail probes
+    return max((p for p in pool if p["id"] != production_id), key=rank)["id"]
