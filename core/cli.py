@@ -60,12 +60,15 @@ def cmd_resume(args) -> int:
 
 
 def status_dict(ws) -> dict:
+    from core.scaffolds.archive import production as production_scaffold
+
     store = ws.store
     cycles = store.cycles()
     evals = store.evaluations().set_index("version")["accuracy"].to_dict() if len(store.versions()) else {}
     return {
         "workspace": str(ws.root),
         "production": store.alias("production"),
+        "production_scaffold": production_scaffold(store)[0],
         "candidate": store.alias("candidate"),
         "labels": len(store.labels()),
         "cycles": [{"id": int(r.id), "kind": r.kind, "stage": r.stage, "status": r.status,
@@ -86,6 +89,7 @@ def cmd_status(args) -> int:
     prod = info["production"]
     print(f"production  {prod or '-'}" + (f"  (held-out accuracy {info['versions'].get(prod):.4f})"
                                            if prod and info["versions"].get(prod) is not None else ""))
+    print(f"scaffold    {info['production_scaffold']}")
     print(f"candidate   {info['candidate'] or '-'}")
     for c in info["cycles"]:
         acc = f"{c['candidate_accuracy']:.4f}" if c["candidate_accuracy"] is not None else "-"
