@@ -3,7 +3,7 @@ a guardrail-breaking program is refused, and the search's archive and lineage su
 import json
 import random
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from core import registry, scaffolds
 from core.cli import main
 from core.scaffolds import abtest, archive, mutate, spec as S, stages
 from core.scaffolds.run import Batch
-from tests.conftest import run_cli
+from tests.conftest import ChatHandler, run_cli
 
 
 # -- the statistics on constructed vectors ---------------------------------------------------------------
@@ -171,26 +171,14 @@ def test_an_equal_scaffold_is_not_adopted(baseline_ws):
     assert store.production_scaffold() is None and scaffolds.load_production(ws)[0] == production_id
 
 
-class _ChatServer(BaseHTTPRequestHandler):
+class _ChatServer(ChatHandler):
     """An OpenAI-compatible endpoint that knows the held-out answers and gets the guardrail probe wrong."""
     answers: dict = {}
-    prompts: list = []
+    requests: list = []
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
-        _ChatServer.prompts.append(prompt)
-        text = prompt.split("Message: ", 1)[1].split("\n", 1)[0]
-        payload = json.dumps({"choices": [{"index": 0, "message": {
-            "role": "assistant", "content": _ChatServer.answers.get(text, "no idea")}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+    def reply(self, body: dict) -> str:
+        text = body["messages"][-1]["content"].split("Message: ", 1)[1].split("\n", 1)[0]
+        return _ChatServer.answers.get(text, "no idea")
 
 
 def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, tmp_path):
@@ -219,7 +207,8 @@ def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, 
         outcome = stages.run(ws, candidate=candidate, auto_approve=True, progress=False)
     finally:
         server.shutdown()
-    assert any(f"Message: {probe}\n" in p and "Answer with the intent name only" in p for p in _ChatServer.prompts)
+    prompts = [body["messages"][-1]["content"] for _, _, body in _ChatServer.requests]
+    assert any(f"Message: {probe}\n" in p and "Answer with the intent name only" in p for p in prompts)
     result = store.scaffold_trial(outcome.cycle_id)["result"]
     assert result["candidate"]["accuracy"] == 1.0  # the LLM step answered every held-out text
     assert result["candidate"]["guardrail_pass"] == 0.0 and result["production"]["guardrail_pass"] == 1.0
