@@ -89,20 +89,20 @@ def main(argv: list[str] | None = None) -> int:
                       config.scaffolds.seed)
         truth = dev_df["label"].to_numpy(dtype=object)
         ids = archive.ensure_builtins(ws.store)
-        rows = [(f"built-in {name}", ids[name]) for name in S.BUILTINS]
+        rows = [("built-in", ids[name]) for name in S.BUILTINS]
         rows.append(("searched winner", trial["candidate_id"]))
         production = ws.store.production_scaffold() or ids[S.DEFAULT]
         rows.append(("production after the gate", production))
         base_correct = correct_vector(archive.get(ws.store, ids[S.DEFAULT]), batch, truth)[0]
         print()
-        print(f"{'scaffold':<30} {'id':<5} {'dev acc':>8} {'95% CI':>16} {'coverage':>9} "
+        print(f"{'scaffold':<26} {'id':<22} {'dev acc':>8} {'95% CI':>16} {'coverage':>9} "
               f"{'vs ' + S.DEFAULT:>28}  steps")
         for label, sid in rows:
             spec = archive.get(ws.store, sid)
             correct, abstained, _ = correct_vector(spec, batch, truth)
             lo, hi = abtest.wilson(correct)
             diff = abtest.paired_bootstrap(base_correct, correct, config.scaffolds.bootstrap_iterations, 0.05)
-            print(f"{label:<30} {sid:<5} {100 * correct.mean():7.2f}% {_ci(lo, hi):>16} "
+            print(f"{label:<26} {sid:<22} {100 * correct.mean():7.2f}% {_ci(lo, hi):>16} "
                   f"{100 * (1 - abstained.mean()):8.1f}% {100 * diff['difference']:+6.2f}pp "
                   f"{_ci(diff['ci_low'], diff['ci_high']):>16}  {S.describe(spec)}")
         print()
