@@ -7,6 +7,7 @@ PAGES: dict[str, tuple[str, str, str]] = {
     "diagnosis": ("../pages/diagnosis.py", "Diagnosis", ":material/troubleshoot:"),
     "synthetic_data": ("../pages/synthetic_data.py", "Synthetic data", ":material/dataset:"),
     "approvals": ("../pages/approvals.py", "Approvals", ":material/gavel:"),
+    "scaffolds": ("../pages/scaffolds.py", "Scaffolds", ":material/account_tree:"),
     "models": ("../pages/models.py", "Models", ":material/deployed_code:"),
     "audit": ("../pages/audit.py", "Audit", ":material/history:"),
 }

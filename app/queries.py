@@ -323,3 +323,17 @@ def token_html(tokens: list[str], scores: list[float]) -> str:
         spans.append(f'<span style="background: rgba({rgb},{alpha:.2f}); border-radius: 3px" '
                      f'title="{value:+.3f}">{text}</span>')
     return "".join(spans)
+
+
+# -- scaffolds ---------------------------------------------------------------------------------------------------
+@_cached
+def scaffold_overview(ws: str) -> dict:
+    """Production scaffold, archive with lineage and search scores, trials with their A/B results."""
+    from core.scaffolds.report import overview
+
+    return overview(_store(ws))
+
+
+@_cached
+def scaffold_trial(ws: str, cycle_id: int) -> dict | None:
+    return _store(ws).scaffold_trial(int(cycle_id))

@@ -163,6 +163,23 @@ class DriftConfig(_Section):
     max_flipped_shown: int = Field(50, ge=0)
 
 
+class ScaffoldsConfig(_Section):
+    """Inference scaffolds: how candidates are searched for and how an A/B test decides adoption."""
+    test: Literal["mcnemar", "bootstrap"] = "mcnemar"  # the paired test that decides
+    # 0.01, not 0.05: a search tries many variants, and a Banking77 run adopted a chance +3 points at 0.05.
+    alpha: float = Field(0.01, gt=0, lt=0.5)  # significance: p below alpha, or a (1 - alpha) CI above zero
+    bootstrap_iterations: int = Field(2000, ge=100)
+    # Share of the held-out set the search scores on; the A/B test uses the rest, so the winner's luck in
+    # the search does not count as evidence. 0: both use the whole held-out set (tiny data only).
+    search_fraction: float = Field(0.5, ge=0, lt=1)
+    budget: int = Field(12, ge=1)  # scaffolds a search evaluates when --budget is not given
+    novelty_weight: float = Field(0.05, ge=0)  # search parent score = accuracy + weight * novelty
+    novelty_k: int = Field(3, ge=1)  # novelty: mean distance to this many nearest scaffolds in the archive
+    seed: int = 0
+    # A prompt-template step may call this endpoint; off unless enabled (EVOLAB_LLM_* override as for curation).
+    llm: LLMConfig = LLMConfig(max_requests=200)
+
+
 class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -172,6 +189,7 @@ class Config(_Section):
     curate: CurateConfig = CurateConfig()
     gates: GatesConfig = GatesConfig()
     drift: DriftConfig = DriftConfig()
+    scaffolds: ScaffoldsConfig = ScaffoldsConfig()
 
 
 class ConfigError(ValueError):

@@ -19,6 +19,7 @@ from typing import Callable
 import pandas as pd
 
 from core import curate, diagnose, drift, gates, model as M, registry
+from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate
 from core.faults import crash_point
 from core.store import StoreConflict, utcnow
@@ -252,6 +253,7 @@ STAGES: dict[str, Callable] = {"diagnose": stage_diagnose, "curate": stage_curat
                                "data_review": stage_data_review, "train": stage_train, "evaluate": stage_evaluate,
                                "drift": stage_drift, "drift_review": stage_drift_review, "gate": stage_gate,
                                "promote": stage_promote}
+STAGES.update(scaffold_stages.STAGES)  # scaffold cycles: search -> A/B test -> scaffold_adoption gate -> adopt
 
 
 def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress: bool = True) -> Outcome:
@@ -260,10 +262,12 @@ def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress
     while True:
         cycle = store.cycle(cycle_id)
         if cycle["status"] in ("done", "rejected", "failed"):
+            scaffold = cycle["kind"] == scaffold_stages.KIND
             if cycle["status"] == "done":
-                detail = f"production: {store.alias('production')}"
+                detail = (f"production scaffold: {store.production_scaffold()}" if scaffold
+                          else f"production: {store.alias('production')}")
             else:
-                gate = store.gate_for(cycle_id, "promotion")
+                gate = store.gate_for(cycle_id, "scaffold_adoption" if scaffold else "promotion")
                 detail = (gate or {}).get("comment") or cycle.get("error") or ""
             return Outcome(cycle_id, cycle["status"], cycle["stage"],
                            message=f"cycle {cycle_id} {cycle['status']}" + (f" ({detail})" if detail else ""))
@@ -310,7 +314,7 @@ def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress:
                 on_outcome(outcome)
             if outcome.status == "waiting":
                 break
-            if kind != "baseline":
+            if kind == "evolve":  # a baseline or a scaffold cycle finished on the way does not count
                 counted += 1
     return outcomes
 

@@ -85,8 +85,16 @@ MIGRATIONS: list[str] = [
     """,
     # v6: scaffolds (inference programs), their evaluations and A/B trials
     """
-    CREATE TABLE scaffolds(id VARCHAR PRIMARY KEY, num INTEGER NOT NULL UNIQUE, parent_id VARCHAR,
-        operator VARCHAR, spec JSON NOT NULL, created_at TIMESTAMP, created_by VARCHAR);
+    CREATE TABLE scaffolds(id VARCHAR PRIMARY KEY, num INTEGER NOT NULL UNIQUE, name VARCHAR, parent_id VARCHAR,
+        operator VARCHAR, spec JSON NOT NULL, spec_sha256 VARCHAR NOT NULL UNIQUE, cycle_id INTEGER,
+        created_at TIMESTAMP, created_by VARCHAR);
+    CREATE TABLE scaffold_evals(scaffold_id VARCHAR, model_version VARCHAR, split VARCHAR, n INTEGER,
+        accuracy DOUBLE, coverage DOUBLE, selective_accuracy DOUBLE, guardrail_pass DOUBLE, novelty DOUBLE,
+        detail JSON, "at" TIMESTAMP, PRIMARY KEY(scaffold_id, model_version, split));
+    CREATE TABLE scaffold_trials(cycle_id INTEGER PRIMARY KEY, model_version VARCHAR, budget INTEGER,
+        production_id VARCHAR, candidate_id VARCHAR, result JSON, created_at TIMESTAMP, updated_at TIMESTAMP);
+    CREATE TABLE scaffold_adoptions(id INTEGER PRIMARY KEY, scaffold_id VARCHAR NOT NULL, previous VARCHAR,
+        cycle_id INTEGER, actor VARCHAR, reason VARCHAR, "at" TIMESTAMP);
     """,
     # v7: production logs of the server (predictions and human feedback)
     """
@@ -321,15 +329,18 @@ class Store:
     # -- cycles -------------------------------------------------------------------------------
     def create_cycle(self, kind: str, stage: str, parent_version: str | None, actor: str) -> int:
         with self._tx() as con:
-            open_ = con.execute("SELECT id FROM cycles WHERE status IN ('running', 'waiting')").fetchone()
-            if open_:
-                raise StoreConflict(f"cycle {open_[0]} is still open")
-            cid = con.execute("SELECT coalesce(max(id), 0) + 1 FROM cycles").fetchone()[0]
-            now = utcnow()
-            con.execute("INSERT INTO cycles VALUES (?, ?, 'running', ?, ?, NULL, NULL, ?, ?, NULL)",
-                        [cid, kind, stage, parent_version, now, now])
-            self._audit(con, actor, "cycle_started", f"cycle:{cid}", {"kind": kind, "parent": parent_version})
-            return cid
+            return self._create_cycle(con, kind, stage, parent_version, actor)
+
+    def _create_cycle(self, con, kind: str, stage: str, parent_version: str | None, actor: str) -> int:
+        open_ = con.execute("SELECT id FROM cycles WHERE status IN ('running', 'waiting')").fetchone()
+        if open_:
+            raise StoreConflict(f"cycle {open_[0]} is still open")
+        cid = con.execute("SELECT coalesce(max(id), 0) + 1 FROM cycles").fetchone()[0]
+        now = utcnow()
+        con.execute("INSERT INTO cycles VALUES (?, ?, 'running', ?, ?, NULL, NULL, ?, ?, NULL)",
+                    [cid, kind, stage, parent_version, now, now])
+        self._audit(con, actor, "cycle_started", f"cycle:{cid}", {"kind": kind, "parent": parent_version})
+        return cid
 
     @staticmethod
     def _set_stage(con, cycle_id: int, stage: str, status: str = "running") -> None:
@@ -610,9 +621,10 @@ class Store:
             row = con.execute("SELECT status, candidate_version FROM cycles WHERE id = ?", [cycle_id]).fetchone()
             if row[0] == "rejected":
                 return
-            self._move_alias(con, "candidate", None, actor, "rejected")
+            if row[1] is not None:  # a scaffold cycle has no candidate model to clear
+                self._move_alias(con, "candidate", None, actor, "rejected")
             self._set_stage(con, cycle_id, "rejected", "rejected")
-            self._audit(con, actor, "candidate_rejected", f"version:{row[1]}",
+            self._audit(con, actor, "candidate_rejected", f"version:{row[1]}" if row[1] else f"cycle:{cycle_id}",
                         {"cycle": cycle_id, "reason": reason})
 
     def rollback(self, version: str, actor: str, reason: str) -> str | None:
@@ -652,6 +664,110 @@ class Store:
     def eval_results(self, version: str) -> pd.DataFrame:
         return self._read("SELECT r.*, x.text, x.label FROM eval_results r JOIN examples x "
                           "ON x.id = r.example_id WHERE r.version = ? ORDER BY r.example_id", [version])
+
+    # -- scaffolds: inference programs, their evaluations, A/B trials and adoptions -------------
+    def add_scaffold(self, name: str, spec: dict, spec_sha256: str, actor: str, parent_id: str | None = None,
+                     operator: str | None = None, cycle_id: int | None = None,
+                     scaffold_id: str | None = None) -> tuple[str, bool]:
+        """Store a scaffold once: the same steps again return the existing id. (id, whether it is new).
+        The id is `s<num>` unless given (built-ins are stored under their names)."""
+        with self._tx() as con:
+            row = con.execute("SELECT id FROM scaffolds WHERE spec_sha256 = ?", [spec_sha256]).fetchone()
+            if row:
+                return row[0], False
+            num = con.execute("SELECT coalesce(max(num), 0) + 1 FROM scaffolds").fetchone()[0]
+            sid = scaffold_id or f"s{num}"
+            con.execute("INSERT INTO scaffolds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [sid, num, name, parent_id, operator, _json(spec), spec_sha256, cycle_id, utcnow(), actor])
+            self._audit(con, actor, "scaffold_added", f"scaffold:{sid}",
+                        {"name": name, "parent": parent_id, "operator": operator, "cycle": cycle_id})
+            return sid, True
+
+    def scaffold(self, scaffold_id: str) -> dict | None:
+        row = _first(self._read("SELECT * FROM scaffolds WHERE id = ?", [scaffold_id]))
+        if row:
+            row["spec"] = json.loads(row["spec"])
+        return row
+
+    def scaffolds(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM scaffolds ORDER BY num")
+
+    def save_scaffold_eval(self, scaffold_id: str, model_version: str, split: str, metrics: dict) -> None:
+        """metrics: n, accuracy, coverage, selective_accuracy, guardrail_pass, novelty, detail."""
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO scaffold_evals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [scaffold_id, model_version, split, metrics["n"], metrics["accuracy"], metrics["coverage"],
+                         metrics["selective_accuracy"], metrics.get("guardrail_pass"), metrics.get("novelty"),
+                         _json(metrics.get("detail", {})), utcnow()])
+
+    def scaffold_evals(self, model_version: str | None = None, split: str | None = None) -> pd.DataFrame:
+        where, params = [], []
+        for column, value in (("model_version", model_version), ("split", split)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._read(f"SELECT * FROM scaffold_evals {clause} ORDER BY scaffold_id", params)
+
+    def create_scaffold_cycle(self, stage: str, model_version: str, budget: int, production_id: str,
+                              candidate_id: str | None, actor: str) -> int:
+        """A scaffold cycle and its trial row at once, so a crash never leaves one without the other."""
+        with self._tx() as con:
+            cid = self._create_cycle(con, "scaffold", stage, model_version, actor)
+            con.execute("INSERT INTO scaffold_trials VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+                        [cid, model_version, budget, production_id, candidate_id, utcnow(), utcnow()])
+            return cid
+
+    def scaffold_trial(self, cycle_id: int) -> dict | None:
+        row = _first(self._read("SELECT * FROM scaffold_trials WHERE cycle_id = ?", [cycle_id]))
+        if row and row["result"] is not None:
+            row["result"] = json.loads(row["result"])
+        return row
+
+    def scaffold_trials(self) -> pd.DataFrame:
+        return self._read("SELECT t.*, c.status, c.stage FROM scaffold_trials t JOIN cycles c ON c.id = t.cycle_id "
+                          "ORDER BY t.cycle_id")
+
+    def set_trial_candidate(self, cycle_id: int, candidate_id: str, next_stage: str) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE scaffold_trials SET candidate_id = ?, updated_at = ? WHERE cycle_id = ?",
+                        [candidate_id, utcnow(), cycle_id])
+            self._set_stage(con, cycle_id, next_stage)
+
+    def save_trial_result(self, cycle_id: int, result: dict, next_stage: str) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE scaffold_trials SET result = ?, updated_at = ? WHERE cycle_id = ?",
+                        [_json(result), utcnow(), cycle_id])
+            self._set_stage(con, cycle_id, next_stage)
+
+    def adopt_scaffold(self, scaffold_id: str, actor: str, reason: str, cycle_id: int | None = None) -> str | None:
+        """Make a scaffold the production one (and finish its cycle) in one transaction; returns the previous."""
+        with self._tx() as con:
+            if cycle_id is not None:
+                status = con.execute("SELECT status FROM cycles WHERE id = ?", [cycle_id]).fetchone()[0]
+                if status == "done":
+                    return None
+            if not con.execute("SELECT 1 FROM scaffolds WHERE id = ?", [scaffold_id]).fetchone():
+                raise KeyError(f"no scaffold '{scaffold_id}'")
+            row = con.execute("SELECT scaffold_id FROM scaffold_adoptions ORDER BY id DESC LIMIT 1").fetchone()
+            previous = row[0] if row else None
+            aid = con.execute("SELECT coalesce(max(id), 0) + 1 FROM scaffold_adoptions").fetchone()[0]
+            con.execute("INSERT INTO scaffold_adoptions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [aid, scaffold_id, previous, cycle_id, actor, reason, utcnow()])
+            if cycle_id is not None:
+                self._set_stage(con, cycle_id, "done", "done")
+            self._audit(con, actor, "scaffold_adopted", f"scaffold:{scaffold_id}",
+                        {"previous": previous, "cycle": cycle_id, "reason": reason})
+            return previous
+
+    def production_scaffold(self) -> str | None:
+        if not self.path.exists():
+            return None
+        df = self._read("SELECT scaffold_id FROM scaffold_adoptions ORDER BY id DESC LIMIT 1")
+        return None if df.empty else df.iloc[0, 0]
+
+    def scaffold_adoptions(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM scaffold_adoptions ORDER BY id")
 
     # -- gates --------------------------------------------------------------------------------
     def open_gate(self, cycle_id: int, kind: str, policy: str, checks: dict, deadline: datetime) -> int:

@@ -71,7 +71,35 @@ def drift_evidence(gate: dict, checks: dict) -> None:
         st.dataframe(guard["failures"], hide_index=True)
 
 
-EVIDENCE = {"promotion": promotion_evidence, "data_review": data_review_evidence, "drift_review": drift_evidence}
+def scaffold_evidence(gate: dict, checks: dict) -> None:
+    if "gain" not in checks:  # not written by a scaffold A/B test: show what there is
+        st.json(checks, expanded=False)
+        return
+    result = (queries.scaffold_trial(ws, gate["cycle_id"]) or {}).get("result") or {}
+    prod, cand = result.get("production", {}), result.get("candidate", {})
+
+    def acc(m: dict) -> str:
+        return "-" if m.get("accuracy") is None else f"{m['accuracy']:.4f}"
+
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric(f"Candidate scaffold {checks.get('candidate', '')}", acc(cand),
+              help=f"coverage {cand.get('coverage', 0):.0%}; an abstention counts as wrong")
+    c2.metric(f"Production scaffold {checks.get('production', '')}", acc(prod),
+              help=f"coverage {prod.get('coverage', 0):.0%}")
+    c3.metric("Gain", f"{checks['gain']:+.4f}",
+              help=f"{1 - checks['alpha']:.0%} paired bootstrap CI [{checks['ci_low']:+.4f}, {checks['ci_high']:+.4f}]")
+    c4.metric("McNemar p", f"{checks['p_value']:.4f}", help=f"decided by {checks['test']} at alpha {checks['alpha']:g}")
+    st.markdown(f"**{checks['n']} paired held-out examples** on model {checks.get('model_version', '-')}: "
+                f"{checks['candidate_only']} only the candidate got right, {checks['production_only']} only "
+                f"production; accuracy difference CI [{checks['ci_low']:+.4f}, {checks['ci_high']:+.4f}]")
+    guard_p, guard_c = checks.get("guardrail_production"), checks.get("guardrail_candidate")
+    st.caption("Guardrails: none defined" if guard_p is None else
+               f"Guardrails passed: production {guard_p:.0%}, candidate {guard_c:.0%}")
+    st.page_link(nav.path("scaffolds"), label="Archive and lineage in Scaffolds", icon=":material/account_tree:")
+
+
+EVIDENCE = {"promotion": promotion_evidence, "data_review": data_review_evidence, "drift_review": drift_evidence,
+            "scaffold_adoption": scaffold_evidence}
 
 flash = st.session_state.pop("approvals_flash", None)
 if flash:

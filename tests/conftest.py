@@ -1,11 +1,14 @@
 """Shared fixtures: a tiny real dataset cut from the demo data, a fast training config, real workspaces."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
@@ -123,3 +126,26 @@ def pending_ws(tmp_path, _pending_template):
     root, gate_id = _pending_template
     shutil.copytree(root, tmp_path / "pending_ws")
     return open_workspace(tmp_path / "pending_ws"), gate_id
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    """A local server speaking OpenAI chat completions; subclasses say what to answer (`reply(body)`)."""
+    requests: list = []
+
+    def reply(self, body: dict) -> str:
+        raise NotImplementedError
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, self.headers.get("Authorization"), body))
+        payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": self.reply(body)}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass

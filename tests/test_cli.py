@@ -14,9 +14,10 @@ def test_predict_keeps_input_columns_and_adds_prediction(baseline_ws, tmp_path):
     out = tmp_path / "out.csv"
     result = run_cli("predict", "--workspace", str(baseline_ws.root), "--input", str(src), "--output", str(out),
                      "--text-col", "body", check=True)
-    assert "2 predictions from v1" in result.stdout
+    assert "2 predictions from v1 with scaffold analyze_plan_execute" in result.stdout
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["ticket", "body", "prediction", "confidence"]
+    assert list(frame.columns) == ["ticket", "body", "prediction", "confidence", "abstained"]
+    assert not frame["abstained"].any()  # the default scaffold never routes to a person
     assert set(frame["prediction"]) <= set(baseline_ws.store.labels())
     assert frame["confidence"].between(0, 1).all()
 

@@ -1,13 +1,14 @@
 """Curation with known answers: each bad sample is dropped for the right reason; people win."""
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import pandas as pd
 
 from core import auth, curate as C, cycle, registry
 from core.cli import main
 from core.curate.registry import Context, candidates, register
+from tests.conftest import ChatHandler
 
 GOOD = "my parcel still has not arrived after two weeks, where is my package"
 
@@ -56,26 +57,13 @@ def test_a_good_sample_is_kept_with_difficulty_and_scores(baseline_ws):
     assert samples["difficulty"].iloc[0] in (0, 1, 2, 3)
 
 
-class _ChatServer(BaseHTTPRequestHandler):
+class _ChatServer(ChatHandler):
     requests: list = []
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _ChatServer.requests.append((self.path, self.headers.get("Authorization"), body))
+    def reply(self, body: dict) -> str:
         label = body["messages"][-1]["content"].split("'")[1]
-        content = "\n".join(f"{i + 1}. {label.replace('_', ' ')} problem number {i} with my order #{100 + i}"
-                            for i in range(3))
-        payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+        return "\n".join(f"{i + 1}. {label.replace('_', ' ')} problem number {i} with my order #{100 + i}"
+                         for i in range(3))
 
 
 def test_llm_generator_speaks_openai_chat_completions(baseline_ws, monkeypatch):

@@ -20,10 +20,20 @@ class LLMError(RuntimeError):
     pass
 
 
-def complete(base_url: str, model: str, key: str | None, prompt: str, timeout: float) -> str:
+def endpoint(cfg) -> tuple[str, str, str | None] | None:
+    """(base_url, model, key) of an enabled LLMConfig, the environment overriding; None when off."""
+    base_url = os.environ.get("EVOLAB_LLM_BASE_URL", cfg.base_url)
+    model = os.environ.get("EVOLAB_LLM_MODEL", cfg.model)
+    if not cfg.enabled or not base_url or not model:
+        return None
+    return base_url, model, os.environ.get(cfg.api_key_env)
+
+
+def complete(base_url: str, model: str, key: str | None, prompt: str, timeout: float,
+             system: str = "You write realistic support tickets.", temperature: float = 0.9) -> str:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    body = {"model": model, "temperature": 0.9,
-            "messages": [{"role": "system", "content": "You write realistic support tickets."},
+    body = {"model": model, "temperature": temperature,
+            "messages": [{"role": "system", "content": system},
                          {"role": "user", "content": prompt}]}
     try:
         response = httpx.post(base_url.rstrip("/") + "/chat/completions", json=body, headers=headers,
@@ -37,11 +47,11 @@ def complete(base_url: str, model: str, key: str | None, prompt: str, timeout: f
 @register("llm")
 def llm(ctx: Context):
     cfg = ctx.cfg.llm
-    base_url = os.environ.get("EVOLAB_LLM_BASE_URL", cfg.base_url)
-    model = os.environ.get("EVOLAB_LLM_MODEL", cfg.model)
-    if not cfg.enabled or not base_url or not model:
+    found = endpoint(cfg)
+    if found is None:
         ctx.notes["llm"] = "disabled (curate.llm.enabled, base_url and model)"
         return candidates("llm", [])
+    base_url, model, key = found
     targets = [(t, p) for t, p, _ in ctx.pairs] or [(label, None) for label in sorted(ctx.favoured)]
     rows, requests = [], 0
     for label, other in targets:
@@ -50,7 +60,7 @@ def llm(ctx: Context):
         examples = "\n".join(f"- {t}" for t in ctx.seed.loc[ctx.seed["label"] == label, "text"].head(5))
         contrast = f" (not '{other}', which it is often confused with)" if other else ""
         try:
-            text = complete(base_url, model, os.environ.get(cfg.api_key_env), PROMPT.format(
+            text = complete(base_url, model, key, PROMPT.format(
                 n=cfg.per_request, label=label, contrast=contrast, examples=examples), cfg.timeout_s)
         except LLMError as err:
             ctx.notes["llm"] = str(err)  # a failing endpoint costs this generator, not the cycle

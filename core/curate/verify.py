@@ -42,6 +42,16 @@ def difficulty_level(margin: np.ndarray) -> np.ndarray:
     return 3 - np.digitize(margin, [0.25, 0.5, 0.75])
 
 
+def nearest(emb: np.ndarray, labeled_emb: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Indices of the k most similar labeled embeddings per row (unordered; embeddings are normalized)."""
+    kk = min(k, len(labeled_emb))
+    out = np.zeros((len(emb), kk), dtype=np.int64)
+    for start in range(0, len(emb), chunk):  # chunks bound the similarity matrix's memory
+        sims = emb[start:start + chunk] @ labeled_emb.T
+        out[start:start + chunk] = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    return out
+
+
 def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: np.ndarray,
           labeled_labels: np.ndarray, k: int, views: int, seed: int = 0, progress: bool = False,
           precomputed: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:

@@ -1,0 +1,146 @@
+"""Running a scaffold: a batch of texts with memoized model outputs, a retrieval bank, and the steps in order.
+
+`run(spec, loaded, texts, bank)` is the whole interface the CLI and the server need. The retrieval bank
+(the labeled seed embedded by the model) is computed once per workspace and model version and kept in
+memory, so a one-text request costs one encoder pass (more only for reflect or llm steps).
+"""
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from core import model as M
+from core.curate import llm as llm_client
+from core.curate.verify import nearest, perturb
+from core.scaffolds.spec import ScaffoldError, parse
+from core.scaffolds.steps import STEPS, State
+
+LLM_SYSTEM = "You route customer messages to the right team. Answer with one intent name from the list."
+
+
+@dataclass(frozen=True)
+class Bank:
+    """Labeled examples in the model's embedding space: what retrieval and second opinions vote with."""
+    version: str
+    emb: np.ndarray
+    label_idx: np.ndarray  # index into the model's labels, per bank row
+
+
+_banks: dict[tuple[str, str], Bank] = {}
+_banks_lock = threading.Lock()
+
+
+def bank_for(ws, loaded: M.Loaded) -> Bank:
+    """The workspace's labeled seed embedded by this model version, cached per (workspace, version)."""
+    key = (str(ws.root.resolve()), loaded.version)
+    with _banks_lock:
+        if key not in _banks:
+            seed = ws.store.examples("seed")
+            _banks[key] = make_bank(loaded, seed["text"].tolist(), seed["label"].tolist())
+        return _banks[key]
+
+
+def make_bank(loaded: M.Loaded, texts: list[str], labels: list[str]) -> Bank:
+    index = {name: i for i, name in enumerate(loaded.labels)}
+    emb = M.embed_texts(loaded.tokenizer, loaded.model, texts, loaded.max_length)
+    return Bank(loaded.version, emb, np.asarray([index[label] for label in labels], dtype=np.int64))
+
+
+class Batch:
+    """Texts and every model output a step may ask for, computed at most once however many scaffolds run."""
+
+    def __init__(self, loaded: M.Loaded, texts: list[str], bank: Bank, ask: Callable[[str], str | None] | None = None,
+                 seed: int = 0):
+        self.loaded, self.texts, self.bank, self._ask, self.seed = loaded, list(texts), bank, ask, seed
+        self.labels = list(loaded.labels)
+        self._memo: dict = {}
+
+    def _once(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def _encoded(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._once("encoded", lambda: M.embed_and_proba(self.loaded, self.texts))
+
+    def model_probs(self) -> np.ndarray:
+        return self._encoded()[1]
+
+    def vote(self, k: int) -> np.ndarray:
+        """Share of the k nearest bank examples with each label."""
+        def compute():
+            out = np.zeros((len(self.texts), len(self.labels)))
+            if not len(self.bank.emb) or not self.texts:
+                return out + 1.0 / len(self.labels)
+            nn = nearest(self._encoded()[0], self.bank.emb, k)
+            np.add.at(out, (np.repeat(np.arange(len(self.texts)), nn.shape[1]), self.bank.label_idx[nn].ravel()), 1.0)
+            return out / nn.shape[1]
+        return self._once(("vote", k), compute)
+
+    def view_probs(self, i: int) -> np.ndarray:
+        """The model's probabilities on the i-th perturbed view of every text (a word dropped, swapped, a typo)."""
+        def compute():
+            rng = random.Random(self.seed * 1000 + i)
+            return M.predict_proba(self.loaded, [perturb(t, rng) for t in self.texts])
+        return self._once(("view", i), compute)
+
+    def ask(self, prompt: str) -> str | None:
+        if self._ask is None:
+            raise ScaffoldError("this scaffold has an llm step but no LLM is configured "
+                                "(scaffolds.llm.enabled, base_url and model)")
+        return self._once(("ask", prompt), lambda: self._ask(prompt))
+
+
+@dataclass
+class Output:
+    labels: list[str]
+    predicted: np.ndarray  # label index per text
+    confidence: np.ndarray
+    abstained: np.ndarray
+    notes: list[str]
+
+    def records(self) -> list[dict]:
+        names = np.asarray(self.labels, dtype=object)
+        return [{"label": names[p], "confidence": round(float(c), 6), "abstained": bool(a)}
+                for p, c, a in zip(self.predicted, self.confidence, self.abstained)]
+
+
+def execute(spec: dict, batch: Batch) -> Output:
+    state = State(batch)
+    for s in spec["steps"]:
+        STEPS[s["type"]].fn(state, **{k: v for k, v in s.items() if k != "type"})
+    probs = state.scored()
+    abstained = state.abstained if state.abstained is not None else np.zeros(len(probs), dtype=bool)
+    return Output(batch.labels, probs.argmax(1), probs.max(1), abstained, state.notes)
+
+
+def run(spec: dict, loaded: M.Loaded, texts: list[str], bank: Bank,
+        ask: Callable[[str], str | None] | None = None) -> list[dict]:
+    """Label texts with a scaffold: one {label, confidence, abstained} per text."""
+    return execute(parse(spec), Batch(loaded, texts, bank, ask)).records()
+
+
+def llm_asker(cfg) -> Callable[[str], str | None] | None:
+    """A prompt -> answer function over the configured endpoint (scaffolds.llm), None when none is configured.
+
+    Past max_requests it answers None, so a search cannot run up an unbounded bill."""
+    found = llm_client.endpoint(cfg)
+    if found is None:
+        return None
+    base_url, model, key = found
+    sent = [0]
+
+    def ask(prompt: str) -> str | None:
+        if sent[0] >= cfg.max_requests:
+            return None
+        sent[0] += 1
+        try:
+            return llm_client.complete(base_url, model, key, prompt, cfg.timeout_s, system=LLM_SYSTEM,
+                                       temperature=0.0)
+        except llm_client.LLMError:
+            return None  # an unanswered text keeps the model's scores
+    return ask

@@ -1,0 +1,110 @@
+"""A scaffold cycle: search -> A/B test -> scaffold_adoption gate -> adopt, on the cycle machinery.
+
+It is a cycle of kind "scaffold" in the same persisted state machine as model cycles, so `approve`,
+`reject`, `resume`, the Approvals page and the audit log work on it unchanged. A trial of a given candidate
+(`scaffolds trial`) starts at the A/B test and skips the search.
+"""
+from __future__ import annotations
+
+import sys
+
+from core.scaffolds import abtest, archive, spec as S
+from core.scaffolds.evaluate import split_heldout
+from core.scaffolds.run import llm_asker
+from core.scaffolds.search import evaluator, search
+
+KIND = "scaffold"
+ACTOR = "engine"
+
+
+def _cycle():
+    from core import cycle  # the cycle module imports these stages: import it when a stage runs
+
+    return cycle
+
+
+def start(ws, budget: int | None = None, candidate: str | None = None) -> int:
+    """Open a scaffold cycle on the production model: a search of `budget`, or an A/B trial of `candidate`."""
+    store = ws.store
+    version = store.alias("production")
+    if not version:
+        from core.registry import NoModelError
+
+        raise NoModelError("no production model yet: scaffolds run on one (run `python -m core evolve`)")
+    archive.ensure_builtins(store)
+    production_id, _ = archive.production(store)
+    if candidate is not None:
+        spec = archive.get(store, candidate)
+        if candidate == production_id:
+            raise ValueError(f"scaffold {candidate} is already the production scaffold")
+        if S.needs_llm(spec) and llm_asker(ws.config().scaffolds.llm) is None:
+            raise S.ScaffoldError(f"scaffold {candidate} has an llm step but scaffolds.llm is not enabled")
+    budget = budget if budget is not None else ws.config().scaffolds.budget
+    if budget < 1:
+        raise ValueError("--budget must be at least 1")
+    return store.create_scaffold_cycle("scaffold_ab" if candidate else "scaffold_search", version, budget,
+                                       production_id, candidate, ACTOR)
+
+
+def stage_search(ws, cycle: dict, ctx: dict) -> None:
+    trial = ws.store.scaffold_trial(cycle["id"])
+    winner = search(ws, cycle["id"], cycle["parent_version"], trial["budget"], trial["production_id"],
+                    ctx["progress"])
+    ws.store.set_trial_candidate(cycle["id"], winner, "scaffold_ab")
+    ctx["stage_detail"] = {"winner": winner}
+    if ctx["progress"]:
+        print(f"  search: winner {winner}", file=sys.stderr, flush=True)
+
+
+def ab_result(ws, version: str, production_id: str, candidate_id: str) -> dict:
+    """Both scaffolds on the A/B part of the held-out set and on the guardrails, with the adoption checks."""
+    store, cfg = ws.store, ws.config()
+    sc = cfg.scaffolds
+    _, ab_part = split_heldout(store.examples("heldout"), sc.search_fraction, sc.seed)
+    ev = evaluator(ws, version, ab_part)
+    prod_metrics, prod_correct = ev(archive.get(store, production_id))
+    cand_metrics, cand_correct = ev(archive.get(store, candidate_id))
+    for metrics, correct in ((prod_metrics, prod_correct), (cand_metrics, cand_correct)):
+        metrics["ci_low"], metrics["ci_high"] = abtest.wilson(correct, sc.alpha)
+    checks = abtest.adoption_checks(prod_correct, cand_correct, prod_metrics["guardrail_pass"],
+                                    cand_metrics["guardrail_pass"], sc.test, sc.alpha, sc.bootstrap_iterations,
+                                    cfg.gates.scaffold_adoption.auto_min_gain, sc.seed)
+    checks.update(candidate=candidate_id, production=production_id, model_version=version)
+    return {"production": prod_metrics, "candidate": cand_metrics, "checks": checks}
+
+
+def stage_ab(ws, cycle: dict, ctx: dict) -> None:
+    trial = ws.store.scaffold_trial(cycle["id"])
+    result = ab_result(ws, cycle["parent_version"], trial["production_id"], trial["candidate_id"])
+    ws.store.save_trial_result(cycle["id"], result, "scaffold_gate")
+    if ctx["progress"]:
+        print(f"  ab_test: {'; '.join(result['checks']['reasons'])}", file=sys.stderr, flush=True)
+
+
+def stage_gate(ws, cycle: dict, ctx: dict):
+    checks = ws.store.scaffold_trial(cycle["id"])["result"]["checks"]
+    return _cycle()._gate_stage(ws, cycle, ctx, "scaffold_adoption", checks, "scaffold_adopt")
+
+
+def stage_adopt(ws, cycle: dict, ctx: dict) -> None:
+    gate = ws.store.gate_for(cycle["id"], "scaffold_adoption")
+    if gate is None or gate["status"] != "approved":  # never adopt past a gate that did not allow it
+        raise RuntimeError(f"cycle {cycle['id']} reached adoption without an approved gate")
+    trial = ws.store.scaffold_trial(cycle["id"])
+    ws.store.adopt_scaffold(trial["candidate_id"], gate["decided_by"],
+                            f"gate {gate['id']}: {gate['comment'] or 'approved'}", cycle["id"])
+
+
+STAGES = {"scaffold_search": stage_search, "scaffold_ab": stage_ab, "scaffold_gate": stage_gate,
+          "scaffold_adopt": stage_adopt}
+
+
+def run(ws, budget: int | None = None, candidate: str | None = None, auto_approve: bool = False,
+        progress: bool = True):
+    """Start a scaffold cycle and run it to its end or to its gate (one engine per workspace, as for evolve)."""
+    from core.workspace import audit_config, engine_lock
+
+    with engine_lock(ws):
+        audit_config(ws, ACTOR)
+        cycle_id = start(ws, budget, candidate)
+        return _cycle().run_cycle(ws, cycle_id, auto_approve, progress)
