@@ -174,15 +174,12 @@ def cmd_serve(args) -> int:
     import logging
     import signal
 
-    import torch
     import uvicorn
 
     from core.serve.app import Service, create_app
 
     ws = _ws(args)
     cfg = ws.config().serve
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     service = Service(ws, cfg).start()
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the handler that was

@@ -165,7 +165,7 @@ class ServeConfig(_Section):
     flush_rows: int = Field(1000, ge=1)  # or sooner, once this many rows wait
     max_buffered_rows: int = Field(200_000, ge=1)  # while the store is busy; the oldest are dropped past it
     poll_s: float = Field(0.5, gt=0)  # how often the production alias is read for a hot swap
-    torch_threads: int = Field(0, ge=0)  # 0: one per core
+    torch_threads: int = Field(0, ge=0)  # per request thread; 0: torch's default (OMP_NUM_THREADS or one per core)
 
 
 def parse_window(text: str) -> tuple[int, int]:

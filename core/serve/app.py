@@ -63,7 +63,7 @@ class Service:
     labels: frozenset[str] = frozenset()
 
     def __post_init__(self):
-        self.predictor = Predictor(self.ws, self.cfg.poll_s)
+        self.predictor = Predictor(self.ws, self.cfg.poll_s, self.cfg.torch_threads)
         self.logs = LogBuffer(self.ws.store, self.cfg.flush_interval_s, self.cfg.flush_rows,
                               self.cfg.max_buffered_rows)
 

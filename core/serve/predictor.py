@@ -34,8 +34,9 @@ def watched_keys(ws: Workspace) -> dict[str, Callable[[], str | None]]:
 
 
 class Predictor:
-    def __init__(self, ws: Workspace, poll_s: float = 0.5):
-        self.ws = ws
+    def __init__(self, ws: Workspace, poll_s: float = 0.5, threads: int = 0):
+        self.ws, self.threads = ws, threads
+        self._local = threading.local()
         self.swap: HotSwap[Serving] = HotSwap(watched_keys(ws), self._build, poll_s)
         # One forward at a time: on a few cores, concurrent forwards only fight over the same threads.
         self._forward = threading.Lock()
@@ -64,6 +65,10 @@ class Predictor:
         return self.serving.loaded.labels
 
     def _logits(self, loaded: M.Loaded, texts: list[str]) -> torch.Tensor:
+        if self.threads and not getattr(self._local, "threads_set", False):
+            # OpenMP's thread count is per calling thread, and requests run on the server's worker threads.
+            torch.set_num_threads(self.threads)
+            self._local.threads_set = True
         batch = M.tokenize(loaded.tokenizer, texts, loaded.max_length)
         dev = M.device()
         with self._forward, torch.inference_mode():
