@@ -15,36 +15,38 @@ KIND_ORDER = {"production_error": -1, "confusion_pair": 0, "error_cluster": 1, "
 PAIR_KINDS = ("production_error", "confusion_pair")  # findings naming a (true, predicted) pair
 
 
+def _pair_findings(errors: pd.DataFrame, predicted: str, ids: str, kind: str, key: str, top: int,
+                   samples_per_error: int) -> list[dict]:
+    """One finding per (true label, predicted) pair of the errors, most frequent first."""
+    rows = []
+    pairs = errors.groupby(["label", predicted]).agg(n=("text", "size"), examples=("text", list), ids=(ids, list))
+    for (truth, pred), row in pairs.sort_values("n", ascending=False).head(top).iterrows():
+        n = int(row["n"])
+        rows.append({"kind": kind, "subject": f"{truth} -> {pred}", "severity": float(n),
+                     "key": f"{key}:{truth}->{pred}",
+                     "detail": {"true": truth, "predicted": pred, "examples": row["examples"][:5], "n": n,
+                                ids: row["ids"]},
+                     "action": f"generate {n * samples_per_error} samples separating '{truth}' from '{pred}'"})
+    return rows
+
+
 def production_findings(feedback: pd.DataFrame, samples_per_error: int, top: int = 20) -> list[dict]:
     """feedback: prediction_id, text, served, label (the correction). Each (true, served) pair people
     corrected is one finding; its severity is how many production predictions they corrected."""
     errors = feedback[feedback["served"] != feedback["label"]]
-    rows = []
-    pairs = errors.groupby(["label", "served"]).agg(n=("text", "size"), examples=("text", list),
-                                                    ids=("prediction_id", list))
-    for (truth, pred), row in pairs.sort_values("n", ascending=False).head(top).iterrows():
-        n = int(row["n"])
-        rows.append({"kind": "production_error", "subject": f"{truth} -> {pred}", "severity": float(n),
-                     "key": f"production_error:{truth}->{pred}",
-                     "detail": {"true": truth, "predicted": pred, "examples": row["examples"][:5],
-                                "prediction_ids": row["ids"][:50], "source": "feedback"},
-                     "action": f"generate {n * samples_per_error} samples separating '{truth}' from '{pred}' "
-                               f"(corrected {n}x in production)"})
+    rows = _pair_findings(errors, "served", "prediction_id", "production_error", "production_error", top,
+                          samples_per_error)
+    for row in rows:
+        row["detail"]["prediction_ids"] = row["detail"].pop("prediction_id")[:50]
+        row["action"] += f" (corrected {row['detail']['n']}x in production)"
     return rows
 
 
 def pair_findings(results: pd.DataFrame, samples_per_error: int, top: int = 20) -> list[dict]:
-    errors = results[~results["correct"].astype(bool)]
-    rows = []
-    pairs = errors.groupby(["label", "predicted"]).agg(n=("text", "size"), examples=("text", list),
-                                                       ids=("example_id", list))
-    for (truth, pred), row in pairs.sort_values("n", ascending=False).head(top).iterrows():
-        n = int(row["n"])
-        rows.append({"kind": "confusion_pair", "subject": f"{truth} -> {pred}", "severity": float(n),
-                     "key": f"pair:{truth}->{pred}",
-                     "detail": {"true": truth, "predicted": pred, "examples": row["examples"][:5],
-                                "example_ids": [int(i) for i in row["ids"]]},
-                     "action": f"generate {n * samples_per_error} samples separating '{truth}' from '{pred}'"})
+    rows = _pair_findings(results[~results["correct"].astype(bool)], "predicted", "example_id", "confusion_pair",
+                          "pair", top, samples_per_error)
+    for row in rows:
+        row["detail"]["example_ids"] = [int(i) for i in row["detail"].pop("example_id")]
     return rows
 
 
