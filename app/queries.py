@@ -190,6 +190,13 @@ def confusion(ws: str, version: str) -> pd.DataFrame:
     return table.reindex(index=names, columns=names, fill_value=0)
 
 
+# -- production traffic (the server's logs) ------------------------------------------------------------------
+@_cached
+def production_traffic(ws: str) -> dict:
+    """Requests per served version, feedback and the errors people corrected, by (served, corrected) pair."""
+    return _store(ws).production_summary()
+
+
 # -- approvals --------------------------------------------------------------------------------------------------
 @_cached
 def pending_gates(ws: str) -> list[dict]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 
@@ -180,6 +180,48 @@ class ScaffoldsConfig(_Section):
     llm: LLMConfig = LLMConfig(max_requests=200)
 
 
+class ServeConfig(_Section):
+    """`python -m core serve`: request limits, log batching and how often production is looked up."""
+    max_texts: int = Field(64, ge=1)  # per /predict request
+    max_text_chars: int = Field(2000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    flush_interval_s: float = Field(1.0, gt=0)  # production logs are written in batches, never per request
+    flush_rows: int = Field(1000, ge=1)  # or sooner, once this many rows wait
+    max_buffered_rows: int = Field(200_000, ge=1)  # while the store is busy; the oldest are dropped past it
+    poll_s: float = Field(0.5, gt=0)  # how often the production alias is read for a hot swap
+    torch_threads: int = Field(0, ge=0)  # per request thread; 0: torch's default (OMP_NUM_THREADS or one per core)
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """'01:00-05:00' -> minutes after midnight of the start and end; the end may be past midnight."""
+    try:
+        start, end = (part.strip() for part in text.split("-"))
+        minutes = []
+        for part in (start, end):
+            hours, mins = part.split(":")
+            if not (0 <= int(hours) <= 24 and 0 <= int(mins) < 60) or int(hours) * 60 + int(mins) > 1440:
+                raise ValueError
+            minutes.append(int(hours) * 60 + int(mins))
+    except ValueError:
+        raise ValueError(f"training window '{text}' is not HH:MM-HH:MM") from None
+    if minutes[0] == minutes[1]:
+        raise ValueError(f"training window '{text}' is empty")
+    return minutes[0], minutes[1]
+
+
+class DaemonConfig(_Section):
+    """`python -m core daemon`: cycles run only inside the training window (local time)."""
+    window: str = "01:00-05:00"
+    poll_s: float = Field(30.0, gt=0)
+    cycles_per_night: int = Field(1, ge=1)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        parse_window(value)
+        return value
+
+
 class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -190,6 +232,8 @@ class Config(_Section):
     gates: GatesConfig = GatesConfig()
     drift: DriftConfig = DriftConfig()
     scaffolds: ScaffoldsConfig = ScaffoldsConfig()
+    serve: ServeConfig = ServeConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
 
 class ConfigError(ValueError):

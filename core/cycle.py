@@ -71,7 +71,8 @@ def run_diagnosis(ws: Workspace, cycle_id: int, version: str, next_stage: str | 
     ensure_evaluated(ws, version, progress)
     _, previous = store.latest_diagnosis(before_cycle=cycle_id if cycle_id else None)
     found = diagnose.diagnose(registry.load(ws, version), store.eval_results(version), cfg.diagnose,
-                              cfg.model.lora_layers, diagnose.finding_keys(previous))
+                              cfg.model.lora_layers, diagnose.finding_keys(previous),
+                              feedback=store.production_feedback(version))
     store.save_diagnosis(cycle_id, found["findings"], next_stage, found["attributions"], found["internals"], version)
     return found
 
@@ -89,9 +90,9 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
     findings = store.diagnoses(cycle["id"])
     pairs = [(json.loads(d)["true"], json.loads(d)["predicted"], int(sev))
              for kind, d, sev in zip(findings.get("kind", []), findings.get("detail", []), findings.get("severity", []))
-             if kind == "confusion_pair" and json.loads(d).get("trend") != "fixed"]
+             if kind in diagnose.PAIR_KINDS and json.loads(d).get("trend") != "fixed"]
     context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=store.examples("seed"),
-                             pool=store.examples("unlabeled"), pairs=pairs,
+                             pool=store.unlabeled_pool(), pairs=pairs,
                              favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
                              seed_value=cycle["id"])
     samples, report = curate.curate(context, store.examples("heldout"), store.reviewed_samples(cycle["id"]),
@@ -111,7 +112,12 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
     samples = store.samples(cycle["id"])
     # Human approvals and relabels count as kept; a human rejection is never trained on.
     kept = samples[samples["status"].isin(["kept", "approved"])][["text", "label"]].assign(source="synthetic")
-    return pd.concat([seed, kept], ignore_index=True)  # the seed is replayed in every retraining
+    # People's corrections of production predictions are labeled data, and their label wins over a
+    # synthetic one for the same text.
+    feedback = store.production_feedback().drop_duplicates("text", keep="last")[["text", "label"]]
+    kept = kept[~kept["text"].isin(feedback["text"])]
+    parts = [seed, kept] + ([feedback.assign(source="feedback")] if len(feedback) else [])
+    return pd.concat(parts, ignore_index=True)  # the seed is replayed in every retraining
 
 
 def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:
@@ -216,7 +222,7 @@ def stage_data_review(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
 
 def stage_drift(ws: Workspace, cycle: dict, ctx: dict) -> None:
     store, cfg = ws.store, ws.config()
-    pool = store.examples("unlabeled")
+    pool = store.unlabeled_pool()  # production traffic last, so the tail is the most recent
     reference = pool["text"].tail(cfg.drift.reference_size).tolist() if cfg.drift.reference_size else []
     report = drift.compare(registry.load(ws, cycle["parent_version"]), registry.load(ws, cycle["candidate_version"]),
                            store.examples("heldout"), reference, store.guardrails(), cfg.drift)
@@ -256,7 +262,9 @@ STAGES: dict[str, Callable] = {"diagnose": stage_diagnose, "curate": stage_curat
 STAGES.update(scaffold_stages.STAGES)  # scaffold cycles: search -> A/B test -> scaffold_adoption gate -> adopt
 
 
-def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress: bool = True) -> Outcome:
+def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress: bool = True,
+              stop: Callable[[], bool] | None = None) -> Outcome:
+    """Run stages until the cycle ends or waits; `stop` (the daemon's SIGTERM) is asked between stages."""
     store = ws.store
     ctx = {"auto_approve": auto_approve, "progress": progress}
     while True:
@@ -271,6 +279,9 @@ def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress
                 detail = (gate or {}).get("comment") or cycle.get("error") or ""
             return Outcome(cycle_id, cycle["status"], cycle["stage"],
                            message=f"cycle {cycle_id} {cycle['status']}" + (f" ({detail})" if detail else ""))
+        if stop is not None and stop():
+            return Outcome(cycle_id, "stopped", cycle["stage"],
+                           message=f"cycle {cycle_id} stopped before its {cycle['stage']} stage; resume continues it")
         if cycle["status"] == "waiting":
             store.set_cycle_waiting(cycle_id, False)
             cycle["status"] = "running"
@@ -296,7 +307,8 @@ def start_cycle(ws: Workspace) -> int:
 
 
 def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress: bool = True,
-           on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+           on_outcome: Callable[[Outcome], None] | None = None,
+           stop: Callable[[], bool] | None = None) -> list[Outcome]:
     """Finish any open cycle, then run new ones until `cycles` evolution cycles have ended or one waits.
 
     A workspace without a production model first runs its baseline cycle, which does not count."""
@@ -308,21 +320,22 @@ def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress:
             open_ = ws.store.open_cycle()
             cycle_id = open_["id"] if open_ else start_cycle(ws)
             kind = ws.store.cycle(cycle_id)["kind"]
-            outcome = run_cycle(ws, cycle_id, auto_approve, progress)
+            outcome = run_cycle(ws, cycle_id, auto_approve, progress, stop)
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
-            if outcome.status == "waiting":
+            if outcome.status in ("waiting", "stopped"):
                 break
             if kind == "evolve":  # a baseline or a scaffold cycle finished on the way does not count
                 counted += 1
     return outcomes
 
 
-def resume(ws: Workspace, auto_approve: bool = False, progress: bool = True) -> Outcome | None:
+def resume(ws: Workspace, auto_approve: bool = False, progress: bool = True,
+           stop: Callable[[], bool] | None = None) -> Outcome | None:
     with engine_lock(ws):
         audit_config(ws, "engine")
         open_ = ws.store.open_cycle()
         if open_ is None:
             return None
-        return run_cycle(ws, open_["id"], auto_approve, progress)
+        return run_cycle(ws, open_["id"], auto_approve, progress, stop)

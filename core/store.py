@@ -99,7 +99,8 @@ MIGRATIONS: list[str] = [
     # v7: production logs of the server (predictions and human feedback)
     """
     CREATE TABLE predictions(id VARCHAR PRIMARY KEY, "at" TIMESTAMP, text VARCHAR NOT NULL, label VARCHAR,
-        confidence DOUBLE, model_version VARCHAR, scaffold_id VARCHAR, latency_ms DOUBLE);
+        confidence DOUBLE, model_version VARCHAR, scaffold_version VARCHAR, latency_ms DOUBLE);
+    CREATE INDEX predictions_text ON predictions(text);
     CREATE TABLE feedback(prediction_id VARCHAR PRIMARY KEY, label VARCHAR NOT NULL, "at" TIMESTAMP,
         actor VARCHAR);
     """,
@@ -530,6 +531,73 @@ class Store:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return self._read(f"SELECT * FROM synthetic_samples {clause} ORDER BY id", params)
 
+    # -- production logs (the server's predictions and people's corrections) ------------------
+    PREDICTION_COLUMNS = ["id", "at", "text", "label", "confidence", "model_version", "scaffold_version",
+                          "latency_ms"]
+    FEEDBACK_COLUMNS = ["prediction_id", "label", "at", "actor"]
+
+    def log_production(self, predictions: pd.DataFrame, feedback: pd.DataFrame) -> None:
+        """One batch of the server's logs in one transaction. Predictions are written once (a retried
+        batch is harmless); a later correction of the same prediction replaces the earlier one."""
+        with self._tx() as con:
+            if len(predictions):
+                _register(con, "pred_df", predictions[self.PREDICTION_COLUMNS])
+                con.execute(f"INSERT OR IGNORE INTO predictions SELECT {_columns(self.PREDICTION_COLUMNS)} "
+                            "FROM pred_df")
+            if len(feedback):
+                latest = feedback[self.FEEDBACK_COLUMNS].drop_duplicates("prediction_id", keep="last")
+                _register(con, "fb_df", latest)
+                con.execute(f"INSERT OR REPLACE INTO feedback SELECT {_columns(self.FEEDBACK_COLUMNS)} "
+                            "FROM fb_df")
+
+    def known_predictions(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        df = self._read("SELECT id FROM predictions WHERE id IN (SELECT unnest(?))", [list(ids)])
+        return set(df["id"])
+
+    def production_texts(self) -> pd.DataFrame:
+        """Logged traffic as unlabeled texts (id, text, label=None), oldest first, each text once, and never
+        a text of the held-out set or one already stored as an example. Ids are negative and stable
+        (a hash of the text), so they never collide with example ids."""
+        return self._read(
+            "SELECT -(hash(text) % 4611686018427387903)::BIGINT - 1 AS id, text, NULL::VARCHAR AS label "
+            "FROM predictions WHERE text NOT IN (SELECT text FROM examples) "
+            "GROUP BY text ORDER BY min(\"at\"), text")
+
+    def unlabeled_pool(self) -> pd.DataFrame:
+        """What curation may self-label: the unlabeled split, then logged production traffic."""
+        pool, traffic = self.examples("unlabeled"), self.production_texts()
+        if traffic.empty or pool.empty:
+            return pool if traffic.empty else traffic
+        return pd.concat([pool, traffic], ignore_index=True)
+
+    def production_feedback(self, version: str | None = None) -> pd.DataFrame:
+        """People's corrections joined to what was served: prediction_id, text, served, label (the
+        corrected one), confidence, model_version, at. Feedback on held-out texts is left out, so a
+        correction never leaks the test set into training."""
+        where, params = ("AND p.model_version = ?", [version]) if version else ("", [])
+        return self._read(
+            "SELECT f.prediction_id, p.text, p.label AS served, f.label, p.confidence, p.model_version, "
+            "p.scaffold_version, f.\"at\" FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
+            f"WHERE p.text NOT IN (SELECT text FROM examples WHERE split = 'heldout') {where} "
+            "ORDER BY f.\"at\", f.prediction_id", params)
+
+    def production_summary(self) -> dict:
+        """Traffic figures for the dashboard: requests per version, feedback, corrected errors."""
+        with self._tx(read_only=True) as con:
+            total, first, last = con.execute("SELECT count(*), min(\"at\"), max(\"at\") FROM predictions").fetchone()
+            fb, wrong = con.execute("SELECT count(*), count(*) FILTER (WHERE p.label <> f.label) FROM feedback f "
+                                    "JOIN predictions p ON p.id = f.prediction_id").fetchone()
+            by_version = con.execute("SELECT model_version, scaffold_version, count(*) AS predictions, "
+                                     "avg(latency_ms) AS mean_latency_ms FROM predictions "
+                                     "GROUP BY ALL ORDER BY min(\"at\")").df()
+            pairs = con.execute("SELECT p.label AS served, f.label AS corrected, count(*) AS n FROM feedback f "
+                                "JOIN predictions p ON p.id = f.prediction_id WHERE p.label <> f.label "
+                                "GROUP BY ALL ORDER BY n DESC, served, corrected").df()
+        return {"predictions": int(total), "first": first, "last": last, "feedback": int(fb),
+                "corrected_errors": int(wrong), "by_version": by_version, "corrected_pairs": pairs}
+
     # -- training metrics ---------------------------------------------------------------------
     def record_metrics(self, run_id: str, rows: list[tuple[int, str, float, float]]) -> None:
         """rows: (step, name, value, epoch). Re-recording a step after a resume replaces it."""
@@ -822,6 +890,10 @@ def _register(con, name: str, frame: pd.DataFrame) -> None:
     # DuckDB 2 refuses register() while an earlier result is partly fetched; bulk rows go in as frames.
     con.complete()
     con.register(name, frame)
+
+
+def _columns(names: list[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)  # quoted: "at" is a keyword
 
 
 def _first(df: pd.DataFrame) -> dict | None:

@@ -47,3 +47,19 @@ else:
     fig.update_layout(xaxis_title="version", yaxis_title="held-out accuracy", height=320,
                       margin={"t": 20, "b": 40})
     st.plotly_chart(fig)
+
+st.subheader("Production traffic")
+traffic = queries.production_traffic(ws)
+if not traffic["predictions"]:
+    st.caption(f"No production traffic yet. Serve the production model with "
+               f"`python -m core serve --workspace {ws}`; its predictions and people's corrections land here, "
+               "feed curation, and rank first in the next diagnosis.")
+else:
+    t1, t2, t3, t4 = st.columns(4)
+    t1.metric("Requests", f"{traffic['predictions']:,}")
+    t2.metric("Feedback", f"{traffic['feedback']:,}")
+    t3.metric("Corrected errors", f"{traffic['corrected_errors']:,}")
+    t4.metric("Last request", queries.when(traffic["last"]))
+    if len(traffic["corrected_pairs"]):
+        st.caption("Errors people corrected, by what was served and what it should have been:")
+        st.dataframe(traffic["corrected_pairs"].head(10), hide_index=True)

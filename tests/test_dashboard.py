@@ -177,3 +177,27 @@ def test_review_samples_through_the_form(monkeypatch, pending):
     row = ws.store.samples().set_index("id").loc[target]
     assert row["status"] == "rejected" and row["reviewed_by"] == APPROVER
     assert len(ws.store.samples(status="kept")) == len(kept) - 1
+
+
+def test_overview_shows_production_traffic(monkeypatch, pending):
+    import pandas as pd
+
+    from core.store import Store
+
+    ws, _ = pending
+    at = open_page(monkeypatch, ws.root)
+    assert "No production traffic yet" in texts(at)
+    now = utcnow()
+    preds = pd.DataFrame([{"id": f"p{i}", "at": now, "text": f"text {i}", "label": "shipping_delay",
+                           "confidence": 0.9, "model_version": "v1", "scaffold_version": "direct", "latency_ms": 5.0}
+                          for i in range(3)], columns=Store.PREDICTION_COLUMNS)
+    feedback = pd.DataFrame([{"prediction_id": "p0", "label": "billing_question", "at": now, "actor": "carol"},
+                             {"prediction_id": "p1", "label": "shipping_delay", "at": now, "actor": "carol"}],
+                            columns=Store.FEEDBACK_COLUMNS)
+    ws.store.log_production(preds, feedback)
+    queries.clear()
+    at = open_page(monkeypatch, ws.root)
+    shown = texts(at)
+    assert "Requests 3" in shown and "Feedback 2" in shown and "Corrected errors 1" in shown
+    pairs = at.dataframe[-1].value
+    assert pairs.to_dict("records") == [{"served": "shipping_delay", "corrected": "billing_question", "n": 1}]

@@ -14,22 +14,25 @@ import pandas as pd
 from core import model as M
 from core.config import DiagnoseConfig
 from core.diagnose.attribution import attribution_rows, top_tokens
-from core.diagnose.errors import (class_findings, cluster_findings, pair_findings, rank,
-                                  target_labels)
+from core.diagnose.errors import (PAIR_KINDS, class_findings, cluster_findings, pair_findings,
+                                  production_findings, rank, target_labels)
 from core.diagnose.internals import activation_stats, choose_lora_layers, head_importance
 
-__all__ = ["diagnose", "finding_keys", "target_labels"]
+__all__ = ["PAIR_KINDS", "diagnose", "finding_keys", "target_labels"]
 
 
 def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_layers: int,
-             previous_keys: set[str]) -> dict:
-    """results: the version's held-out eval rows (example_id, text, label, predicted, confidence, correct)."""
+             previous_keys: set[str], feedback: pd.DataFrame | None = None) -> dict:
+    """results: the version's held-out eval rows (example_id, text, label, predicted, confidence, correct);
+    feedback: people's corrections of its production predictions (text, served, label), ranked first."""
     results = results.reset_index(drop=True)
     pairs = pair_findings(results, cfg.samples_per_error, cfg.top_findings)
     findings = pairs + class_findings(results, cfg.top_findings, pairs)
     embeddings = M.embed_texts(loaded.tokenizer, loaded.model, results["text"].tolist(), loaded.max_length)
     clusters, coords = cluster_findings(results, embeddings, cfg.max_clusters, cfg.samples_per_error)
     findings += clusters
+    if feedback is not None and len(feedback):
+        findings += production_findings(feedback, cfg.samples_per_error, cfg.top_findings)
     attributions = attribution_rows(loaded, results, cfg.max_attributions, cfg.correct_attributions,
                                     n_steps=cfg.attribution_steps)
     # The tokens the model leaned on when it erred: evidence for each confused pair.

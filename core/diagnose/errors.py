@@ -1,6 +1,7 @@
 """Error patterns in held-out predictions: confused pairs, weak classes and clusters of failures.
 
-Severity is the number of held-out errors a finding explains, so findings of every kind rank together.
+Severity is the number of held-out errors a finding explains, so findings of every kind rank together;
+errors people corrected in production (feedback) rank above all of them: they are real traffic.
 """
 from __future__ import annotations
 
@@ -10,21 +11,42 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["rank", "kind", "subject", "severity", "detail", "action"]
-KIND_ORDER = {"confusion_pair": 0, "error_cluster": 1, "weak_class": 2}
+KIND_ORDER = {"production_error": -1, "confusion_pair": 0, "error_cluster": 1, "weak_class": 2}
+PAIR_KINDS = ("production_error", "confusion_pair")  # findings naming a (true, predicted) pair
+
+
+def _pair_findings(errors: pd.DataFrame, predicted: str, ids: str, kind: str, key: str, top: int,
+                   samples_per_error: int) -> list[dict]:
+    """One finding per (true label, predicted) pair of the errors, most frequent first."""
+    rows = []
+    pairs = errors.groupby(["label", predicted]).agg(n=("text", "size"), examples=("text", list), ids=(ids, list))
+    for (truth, pred), row in pairs.sort_values("n", ascending=False).head(top).iterrows():
+        n = int(row["n"])
+        rows.append({"kind": kind, "subject": f"{truth} -> {pred}", "severity": float(n),
+                     "key": f"{key}:{truth}->{pred}",
+                     "detail": {"true": truth, "predicted": pred, "examples": row["examples"][:5], "n": n,
+                                ids: row["ids"]},
+                     "action": f"generate {n * samples_per_error} samples separating '{truth}' from '{pred}'"})
+    return rows
+
+
+def production_findings(feedback: pd.DataFrame, samples_per_error: int, top: int = 20) -> list[dict]:
+    """feedback: prediction_id, text, served, label (the correction). Each (true, served) pair people
+    corrected is one finding; its severity is how many production predictions they corrected."""
+    errors = feedback[feedback["served"] != feedback["label"]]
+    rows = _pair_findings(errors, "served", "prediction_id", "production_error", "production_error", top,
+                          samples_per_error)
+    for row in rows:
+        row["detail"]["prediction_ids"] = row["detail"].pop("prediction_id")[:50]
+        row["action"] += f" (corrected {row['detail']['n']}x in production)"
+    return rows
 
 
 def pair_findings(results: pd.DataFrame, samples_per_error: int, top: int = 20) -> list[dict]:
-    errors = results[~results["correct"].astype(bool)]
-    rows = []
-    pairs = errors.groupby(["label", "predicted"]).agg(n=("text", "size"), examples=("text", list),
-                                                       ids=("example_id", list))
-    for (truth, pred), row in pairs.sort_values("n", ascending=False).head(top).iterrows():
-        n = int(row["n"])
-        rows.append({"kind": "confusion_pair", "subject": f"{truth} -> {pred}", "severity": float(n),
-                     "key": f"pair:{truth}->{pred}",
-                     "detail": {"true": truth, "predicted": pred, "examples": row["examples"][:5],
-                                "example_ids": [int(i) for i in row["ids"]]},
-                     "action": f"generate {n * samples_per_error} samples separating '{truth}' from '{pred}'"})
+    rows = _pair_findings(results[~results["correct"].astype(bool)], "predicted", "example_id", "confusion_pair",
+                          "pair", top, samples_per_error)
+    for row in rows:
+        row["detail"]["example_ids"] = [int(i) for i in row["detail"].pop("example_id")]
     return rows
 
 
@@ -124,7 +146,9 @@ def rank(findings: list[dict], previous_keys: set[str]) -> pd.DataFrame:
               "detail": {"trend": "fixed", "key": key}, "action": "none: fixed since the last diagnosis"}
              for key in sorted(previous_keys - current)
              if not (key.startswith("cluster:") and _trend({"key": key}, current) == "persisting")]
-    ordered = sorted(findings, key=lambda f: (-f["severity"], KIND_ORDER[f["kind"]])) + fixed
+    # Production errors first: a person saw the model fail on real traffic.
+    ordered = sorted(findings, key=lambda f: (f["kind"] != "production_error", -f["severity"],
+                                              KIND_ORDER[f["kind"]])) + fixed
     frame = pd.DataFrame([{"kind": f["kind"], "subject": f["subject"], "severity": f["severity"],
                            "detail": json.dumps(f["detail"], default=str), "action": f["action"]}
                           for f in ordered], columns=COLUMNS[1:])
@@ -139,7 +163,7 @@ def target_labels(findings: pd.DataFrame) -> set[str]:
         detail = json.loads(row["detail"])
         if detail.get("trend") == "fixed":
             continue
-        if row["kind"] == "confusion_pair":
+        if row["kind"] in PAIR_KINDS:
             labels.update([detail["true"], detail["predicted"]])
         elif row["kind"] == "weak_class":
             labels.add(row["subject"])

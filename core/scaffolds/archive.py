@@ -20,6 +20,8 @@ def add(store: Store, raw: str | dict, actor: str, parent_id: str | None = None,
 
 def get(store: Store, scaffold_id: str) -> dict:
     row = store.scaffold(scaffold_id)
+    if row is None and scaffold_id in S.BUILTINS:  # built-ins answer by name before they are first stored
+        return S.builtin(scaffold_id)
     if row is None:
         raise KeyError(f"no scaffold '{scaffold_id}' (list them with `python -m core scaffolds --workspace W`)")
     return S.parse(row["spec"])
@@ -28,7 +30,5 @@ def get(store: Store, scaffold_id: str) -> dict:
 def production(store: Store) -> tuple[str, dict]:
     """(id, spec) of the production scaffold: the default built-in until one is adopted. Reading never
     writes (a built-in's id is its name, stored or not), so a server can call it per request."""
-    adopted = store.production_scaffold()
-    if adopted:
-        return adopted, get(store, adopted)
-    return S.DEFAULT, S.builtin(S.DEFAULT)
+    scaffold_id = store.production_scaffold() or S.DEFAULT
+    return scaffold_id, get(store, scaffold_id)
