@@ -66,7 +66,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         texts = cand.loc[alive, "text"].tolist()
         scores = verify.score(ctx.loaded, texts, cand.loc[alive, "label"].tolist(),
                               lab_emb, labeled["label"].to_numpy(dtype=object), cfg.knn_k, cfg.perturbed_views,
-                              ctx.seed_value, progress, precomputed=ctx.recall(texts))
+                              ctx.seed_value, progress, precomputed=ctx.encode(texts))
         scores.index = alive
         cand.loc[alive, "confidence"] = scores["model"]
         cand.loc[alive, "difficulty"] = scores["difficulty"].astype(int)

@@ -30,12 +30,15 @@ class Context:
     def remember(self, texts: list[str], emb, probs) -> None:
         self.seen.update({t: (e, p) for t, e, p in zip(texts, emb, probs)})
 
-    def recall(self, texts: list[str]):
-        """Stacked (embeddings, probabilities) when every text was seen, else None."""
-        if not texts or any(t not in self.seen for t in texts):
-            return None
+    def encode(self, texts: list[str]):
+        """The model's stacked (embeddings, probabilities) for texts; only texts not seen yet are encoded."""
         import numpy as np
 
+        missing = list(dict.fromkeys(t for t in texts if t not in self.seen))
+        if missing:
+            self.remember(missing, *M.embed_and_proba(self.loaded, missing))
+        if not texts:
+            return None
         return np.stack([self.seen[t][0] for t in texts]), np.stack([self.seen[t][1] for t in texts])
 
 
