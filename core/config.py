@@ -240,7 +240,7 @@ class ConfigError(ValueError):
     pass
 
 
-def _describe(err: ValidationError) -> str:
+def describe(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
@@ -252,7 +252,7 @@ def parse_config(raw: dict) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
+        raise ConfigError(describe(err)) from None
 
 
 def load_config(path: Path) -> Config:

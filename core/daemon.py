@@ -17,9 +17,10 @@ from datetime import datetime, time as dtime, timedelta
 from typing import Callable
 
 import pandas as pd
+from pydantic import ValidationError
 
 from core import cycle
-from core.config import DaemonConfig, parse_window
+from core.config import ConfigError, DaemonConfig, describe, parse_window
 from core.store import utcnow
 from core.workspace import Workspace, WorkspaceError
 
@@ -47,17 +48,17 @@ def fixed_clock(text: str) -> Callable[[], datetime]:
 
 def settings(cfg: DaemonConfig, window: str | None = None, poll_s: float | None = None,
              cycles_per_night: int | None = None, now: str | None = None) -> Settings:
-    """The configured settings with command-line overrides; the clock is real unless told otherwise."""
-    window = window or cfg.window
-    parse_window(window)
-    poll_s = cfg.poll_s if poll_s is None else poll_s
-    if poll_s <= 0:
-        raise ValueError("--poll must be positive")
-    nights = cfg.cycles_per_night if cycles_per_night is None else cycles_per_night
-    if nights < 1:
-        raise ValueError("--cycles-per-night must be at least 1")
+    """The configured settings with command-line overrides, validated by the config's own rules; the clock
+    is real unless told otherwise."""
+    overrides = {key: value for key, value in
+                 {"window": window, "poll_s": poll_s, "cycles_per_night": cycles_per_night}.items()
+                 if value is not None}
+    try:
+        cfg = DaemonConfig(**{**cfg.model_dump(), **overrides})
+    except ValidationError as err:
+        raise ConfigError(describe(err)) from None
     now = now or os.environ.get(NOW_ENV)
-    return Settings(window, poll_s, nights, fixed_clock(now) if now else datetime.now)
+    return Settings(cfg.window, cfg.poll_s, cfg.cycles_per_night, fixed_clock(now) if now else datetime.now)
 
 
 def night_of(window: str, at: datetime) -> datetime | None:

@@ -1,4 +1,4 @@
-"""Hot swap: watch a few keys in the store (the production alias, later the production scaffold), and when
+"""Hot swap: watch a few keys in the store (the production alias and the production scaffold), and when
 any changes, build what they name in the background and hand it over as one reference.
 
 Requests read that reference once and keep using what they read, so a request in flight finishes on the
