@@ -51,8 +51,12 @@ class BenchError(Exception):
 
 
 # -- data ------------------------------------------------------------------------------------------
-def split_protocol(train_csv: Path, seed: int, dev_size: int):
-    """Return (seed, heldout, pool, dev) frames following the protocol; pool has text only."""
+def split_protocol(train_csv: Path, seed: int, dev_size: int, pool_labels: bool = False):
+    """Return (seed, heldout, pool, dev) frames following the protocol.
+
+    The pool has text only, as the engine gets it; pool_labels keeps its labels for analyses that
+    score teachers against the truth (bench/teacher_ceiling.py).
+    """
     import numpy as np
     import pandas as pd
 
@@ -72,7 +76,7 @@ def split_protocol(train_csv: Path, seed: int, dev_size: int):
     is_dev = np.zeros(len(traffic), dtype=bool)
     is_dev[dev_idx] = True
     dev_df = traffic[is_dev].reset_index(drop=True)
-    pool_df = traffic[~is_dev][["text"]].reset_index(drop=True)
+    pool_df = traffic[~is_dev][["text", "label"] if pool_labels else ["text"]].reset_index(drop=True)
     return seed_df, held_df, pool_df, dev_df
 
 
