@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pandas as pd
 
-from core import model as M
 from core.curate import counterfactual, llm, self_label, templates  # noqa: F401  (they register)
 from core.curate import filters, verify
 from core.curate.registry import GENERATORS, Context
@@ -61,8 +60,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     cand["confidence"], cand["difficulty"], cand["scores"] = np.nan, -1, "{}"
     cand["rank_score"] = 0.0
     if len(alive):
-        lab_emb = M.embed_texts(ctx.loaded.tokenizer, ctx.loaded.model, labeled["text"].tolist(),
-                                ctx.loaded.max_length)
+        lab_emb, _ = ctx.encode(labeled["text"].tolist())
         texts = cand.loc[alive, "text"].tolist()
         scores = verify.score(ctx.loaded, texts, cand.loc[alive, "label"].tolist(),
                               lab_emb, labeled["label"].to_numpy(dtype=object), cfg.knn_k, cfg.perturbed_views,

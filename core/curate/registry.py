@@ -27,16 +27,14 @@ class Context:
     # does not run the encoder over the traffic a second time.
     seen: dict = field(default_factory=dict)
 
-    def remember(self, texts: list[str], emb, probs) -> None:
-        self.seen.update({t: (e, p) for t, e, p in zip(texts, emb, probs)})
-
     def encode(self, texts: list[str]):
         """The model's stacked (embeddings, probabilities) for texts; only texts not seen yet are encoded."""
         import numpy as np
 
         missing = list(dict.fromkeys(t for t in texts if t not in self.seen))
         if missing:
-            self.remember(missing, *M.embed_and_proba(self.loaded, missing))
+            emb, probs = M.embed_and_proba(self.loaded, missing)
+            self.seen.update({t: (e, p) for t, e, p in zip(missing, emb, probs)})
         if not texts:
             return None
         return np.stack([self.seen[t][0] for t in texts]), np.stack([self.seen[t][1] for t in texts])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from core import model as M
 from core.curate.propagate import propagate
 from core.curate.registry import Context, candidates, register
 
@@ -16,7 +15,7 @@ def teacher_labels(ctx: Context, emb: np.ndarray, probs: np.ndarray) -> np.ndarr
     if ctx.cfg.teacher == "model" or ctx.seed.empty:
         return probs.argmax(1)
     index = {name: i for i, name in enumerate(ctx.loaded.labels)}
-    seed_emb = M.embed_texts(ctx.loaded.tokenizer, ctx.loaded.model, ctx.seed["text"].tolist(), ctx.loaded.max_length)
+    seed_emb, _ = ctx.encode(ctx.seed["text"].tolist())  # remembered: verification embeds the seed too
     scores = propagate(seed_emb, ctx.seed["label"].map(index).to_numpy(), emb, len(ctx.loaded.labels),
                        ctx.cfg.knn_k, ctx.cfg.propagation_alpha, prior=probs,
                        prior_weight=ctx.cfg.propagation_prior_weight)
@@ -29,8 +28,7 @@ def self_label(ctx: Context):
         ctx.notes["self_label"] = "no unlabeled traffic"
         return candidates("self_label", [])
     texts = ctx.pool["text"].tolist()
-    emb, probs = M.embed_and_proba(ctx.loaded, texts)
-    ctx.remember(texts, emb, probs)
+    emb, probs = ctx.encode(texts)  # remembered, so verification does not encode the traffic again
     labels = np.asarray(ctx.loaded.labels, dtype=object)[teacher_labels(ctx, emb, probs)]
     return candidates("self_label", [{"parent_id": int(i), "text": t, "label": l}
                                      for i, t, l in zip(ctx.pool["id"], texts, labels)])

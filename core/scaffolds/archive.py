@@ -27,8 +27,13 @@ def get(store: Store, scaffold_id: str) -> dict:
     return S.parse(row["spec"])
 
 
+def production_id(store: Store) -> str:
+    """Id of the production scaffold: the default built-in until one is adopted."""
+    return store.production_scaffold() or S.DEFAULT
+
+
 def production(store: Store) -> tuple[str, dict]:
-    """(id, spec) of the production scaffold: the default built-in until one is adopted. Reading never
-    writes (a built-in's id is its name, stored or not), so a server can call it per request."""
-    scaffold_id = store.production_scaffold() or S.DEFAULT
+    """(id, spec) of the production scaffold. Reading never writes (a built-in's id is its name, stored or
+    not), so a server can call it per request."""
+    scaffold_id = production_id(store)
     return scaffold_id, get(store, scaffold_id)

@@ -10,7 +10,6 @@ import torch
 
 from core import model as M, registry, scaffolds
 from core.scaffolds import archive
-from core.scaffolds.spec import DEFAULT
 from core.serve.swap import HotSwap, Keys
 from core.workspace import Workspace
 
@@ -28,7 +27,7 @@ class Serving:
 def watched_keys(ws: Workspace) -> dict[str, Callable[[], str | None]]:
     """The store keys whose change means a new Serving: the production alias and the production scaffold."""
     return {"model": lambda: ws.store.alias("production"),
-            "scaffold": lambda: ws.store.production_scaffold() or DEFAULT}
+            "scaffold": lambda: archive.production_id(ws.store)}
 
 
 class Predictor:
@@ -61,9 +60,6 @@ class Predictor:
     @property
     def serving(self) -> Serving:
         return self.swap.current
-
-    def labels(self) -> list[str]:
-        return self.serving.loaded.labels
 
     def _run(self, serving: Serving, texts: list[str]) -> list[dict]:
         if self.threads and not getattr(self._local, "threads_set", False):
