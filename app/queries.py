@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import audit
+from core import audit, stats
 from core.workspace import Workspace, open_workspace
 
 TTL_S = 2.0
@@ -99,9 +99,14 @@ def cycle(ws: str, cycle_id: int) -> dict | None:
 
 @_cached
 def evaluations(ws: str) -> pd.DataFrame:
-    """Held-out accuracy of every evaluated version, oldest first."""
+    """Every evaluated version's gate estimate (accuracy on the untouched gate rows) with its 95% interval,
+    oldest first."""
     frame = _store(ws).evaluations()
-    return frame[frame["split"] == "heldout"].reset_index(drop=True)
+    frame = frame[frame["split"] == "gate"].reset_index(drop=True)
+    estimates = [stats.stored_estimate(row) for row in frame[["accuracy", "n"]].to_dict("records")]
+    frame["ci_low"] = [e["ci_low"] if e else None for e in estimates]
+    frame["ci_high"] = [e["ci_high"] if e else None for e in estimates]
+    return frame
 
 
 @_cached
@@ -115,7 +120,7 @@ def versions(ws: str) -> pd.DataFrame:
     store = _store(ws)
     frame = store.versions()
     columns = ["version", "num", "created_at", "cycle_id", "parent_version", "train_rows", "rows_by_source",
-               "best_val_acc", "steps", "heldout_accuracy", "base_model"]
+               "best_val_acc", "steps", "gate_accuracy", "base_model"]
     if frame.empty:
         return pd.DataFrame(columns=columns)
     lineage = frame["lineage"].map(json.loads)
@@ -124,8 +129,8 @@ def versions(ws: str) -> pd.DataFrame:
         rows_by_source=lineage.map(lambda d: json.dumps(d.get("rows_by_source", {}), sort_keys=True)),
         best_val_acc=lineage.map(lambda d: d.get("best_val_acc")),
         steps=lineage.map(lambda d: d.get("steps")))
-    accuracy = store.evaluations().query("split == 'heldout'").set_index("version")["accuracy"]
-    frame["heldout_accuracy"] = frame["version"].map(accuracy)
+    accuracy = store.evaluations().query("split == 'gate'").set_index("version")["accuracy"]
+    frame["gate_accuracy"] = frame["version"].map(accuracy)
     return frame[columns]
 
 

@@ -9,8 +9,10 @@ the traffic is the unlabeled pool (text only).
     python bench/banking77.py --cycles 1
     python bench/banking77.py --cycles 3 --set train.epochs=2 --json-out bench/out/run.json --keep
 
-Per cycle it prints the production model's development-test accuracy, the candidate's held-out accuracy,
-samples generated/kept per generator, the wall time of each stage and of the cycle, and peak memory.
+Per cycle it prints the production model's development-test accuracy, the gate's estimate of the
+candidate's accuracy with its 95% interval next to the candidate's development-test accuracy (the truth
+the estimate is judged by, and whether the interval covers it), samples generated/kept per generator,
+the wall time of each stage and of the cycle, and peak memory.
 """
 from __future__ import annotations
 
@@ -142,11 +144,18 @@ class DevScorer:
 
 
 def cycle_record(ws, index: int, outcome, seconds: float, production: str | None, scorer: "DevScorer") -> dict:
+    from core import stats
+
     store = ws.store
     cyc = store.cycle(outcome.cycle_id)
     candidate = cyc.get("candidate_version")
-    evals = store.evaluations()
-    held = evals.loc[evals["version"] == candidate, "accuracy"]
+    gate_est = None
+    if candidate:
+        gate = store.gate_for(outcome.cycle_id, "promotion")
+        est = (gate or {}).get("checks", {}).get("candidate")
+        if not isinstance(est, dict):  # rejected before the promotion gate: its estimate is stored all the same
+            est = stats.stored_estimate(store.evaluation(candidate, "gate"))
+        gate_est = est
     runs = store.stage_runs(outcome.cycle_id)
     seen = [str(s) for s in runs["stage"]]
     stage_s = {s: float(runs.loc[runs["stage"] == s, "seconds"].sum()) if s in seen else None
@@ -161,15 +170,23 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
     gates = gates[gates["cycle_id"] == outcome.cycle_id]
     gate_list = [{"kind": g["kind"], "status": g["status"], "by": g["decided_by"], "comment": g["comment"],
                   "reasons": json.loads(g["checks"]).get("reasons")} for g in gates.to_dict("records")]
+    from core.cycle import cycle_rejection
+
+    diagnosis = store.diagnoses(outcome.cycle_id)
+    lessons_applied = [f"{r.subject}: {r.action}" for r in diagnosis.itertuples() if r.kind == "gate_rejection"] \
+        if len(diagnosis) else []
     dev_acc, dev_s = scorer(production)
     cand_dev, cand_s = scorer(candidate)  # also for a rejected candidate: was the gate right?
     own, kids = rss_mb()
     return {
         "cycle": index, "cycle_id": int(outcome.cycle_id), "kind": cyc["kind"], "status": outcome.status,
         "parent": cyc.get("parent_version"), "candidate": candidate, "production": production,
-        "dev_acc": dev_acc, "candidate_dev_acc": cand_dev, "heldout_acc": float(held.iloc[0]) if len(held) else None,
+        "dev_acc": dev_acc, "candidate_dev_acc": cand_dev,
+        "gate_estimate": gate_est, "gate_covers_truth": None if gate_est is None or cand_dev is None
+        else bool(gate_est["ci_low"] <= cand_dev <= gate_est["ci_high"]),
         "samples": per_gen, "stage_s": stage_s, "cycle_s": seconds, "dev_scoring_s": dev_s + cand_s,
-        "gates": gate_list,
+        "gates": gate_list, "lessons_applied": lessons_applied,
+        "rejection_keys": sorted({f["key"] for f in cycle_rejection(store, int(outcome.cycle_id))}),
         "peak_rss_mb": {"self": round(own, 1), "children": round(kids, 1)},
     }
 
@@ -183,8 +200,17 @@ def _sec(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _ci(est: dict | None) -> str:
+    return "-" if not est else f"{100 * est['ci_low']:.1f}-{100 * est['ci_high']:.1f}%"
+
+
+def _yes(flag: bool | None) -> str:
+    return "-" if flag is None else ("yes" if flag else "NO")
+
+
 # stage columns are wall seconds; rss_* are peak resident memory so far in MB
-COLS = [("cyc", 3), ("id", 3), ("kind", 8), ("status", 8), ("prod", 5), ("dev_acc", 7), ("heldout", 7), ("cand_dev", 8),
+COLS = [("cyc", 3), ("id", 3), ("kind", 8), ("status", 8), ("prod", 5), ("dev_acc", 7), ("gate_est", 8),
+        ("gate_95%_ci", 15), ("cand_dev", 8), ("in_ci", 5),
         *[(s, 8) for s in STAGES], ("cycle_s", 8), ("rss_self", 8), ("rss_kids", 8), ("samples gen/kept", 0)]
 
 
@@ -198,8 +224,10 @@ def row_line(r: dict) -> str:
     extra = [f"{s} {_sec(v)}s" for s, v in r["stage_s"].items() if s not in STAGES]
     if extra:
         samples += f"  [other stages: {', '.join(extra)}]"
+    est = r["gate_estimate"]
     cells = [str(r["cycle"]), str(r["cycle_id"]), r["kind"], r["status"], r["production"] or "-",
-             _pct(r["dev_acc"]), _pct(r["heldout_acc"]), _pct(r["candidate_dev_acc"]), *[_sec(r["stage_s"][s]) for s in STAGES],
+             _pct(r["dev_acc"]), _pct(est and est["accuracy"]), _ci(est), _pct(r["candidate_dev_acc"]),
+             _yes(r["gate_covers_truth"]), *[_sec(r["stage_s"][s]) for s in STAGES],
              _sec(r["cycle_s"]), f"{r['peak_rss_mb']['self']:.0f}", f"{r['peak_rss_mb']['children']:.0f}", samples]
     return "  ".join(f"{c:<{w}}" if i in (2, 3, 4) or w == 0 else f"{c:>{w}}"
                      for i, (c, (_, w)) in enumerate(zip(cells, COLS)))
@@ -214,14 +242,23 @@ def print_summary(rows: list[dict], meta: dict) -> None:
           f"{meta['machine']['torch_threads']} torch threads")
     base = rows[0]["dev_acc"] if rows else None
     print()
-    print(f"{'cyc':>3}  {'kind':<8}  {'status':<8}  {'cand':<5}  {'heldout':>7}  {'cand_dev':>8}  {'prod':<5}  {'dev_acc':>7}  "
-          f"{'vs base':>8}  {'kept':>6}  {'train_s':>8}  {'cycle_s':>8}")
+    print(f"{'cyc':>3}  {'kind':<8}  {'status':<8}  {'cand':<5}  {'gate_est':>8}  {'gate_95%_ci':>15}  {'cand_dev':>8}  "
+          f"{'in_ci':>5}  {'prod':<5}  {'dev_acc':>7}  {'vs base':>8}  {'kept':>6}  {'train_s':>8}  {'cycle_s':>8}")
     for r in rows:
         kept = sum(v["kept"] for v in r["samples"].values()) if r["samples"] else None
         delta = "-" if base is None or r["dev_acc"] is None else f"{100 * (r['dev_acc'] - base):+.2f}pp"
+        est = r["gate_estimate"]
         print(f"{r['cycle']:>3}  {r['kind']:<8}  {r['status']:<8}  {r['candidate'] or '-':<5}  "
-              f"{_pct(r['heldout_acc']):>7}  {_pct(r['candidate_dev_acc']):>8}  {r['production'] or '-':<5}  {_pct(r['dev_acc']):>7}  {delta:>8}  "
+              f"{_pct(est and est['accuracy']):>8}  {_ci(est):>15}  {_pct(r['candidate_dev_acc']):>8}  "
+              f"{_yes(r['gate_covers_truth']):>5}  {r['production'] or '-':<5}  {_pct(r['dev_acc']):>7}  {delta:>8}  "
               f"{'-' if kept is None else f'{kept:,}':>6}  {_sec(r['stage_s']['train']):>8}  {_sec(r['cycle_s']):>8}")
+    rejected = [r for r in rows if r["status"] == "rejected"]
+    repeats = sum(bool(set(a["rejection_keys"]) & set(b["rejection_keys"])) for a, b in zip(rows, rows[1:]))
+    print(f"rejections: {len(rejected)}; the same reason rejected two cycles in a row {repeats} time(s)")
+    covered = [r["gate_covers_truth"] for r in rows if r["gate_covers_truth"] is not None]
+    if covered:
+        print(f"gate estimate's 95% interval covers the candidate's dev-test accuracy in {sum(covered)} of "
+              f"{len(covered)} cycles")
     final = rows[-1]["dev_acc"] if rows else None
     print()
     print(f"final production {rows[-1]['production'] if rows else '-'}: dev-test accuracy {_pct(final)}")
@@ -347,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(header(), flush=True)
                         printed_header = True
                     print(row_line(record), flush=True)
+                    for lesson in record["lessons_applied"]:
+                        print(f"      lesson from a rejection, carried out: {lesson}", flush=True)
                     for g in record["gates"]:
                         if g["status"] == "rejected":
                             print(f"      {g['kind']} gate rejected by {g['by']}: {g['comment']}", flush=True)

@@ -62,9 +62,14 @@ def cmd_resume(args) -> int:
 def status_dict(ws) -> dict:
     from core.scaffolds.archive import production as production_scaffold
 
+    from core import stats
+
     store = ws.store
     cycles = store.cycles()
-    evals = store.evaluations().set_index("version")["accuracy"].to_dict() if len(store.versions()) else {}
+    evals = {}
+    if len(store.versions()):
+        frame = store.evaluations()
+        evals = {r["version"]: stats.stored_estimate(r) for r in frame[frame["split"] == "gate"].to_dict("records")}
     return {
         "workspace": str(ws.root),
         "production": store.alias("production"),
@@ -73,11 +78,15 @@ def status_dict(ws) -> dict:
         "labels": len(store.labels()),
         "cycles": [{"id": int(r.id), "kind": r.kind, "stage": r.stage, "status": r.status,
                     "parent": r.parent_version, "candidate": r.candidate_version,
-                    "candidate_accuracy": evals.get(r.candidate_version),
+                    "candidate_gate_estimate": evals.get(r.candidate_version),
                     "error": r.error} for r in cycles.itertuples()],
         "pending_gates": [int(g) for g in store.gates("pending")["id"]],
         "versions": {v: evals.get(v) for v in store.versions()["version"]},
     }
+
+
+def _estimate(est: dict) -> str:
+    return f"{est['accuracy']:.4f} (95% CI {est['ci_low']:.4f}-{est['ci_high']:.4f}, {est['n']} gate rows)"
 
 
 def cmd_status(args) -> int:
@@ -87,14 +96,15 @@ def cmd_status(args) -> int:
         return 0
     print(f"workspace   {info['workspace']}")
     prod = info["production"]
-    print(f"production  {prod or '-'}" + (f"  (held-out accuracy {info['versions'].get(prod):.4f})"
-                                           if prod and info["versions"].get(prod) is not None else ""))
+    est = info["versions"].get(prod) if prod else None
+    print(f"production  {prod or '-'}" + (f"  (gate estimate {_estimate(est)})" if est else ""))
     print(f"scaffold    {info['production_scaffold']}")
     print(f"candidate   {info['candidate'] or '-'}")
     for c in info["cycles"]:
-        acc = f"{c['candidate_accuracy']:.4f}" if c["candidate_accuracy"] is not None else "-"
+        est = c["candidate_gate_estimate"]
         print(f"cycle {c['id']:>3}  {c['kind']:<8} {c['status']:<8} stage={c['stage']:<8} "
-              f"candidate={c['candidate'] or '-':<5} acc={acc}" + (f"  error: {c['error']}" if c["error"] else ""))
+              f"candidate={c['candidate'] or '-':<5} gate={_estimate(est) if est else '-'}"
+              + (f"  error: {c['error']}" if c["error"] else ""))
     if info["pending_gates"]:
         print(f"pending gates: {', '.join(map(str, info['pending_gates']))} "
               f"(python -m core gates --workspace {info['workspace']})")
@@ -115,6 +125,9 @@ def cmd_gates(args) -> int:
         checks = g["checks"]
         print(f"gate {g['id']}  cycle {g['cycle_id']}  {g['kind']:<10} {g['status']:<8} policy={g['policy']}"
               + (f"  by {g['decided_by']}" if g["decided_by"] else ""))
+        if g["kind"] == "promotion" and isinstance(checks.get("candidate"), dict):
+            print("    " + "; ".join(f"{name} {_estimate(checks[name])}" for name in ("candidate", "production")
+                                     if checks.get(name)))
         print(f"    {'; '.join(checks.get('reasons', []))}")
     return 0
 

@@ -22,6 +22,12 @@ class DataConfig(_Section):
     max_text_chars: int = Field(10_000, gt=0)
     max_file_bytes: int = Field(500_000_000, gt=0)
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    # Share of each class's held-out rows that selection may use (checkpoint choice, early stopping,
+    # diagnosis, scaffold search); the rest grades the gates and nothing else. Drawn once at init and
+    # stored, so every cycle's gate reads the same untouched rows.
+    # 0.25 leaves 4 of 5 rows a class to the gate: the forgetting test needs 3 broken answers of one class to
+    # stand out at all among 150 classes, so the gate part gets the larger share.
+    selection_fraction: float = Field(0.25, gt=0, lt=1)
     seed: int = 0
 
 
@@ -135,18 +141,23 @@ class GateConfig(_Section):
     timeout_hours: float = Field(72.0, gt=0)
     # auto_under_thresholds, promotion and scaffold_adoption: automatic only when the gain is at least this.
     auto_min_gain: float = 0.01
-    # auto_under_thresholds, data_review: automatic only for at most this many kept samples whose
-    # mean verifier confidence is at least auto_min_confidence.
+    # auto_under_thresholds, data_review: automatic only for at most this many kept samples.
     auto_max_samples: int = Field(50_000, ge=0)
-    auto_min_confidence: float = Field(0.5, ge=0, le=1)
+    # data_review checks: what can be wrong with a kept set. Estimated label noise: the share of kept
+    # samples whose label the independent view (the labeled examples' kNN vote) does not rank first.
+    max_label_noise: float = Field(0.35, ge=0, le=1)
+    # Total-variation distance between the kept set's class mix and the labeled seed's.
+    max_class_shift: float = Field(0.5, ge=0, le=1)
+    # The share of the kept set written by one generator (generators that label real traffic excepted).
+    max_generator_share: float = Field(0.8, ge=0, le=1)
 
 
 class GatesConfig(_Section):
     min_gain: float = Field(0.0, ge=-1, le=1)
     max_recall_drop: float = Field(0.10, ge=0, le=1)
-    # A class counts as forgotten only when it also loses at least this many held-out examples: with
-    # five examples a class, one flip is a 0.2 recall drop and mostly noise.
-    forgetting_min_examples: int = Field(2, ge=1)
+    # The forgetting guard's significance: a class is forgotten only when its broken answers stand out at
+    # this family-wise level across all the classes (Holm), and its recall also drops by max_recall_drop.
+    forgetting_alpha: float = Field(0.05, gt=0, lt=0.5)
     data_review: GateConfig = GateConfig(policy="auto_under_thresholds")
     promotion: GateConfig = GateConfig(policy="human")
     drift_review: GateConfig = GateConfig(policy="human")
@@ -240,6 +251,21 @@ class ConfigError(ValueError):
     pass
 
 
+# Keys earlier versions wrote that no longer mean anything: dropped on load, so old workspaces still open.
+RETIRED = {("gates", "forgetting_min_examples"), ("gates", "*", "auto_min_confidence")}
+
+
+def _drop_retired(raw: dict) -> dict:
+    for path in RETIRED:
+        nodes = [raw]
+        for part in path[:-1]:
+            nodes = [child for node in nodes for key, child in node.items()
+                     if isinstance(child, dict) and part in ("*", key)]
+        for node in nodes:
+            node.pop(path[-1], None)
+    return raw
+
+
 def describe(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
@@ -250,7 +276,7 @@ def describe(err: ValidationError) -> str:
 
 def parse_config(raw: dict) -> Config:
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(_drop_retired(raw))
     except ValidationError as err:
         raise ConfigError(describe(err)) from None
 

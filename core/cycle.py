@@ -18,11 +18,11 @@ from typing import Callable
 
 import pandas as pd
 
-from core import curate, diagnose, drift, gates, model as M, registry
+from core import curate, diagnose, drift, gates, lessons, model as M, registry, stats
 from core.scaffolds import stages as scaffold_stages
-from core.evaluate import evaluate
+from core.evaluate import evaluate_parts
 from core.faults import crash_point
-from core.store import StoreConflict, utcnow
+from core.store import HELDOUT_PARTS, StoreConflict, utcnow
 from core.train import TrainSpec, train
 from core.workspace import Workspace, audit_config, engine_lock
 
@@ -52,14 +52,36 @@ def _peak_rss_mb() -> float:
     return max(own, children) / 1024.0
 
 
-def ensure_evaluated(ws: Workspace, version: str, progress: bool = False) -> dict:
+def heldout_parts(store) -> dict:
+    return {part: store.heldout(part) for part in HELDOUT_PARTS}
+
+
+def ensure_evaluated(ws: Workspace, version: str, progress: bool = False) -> None:
+    """The version's results on both parts of the held-out set, computed once and stored."""
     store = ws.store
-    found = store.evaluation(version)
-    if found is None:
-        held = store.examples("heldout")
-        results, acc, per_class = evaluate(registry.load(ws, version), held, progress=progress)
-        store.save_evaluation(version, "heldout", results, acc, per_class)
-        found = store.evaluation(version)
+    if all(store.evaluation(version, part) is not None for part in HELDOUT_PARTS):
+        return
+    store.save_evaluation(version, evaluate_parts(registry.load(ws, version), heldout_parts(store), progress))
+
+
+def rejection_findings(store, version: str, before_cycle: int | None) -> list[dict]:
+    """What the gates that rejected earlier candidates of this production version said (core.lessons)."""
+    cycles = store.cycles()
+    rejected = cycles[(cycles["status"] == "rejected") & (cycles["parent_version"] == version)
+                      & (cycles["kind"] == "evolve")]
+    if before_cycle:
+        rejected = rejected[rejected["id"] < before_cycle]
+    return [f for cid in rejected["id"] for f in cycle_rejection(store, int(cid))]
+
+
+def cycle_rejection(store, cycle_id: int) -> list[dict]:
+    """The findings one cycle's rejected gates teach (none when no gate of it rejected)."""
+    found: list[dict] = []
+    for kind in ("data_review", "drift_review", "promotion"):
+        gate = store.gate_for(cycle_id, kind)
+        if gate is not None and gate["status"] == "rejected":
+            report = (store.drift_report(cycle_id) or {}).get("report") if kind == "drift_review" else None
+            found += lessons.from_rejection(cycle_id, gate, report)
     return found
 
 
@@ -70,9 +92,11 @@ def run_diagnosis(ws: Workspace, cycle_id: int, version: str, next_stage: str | 
     store, cfg = ws.store, ws.config()
     ensure_evaluated(ws, version, progress)
     _, previous = store.latest_diagnosis(before_cycle=cycle_id if cycle_id else None)
-    found = diagnose.diagnose(registry.load(ws, version), store.eval_results(version), cfg.diagnose,
+    # The selection part only: the gate part stays untouched for the gates.
+    found = diagnose.diagnose(registry.load(ws, version), store.eval_results(version, "selection"), cfg.diagnose,
                               cfg.model.lora_layers, diagnose.finding_keys(previous),
-                              feedback=store.production_feedback(version))
+                              feedback=store.production_feedback(version),
+                              rejections=rejection_findings(store, version, cycle_id or None))
     store.save_diagnosis(cycle_id, found["findings"], next_stage, found["attributions"], found["internals"], version)
     return found
 
@@ -94,7 +118,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
     context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=store.examples("seed"),
                              pool=store.unlabeled_pool(), pairs=pairs,
                              favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
-                             seed_value=cycle["id"])
+                             seed_value=cycle["id"], remedy=lessons.remedy(findings))
     samples, report = curate.curate(context, store.examples("heldout"), store.reviewed_samples(cycle["id"]),
                                     ctx["progress"])
     store.save_samples(cycle["id"], samples, "data_review")
@@ -109,14 +133,18 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
     seed = store.examples("seed")[["text", "label"]].assign(source="seed")
     if cycle["kind"] == "baseline":
         return seed
+    remedy = lessons.remedy(store.diagnoses(cycle["id"]))
     samples = store.samples(cycle["id"])
     # Human approvals and relabels count as kept; a human rejection is never trained on.
     kept = samples[samples["status"].isin(["kept", "approved"])][["text", "label"]].assign(source="synthetic")
     # People's corrections of production predictions are labeled data, and their label wins over a
-    # synthetic one for the same text.
+    # synthetic one for the same text; but no verifier saw them, so a rejection's held-back classes wait.
     feedback = store.production_feedback().drop_duplicates("text", keep="last")[["text", "label"]]
     kept = kept[~kept["text"].isin(feedback["text"])]
-    parts = [seed, kept] + ([feedback.assign(source="feedback")] if len(feedback) else [])
+    feedback = feedback[~feedback["label"].isin(remedy.hold_back)]
+    # A class a rejected candidate forgot has its seed replayed more, so the next one holds on to it.
+    extra = [seed[seed["label"].isin(remedy.upweight)]] * (lessons.SEED_REPLAY - 1) if remedy.upweight else []
+    parts = [seed, *extra, kept] + ([feedback.assign(source="feedback")] if len(feedback) else [])
     return pd.concat(parts, ignore_index=True)  # the seed is replayed in every retraining
 
 
@@ -145,7 +173,8 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
         data = _training_data(ws, cycle)
         model_cfg, lora_reason = _model_config_for(ws, cycle)
         data.to_parquet(run_dir / "train.parquet")
-        store.examples("heldout")[["text", "label"]].to_parquet(run_dir / "eval.parquet")
+        # Checkpoint choice and early stopping see the selection part only; the gate part stays untouched.
+        store.heldout("selection")[["text", "label"]].to_parquet(run_dir / "eval.parquet")
         spec = TrainSpec(run_id=f"cycle_{cycle['id']}", labels=store.labels(), model=model_cfg,
                          train=cfg.train.model_dump(), train_file=str(run_dir / "train.parquet"),
                          eval_file=str(run_dir / "eval.parquet"), checkpoint_dir=str(run_dir / "checkpoints"),
@@ -177,11 +206,14 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
 def stage_evaluate(ws: Workspace, cycle: dict, ctx: dict) -> None:
     store = ws.store
     version = cycle["candidate_version"]
-    results, acc, per_class = evaluate(registry.load(ws, version), store.examples("heldout"), ctx["progress"])
+    scored = evaluate_parts(registry.load(ws, version), heldout_parts(store), ctx["progress"])
     # A baseline has nothing to drift from.
     next_stage = "drift" if cycle["parent_version"] else "gate"
-    store.save_evaluation(version, "heldout", results, acc, per_class, cycle_id=cycle["id"], next_stage=next_stage)
-    _say(ctx["progress"], f"  evaluate: {version} held-out accuracy {acc:.4f}")
+    store.save_evaluation(version, scored, cycle_id=cycle["id"], next_stage=next_stage)
+    gate = stats.estimate(scored["gate"][0]["correct"]) if "gate" in scored else None
+    if gate:
+        _say(ctx["progress"], f"  evaluate: {version} gate estimate {gate['accuracy']:.4f} (95% CI "
+                              f"{gate['ci_low']:.4f}-{gate['ci_high']:.4f}, {gate['n']} untouched rows)")
 
 
 def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, next_stage: str,
@@ -213,11 +245,10 @@ def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, 
 
 
 def stage_data_review(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
-    samples = ws.store.samples(cycle["id"])
-    kept = samples[samples["status"].isin(["kept", "approved"])]
-    checks = gates.data_review_checks(ws.config().gates.data_review, len(kept), len(samples),
-                                      float(kept["confidence"].mean()) if len(kept) else None)
-    return _gate_stage(ws, cycle, ctx, "data_review", checks, "train")
+    store = ws.store
+    checks = gates.data_review_checks(ws.config().gates.data_review, store.samples(cycle["id"]),
+                                      store.examples("seed")["label"])
+    return _gate_stage(ws, cycle, ctx, "data_review", checks, "train", hard=False)
 
 
 def stage_drift(ws: Workspace, cycle: dict, ctx: dict) -> None:
@@ -225,7 +256,7 @@ def stage_drift(ws: Workspace, cycle: dict, ctx: dict) -> None:
     pool = store.unlabeled_pool()  # production traffic last, so the tail is the most recent
     reference = pool["text"].tail(cfg.drift.reference_size).tolist() if cfg.drift.reference_size else []
     report = drift.compare(registry.load(ws, cycle["parent_version"]), registry.load(ws, cycle["candidate_version"]),
-                           store.examples("heldout"), reference, store.guardrails(), cfg.drift)
+                           store.heldout("gate"), reference, store.guardrails(), cfg.drift)
     passed = report["verdict"] == "pass"
     store.save_drift(cycle["id"], cycle["candidate_version"], cycle["parent_version"], passed, report,
                      "gate" if passed else "drift_review")
@@ -240,8 +271,11 @@ def stage_drift_review(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
 
 def stage_gate(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
     store, cfg = ws.store, ws.config()
-    candidate = store.evaluation(cycle["candidate_version"])
-    production = store.evaluation(cycle["parent_version"]) if cycle["parent_version"] else None
+    candidate = store.eval_results(cycle["candidate_version"], "gate")
+    production = None
+    if cycle["parent_version"]:
+        ensure_evaluated(ws, cycle["parent_version"])  # a version from before the held-out set had parts
+        production = store.eval_results(cycle["parent_version"], "gate")
     checks = gates.promotion_checks(cfg.gates, candidate, production)
     return _gate_stage(ws, cycle, ctx, "promotion", checks, "promote")
 

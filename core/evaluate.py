@@ -27,6 +27,14 @@ def score(examples: pd.DataFrame, probs: np.ndarray, labels: list[str]) -> tuple
     return results, accuracy, per_class
 
 
-def evaluate(loaded: M.Loaded, examples: pd.DataFrame, progress: bool = False):
-    probs = M.predict_proba(loaded, examples["text"].tolist(), progress=progress)
-    return score(examples, probs, loaded.labels)
+def evaluate_parts(loaded: M.Loaded, parts: dict[str, pd.DataFrame], progress: bool = False) -> dict:
+    """One prediction pass over every part, each scored on its own: {part: (results, accuracy, per_class)}."""
+    names = [name for name in parts if len(parts[name])]
+    texts = [t for name in names for t in parts[name]["text"].tolist()]
+    probs = M.predict_proba(loaded, texts, progress=progress) if texts else np.zeros((0, len(loaded.labels)))
+    out, start = {}, 0
+    for name in names:
+        end = start + len(parts[name])
+        out[name] = score(parts[name], probs[start:end], loaded.labels)
+        start = end
+    return out

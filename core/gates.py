@@ -1,58 +1,122 @@
 """Oversight gates: the checks a candidate must pass, and who may decide what under each policy."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
+import pandas as pd
+
+from core import stats
 from core.config import GateConfig, GatesConfig
 from core.store import Store, StoreConflict, utcnow
 
 AUTO_ACTOR = "auto"
 AUTO_APPROVE_ACTOR = "auto-approve"
+# Sources that label real traffic (or a person's approval) rather than write text: a kept set made mostly
+# of them is normal, so the data_review gate's one-generator share leaves them out.
+TRAFFIC_LABELERS = frozenset({"self_label", "human_review"})
 
 
-def promotion_checks(cfg: GatesConfig, candidate: dict, production: dict | None) -> dict:
-    """candidate/production: evaluations with accuracy and per_class. Passing is necessary, never sufficient."""
-    checks = {"candidate_accuracy": candidate["accuracy"], "min_gain": cfg.min_gain,
-              "max_recall_drop": cfg.max_recall_drop, "forgetting_min_examples": cfg.forgetting_min_examples,
-              "reasons": []}
+def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.DataFrame | None) -> dict:
+    """candidate/production: per-row results on the gate part of the held-out set (example_id, label,
+    predicted, correct), rows nothing else in the cycle used. Passing is necessary, never sufficient."""
+    cand = stats.estimate(candidate["correct"].astype(bool))
+    checks = {"rows": "gate", "n": cand["n"], "candidate": cand, "candidate_accuracy": cand["accuracy"],
+              "min_gain": cfg.min_gain, "max_recall_drop": cfg.max_recall_drop,
+              "forgetting_alpha": cfg.forgetting_alpha, "reasons": []}
     if production is None:
-        checks.update(production_accuracy=None, gain=None, worst_recall_drop=None, passed=True,
+        checks.update(production=None, production_accuracy=None, gain=None, forgetting=None, passed=True,
                       within_thresholds=True)
         checks["reasons"].append("no production model yet: this is the baseline")
         return checks
-    gain = candidate["accuracy"] - production["accuracy"]
-    worst_label, worst_drop, forgotten = None, 0.0, []
-    for label, prod in production["per_class"].items():
-        cand = candidate["per_class"].get(label, {})
-        if prod.get("recall") is None or cand.get("recall") is None:
-            continue
-        drop = prod["recall"] - cand["recall"]
-        if drop > worst_drop:
-            worst_label, worst_drop = label, drop
-        lost = round(drop * (prod.get("support") or 0))
-        if drop > cfg.max_recall_drop and lost >= cfg.forgetting_min_examples:
-            forgotten.append(f"'{label}' -{drop:.3f} ({lost} examples)")
-    checks.update(production_accuracy=production["accuracy"], gain=gain,
-                  worst_recall_drop={"label": worst_label, "drop": worst_drop}, forgotten=forgotten,
-                  within_thresholds=gain >= cfg.promotion.auto_min_gain)
-    if not gain > cfg.min_gain:
-        checks["reasons"].append(f"accuracy gain {gain:+.4f} does not beat the margin {cfg.min_gain:+.4f}")
-    if forgotten:
-        checks["reasons"].append(f"forgetting guard: recall drops by more than {cfg.max_recall_drop:.3f} in "
-                                 + ", ".join(forgotten))
+    paired = production.merge(candidate, on="example_id", suffixes=("_prod", "_cand"))
+    if len(paired) != len(candidate):
+        raise ValueError("production and candidate were not scored on the same gate rows")
+    prod = stats.estimate(paired["correct_prod"].astype(bool))
+    gain = stats.paired_gain(paired["correct_prod"].astype(bool), paired["correct_cand"].astype(bool))
+    forgetting = stats.forgetting_test(paired["label_cand"], paired["predicted_prod"], paired["predicted_cand"],
+                                       cfg.forgetting_alpha, cfg.max_recall_drop)
+    checks.update(production=prod, production_accuracy=prod["accuracy"], gain=gain["gain"], gain_detail=gain,
+                  forgetting=forgetting, within_thresholds=gain["gain"] >= cfg.promotion.auto_min_gain)
+    if not gain["gain"] > cfg.min_gain:
+        checks["reasons"].append(f"accuracy gain {gain['gain']:+.4f} (95% CI {gain['ci_low']:+.4f} to "
+                                 f"{gain['ci_high']:+.4f}) does not beat the margin {cfg.min_gain:+.4f}")
+    for row in forgetting["flagged"]:
+        checks["reasons"].append("forgetting guard: " + describe_forgotten(row, forgetting))
     checks["passed"] = not checks["reasons"]
     if checks["passed"]:
-        checks["reasons"].append(f"accuracy {gain:+.4f}; worst class recall drop {worst_drop:.3f}")
+        closest = forgetting["closest"][0] if forgetting["closest"] else None
+        checks["reasons"].append(
+            f"accuracy {gain['gain']:+.4f} (95% CI {gain['ci_low']:+.4f} to {gain['ci_high']:+.4f}, "
+            f"{gain['fixed']} fixed / {gain['broken']} broken of {gain['n']} gate rows); no class forgotten"
+            + (f" (closest: '{closest['label']}', adjusted p={closest['p_adjusted']:.3f})" if closest else ""))
     return checks
 
 
-def data_review_checks(gate: GateConfig, kept: int, generated: int, mean_confidence: float | None) -> dict:
-    within = kept <= gate.auto_max_samples and (mean_confidence or 0.0) >= gate.auto_min_confidence
-    return {"passed": True, "kept": kept, "generated": generated, "mean_confidence": mean_confidence,
-            "within_thresholds": within,
-            "reasons": [f"generated {generated:,}, kept {kept:,}"
-                        + (f" (mean confidence {mean_confidence:.3f})" if mean_confidence is not None else "")]}
+def describe_forgotten(row: dict, forgetting: dict) -> str:
+    to = ", ".join(f"'{k}' x{v}" for k, v in row["flipped_to"].items())
+    rest_broken = forgetting["broken"] - row["broken"]
+    rest_right = forgetting["production_right"] - row["production_right"]
+    return (f"'{row['label']}' recall {row['recall_production']:.2f} -> {row['recall_candidate']:.2f} on "
+            f"{row['n']} gate rows: {row['broken']} of its {row['production_right']} correct answers broken "
+            f"(to {to}) against {rest_broken} of {rest_right} in the other classes; Holm-adjusted "
+            f"p={row['p_adjusted']:.4f} < {forgetting['alpha']:g}")
+
+
+def data_review_checks(gate: GateConfig, samples: pd.DataFrame, seed_labels: pd.Series) -> dict:
+    """What can be wrong with a kept set, each against its limit: estimated label noise (the independent
+    kNN view does not rank the label first), a class mix far from the seed's, one generator's flood.
+    People's approvals count as kept but not as noise: a person already looked."""
+    status = samples["status"] if len(samples) else pd.Series(dtype=str)
+    kept = samples[status.isin(["kept", "approved"])]
+    checks = {"kept": int(len(kept)), "generated": int(len(samples)), "max_samples": gate.auto_max_samples,
+              "max_label_noise": gate.max_label_noise, "max_class_shift": gate.max_class_shift,
+              "max_generator_share": gate.max_generator_share, "label_noise": None, "class_shift": None,
+              "generator_shares": {}, "reasons": []}
+    problems = []
+    verified = kept[kept["status"] == "kept"]
+    top = [json.loads(s).get("knn_top") for s in verified["scores"]] if len(verified) else []
+    top = [t for t in top if t is not None]
+    if top:
+        noise = 1.0 - float(np.mean(top))
+        checks["label_noise"] = noise
+        checks["label_noise_n"] = len(top)
+        if noise > gate.max_label_noise:
+            problems.append(f"estimated label noise {noise:.1%} of {len(top):,} verified samples (their label is "
+                            f"not the kNN view's first choice) is above {gate.max_label_noise:.0%}")
+    if len(kept) and len(seed_labels):
+        mix = kept["label"].value_counts(normalize=True)
+        seed_mix = seed_labels.value_counts(normalize=True)
+        shift = 0.5 * float(mix.reindex(mix.index.union(seed_mix.index), fill_value=0)
+                            .sub(seed_mix.reindex(mix.index.union(seed_mix.index), fill_value=0)).abs().sum())
+        checks["class_shift"] = shift
+        checks["most_overrepresented"] = {str(k): round(float(v), 4) for k, v in
+                                          (mix - seed_mix.reindex(mix.index, fill_value=0)).nlargest(3).items()}
+        if shift > gate.max_class_shift:
+            problems.append(f"the kept class mix is {shift:.2f} (total variation) away from the seed's, above "
+                            f"{gate.max_class_shift:.2f}; most over-represented: "
+                            + ", ".join(f"'{k}'" for k in checks["most_overrepresented"]))
+    if len(kept):
+        shares = kept["generator"].value_counts(normalize=True)
+        checks["generator_shares"] = {str(k): round(float(v), 4) for k, v in shares.items()}
+        for name, share in shares.items():
+            if name not in TRAFFIC_LABELERS and share > gate.max_generator_share:
+                problems.append(f"generator '{name}' wrote {share:.0%} of the kept set, above "
+                                f"{gate.max_generator_share:.0%}")
+    checks["passed"] = not problems
+    checks["within_thresholds"] = not problems and len(kept) <= gate.auto_max_samples
+    summary = f"generated {len(samples):,}, kept {len(kept):,}"
+    if checks["label_noise"] is not None:
+        summary += f"; estimated label noise {checks['label_noise']:.1%}"
+    if checks["class_shift"] is not None:
+        summary += f"; class-mix shift {checks['class_shift']:.2f}"
+    checks["reasons"] = problems or [summary]
+    if len(kept) > gate.auto_max_samples:
+        checks["reasons"].append(f"{len(kept):,} kept samples exceed the {gate.auto_max_samples:,} an automatic "
+                                 f"decision may take")
+    return checks
 
 
 @dataclass(frozen=True)
@@ -63,10 +127,11 @@ class Verdict:
 
 
 def automatic_verdict(gate: GateConfig, checks: dict, auto_approve: bool, hard: bool = True) -> Verdict:
-    """hard: failed checks reject at once (promotion). Not hard (drift_review): a failed check is what the
-    gate is for, so a `human` policy asks a person while automatic decisions reject."""
+    """hard: failed checks reject at once (promotion). Not hard (data_review, drift_review): a failed check is
+    what the gate is for, so a person decides under `human` and `auto_under_thresholds` (a failed check is
+    outside the thresholds), while `auto` rejects."""
     if not checks["passed"]:
-        if hard or auto_approve or gate.policy != "human":
+        if hard or auto_approve or gate.policy == "auto":
             return Verdict("reject", AUTO_ACTOR, "checks failed: " + "; ".join(checks["reasons"]))
         return Verdict("wait", "", "waiting for a human decision")
     if auto_approve:

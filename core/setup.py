@@ -55,7 +55,7 @@ def init_workspace(root: Path, labeled: Path, unlabeled: Path | None = None, hel
         ws.save_config(config)
         Store(ws.db).load_datasets(labels, parts, "cli", {
             "labels": len(labels), "rows": {split: len(frame) for split, _, _, frame in parts},
-            "base_model": config.model.base_model})
+            "base_model": config.model.base_model}, config.data.selection_fraction, config.data.seed)
         if probes is not None:
             Store(ws.db).add_guardrails(probes, "cli", str(Path(guardrails).resolve()))
         audit_config(ws, "cli")

@@ -104,7 +104,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE feedback(prediction_id VARCHAR PRIMARY KEY, label VARCHAR NOT NULL, "at" TIMESTAMP,
         actor VARCHAR);
     """,
+    # v8: the held-out set's two parts: `selection` (checkpoints, early stopping, diagnosis) and `gate`
+    # (the gates' estimates, nothing else); filled by assign_heldout_parts
+    """
+    CREATE TABLE heldout_parts(example_id BIGINT PRIMARY KEY, part VARCHAR NOT NULL);
+    """,
 ]
+HELDOUT_PARTS = ("selection", "gate")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 LOCK_TIMEOUT_S = 120.0
@@ -203,6 +209,11 @@ class Store:
                 raise RuntimeError(f"workspace schema v{current} is newer than this Evolab (v{SCHEMA_VERSION})")
             for version in range(current, SCHEMA_VERSION):
                 con.execute(MIGRATIONS[version])
+            if 0 < current < 8:  # a workspace made before the held-out set had parts gets them now
+                from core.config import DataConfig
+
+                defaults = DataConfig()
+                self._assign_heldout_parts(con, defaults.selection_fraction, defaults.seed)
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
             con.execute("COMMIT")
         finally:
@@ -292,7 +303,7 @@ class Store:
 
     # -- datasets -----------------------------------------------------------------------------
     def load_datasets(self, labels: list[str], parts: list[tuple[str, str, str, pd.DataFrame]],
-                      actor: str, detail: dict) -> None:
+                      actor: str, detail: dict, selection_fraction: float, seed: int) -> None:
         """Store the label space and every split at once: parts are (split, source, sha256, frame)."""
         with self._tx() as con:
             if con.execute("SELECT count(*) FROM examples").fetchone()[0]:
@@ -316,7 +327,26 @@ class Store:
                 con.execute("INSERT INTO examples SELECT id, dataset_id, split, text, label, row_num FROM rows_df")
                 con.unregister("rows_df")
                 next_id += len(frame)
+            self._assign_heldout_parts(con, selection_fraction, seed)
             self._audit(con, actor, "data_loaded", "workspace", detail)
+
+    @staticmethod
+    def _assign_heldout_parts(con, selection_fraction: float, seed: int) -> None:
+        """Split each class's held-out rows once, in a stable seeded order: floor(n * fraction) rows (at least
+        one when the class has two) go to `selection`, the rest to `gate`, which so always has one."""
+        con.execute(
+            "INSERT INTO heldout_parts SELECT id, CASE WHEN n >= 2 AND rn <= greatest(1, floor(n * ?)) "
+            "THEN 'selection' ELSE 'gate' END FROM (SELECT id, count(*) OVER (PARTITION BY label) AS n, "
+            "row_number() OVER (PARTITION BY label ORDER BY md5(concat(?, ':', id))) AS rn "
+            "FROM examples WHERE split = 'heldout') WHERE id NOT IN (SELECT example_id FROM heldout_parts)",
+            [selection_fraction, str(seed)])
+
+    def heldout(self, part: str) -> pd.DataFrame:
+        """One part of the held-out set: id, text, label."""
+        if part not in HELDOUT_PARTS:
+            raise ValueError(f"unknown held-out part '{part}'")
+        return self._read("SELECT x.id, x.text, x.label FROM examples x JOIN heldout_parts p ON p.example_id = x.id "
+                          "WHERE p.part = ? ORDER BY x.id", [part])
 
     def labels(self) -> list[str]:
         return self._read("SELECT name FROM labels ORDER BY idx")["name"].tolist()
@@ -704,22 +734,23 @@ class Store:
             return previous
 
     # -- evaluation ---------------------------------------------------------------------------
-    def save_evaluation(self, version: str, split: str, results: pd.DataFrame, accuracy: float,
-                        per_class: dict, cycle_id: int | None = None, next_stage: str | None = None) -> None:
+    def save_evaluation(self, version: str, scored: dict[str, tuple[pd.DataFrame, float, dict]],
+                        cycle_id: int | None = None, next_stage: str | None = None) -> None:
+        """A version's evaluation on each part of the held-out set ({part: (results, accuracy, per_class)})."""
         with self._tx() as con:
-            ids = results["example_id"].tolist()
-            con.execute("DELETE FROM eval_results WHERE version = ? AND example_id IN (SELECT unnest(?))",
-                        [version, ids])
-            frame = results.assign(version=version)
-            _register(con, "eval_df", frame)
-            con.execute("INSERT INTO eval_results SELECT version, example_id, predicted, confidence, correct "
-                        "FROM eval_df")
-            con.execute("INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
-                        [version, split, accuracy, len(results), _json(per_class), utcnow()])
+            for split, (results, accuracy, per_class) in scored.items():
+                con.execute("DELETE FROM eval_results WHERE version = ? AND example_id IN (SELECT unnest(?))",
+                            [version, results["example_id"].tolist()])
+                _register(con, "eval_df", results.assign(version=version))
+                con.execute("INSERT INTO eval_results SELECT version, example_id, predicted, confidence, correct "
+                            "FROM eval_df")
+                con.unregister("eval_df")
+                con.execute("INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
+                            [version, split, accuracy, len(results), _json(per_class), utcnow()])
             if cycle_id is not None and next_stage:
                 self._set_stage(con, cycle_id, next_stage)
 
-    def evaluation(self, version: str, split: str = "heldout") -> dict | None:
+    def evaluation(self, version: str, split: str = "gate") -> dict | None:
         row = _first(self._read("SELECT * FROM evaluations WHERE version = ? AND split = ?", [version, split]))
         if row:
             row["per_class"] = json.loads(row["per_class"])
@@ -729,9 +760,13 @@ class Store:
         return self._read("SELECT e.*, v.num, v.cycle_id FROM evaluations e JOIN model_versions v "
                           "USING (version) ORDER BY v.num")
 
-    def eval_results(self, version: str) -> pd.DataFrame:
+    def eval_results(self, version: str, part: str | None = None) -> pd.DataFrame:
+        """A version's per-row held-out results (of one part of the held-out set, when given)."""
+        where, params = ("AND r.example_id IN (SELECT example_id FROM heldout_parts WHERE part = ?)", [part]) \
+            if part else ("", [])
         return self._read("SELECT r.*, x.text, x.label FROM eval_results r JOIN examples x "
-                          "ON x.id = r.example_id WHERE r.version = ? ORDER BY r.example_id", [version])
+                          f"ON x.id = r.example_id WHERE r.version = ? {where} ORDER BY r.example_id",
+                          [version, *params])
 
     # -- scaffolds: inference programs, their evaluations, A/B trials and adoptions -------------
     def add_scaffold(self, name: str, spec: dict, spec_sha256: str, actor: str, parent_id: str | None = None,

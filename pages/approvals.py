@@ -2,6 +2,7 @@
 
 Decisions go through core.gates.decide_as: only an approver, with their password, may decide.
 """
+import pandas as pd
 import streamlit as st
 
 from app import nav, queries
@@ -29,27 +30,64 @@ def decide(gate_id: int, approved: bool) -> None:
     queries.clear()
 
 
+def _interval(est: dict | None) -> str:
+    return "-" if not est else f"{est['accuracy']:.4f}"
+
+
+def _ci(est: dict | None) -> str | None:
+    return None if not est else f"95% CI {est['ci_low']:.4f}-{est['ci_high']:.4f} on {est['n']} gate rows"
+
+
 def promotion_evidence(gate: dict, checks: dict) -> None:
-    worst = checks.get("worst_recall_drop") or {}
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric(f"Candidate {gate['candidate'] or ''}", f"{checks['candidate_accuracy']:.4f}")
-    prod_acc, gain = checks.get("production_accuracy"), checks.get("gain")
-    c2.metric(f"Production {gate['production'] or ''}", "-" if prod_acc is None else f"{prod_acc:.4f}")
-    c3.metric("Gain", "-" if gain is None else f"{gain:+.4f}", help=f"must beat {checks['min_gain']:+.4f}")
-    c4.metric("Worst recall drop", f"{worst.get('drop', 0.0):.3f}",
-              help=f"class {worst.get('label') or '-'}; tolerance {checks['max_recall_drop']:.3f}")
-    st.markdown("**Per-class recall, production → candidate**")
+    cand, prod = checks.get("candidate"), checks.get("production")
+    if not isinstance(cand, dict):  # a gate from before gates had intervals
+        cand = {"accuracy": checks["candidate_accuracy"], "ci_low": 0.0, "ci_high": 1.0, "n": 0}
+    gain, detail = checks.get("gain"), checks.get("gain_detail") or {}
+    c1, c2, c3 = st.columns(3)
+    c1.metric(f"Candidate {gate['candidate'] or ''}", _interval(cand), help=_ci(cand))
+    c2.metric(f"Production {gate['production'] or ''}", _interval(prod), help=_ci(prod))
+    c3.metric("Gain", "-" if gain is None else f"{gain:+.4f}",
+              help=(f"95% CI {detail['ci_low']:+.4f} to {detail['ci_high']:+.4f}; " if detail else "")
+              + f"must beat {checks['min_gain']:+.4f}")
+    st.caption("Estimates come from the gate part of the held-out set: rows no training, checkpoint choice or "
+               "diagnosis has read.")
+    forgetting = checks.get("forgetting") or {}
+    if forgetting:
+        st.markdown(f"**Forgetting guard**: {forgetting['test']}, alpha {forgetting['alpha']:g} over "
+                    f"{forgetting['classes_tested']} classes; a class is forgotten when its broken answers stand "
+                    f"out and its recall drops by more than {forgetting['max_recall_drop']:.2f}. "
+                    f"{forgetting['broken']} of production's {forgetting['production_right']} correct gate answers "
+                    "broke in all.")
+        shown = forgetting.get("flagged", []) + forgetting.get("closest", [])
+        if shown:
+            st.dataframe(pd.DataFrame([{"class": r["label"], "forgotten": r["forgotten"], "gate rows": r["n"],
+                                        "broken": r["broken"], "fixed": r["fixed"],
+                                        "recall before": r["recall_production"], "recall after": r["recall_candidate"],
+                                        "adjusted p": r["p_adjusted"],
+                                        "flipped to": ", ".join(f"{k} x{v}" for k, v in r["flipped_to"].items())}
+                                       for r in shown]), hide_index=True,
+                         column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                        for c in ("recall before", "recall after", "adjusted p")})
+    st.markdown("**Per-class recall on the gate rows, production → candidate**")
     st.dataframe(queries.recall_comparison(ws, gate["candidate"], gate["production"]), hide_index=True,
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("production_recall", "candidate_recall", "change")})
 
 
 def data_review_evidence(gate: dict, checks: dict) -> None:
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Kept samples", f"{checks.get('kept', 0):,}")
-    c2.metric("Generated", f"{checks.get('generated', 0):,}")
-    confidence = checks.get("mean_confidence")
-    c3.metric("Mean confidence", "-" if confidence is None else f"{confidence:.3f}")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Kept samples", f"{checks.get('kept', 0):,}", help=f"of {checks.get('generated', 0):,} generated")
+    noise, shift = checks.get("label_noise"), checks.get("class_shift")
+    c2.metric("Estimated label noise", "-" if noise is None else f"{noise:.1%}",
+              help=f"limit {checks.get('max_label_noise', 1):.0%}: kept samples whose label the kNN view does "
+                   "not rank first")
+    c3.metric("Class-mix shift", "-" if shift is None else f"{shift:.2f}",
+              help=f"limit {checks.get('max_class_shift', 1):.2f}: total variation from the seed's class mix")
+    shares = checks.get("generator_shares") or {}
+    top = max(shares.items(), key=lambda kv: kv[1]) if shares else None
+    c4.metric("Largest generator share", "-" if top is None else f"{top[1]:.0%}",
+              help=None if top is None else f"{top[0]}; limit {checks.get('max_generator_share', 1):.0%} "
+                                            "(traffic labelers excepted)")
     st.page_link(nav.path("synthetic_data"), label=f"Read the samples of cycle {gate['cycle_id']}",
                  icon=":material/dataset:")
 

@@ -43,7 +43,8 @@ for col, row in zip(cols, aliases.itertuples()):
 st.subheader("Versions")
 st.dataframe(versions.sort_values("num", ascending=False), hide_index=True, column_config={
     "best_val_acc": st.column_config.NumberColumn(format="%.4f"),
-    "heldout_accuracy": st.column_config.NumberColumn(format="%.4f")})
+    "gate_accuracy": st.column_config.NumberColumn("gate estimate", format="%.4f",
+                                                   help="accuracy on the held-out rows only the gates read")})
 
 st.subheader("Alias history")
 st.dataframe(queries.alias_history(ws).sort_values("id", ascending=False), hide_index=True)

@@ -26,7 +26,8 @@ prod_eval = queries.evaluation(ws, production) if production else None
 candidate = queries.alias(ws, "candidate")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Production", production or "-")
-c2.metric("Held-out accuracy", f"{prod_eval['accuracy']:.4f}" if prod_eval else "-")
+c2.metric("Gate estimate", f"{prod_eval['accuracy']:.4f}" if prod_eval else "-",
+          help="accuracy on the held-out rows only the gates read")
 c3.metric("Candidate", candidate or "-")
 c4.metric("Cycles", len(cycles))
 
@@ -34,17 +35,20 @@ st.subheader("Cycles")
 st.dataframe(cycles[["id", "kind", "stage", "status", "parent_version", "candidate_version", "created_at",
                      "finished_at", "error"]].sort_values("id", ascending=False), hide_index=True)
 
-st.subheader("Held-out accuracy by version")
+st.subheader("Gate estimate by version (95% interval)")
 evals = queries.evaluations(ws)
 if evals.empty:
     st.caption("No version has been evaluated yet.")
 else:
     fig = go.Figure(go.Scatter(x=evals["version"], y=evals["accuracy"], mode="lines+markers", name="accuracy",
+                               error_y={"type": "data", "symmetric": False,
+                                        "array": evals["ci_high"] - evals["accuracy"],
+                                        "arrayminus": evals["accuracy"] - evals["ci_low"]},
                                hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
     if production in set(evals["version"]):
         fig.add_trace(go.Scatter(x=[production], y=evals.loc[evals["version"] == production, "accuracy"],
                                  mode="markers", marker={"size": 14, "symbol": "star"}, name="production"))
-    fig.update_layout(xaxis_title="version", yaxis_title="held-out accuracy", height=320,
+    fig.update_layout(xaxis_title="version", yaxis_title="gate estimate", height=320,
                       margin={"t": 20, "b": 40})
     st.plotly_chart(fig)
 

@@ -45,7 +45,7 @@ def test_planted_bad_samples_are_dropped_with_the_right_reason(baseline_ws):
     assert (samples["status"] == "dropped").all()
     assert report["summary"] == "generated 5, kept 0"
     scored = json.loads(samples["scores"].iloc[3])
-    assert set(scored) == {"model", "knn", "consistency", "margin"}
+    assert set(scored) == {"model", "knn", "knn_top", "consistency", "margin"}
 
 
 def test_a_good_sample_is_kept_with_difficulty_and_scores(baseline_ws):

@@ -68,8 +68,11 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
     elif page == "synthetic_data":
         assert f"{len(open_workspace(root).store.samples())} matching samples" in shown
     elif page == "approvals":
-        assert f"Gate {gate_id}" in shown and "Checks passed" in shown
-        recall = at.dataframe[0].value
+        assert f"Gate {gate_id}" in shown and "Checks passed" in shown and "95% CI" in str(at.metric[0].help)
+        assert "Forgetting guard" in shown  # the test's evidence: the closest classes, with their p-values
+        forgetting = at.dataframe[0].value
+        assert {"class", "broken", "fixed", "adjusted p"} <= set(forgetting.columns) and len(forgetting)
+        recall = at.dataframe[1].value
         assert {"production_recall", "candidate_recall", "change"} <= set(recall.columns) and len(recall) == 4
     elif page == "models":
         assert set(at.dataframe[0].value["version"]) == {"v1", "v2"} and "production v1" in shown

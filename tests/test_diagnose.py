@@ -41,7 +41,9 @@ def test_planted_confusion_is_the_top_weakness(planted_confusion, capsys):
     store = ws.store
     attributions = store.attributions(0)
     wrong = attributions[~attributions["correct"]]
-    assert len(wrong) == int((~store.eval_results("v1")["correct"]).sum())  # every error, under the cap
+    # every error of the selection part, under the cap; the gate part is never diagnosed
+    assert len(wrong) == int((~store.eval_results("v1", "selection")["correct"]).sum())
+    assert set(attributions["example_id"]) <= set(store.heldout("selection")["id"])
     assert attributions["baseline"].str.contains("PAD").all() and attributions["delta"].notna().all()
     internals = store.diagnosis_internals(0)
     heads = internals["heads"]

@@ -13,6 +13,7 @@ import pandas as pd
 from core.curate import counterfactual, llm, self_label, templates  # noqa: F401  (they register)
 from core.curate import filters, verify
 from core.curate.registry import GENERATORS, Context
+from core.lessons import Remedy
 
 SAMPLE_COLUMNS = ["generator", "parent_id", "text", "label", "confidence", "difficulty", "scores", "status",
                   "reason"]
@@ -39,7 +40,11 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
            ) -> tuple[pd.DataFrame, dict]:
     """reviewed: earlier human decisions (text, label, status approved|rejected, reviewed_by)."""
     cfg = ctx.cfg
-    parts = [GENERATORS[name](ctx) for name in cfg.generators if name in GENERATORS]
+    remedy = ctx.remedy or Remedy()
+    for name in sorted(remedy.skip_generators & set(cfg.generators)):
+        ctx.notes[name] = "sat this cycle out: a rejected candidate's kept set was flooded by it"
+    parts = [GENERATORS[name](ctx) for name in cfg.generators if name in GENERATORS
+             and name not in remedy.skip_generators]
     cand = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["generator", "parent_id",
                                                                                    "text", "label"])
     cand["status"], cand["reason"] = "candidate", ""
@@ -70,13 +75,15 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         cand.loc[alive, "difficulty"] = scores["difficulty"].astype(int)
         cand.loc[alive, "rank_score"] = scores["model"] + scores["knn"] + scores["consistency"]
         cand.loc[alive, "scores"] = [json.dumps({k: round(float(r[k]), 4) for k in
-                                                 ("model", "knn", "consistency", "margin")})
+                                                 ("model", "knn", "knn_top", "consistency", "margin")})
                                      for _, r in scores.iterrows()]
         for i, row in scores.iterrows():
-            reason = verify.verdict(row, cfg)
+            held_back = remedy.strict or cand.loc[i, "label"] in remedy.hold_back
+            reason = verify.verdict(row, cfg, strict=held_back)
             cand.loc[i, ["status", "reason"]] = ["dropped", reason] if reason else ["verified", ""]
     for label, group in cand[cand["status"] == "verified"].groupby("label"):
-        cap = int(cfg.max_per_class * (cfg.favoured_class_factor if label in ctx.favoured else 1.0))
+        cap = int(cfg.max_per_class * remedy.cap_factor
+                  * (cfg.favoured_class_factor if label in ctx.favoured else 1.0))
         keep = set(_cap_by_mix(group, cap, cfg.difficulty_mix))
         for i in group.index:
             cand.loc[i, ["status", "reason"]] = (["kept", "verifiers agree"] if i in keep

@@ -63,10 +63,12 @@ def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: n
     model_score = probs[rows, target] if len(texts) else np.zeros(0)
     top2 = np.sort(probs, axis=1)[:, -2:] if len(texts) else np.zeros((0, 2))
     margin = top2[:, 1] - top2[:, 0] if len(texts) else np.zeros(0)
-    knn = np.zeros(len(texts))
+    knn, knn_top = np.zeros(len(texts)), np.zeros(len(texts))
     if len(labeled_emb) and len(texts):
         votes = propagate(labeled_emb, np.asarray([index[c] for c in labeled_labels]), emb, len(loaded.labels), k)
         knn = votes[rows, target]
+        # Whether the independent view ranks the label first: the data_review gate's label-noise estimate.
+        knn_top = (votes.argmax(1) == target).astype(float)
     consistency = np.ones(len(texts))
     if views and len(texts):
         rng = random.Random(seed)
@@ -75,18 +77,30 @@ def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: n
             view = [perturb(t, rng) for t in texts]
             hits += M.predict_proba(loaded, view).argmax(1) == target
         consistency = hits / views
-    return pd.DataFrame({"model": model_score.astype(float), "knn": knn, "consistency": consistency,
+    return pd.DataFrame({"model": model_score.astype(float), "knn": knn, "knn_top": knn_top,
+                         "consistency": consistency,
                          "margin": margin.astype(float), "predicted": np.asarray(loaded.labels, dtype=object)[
                              probs.argmax(1)] if len(texts) else [], "difficulty": difficulty_level(margin)})
 
 
-def verdict(scores: pd.Series, cfg) -> str | None:
-    """None when every verifier clears its bar, else the reason the sample is dropped."""
+# The bars for a class a rejected candidate stumbled on (core.lessons): every verifier must be sure.
+STRICT_CONFIDENCE, STRICT_KNN = 0.9, 0.6
+
+
+def verdict(scores: pd.Series, cfg, strict: bool = False) -> str | None:
+    """None when every verifier clears its bar, else the reason the sample is dropped. strict: the
+    held-back bars, and the kNN view must rank the label first."""
+    min_conf = max(cfg.min_confidence, STRICT_CONFIDENCE) if strict else cfg.min_confidence
+    min_knn = max(cfg.min_knn_agreement, STRICT_KNN) if strict else cfg.min_knn_agreement
     failed = []
-    if scores["model"] < cfg.min_confidence:
-        failed.append(f"model {scores['model']:.2f} < {cfg.min_confidence} (predicts {scores['predicted']})")
-    if scores["knn"] < cfg.min_knn_agreement:
-        failed.append(f"knn {scores['knn']:.2f} < {cfg.min_knn_agreement}")
+    if scores["model"] < min_conf:
+        failed.append(f"model {scores['model']:.2f} < {min_conf} (predicts {scores['predicted']})")
+    if scores["knn"] < min_knn:
+        failed.append(f"knn {scores['knn']:.2f} < {min_knn}")
+    if strict and scores["knn_top"] < 1:
+        failed.append("knn view ranks another label first")
     if scores["consistency"] < cfg.min_consistency:
         failed.append(f"consistency {scores['consistency']:.2f} < {cfg.min_consistency}")
+    if failed and strict:
+        return "held back after a rejection, verifiers not sure: " + "; ".join(failed)
     return ("verifiers disagree: " + "; ".join(failed)) if failed else None

@@ -22,9 +22,12 @@ __all__ = ["PAIR_KINDS", "diagnose", "finding_keys", "target_labels"]
 
 
 def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_layers: int,
-             previous_keys: set[str], feedback: pd.DataFrame | None = None) -> dict:
-    """results: the version's held-out eval rows (example_id, text, label, predicted, confidence, correct);
-    feedback: people's corrections of its production predictions (text, served, label), ranked first."""
+             previous_keys: set[str], feedback: pd.DataFrame | None = None,
+             rejections: list[dict] | None = None) -> dict:
+    """results: the version's eval rows on the selection part of the held-out set (example_id, text, label,
+    predicted, confidence, correct); feedback: people's corrections of its production predictions (text,
+    served, label); rejections: findings from gates that rejected its earlier candidates (core.lessons).
+    Rejections rank first, then feedback."""
     results = results.reset_index(drop=True)
     pairs = pair_findings(results, cfg.samples_per_error, cfg.top_findings)
     findings = pairs + class_findings(results, cfg.top_findings, pairs)
@@ -33,6 +36,7 @@ def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_
     findings += clusters
     if feedback is not None and len(feedback):
         findings += production_findings(feedback, cfg.samples_per_error, cfg.top_findings)
+    findings += rejections or []
     attributions = attribution_rows(loaded, results, cfg.max_attributions, cfg.correct_attributions,
                                     n_steps=cfg.attribution_steps)
     # The tokens the model leaned on when it erred: evidence for each confused pair.

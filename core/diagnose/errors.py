@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["rank", "kind", "subject", "severity", "detail", "action"]
-KIND_ORDER = {"production_error": -1, "confusion_pair": 0, "error_cluster": 1, "weak_class": 2}
+KIND_ORDER = {"gate_rejection": -2, "production_error": -1, "confusion_pair": 0, "error_cluster": 1, "weak_class": 2}
 PAIR_KINDS = ("production_error", "confusion_pair")  # findings naming a (true, predicted) pair
 
 
@@ -146,8 +146,9 @@ def rank(findings: list[dict], previous_keys: set[str]) -> pd.DataFrame:
               "detail": {"trend": "fixed", "key": key}, "action": "none: fixed since the last diagnosis"}
              for key in sorted(previous_keys - current)
              if not (key.startswith("cluster:") and _trend({"key": key}, current) == "persisting")]
-    # Production errors first: a person saw the model fail on real traffic.
-    ordered = sorted(findings, key=lambda f: (f["kind"] != "production_error", -f["severity"],
+    # A gate's rejection first (the last candidate failed for it), then production errors (a person saw
+    # the model fail on real traffic), then held-out errors by how many they explain.
+    ordered = sorted(findings, key=lambda f: (min(KIND_ORDER[f["kind"]], 0), -f["severity"],
                                               KIND_ORDER[f["kind"]])) + fixed
     frame = pd.DataFrame([{"kind": f["kind"], "subject": f["subject"], "severity": f["severity"],
                            "detail": json.dumps(f["detail"], default=str), "action": f["action"]}

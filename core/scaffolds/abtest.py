@@ -7,10 +7,10 @@ lower the guardrail pass rate; the checks are what the scaffold_adoption gate sh
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy.stats import binomtest
+
+from core import stats
 
 
 def mcnemar(production: np.ndarray, candidate: np.ndarray) -> dict:
@@ -37,16 +37,8 @@ def paired_bootstrap(production: np.ndarray, candidate: np.ndarray, iterations: 
 
 def wilson(correct: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval of one accuracy (for showing a scaffold's accuracy with its uncertainty)."""
-    n = len(correct)
-    if not n:
-        return 0.0, 1.0
-    from scipy.stats import norm
-
-    z = float(norm.ppf(1 - alpha / 2))
-    p = float(np.mean(correct))
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    correct = np.asarray(correct, bool)
+    return stats.wilson(int(correct.sum()), len(correct), 1 - alpha)
 
 
 def adoption_checks(production: np.ndarray, candidate: np.ndarray, guard_production: float | None,

@@ -1,0 +1,122 @@
+"""The gate's statistics, in one place for the gates, the benchmarks and the dashboard.
+
+- `estimate`: an accuracy with its Wilson score interval (sound at small n and near 0 or 1);
+- `paired_gain`: the accuracy difference of two models on the same rows, with an Agresti-Min interval
+  and McNemar's exact p-value (only the discordant rows carry information);
+- `forgetting_test`: per class, are production's correct answers broken more often than in the other
+  classes? A one-sided Fisher exact test on each class, Holm-corrected over the classes tested, so a
+  150-class gate does not reject whenever chance takes 2 of one class's 5 rows.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import binomtest, fisher_exact, norm
+
+LEVEL = 0.95  # every interval a gate shows
+
+
+def _z(level: float) -> float:
+    return float(norm.ppf(0.5 + level / 2))
+
+
+def wilson(hits: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    if not n:
+        return 0.0, 1.0
+    z, p = _z(level), hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def estimate(correct, level: float = LEVEL) -> dict:
+    """Accuracy of boolean `correct` with its interval: what a gate shows for a model."""
+    correct = np.asarray(correct, bool)
+    return estimate_counts(int(correct.sum()), len(correct), level)
+
+
+def estimate_counts(hits: int, n: int, level: float = LEVEL) -> dict:
+    low, high = wilson(hits, n, level)
+    return {"accuracy": hits / n if n else 0.0, "n": int(n), "ci_low": low, "ci_high": high, "level": level}
+
+
+def stored_estimate(evaluation: dict | None, level: float = LEVEL) -> dict | None:
+    """The estimate of a stored evaluation row (accuracy, n)."""
+    if not evaluation or not evaluation.get("n"):
+        return None
+    return estimate_counts(int(round(evaluation["accuracy"] * evaluation["n"])), int(evaluation["n"]), level)
+
+
+def paired_gain(production, candidate, level: float = LEVEL) -> dict:
+    """candidate - production accuracy on the same rows. Agresti-Min adds half a row to each discordant
+    cell, which keeps the interval honest when few rows differ."""
+    production, candidate = np.asarray(production, bool), np.asarray(candidate, bool)
+    n = len(production)
+    fixed = int((candidate & ~production).sum())
+    broken = int((production & ~candidate).sum())
+    gain = (fixed - broken) / n if n else 0.0
+    f, b, m = fixed + 0.5, broken + 0.5, n + 2
+    centre = (f - b) / m
+    half = _z(level) * math.sqrt(max(f + b - (f - b) ** 2 / m, 0.0)) / m
+    p = binomtest(fixed, fixed + broken, 0.5).pvalue if fixed + broken else 1.0
+    return {"gain": gain, "ci_low": max(-1.0, centre - half), "ci_high": min(1.0, centre + half),
+            "fixed": fixed, "broken": broken, "n": n, "p_value": float(p), "level": level}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: controls the chance of any false alarm across all the tests."""
+    order = np.argsort(p_values)
+    adjusted = np.empty(len(p_values))
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def forgetting_test(truth, production_pred, candidate_pred, alpha: float, max_drop: float,
+                    shown: int = 5) -> dict:
+    """Which classes did the candidate forget?
+
+    Among the rows production got right, a class is forgotten when (1) the candidate breaks a larger
+    share of them than in the rest of the classes, at Holm-adjusted significance alpha (one-sided Fisher
+    exact test per class), and (2) its recall really falls by more than max_drop (fixed rows count
+    against broken ones). `flagged` are the forgotten classes; `closest` the most suspicious of all, with
+    their evidence, so a person sees how near the guard came."""
+    truth = np.asarray(truth, dtype=object)
+    prod_ok = np.asarray(production_pred, dtype=object) == truth
+    cand_pred = np.asarray(candidate_pred, dtype=object)
+    cand_ok = cand_pred == truth
+    broken_rows = prod_ok & ~cand_ok
+    total_right, total_broken = int(prod_ok.sum()), int(broken_rows.sum())
+    rows = []
+    for label in sorted(set(truth)):
+        mine = truth == label
+        right, broken = int((prod_ok & mine).sum()), int((broken_rows & mine).sum())
+        fixed = int((~prod_ok & cand_ok & mine).sum())
+        n = int(mine.sum())
+        rest_right, rest_broken = total_right - right, total_broken - broken
+        p = 1.0
+        if broken:
+            p = float(fisher_exact([[broken, right - broken], [rest_broken, rest_right - rest_broken]],
+                                   alternative="greater")[1])
+        flipped_to: dict[str, int] = {}
+        for pred in cand_pred[broken_rows & mine]:
+            flipped_to[str(pred)] = flipped_to.get(str(pred), 0) + 1
+        rows.append({"label": str(label), "n": n, "production_right": right, "broken": broken, "fixed": fixed,
+                     "recall_production": right / n, "recall_candidate": int((cand_ok & mine).sum()) / n,
+                     "drop": (broken - fixed) / n, "p_value": p,
+                     "flipped_to": dict(sorted(flipped_to.items(), key=lambda kv: -kv[1]))})
+    tested = [r for r in rows if r["production_right"]]
+    for r, adj in zip(tested, holm([r["p_value"] for r in tested])):
+        r["p_adjusted"] = adj
+    for r in rows:
+        r.setdefault("p_adjusted", 1.0)
+        r["forgotten"] = r["p_adjusted"] < alpha and r["drop"] > max_drop
+    ranked = sorted(rows, key=lambda r: (r["p_adjusted"], r["p_value"], -r["drop"]))
+    return {"test": "one-sided Fisher exact per class on production's correct rows, Holm-adjusted",
+            "alpha": alpha, "max_recall_drop": max_drop, "classes_tested": len(tested),
+            "production_right": total_right, "broken": total_broken,
+            "flagged": [r for r in ranked if r["forgotten"]],
+            "closest": [r for r in ranked if not r["forgotten"]][:shown]}

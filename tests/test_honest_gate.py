@@ -1,0 +1,247 @@
+"""The honest gate: estimates from untouched rows with intervals, a forgetting guard that is a test, data-review
+checks that can fail, and rejections that teach the next cycle."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import cycle, gates, model as M, registry, stats
+from core.config import GateConfig, GatesConfig
+from tests.conftest import fast_config
+
+
+# -- the statistics -------------------------------------------------------------------------------------------
+def _results(truth, predicted) -> pd.DataFrame:
+    truth, predicted = np.asarray(truth, dtype=object), np.asarray(predicted, dtype=object)
+    return pd.DataFrame({"example_id": np.arange(len(truth)), "label": truth, "predicted": predicted,
+                         "correct": truth == predicted})
+
+
+def _simulate(rng, classes=150, rows=4, production_acc=0.85, candidate_acc=0.89, keep=0.95, forget=None):
+    """Gate rows of a many-class task. The candidate is better overall and, in truth, no worse on any class:
+    every row's chances are the same whatever its class. `forget`: a class whose rows the candidate all sends
+    to the next class, as a model trained on planted labels does."""
+    truth = np.repeat(np.arange(classes), rows)
+    prod_ok = rng.random(len(truth)) < production_acc
+    rescue = (candidate_acc - production_acc * keep) / (1 - production_acc)
+    cand_ok = np.where(prod_ok, rng.random(len(truth)) < keep, rng.random(len(truth)) < rescue)
+    wrong = lambda: (truth + 1 + rng.integers(0, classes - 1, len(truth))) % classes  # noqa: E731
+    prod, cand = np.where(prod_ok, truth, wrong()), np.where(cand_ok, truth, wrong())
+    if forget is not None:
+        cand = np.where(truth == forget, (forget + 1) % classes, cand)
+    names = np.asarray([f"intent_{i:03d}" for i in range(classes)], dtype=object)
+    return _results(names[truth], names[prod]), _results(names[truth], names[cand])
+
+
+def test_chance_losses_on_150_classes_do_not_reject_a_better_candidate():
+    """The issue's domain: 150 classes, a few gate rows each. Chance alone takes 2 rows of some class in most
+    gates (which rejected every candidate before); the test must promote at least 95 of 100."""
+    rng = np.random.default_rng(0)
+    cfg = GatesConfig()
+    rejected, chance_losses = 0, 0
+    for _ in range(100):
+        prod, cand = _simulate(rng)
+        checks = gates.promotion_checks(cfg, cand, prod)
+        rejected += not checks["passed"]
+        lost = (prod["correct"] & ~cand["correct"]).groupby(prod["label"]).sum() \
+            - (~prod["correct"] & cand["correct"]).groupby(prod["label"]).sum()
+        chance_losses += bool((lost >= 2).any())
+    assert chance_losses >= 50, "precondition: chance takes two rows of one class in most gates"
+    assert rejected <= 5
+
+
+def test_a_forgotten_class_among_150_is_found_with_its_evidence():
+    rng = np.random.default_rng(1)
+    found, false_alarms = 0, 0
+    for _ in range(50):
+        prod, cand = _simulate(rng, forget=7)
+        checks = gates.promotion_checks(GatesConfig(), cand, prod)
+        flagged = [f["label"] for f in checks["forgetting"]["flagged"]]
+        false_alarms += len(set(flagged) - {"intent_007"})
+        if "intent_007" in flagged:
+            assert flagged[0] == "intent_007" and not checks["passed"]
+            reason = next(r for r in checks["reasons"] if r.startswith("forgetting guard"))
+            assert reason.startswith("forgetting guard: 'intent_007'")
+            assert "(to 'intent_008' x" in reason  # where its answers went
+            found += 1
+    assert found >= 40  # power: production must have got most of the class's 4 rows right to break them
+    assert false_alarms <= 2
+
+
+def test_margin_interval_and_small_recall_drop():
+    truth = ["a"] * 20 + ["b"] * 20
+    prod = ["a"] * 18 + ["b"] * 2 + ["b"] * 14 + ["a"] * 6  # 80%
+    better = ["a"] * 19 + ["b"] * 1 + ["b"] * 19 + ["a"] * 1  # 95%, 'a' loses nothing
+    checks = gates.promotion_checks(GatesConfig(min_gain=0.01), _results(truth, better), _results(truth, prod))
+    assert checks["passed"] and checks["gain"] == pytest.approx(0.15)
+    cand = checks["candidate"]
+    assert cand["n"] == 40 and cand["ci_low"] < 0.95 < cand["ci_high"] and cand["ci_high"] - cand["ci_low"] > 0.1
+    assert checks["gain_detail"]["ci_low"] < 0.15 < checks["gain_detail"]["ci_high"]
+    same = gates.promotion_checks(GatesConfig(min_gain=0.01), _results(truth, prod), _results(truth, prod))
+    assert not same["passed"] and "does not beat the margin" in same["reasons"][0]
+
+
+def test_wilson_and_paired_gain_agree_with_known_values():
+    low, high = stats.wilson(81, 100)
+    assert (round(low, 4), round(high, 4)) == (0.7222, 0.8749)  # the textbook Wilson interval
+    gain = stats.paired_gain([True] * 90 + [False] * 10, [True] * 85 + [False] * 5 + [True] * 10)
+    assert gain["fixed"] == 10 and gain["broken"] == 5 and gain["gain"] == pytest.approx(0.05)
+    assert gain["p_value"] == pytest.approx(0.3018, abs=1e-4)  # McNemar exact, 10 vs 5
+
+
+# -- data review ----------------------------------------------------------------------------------------------
+def _samples(labels, generators, knn_top):
+    return pd.DataFrame({"status": "kept", "label": labels, "generator": generators,
+                         "scores": [json.dumps({"model": 0.9, "knn": 0.5, "knn_top": t}) for t in knn_top]})
+
+
+def test_data_review_checks_can_fail_on_noise_class_mix_and_one_generator():
+    seed = pd.Series(["a", "b", "c", "d"] * 5)
+    gate = GateConfig(policy="auto_under_thresholds")
+    clean = gates.data_review_checks(gate, _samples(["a", "b", "c", "d"] * 10, ["self_label"] * 40, [1.0] * 40), seed)
+    assert clean["passed"] and clean["within_thresholds"] and clean["label_noise"] == 0.0
+    noisy = gates.data_review_checks(gate, _samples(["a", "b", "c", "d"] * 10, ["self_label"] * 40,
+                                                    [1.0] * 20 + [0.0] * 20), seed)
+    assert not noisy["passed"] and "estimated label noise 50.0%" in noisy["reasons"][0]
+    skewed = gates.data_review_checks(gate, _samples(["a"] * 40, ["self_label"] * 40, [1.0] * 40), seed)
+    assert not skewed["passed"] and skewed["class_shift"] == pytest.approx(0.75)
+    flood = gates.data_review_checks(gate, _samples(["a", "b", "c", "d"] * 10, ["templates"] * 36 + ["self_label"] * 4,
+                                                    [1.0] * 40), seed)
+    assert not flood["passed"] and "generator 'templates' wrote 90%" in flood["reasons"][0]
+    # under auto_under_thresholds a failed data check waits for a person; under auto it rejects
+    assert gates.automatic_verdict(gate, noisy, False, hard=False).action == "wait"
+    assert gates.automatic_verdict(GateConfig(policy="auto"), noisy, False, hard=False).action == "reject"
+
+
+# -- the held-out parts on a real workspace -------------------------------------------------------------------
+def test_heldout_parts_are_stratified_stored_and_kept_apart(baseline_ws):
+    store = baseline_ws.store
+    sel, gate = store.heldout("selection"), store.heldout("gate")
+    held = store.examples("heldout")
+    assert set(sel["id"]).isdisjoint(gate["id"]) and set(sel["id"]) | set(gate["id"]) == set(held["id"])
+    # 4 held-out rows a class in the fixture: 1 for selection, 3 for the gate, every class in both
+    assert sel["label"].value_counts().eq(1).all() and gate["label"].value_counts().eq(3).all()
+    spec = json.loads((baseline_ws.checkpoints / "cycle_1" / "spec.json").read_text())
+    assert set(pd.read_parquet(spec["eval_file"])["text"]) == set(sel["text"])  # checkpoints chosen on selection
+    gate_eval = store.evaluation("v1", "gate")
+    assert gate_eval["n"] == len(gate)
+    outcome = cycle.evolve(baseline_ws, cycles=1, auto_approve=True, progress=False)[-1]
+    # diagnosis read the selection part only
+    diagnosed = {i for d in store.diagnoses(outcome.cycle_id)["detail"] for i in json.loads(d).get("example_ids", [])}
+    assert diagnosed and diagnosed <= set(sel["id"])
+    checks = store.gate_for(outcome.cycle_id, "promotion")["checks"]
+    assert checks["candidate"]["n"] == len(gate) and checks["rows"] == "gate"
+    assert checks["candidate"]["ci_low"] <= checks["candidate_accuracy"] <= checks["candidate"]["ci_high"]
+
+
+# -- many classes, real training: a planted forgotten class is rejected, the rejection teaches -----------------
+COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown"]
+THINGS = ["chair", "lamp", "table", "bottle", "jacket", "phone", "bicycle", "camera", "guitar", "kettle"]
+OPENERS = ["I want to return the", "where is my", "please replace the", "the delivery of my", "question about the",
+           "refund for the", "my order of the", "can you repair my", "I never got the", "I love the"]
+CLOSERS = ["", "thanks", "asap please", "it is urgent", "from last week", "ordered online", "kind regards"]
+
+
+def _many_class_rows(rng, per_class: int) -> pd.DataFrame:
+    rows = []
+    for colour in COLOURS:
+        for thing in THINGS:
+            for _ in range(per_class):
+                text = f"{rng.choice(OPENERS)} {colour} {thing} {rng.choice(CLOSERS)}".strip()
+                rows.append({"text": text, "label": f"{colour}_{thing}"})
+    return pd.DataFrame(rows)
+
+
+def _feedback(store, texts, labels, served, version):
+    ids = [f"p{i}" for i in range(len(texts))]
+    now = pd.Timestamp.now(tz=None)
+    store.log_production(
+        pd.DataFrame({"id": ids, "at": now, "text": texts, "label": served, "confidence": 0.5,
+                      "model_version": version, "scaffold_version": "analyze_plan_execute", "latency_ms": 1.0}),
+        pd.DataFrame({"prediction_id": ids, "label": labels, "at": now, "actor": "test"}))
+
+
+@pytest.mark.slow
+def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp_path):
+    """100 classes, 5 held-out rows each. Feedback brings good labels for every class and, planted among them,
+    rows of red_chair labeled red_lamp: the candidate is better elsewhere but forgets red_chair, and the
+    forgetting guard rejects it with the evidence. The next diagnosis ranks that rejection first with its
+    action; the next training holds the planted rows back, and its candidate, better in truth, is promoted."""
+    from core.setup import init_workspace
+
+    rng = np.random.default_rng(0)
+    seed, held, truth = _many_class_rows(rng, 2), _many_class_rows(rng, 5), _many_class_rows(rng, 4)
+    good = _many_class_rows(rng, 4)
+    for name, frame in (("seed", seed), ("held", held)):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    config = fast_config()
+    config.curate.generators = []  # the training data is the seed and the feedback below, nothing else
+    config.diagnose.max_attributions, config.diagnose.correct_attributions = 4, 0
+    config.diagnose.head_analysis, config.diagnose.max_clusters = False, 2
+    config.train.epochs = 3
+    config.gates.promotion.policy = "auto"
+    ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)
+    first = cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False)
+    assert first.status == "done"
+    store = ws.store
+    assert store.heldout("gate")["label"].value_counts().eq(4).all()
+
+    def truth_recall(version):
+        loaded = registry.load(ws, version)
+        pred = np.asarray(loaded.labels, dtype=object)[M.predict_proba(loaded, truth["text"].tolist()).argmax(1)]
+        return (pd.Series(pred == truth["label"].to_numpy()).groupby(truth["label"].to_numpy()).mean())
+
+    base = truth_recall("v1")
+    assert base["red_chair"] >= 0.75, "precondition: the baseline knows red_chair"
+    planted = [f"{o} red chair {c}".strip() for o in OPENERS for c in CLOSERS[:2]]
+    _feedback(store, good["text"].tolist() + planted, good["label"].tolist() + ["red_lamp"] * len(planted),
+              good["label"].tolist() + ["red_chair"] * len(planted), "v1")
+
+    rejected = cycle.evolve(ws, cycles=1, progress=False)[-1]
+    assert rejected.status == "rejected"
+    gate = store.gate_for(rejected.cycle_id, "promotion")
+    flagged = gate["checks"]["forgetting"]["flagged"]
+    assert [f["label"] for f in flagged] == ["red_chair"] and "red_lamp" in flagged[0]["flipped_to"]
+    assert "forgetting guard: 'red_chair'" in gate["comment"]
+    assert truth_recall(store.cycle(rejected.cycle_id)["candidate_version"])["red_chair"] < 0.5  # it did forget
+
+    taught = cycle.evolve(ws, cycles=1, progress=False)[-1]
+    top = store.diagnoses(taught.cycle_id).iloc[0]
+    assert top["kind"] == "gate_rejection" and top["subject"] == "red_chair"
+    assert "hold back" in top["action"] and "'red_lamp'" in top["action"] and "replay the seed of 'red_chair'" in top["action"]
+    data = pd.read_parquet(ws.checkpoints / f"cycle_{taught.cycle_id}" / "train.parquet")
+    assert not (data["text"].isin(planted) & (data["label"] == "red_lamp")).any()  # the planted rows wait
+    assert (data["label"] == "red_chair").sum() == 3 * 2  # its seed replayed three times
+    assert taught.status == "done", store.gate_for(taught.cycle_id, "promotion")["comment"]
+    checks = store.gate_for(taught.cycle_id, "promotion")["checks"]
+    assert not checks["forgetting"]["flagged"]
+    after = truth_recall(store.alias("production"))
+    assert after.mean() > base.mean() and after["red_chair"] >= base["red_chair"] - 0.25
+
+
+def test_a_workspace_from_before_the_split_gets_stored_parts_and_its_old_config_loads(baseline_ws):
+    """Schema v7 had no parts and config.toml carried keys this version retired: both upgrade in place."""
+    import duckdb
+
+    from core.config import ConfigError, parse_config
+    from core.store import Store
+    from core.workspace import open_workspace
+
+    con = duckdb.connect(str(baseline_ws.db))
+    con.execute("DROP TABLE heldout_parts")
+    con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    con.close()
+    Store._migrated.clear()
+    store = baseline_ws.store
+    assert store.schema_version() == 8
+    parts = [store.heldout(p) for p in ("selection", "gate")]
+    assert sum(len(p) for p in parts) == len(store.examples("heldout")) and all(len(p) for p in parts)
+    text = baseline_ws.config_path.read_text()
+    baseline_ws.config_path.write_text(text.replace("[gates]\n", "[gates]\nforgetting_min_examples = 2\n")
+                                       .replace("[gates.promotion]\n", "[gates.promotion]\nauto_min_confidence = 0.5\n"))
+    assert open_workspace(baseline_ws.root).config().gates.forgetting_alpha == 0.05
+    with pytest.raises(ConfigError, match="unknown config key 'gates.forgetting_min_example'"):
+        parse_config({"gates": {"forgetting_min_example": 2}})
