@@ -1,44 +1,125 @@
-"""Approvers and viewers: salted slow password hashes, and the check every decision goes through."""
+"""Who may do what: approvers and viewers with salted slow password hashes, sign-in that does not tell who
+exists, lockout with a growing delay, and API tokens stored only as salted hashes.
+
+Unknown names and wrong passwords get one refusal message and the same argon2 work (a dummy hash is
+verified for unknown names), so neither the text nor the time of a refusal says whether a name exists.
+Failed sign-ins are counted per name (known or not): after LOCK_AFTER in a row the name is locked for a
+delay that doubles with each further failure. The audit log gets one entry per name and window, not one per
+guess, so a flood cannot bury it.
+"""
 from __future__ import annotations
 
-from argon2 import PasswordHasher
-from argon2.exceptions import VerificationError, VerifyMismatchError, InvalidHashError
+import secrets
+from dataclasses import dataclass
 
-from core.store import Store
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from core.store import Store, utcnow
 
 ROLES = ("approver", "viewer")
+# Names the engine and the automatic policies write into the audit log: a person must not be mistaken for them.
+RESERVED_NAMES = frozenset({"auto", "auto-approve", "engine", "cli", "system", "test", "?", "dashboard", "server"})
+REFUSED = "wrong name or password"
+LOCK_AFTER = 5
+BASE_DELAY_S, MAX_DELAY_S = 2.0, 900.0
+WINDOW_S = 600.0
 _hasher = PasswordHasher()  # argon2id with a random salt per hash
+_DUMMY = _hasher.hash(secrets.token_hex(16))
 
 
 class AuthError(PermissionError):
     pass
 
 
-def add_user(store: Store, name: str, role: str, password: str, actor: str = "cli") -> None:
+@dataclass(frozen=True)
+class Principal:
+    """Someone whose password was checked: what the dashboard keeps for a session, the CLI for one command."""
+    name: str
+    role: str
+
+    @property
+    def approver(self) -> bool:
+        return self.role == "approver"
+
+
+def check_new_user(name: str, role: str, password: str) -> str:
     name = name.strip()
     if not name:
         raise ValueError("a user needs a name")
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"'{name}' is reserved for the engine's own entries in the audit log; pick another name")
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not '{role}'")
     if len(password) < 8:
         raise ValueError("password must have at least 8 characters")
+    return name
+
+
+def add_user(store: Store, name: str, role: str, password: str, actor: str = "cli") -> None:
+    """Low level: no credential check. core.actions.add_user is the guarded path every caller uses."""
+    name = check_new_user(name, role, password)
     store.add_user(name, role, _hasher.hash(password), actor)
 
 
-def require_approver(store: Store, name: str, password: str, action: str) -> None:
-    """Raise AuthError unless name is an approver with this password; every refusal is audited."""
-    user = store.user(name)
-    reason = None
-    if user is None:
-        reason = f"unknown user '{name}'"
-    else:
+def authenticate(store: Store, name: str, password: str, action: str) -> Principal:
+    """The checked identity behind a name and password, or AuthError with one message for every failure."""
+    name = (name or "").strip()
+    state = store.auth_failure(name) if name else None
+    if state and state.get("locked_until") and utcnow() < state["locked_until"]:
+        wait = (state["locked_until"] - utcnow()).total_seconds()
+        raise AuthError(f"{REFUSED} (too many failed attempts for this name: try again in {wait:.0f}s)")
+    user = store.user(name) if name else None
+    try:
+        _hasher.verify(user["password_hash"] if user else _DUMMY, password or "")
+        ok = user is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        ok = False
+    if not ok:
+        store.record_auth_failure(name, action, WINDOW_S, LOCK_AFTER, BASE_DELAY_S, MAX_DELAY_S)
+        raise AuthError(REFUSED)
+    if state:
+        store.clear_auth_failures(name)
+    return Principal(user["name"], user["role"])
+
+
+def require_approver(store: Store, name: str, password: str, action: str) -> Principal:
+    """An approver's checked identity; a viewer with the right password is refused, and audited."""
+    who = authenticate(store, name, password, action)
+    require_role(store, who, action)
+    return who
+
+
+def require_role(store: Store, who: Principal, action: str) -> None:
+    if not who.approver:
+        store.audit(who.name, "auth_refused", action, {"reason": f"'{who.name}' is a {who.role}, not an approver"})
+        raise AuthError(f"'{who.name}' is a {who.role}, not an approver")
+
+
+# -- API tokens -------------------------------------------------------------------------------------------
+TOKEN_PREFIX = "evl_"
+
+
+def new_token(store: Store, name: str, actor: str) -> str:
+    """A fresh token, returned once: only its salted hash is stored."""
+    name = name.strip()
+    if not name:
+        raise ValueError("a token needs a name")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    store.add_token(name, _hasher.hash(token), token[:8], actor)
+    return token
+
+
+def token_name(store: Store, token: str | None) -> str | None:
+    """The name of the active token `token` is, or None. Tokens are few, so each active hash is tried."""
+    if not token or not token.startswith(TOKEN_PREFIX):
+        return None
+    for row in store.tokens(active_only=True).itertuples():
+        if row.prefix != token[:8]:
+            continue
         try:
-            _hasher.verify(user["password_hash"], password)
+            _hasher.verify(row.token_hash, token)
+            return row.name
         except (VerifyMismatchError, VerificationError, InvalidHashError):
-            reason = f"wrong password for '{name}'"
-        else:
-            if user["role"] != "approver":
-                reason = f"'{name}' is a {user['role']}, not an approver"
-    if reason:
-        store.audit(name or "?", "auth_refused", action, {"reason": reason})
-        raise AuthError(reason)
+            continue
+    return None

@@ -10,7 +10,7 @@ import pandas as pd
 
 from core import stats
 from core.config import GateConfig, GatesConfig
-from core.store import Store, StoreConflict, utcnow
+from core.store import Store, utcnow
 
 AUTO_ACTOR = "auto"
 AUTO_APPROVE_ACTOR = "auto-approve"
@@ -129,18 +129,29 @@ class Verdict:
 def automatic_verdict(gate: GateConfig, checks: dict, auto_approve: bool, hard: bool = True) -> Verdict:
     """hard: failed checks reject at once (promotion). Not hard (data_review, drift_review): a failed check is
     what the gate is for, so a person decides under `human` and `auto_under_thresholds` (a failed check is
-    outside the thresholds), while `auto` rejects."""
+    outside the thresholds), while `auto` rejects. `auto_approve` (`--auto-approve`) decides only gates an
+    automatic policy governs: a `human` gate waits for a person whatever the flag."""
+    if gate.policy == "human":
+        if not checks["passed"] and hard:
+            return Verdict("reject", AUTO_ACTOR, "checks failed: " + "; ".join(checks["reasons"]))
+        return Verdict("wait", "", HUMAN_WAIT + (AUTO_APPROVE_REFUSED if auto_approve else ""))
     if not checks["passed"]:
         if hard or auto_approve or gate.policy == "auto":
             return Verdict("reject", AUTO_ACTOR, "checks failed: " + "; ".join(checks["reasons"]))
-        return Verdict("wait", "", "waiting for a human decision")
-    if auto_approve:
-        return Verdict("approve", AUTO_APPROVE_ACTOR, "--auto-approve: checks passed")
+        return Verdict("wait", "", "waiting for a human decision: the checks are outside the thresholds")
     if gate.policy == "auto":
         return Verdict("approve", AUTO_ACTOR, "policy auto: checks passed")
-    if gate.policy == "auto_under_thresholds" and checks.get("within_thresholds"):
+    if checks.get("within_thresholds"):
         return Verdict("approve", AUTO_ACTOR, "policy auto_under_thresholds: within thresholds")
-    return Verdict("wait", "", "waiting for a human decision")
+    if auto_approve:
+        return Verdict("approve", AUTO_APPROVE_ACTOR, "--auto-approve: checks passed, outside the thresholds")
+    return Verdict("wait", "", "waiting for a human decision: outside the thresholds")
+
+
+HUMAN_WAIT = "waiting for a human decision (policy human)"
+AUTO_APPROVE_REFUSED = ("; --auto-approve never decides a gate whose policy is human: a person approves, or the "
+                        "workspace is made autonomous on the record (`init --policy auto`, or "
+                        "`config set gates.NAME.policy auto --by APPROVER`)")
 
 
 def open_gate(store: Store, cycle_id: int, kind: str, gate: GateConfig, checks: dict) -> dict:
@@ -149,25 +160,15 @@ def open_gate(store: Store, cycle_id: int, kind: str, gate: GateConfig, checks: 
 
 
 def decide(store: Store, gate_id: int, approved: bool, by: str, comment: str = "", automatic: bool = False) -> dict:
+    """The engine's decision under a gate's policy. A person decides through core.actions.decide_gate."""
     if not by or not by.strip():
-        raise ValueError("a decision needs the name of who made it (--by)")
+        raise ValueError("a decision needs the name of who made it")
     return store.decide_gate(gate_id, approved, by.strip(), comment, automatic)
-
-
-def decide_as(store: Store, gate_id: int, approved: bool, name: str, password: str, comment: str = "") -> dict:
-    """A person's decision: only an approver with the right password may make it (CLI and dashboard)."""
-    from core.auth import require_approver
-
-    require_approver(store, name, password, f"gate:{gate_id}")
-    return decide(store, gate_id, approved, name, comment)
 
 
 def expire_if_due(store: Store, gate: dict) -> dict:
     """A pending gate past its deadline is rejected: silence never ships weights."""
     if gate["status"] == "pending" and gate["deadline"] is not None and utcnow() > gate["deadline"]:
-        try:
-            decide(store, gate["id"], False, AUTO_ACTOR, "timed out without a decision", automatic=True)
-        except StoreConflict:
-            pass
+        store.expire_gate(gate["id"])
         return store.gate(gate["id"])
     return gate

@@ -109,11 +109,20 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE heldout_parts(example_id BIGINT PRIMARY KEY, part VARCHAR NOT NULL);
     """,
+    # v9: oversight: failed sign-ins per name and window, API tokens, decisions that override failed checks
+    """
+    CREATE TABLE auth_failures(name VARCHAR PRIMARY KEY, window_start TIMESTAMP, window_count INTEGER,
+        consecutive INTEGER, locked_until TIMESTAMP);
+    CREATE TABLE api_tokens(name VARCHAR PRIMARY KEY, token_hash VARCHAR NOT NULL, prefix VARCHAR NOT NULL,
+        created_at TIMESTAMP, created_by VARCHAR, revoked_at TIMESTAMP, revoked_by VARCHAR);
+    ALTER TABLE gates ADD COLUMN override BOOLEAN;
+    """,
 ]
 HELDOUT_PARTS = ("selection", "gate")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 LOCK_TIMEOUT_S = 120.0
+EXPIRED = "timed out without a decision"
 GENESIS_HASH = "0" * 64
 
 
@@ -297,6 +306,95 @@ class Store:
 
     def user(self, name: str) -> dict | None:
         return _first(self._read("SELECT * FROM users WHERE name = ?", [name]))
+
+    def approver_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM users WHERE role = 'approver'").iloc[0, 0])
+
+    def set_role(self, name: str, role: str, actor: str) -> str:
+        with self._tx() as con:
+            row = con.execute("SELECT role FROM users WHERE name = ?", [name]).fetchone()
+            if row is None:
+                raise KeyError(f"no user '{name}'")
+            self._keep_an_approver(con, name, role)
+            con.execute("UPDATE users SET role = ? WHERE name = ?", [role, name])
+            self._audit(con, actor, "user_role_changed", f"user:{name}", {"from": row[0], "to": role})
+            return row[0]
+
+    def remove_user(self, name: str, actor: str) -> None:
+        with self._tx() as con:
+            row = con.execute("SELECT role FROM users WHERE name = ?", [name]).fetchone()
+            if row is None:
+                raise KeyError(f"no user '{name}'")
+            self._keep_an_approver(con, name, None)
+            con.execute("DELETE FROM users WHERE name = ?", [name])
+            con.execute("DELETE FROM auth_failures WHERE name = ?", [name])
+            self._audit(con, actor, "user_removed", f"user:{name}", {"role": row[0]})
+
+    @staticmethod
+    def _keep_an_approver(con, name: str, new_role: str | None) -> None:
+        """A workspace that has had an approver keeps one: otherwise nobody could decide a gate again."""
+        others = con.execute("SELECT count(*) FROM users WHERE role = 'approver' AND name <> ?", [name]).fetchone()[0]
+        if new_role != "approver" and not others:
+            raise StoreConflict(f"'{name}' is the last approver; add another approver first")
+
+    def auth_failure(self, name: str) -> dict | None:
+        return _first(self._read("SELECT * FROM auth_failures WHERE name = ?", [name]))
+
+    def record_auth_failure(self, name: str, action: str, window_s: float, lock_after: int, base_delay_s: float,
+                            max_delay_s: float) -> dict:
+        """Count a failed sign-in for `name` (known or not). The first failure of each window is audited, with
+        the count of the window before; a lockout is audited when it starts. A flood stays a few entries."""
+        from datetime import timedelta
+
+        with self._tx() as con:
+            now = utcnow()
+            row = con.execute("SELECT window_start, window_count, consecutive FROM auth_failures WHERE name = ?",
+                              [name]).fetchone()
+            start, count, consecutive = row if row else (None, 0, 0)
+            new_window = start is None or (now - start).total_seconds() > window_s
+            previous = count if new_window else None
+            start, count, consecutive = (now if new_window else start), (1 if new_window else count + 1), consecutive + 1
+            locked_until = None
+            if consecutive >= lock_after:
+                delay = min(max_delay_s, base_delay_s * 2 ** (consecutive - lock_after))
+                locked_until = now + timedelta(seconds=delay)
+            con.execute("INSERT OR REPLACE INTO auth_failures VALUES (?, ?, ?, ?, ?)",
+                        [name, start, count, consecutive, locked_until])
+            if new_window or consecutive == lock_after:
+                detail = {"failures_in_window": count, "consecutive": consecutive, "window_s": window_s}
+                if previous:
+                    detail["failures_in_previous_window"] = previous
+                if locked_until is not None:
+                    detail["locked_until"] = locked_until.isoformat()
+                self._audit(con, name or "?", "auth_refused", action, detail)
+            return {"consecutive": consecutive, "locked_until": locked_until}
+
+    def clear_auth_failures(self, name: str) -> None:
+        with self._tx() as con:
+            con.execute("DELETE FROM auth_failures WHERE name = ?", [name])
+
+    # -- API tokens (only a salted hash is kept) ------------------------------------------------------
+    def add_token(self, name: str, token_hash: str, prefix: str, actor: str) -> None:
+        with self._tx() as con:
+            if con.execute("SELECT 1 FROM api_tokens WHERE name = ?", [name]).fetchone():
+                raise StoreConflict(f"token '{name}' already exists (revoke it, or pick another name)")
+            con.execute("INSERT INTO api_tokens VALUES (?, ?, ?, ?, ?, NULL, NULL)",
+                        [name, token_hash, prefix, utcnow(), actor])
+            self._audit(con, actor, "token_added", f"token:{name}", {"prefix": prefix})
+
+    def revoke_token(self, name: str, actor: str) -> None:
+        with self._tx() as con:
+            row = con.execute("SELECT revoked_at FROM api_tokens WHERE name = ?", [name]).fetchone()
+            if row is None:
+                raise KeyError(f"no token '{name}'")
+            if row[0] is not None:
+                raise StoreConflict(f"token '{name}' was already revoked")
+            con.execute("UPDATE api_tokens SET revoked_at = ?, revoked_by = ? WHERE name = ?", [utcnow(), actor, name])
+            self._audit(con, actor, "token_revoked", f"token:{name}", {})
+
+    def tokens(self, active_only: bool = False) -> pd.DataFrame:
+        where = "WHERE revoked_at IS NULL" if active_only else ""
+        return self._read(f"SELECT * FROM api_tokens {where} ORDER BY name")
 
     def users(self) -> pd.DataFrame:
         return self._read("SELECT name, role, created_at FROM users ORDER BY name")
@@ -886,19 +984,37 @@ class Store:
                                                                      "policy": policy})
             return gid
 
-    def decide_gate(self, gate_id: int, approved: bool, by: str, comment: str, automatic: bool) -> dict:
+    def decide_gate(self, gate_id: int, approved: bool, by: str, comment: str, automatic: bool,
+                    override: bool = False) -> dict:
+        """Decide a pending gate once. Past its deadline nobody can: the gate is rejected as expired instead
+        (and that is committed) before the late decision is refused."""
         with self._tx() as con:
-            row = con.execute("SELECT status, cycle_id, kind FROM gates WHERE id = ?", [gate_id]).fetchone()
+            row = con.execute("SELECT status, cycle_id, kind, deadline FROM gates WHERE id = ?", [gate_id]).fetchone()
             if row is None:
                 raise KeyError(f"no gate {gate_id}")
             if row[0] != "pending":
                 raise StoreConflict(f"gate {gate_id} was already decided ({row[0]})")
+            expired = row[3] is not None and utcnow() > row[3]
+            if expired:
+                approved, by, comment, automatic, override = False, "auto", EXPIRED, True, False
             status = "approved" if approved else "rejected"
-            con.execute("UPDATE gates SET status = ?, decided_at = ?, decided_by = ?, comment = ?, automatic = ? "
-                        "WHERE id = ?", [status, utcnow(), by, comment, automatic, gate_id])
-            self._audit(con, by, f"gate_{status}", f"gate:{gate_id}",
-                        {"cycle": row[1], "kind": row[2], "comment": comment, "automatic": automatic})
-            return {"id": gate_id, "status": status, "cycle_id": row[1], "kind": row[2]}
+            con.execute("UPDATE gates SET status = ?, decided_at = ?, decided_by = ?, comment = ?, automatic = ?, "
+                        "override = ? WHERE id = ?", [status, utcnow(), by, comment, automatic, override, gate_id])
+            self._audit(con, by, "gate_overridden" if override else f"gate_{status}", f"gate:{gate_id}",
+                        {"cycle": row[1], "kind": row[2], "comment": comment, "automatic": automatic,
+                         "override": override})
+        if expired:
+            raise StoreConflict(f"gate {gate_id} expired at {row[3]:%Y-%m-%d %H:%M:%S} UTC and was rejected; "
+                                "a decision after the deadline does not count")
+        return {"id": gate_id, "status": status, "cycle_id": row[1], "kind": row[2], "override": override}
+
+    def expire_gate(self, gate_id: int) -> bool:
+        """Reject a pending gate past its deadline; whether it did."""
+        try:
+            self.decide_gate(gate_id, False, "auto", EXPIRED, True)
+        except StoreConflict as err:
+            return "expired" in str(err)
+        return False
 
     def set_cycle_waiting(self, cycle_id: int, waiting: bool) -> None:
         with self._tx() as con:

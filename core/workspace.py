@@ -106,11 +106,11 @@ def engine_lock(ws: Workspace) -> Iterator[None]:
         fh.close()
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -118,7 +118,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def audit_config(ws: Workspace, actor: str) -> dict:
     """Record in the audit log how config.toml differs from the last version seen, hand edits included."""
-    current = _flatten(ws.config().model_dump())
+    current = flatten(ws.config().model_dump())
     before = ws.store.config_snapshot()
     if before == current:
         return {}

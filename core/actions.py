@@ -1,0 +1,141 @@
+"""Every action a person takes, once: the CLI, the dashboard and the server call these, so the credential
+check, the rule and the audit entry are the same whoever calls.
+
+Each takes a `Principal` (core.auth): the CLI makes one from a name and password for each command, the
+dashboard keeps one for a signed-in session. Actions that change what ships or what trains need an approver.
+"""
+from __future__ import annotations
+
+import tomllib
+
+from core import auth, registry
+from core.auth import AuthError, Principal
+from core.config import ConfigError, parse_config
+from core.workspace import Workspace, flatten
+
+# Gates whose failed checks mean the candidate must not ship: approving one anyway is an explicit override.
+HARD_GATES = ("promotion", "scaffold_adoption")
+
+
+def decide_gate(ws: Workspace, who: Principal, gate_id: int, approved: bool, comment: str = "",
+                override: bool = False) -> dict:
+    store = ws.store
+    auth.require_role(store, who, f"gate:{gate_id}")
+    gate = store.gate(gate_id)
+    if gate is None:
+        raise KeyError(f"no gate {gate_id}")
+    comment = (comment or "").strip()
+    if approved and gate["kind"] in HARD_GATES and not (gate["checks"] or {}).get("passed", True):
+        if not override:
+            raise ValueError(f"gate {gate_id}'s checks failed ({'; '.join(gate['checks'].get('reasons', []))}); "
+                             "approving it anyway needs --override and a --comment giving the reason")
+        if not comment:
+            raise ValueError("an override needs a written reason (--comment)")
+    elif override:
+        raise ValueError(f"gate {gate_id} needs no override: "
+                         + ("a rejection is never an override" if not approved else "its checks passed"))
+    return store.decide_gate(gate_id, approved, who.name, comment, automatic=False, override=override)
+
+
+def rollback_targets(store) -> list[str]:
+    """Versions that have been production before and are not production now: the only valid rollbacks."""
+    history = store.alias_history()
+    current = store.alias("production")
+    seen = history[(history["name"] == "production") & history["version"].notna()]["version"].tolist()
+    return [v for v in dict.fromkeys(seen) if v != current]
+
+
+def rollback(ws: Workspace, who: Principal, version: str) -> str | None:
+    store = ws.store
+    auth.require_role(store, who, f"rollback:{version}")
+    if store.version(version) is None:
+        raise registry.NoModelError(f"no model version '{version}' in this workspace")
+    if version not in rollback_targets(store):
+        raise ValueError(f"{version} has never been production (or is production now); roll back only to one of: "
+                         + (", ".join(rollback_targets(store)) or "none yet"))
+    return registry.rollback(ws, version, actor=who.name)
+
+
+def review_samples(ws: Workspace, who: Principal, ids: list[int] | None, action: str, label: str | None = None,
+                   comment: str = "", filters: dict | None = None) -> int:
+    """Approve, reject or relabel samples; ids=None means every sample the filters match."""
+    store = ws.store
+    auth.require_role(store, who, f"samples:{action}")
+    if ids is None:
+        ids = store.sample_query(**(filters or {}))["id"].astype(int).tolist()
+    return store.review_samples(ids, action, who.name, label=label if action == "relabel" else None, comment=comment)
+
+
+def require_reader_export(ws: Workspace, who: Principal, what: str) -> None:
+    """Exports leave the workspace with its data: approvers only."""
+    auth.require_role(ws.store, who, f"export:{what}")
+
+
+# -- users ------------------------------------------------------------------------------------------------
+def add_user(ws: Workspace, who: Principal | None, name: str, role: str, password: str) -> None:
+    """The first approver of a workspace needs no credential; after that, only an approver adds users."""
+    store = ws.store
+    if store.approver_count():
+        if who is None:
+            raise AuthError("this workspace has approvers: adding a user needs an approver's --by NAME and password")
+        auth.require_role(store, who, f"user:{name}")
+    auth.add_user(store, name, role, password, actor=who.name if who else "first-user")
+
+
+def set_role(ws: Workspace, who: Principal, name: str, role: str) -> str:
+    if role not in auth.ROLES:
+        raise ValueError(f"role must be one of {', '.join(auth.ROLES)}, not '{role}'")
+    auth.require_role(ws.store, who, f"user:{name}")
+    return ws.store.set_role(name, role, who.name)
+
+
+def remove_user(ws: Workspace, who: Principal, name: str) -> None:
+    auth.require_role(ws.store, who, f"user:{name}")
+    ws.store.remove_user(name, who.name)
+
+
+# -- tokens -----------------------------------------------------------------------------------------------
+def add_token(ws: Workspace, who: Principal, name: str) -> str:
+    auth.require_role(ws.store, who, f"token:{name}")
+    return auth.new_token(ws.store, name, who.name)
+
+
+def revoke_token(ws: Workspace, who: Principal, name: str) -> None:
+    auth.require_role(ws.store, who, f"token:{name}")
+    ws.store.revoke_token(name, who.name)
+
+
+# -- configuration ----------------------------------------------------------------------------------------
+def parse_value(text: str):
+    """A TOML value when it parses as one (2, 0.5, true, "auto", ["a"]), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def config_set(ws: Workspace, who: Principal, key: str, value: str) -> tuple:
+    """Set one key of config.toml, validated; audited with the old and the new value. (old, new)"""
+    auth.require_role(ws.store, who, f"config:{key}")
+    raw = ws.config().model_dump()
+    parts = [p.strip() for p in key.split(".")]
+    node = raw
+    for part in parts[:-1]:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            raise ConfigError(f"unknown config key '{key}'")
+    if not parts[-1] or parts[-1] not in node or isinstance(node[parts[-1]], dict):
+        raise ConfigError(f"unknown config key '{key}'")
+    old = node[parts[-1]]
+    node[parts[-1]] = parse_value(value)
+    config = parse_config(raw)
+    new = flatten(config.model_dump())[key]
+    ws.save_config(config, actor=who.name)
+    return old, new
+
+
+def make_autonomous(config) -> None:
+    """The recorded autonomous mode: every gate decides by its own checks (`init --policy auto`)."""
+    for name in ("data_review", "drift_review", "promotion", "scaffold_adoption"):
+        getattr(config.gates, name).policy = "auto"
+
