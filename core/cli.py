@@ -17,14 +17,21 @@ def _ws(args):
 
 
 def cmd_init(args) -> int:
+    from core.actions import make_autonomous
+    from core.config import Config
     from core.setup import init_workspace
 
+    config = Config()
+    if args.policy == "auto":
+        make_autonomous(config)  # recorded: the initial config.toml and its audit entry say so
     ws = init_workspace(Path(args.workspace), Path(args.labeled), Path(args.unlabeled) if args.unlabeled else None,
                         Path(args.heldout) if args.heldout else None, args.text_col, args.label_col,
-                        args.base_model, guardrails=Path(args.guardrails) if args.guardrails else None)
+                        args.base_model, config=config, guardrails=Path(args.guardrails) if args.guardrails else None)
     counts = ws.store.datasets().set_index("split")["n_rows"].to_dict()
     print(f"workspace {ws.root}: {len(ws.store.labels())} labels, "
           + ", ".join(f"{n:,} {split}" for split, n in counts.items()))
+    if args.policy == "auto":
+        print("every gate is automatic: each decides by its own checks, recorded in the audit log")
     print(f"next: python -m core evolve --workspace {ws.root}")
     return 0
 
@@ -45,8 +52,10 @@ def cmd_evolve(args) -> int:
         if not (args.wait and outcomes and outcomes[-1].status == "waiting"):
             return 0
         # --wait: poll until someone decides the gate, then carry on
+        from core.gates import expire_if_due
+
         gate_id = outcomes[-1].gate_id
-        while ws.store.gate(gate_id)["status"] == "pending":
+        while expire_if_due(ws.store, ws.store.gate(gate_id))["status"] == "pending":
             time.sleep(args.poll)
         args.cycles = max(1, args.cycles - sum(o.status in ("done", "rejected") for o in outcomes))
 
@@ -132,26 +141,48 @@ def cmd_gates(args) -> int:
     return 0
 
 
-def _password(confirm: bool = False) -> str:
-    """From EVOLAB_PASSWORD when set (scripts, CI), else from a prompt that does not echo."""
+def _password() -> str:
+    """The deciding person's password: from EVOLAB_PASSWORD when set (scripts, CI; announced), else a prompt."""
     import getpass
 
     if "EVOLAB_PASSWORD" in os.environ:
+        print("using the password in EVOLAB_PASSWORD", file=sys.stderr)
         return os.environ["EVOLAB_PASSWORD"]
-    first = getpass.getpass("password: ")
-    if confirm and getpass.getpass("repeat password: ") != first:
+    return getpass.getpass("password: ")
+
+
+def _new_password(args) -> str:
+    """A new user's password: from --password-file (scripts) or a prompt asked twice; never EVOLAB_PASSWORD,
+    which is only ever the deciding approver's."""
+    import getpass
+
+    if args.password_file:
+        text = Path(args.password_file).read_text(encoding="utf-8")
+        return text[:-1] if text.endswith("\n") else text
+    first = getpass.getpass(f"new password for {args.name}: ")
+    if getpass.getpass("repeat it: ") != first:
         raise ValueError("the two passwords differ")
     return first
 
 
+def _principal(ws, name: str | None, action: str):
+    """Whoever --by names, with their password checked (None when --by is not given)."""
+    from core import auth
+
+    return auth.authenticate(ws.store, name, _password(), action) if name else None
+
+
 def cmd_decide(args) -> int:
-    from core import gates
+    from core import actions
 
     ws = _ws(args)
     approved = args.command == "approve"
-    decided = gates.decide_as(ws.store, args.gate_id, approved, args.by, _password(), args.comment or "")
-    print(f"gate {decided['id']} {decided['status']} by {args.by}; "
-          f"continue with `python -m core resume --workspace {ws.root}`")
+    who = _principal(ws, args.by, f"gate:{args.gate_id}")
+    decided = actions.decide_gate(ws, who, args.gate_id, approved, args.comment or "",
+                                  override=getattr(args, "override", False))
+    print(f"gate {decided['id']} {decided['status']} by {who.name}" + (" (OVERRIDE of failed checks)"
+                                                                        if decided["override"] else "")
+          + f"; continue with `python -m core resume --workspace {ws.root}`")
     return 0
 
 
@@ -229,12 +260,10 @@ def cmd_scaffolds(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from core import registry
-    from core.auth import require_approver
+    from core import actions
 
     ws = _ws(args)
-    require_approver(ws.store, args.by, _password(), f"rollback:{args.to}")  # as strict as a promotion
-    previous = registry.rollback(ws, args.to, actor=args.by)
+    previous = actions.rollback(ws, _principal(ws, args.by, f"rollback:{args.to}"), args.to)
     print(f"production: {previous or '-'} -> {args.to}")
     return 0
 
@@ -337,7 +366,7 @@ def cmd_samples(args) -> int:
         n = export_samples(store, Path(args.out), **filters)
         print(f"{n:,} samples -> {args.out}")
         return 0
-    from core.auth import require_approver
+    from core import actions
 
     ids = [int(i) for i in args.ids.split(",")] if args.ids else \
         store.sample_query(**filters)["id"].astype(int).tolist() if args.all_matching else []
@@ -345,9 +374,9 @@ def cmd_samples(args) -> int:
         raise ValueError("choose samples with --ids 1,2,3 or --all-matching plus filters")
     if not args.by:
         raise ValueError(f"samples {args.action} needs --by NAME (an approver)")
-    require_approver(store, args.by, _password(), f"samples:{args.action}")
-    n = store.review_samples(ids, args.action, args.by, label=args.to_label, comment=args.comment or "")
-    print(f"{n:,} samples {args.action}d by {args.by}")
+    who = _principal(ws, args.by, f"samples:{args.action}")
+    n = actions.review_samples(ws, who, ids, args.action, label=args.to_label, comment=args.comment or "")
+    print(f"{n:,} samples {args.action}d by {who.name}")
     return 0
 
 
@@ -395,17 +424,75 @@ def cmd_drift(args) -> int:
 
 
 def cmd_users(args) -> int:
-    from core import auth
+    from core import actions
 
     ws = _ws(args)
-    if args.action == "add":
-        if not args.name or not args.role:
-            raise ValueError("users add needs NAME and --role approver|viewer")
-        auth.add_user(ws.store, args.name, args.role, _password(confirm=True))
-        print(f"user {args.name} added as {args.role}")
-    else:
+    if args.action == "list":
         users = ws.store.users()
         print("no users yet" if users.empty else users.to_string(index=False))
+        return 0
+    if not args.name:
+        raise ValueError(f"users {args.action} needs a NAME")
+    who = _principal(ws, args.by, f"user:{args.name}")
+    if args.action == "add":
+        if not args.role:
+            raise ValueError("users add needs --role approver|viewer")
+        actions.add_user(ws, who, args.name, args.role, _new_password(args))
+        print(f"user {args.name} added as {args.role}")
+    elif who is None:
+        raise ValueError(f"users {args.action} needs --by NAME (an approver)")
+    elif args.action == "set-role":
+        if not args.role:
+            raise ValueError("users set-role needs --role approver|viewer")
+        before = actions.set_role(ws, who, args.name, args.role)
+        print(f"user {args.name}: {before} -> {args.role}")
+    else:
+        actions.remove_user(ws, who, args.name)
+        print(f"user {args.name} removed")
+    return 0
+
+
+def cmd_tokens(args) -> int:
+    from core import actions
+
+    ws = _ws(args)
+    if args.action == "list":
+        tokens = ws.store.tokens()
+        print("no tokens yet" if tokens.empty else
+              tokens[["name", "prefix", "created_at", "created_by", "revoked_at", "revoked_by"]].to_string(index=False))
+        return 0
+    if not args.name or not args.by:
+        raise ValueError(f"tokens {args.action} needs NAME and --by APPROVER")
+    who = _principal(ws, args.by, f"token:{args.name}")
+    if args.action == "add":
+        token = actions.add_token(ws, who, args.name)
+        print(token)
+        print(f"token '{args.name}': shown once, only its salted hash is kept; send it as "
+              "`Authorization: Bearer TOKEN`", file=sys.stderr)
+    else:
+        actions.revoke_token(ws, who, args.name)
+        print(f"token '{args.name}' revoked")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from core import actions
+
+    ws = _ws(args)
+    if args.action == "get":
+        from core.workspace import flatten
+
+        values = flatten(ws.config().model_dump())
+        if args.key and args.key not in values:
+            raise ValueError(f"unknown config key '{args.key}'")
+        for key, value in values.items():
+            if not args.key or key == args.key:
+                print(f"{key} = {json.dumps(value)}")
+        return 0
+    if not args.key or args.value is None or not args.by:
+        raise ValueError("config set needs KEY VALUE and --by APPROVER")
+    old, new = actions.config_set(ws, _principal(ws, args.by, f"config:{args.key}"), args.key, args.value)
+    print(f"{args.key}: {json.dumps(old)} -> {json.dumps(new)} (audited)")
     return 0
 
 
@@ -451,13 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-col", default="label")
     p.add_argument("--base-model", help="Hugging Face id or local path (default: the bundled MiniLM)")
     p.add_argument("--guardrails", help="must-hold probes: CSV with text,expected_label[,note]")
+    p.add_argument("--policy", choices=["default", "auto"], default="default",
+                   help="auto: every gate decides by its own checks, no person waited for (recorded)")
 
     for name, fn, help_ in (("evolve", cmd_evolve, "run evolution cycles"),
                             ("resume", cmd_resume, "finish the open cycle")):
         p = add(name, fn, help_)
         p.add_argument("--workspace", required=True)
         p.add_argument("--auto-approve", action="store_true",
-                       help="decide every gate automatically by its checks (recorded in the audit log)")
+                       help="let gates under an automatic policy approve when their checks pass, even outside "
+                            "their thresholds (recorded); a gate whose policy is human still waits for a person")
         p.add_argument("--quiet", action="store_true")
         if name == "evolve":
             p.add_argument("--cycles", type=int, default=1)
@@ -476,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("gate_id", type=int)
         p.add_argument("--by", required=True)
         p.add_argument("--comment")
+        if name == "approve":
+            p.add_argument("--override", action="store_true",
+                           help="approve a promotion or scaffold adoption whose checks failed (needs --comment)")
 
     p = add("predict", cmd_predict, "label a CSV with the production model")
     p.add_argument("--workspace", required=True)
@@ -532,11 +625,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle", type=int)
     p.add_argument("--json", action="store_true")
 
-    p = add("users", cmd_users, "add or list approvers and viewers")
-    p.add_argument("action", choices=["add", "list"])
+    p = add("users", cmd_users, "add, list, change the role of or remove approvers and viewers")
+    p.add_argument("action", choices=["add", "list", "set-role", "remove"])
     p.add_argument("name", nargs="?")
     p.add_argument("--role", choices=["approver", "viewer"])
     p.add_argument("--workspace", required=True)
+    p.add_argument("--by", help="an approver's name (needed once the workspace has an approver)")
+    p.add_argument("--password-file", help="add: read the new user's password from this file (scripts)")
+
+    p = add("tokens", cmd_tokens, "API tokens for the server's writing endpoints: add (printed once), list, revoke")
+    p.add_argument("action", choices=["add", "list", "revoke"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--by", help="an approver's name")
+
+    p = add("config", cmd_config, "read config.toml, or set one key as an approver (audited)")
+    p.add_argument("action", choices=["get", "set"])
+    p.add_argument("key", nargs="?")
+    p.add_argument("value", nargs="?")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--by", help="set: an approver's name")
 
     p = add("audit", cmd_audit, "show the audit log or verify its hash chain")
     p.add_argument("action", choices=["verify", "list"])

@@ -104,8 +104,8 @@ class LLMConfig(_Section):
 
 
 class CurateConfig(_Section):
-    generators: list[Literal["self_label", "counterfactual", "templates", "llm"]] = [
-        "self_label", "counterfactual", "templates", "llm"]
+    generators: list[Literal["self_label", "counterfactual", "templates", "llm", "feedback"]] = [
+        "self_label", "counterfactual", "templates", "llm", "feedback"]
     # Who labels traffic: the model's probabilities smoothed by label propagation over the embedding
     # graph, or the model alone. Banking77 pool, labels from a cycle-1 model: model 87.4%, propagation 88.0%.
     teacher: Literal["propagation", "model"] = "propagation"
@@ -201,6 +201,8 @@ class ServeConfig(_Section):
     max_buffered_rows: int = Field(200_000, ge=1)  # while the store is busy; the oldest are dropped past it
     poll_s: float = Field(0.5, gt=0)  # how often the production alias is read for a hot swap
     torch_threads: int = Field(0, ge=0)  # per request thread; 0: torch's default (OMP_NUM_THREADS or one per core)
+    # /feedback always needs an API token (`python -m core tokens add`); /predict only when this is true.
+    predict_requires_token: bool = False
 
 
 def parse_window(text: str) -> tuple[int, int]:

@@ -115,10 +115,13 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
     pairs = [(json.loads(d)["true"], json.loads(d)["predicted"], int(sev))
              for kind, d, sev in zip(findings.get("kind", []), findings.get("detail", []), findings.get("severity", []))
              if kind in diagnose.PAIR_KINDS and json.loads(d).get("trend") != "fixed"]
+    corrections = store.production_feedback()
+    pool = store.unlabeled_pool()
+    pool = pool[~pool["text"].isin(corrections["text"])]  # a person's correction, not a teacher, labels these
     context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=store.examples("seed"),
-                             pool=store.unlabeled_pool(), pairs=pairs,
+                             pool=pool, pairs=pairs,
                              favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
-                             seed_value=cycle["id"], remedy=lessons.remedy(findings))
+                             seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections)
     samples, report = curate.curate(context, store.examples("heldout"), store.reviewed_samples(cycle["id"]),
                                     ctx["progress"])
     store.save_samples(cycle["id"], samples, "data_review")
@@ -135,17 +138,13 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
         return seed
     remedy = lessons.remedy(store.diagnoses(cycle["id"]))
     samples = store.samples(cycle["id"])
-    # Human approvals and relabels count as kept; a human rejection is never trained on.
-    kept = samples[samples["status"].isin(["kept", "approved"])][["text", "label"]].assign(source="synthetic")
-    # People's corrections of production predictions are labeled data, and their label wins over a
-    # synthetic one for the same text; but no verifier saw them, so a rejection's held-back classes wait.
-    feedback = store.production_feedback().drop_duplicates("text", keep="last")[["text", "label"]]
-    kept = kept[~kept["text"].isin(feedback["text"])]
-    feedback = feedback[~feedback["label"].isin(remedy.hold_back)]
+    # Human approvals and relabels count as kept; a human rejection is never trained on. People's
+    # corrections from production arrive as `feedback` samples, verified and reviewed like the rest.
+    kept = samples[samples["status"].isin(["kept", "approved"])]
+    kept = kept[["text", "label"]].assign(source=kept["generator"].where(kept["generator"] == "feedback", "synthetic"))
     # A class a rejected candidate forgot has its seed replayed more, so the next one holds on to it.
     extra = [seed[seed["label"].isin(remedy.upweight)]] * (lessons.SEED_REPLAY - 1) if remedy.upweight else []
-    parts = [seed, *extra, kept] + ([feedback.assign(source="feedback")] if len(feedback) else [])
-    return pd.concat(parts, ignore_index=True)  # the seed is replayed in every retraining
+    return pd.concat([seed, *extra, kept], ignore_index=True)  # the seed is replayed in every retraining
 
 
 def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:

@@ -16,7 +16,7 @@ AUTO_ACTOR = "auto"
 AUTO_APPROVE_ACTOR = "auto-approve"
 # Sources that label real traffic (or a person's approval) rather than write text: a kept set made mostly
 # of them is normal, so the data_review gate's one-generator share leaves them out.
-TRAFFIC_LABELERS = frozenset({"self_label", "human_review"})
+TRAFFIC_LABELERS = frozenset({"self_label", "human_review", "feedback"})
 
 
 def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.DataFrame | None) -> dict:

@@ -677,6 +677,10 @@ class Store:
                 _register(con, "fb_df", latest)
                 con.execute(f"INSERT OR REPLACE INTO feedback SELECT {_columns(self.FEEDBACK_COLUMNS)} "
                             "FROM fb_df")
+                # one entry per batch and sender: who put corrections into the store, not one per row
+                for actor, group in latest.groupby("actor"):
+                    self._audit(con, str(actor), "feedback_received", "feedback",
+                                {"count": len(group), "prediction_ids": group["prediction_id"].head(20).tolist()})
 
     def known_predictions(self, ids: list[str]) -> set[str]:
         if not ids:
@@ -707,7 +711,7 @@ class Store:
         where, params = ("AND p.model_version = ?", [version]) if version else ("", [])
         return self._read(
             "SELECT f.prediction_id, p.text, p.label AS served, f.label, p.confidence, p.model_version, "
-            "p.scaffold_version, f.\"at\" FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
+            "p.scaffold_version, f.\"at\", f.actor FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
             f"WHERE p.text NOT IN (SELECT text FROM examples WHERE split = 'heldout') {where} "
             "ORDER BY f.\"at\", f.prediction_id", params)
 
@@ -978,7 +982,7 @@ class Store:
             if row:
                 return row[0]
             gid = con.execute("SELECT coalesce(max(id), 0) + 1 FROM gates").fetchone()[0]
-            con.execute("INSERT INTO gates VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, NULL, NULL, NULL, NULL)",
+            con.execute("INSERT INTO gates VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, NULL, NULL, NULL, NULL, FALSE)",
                         [gid, cycle_id, kind, policy, _json(checks), utcnow(), deadline])
             self._audit(con, "engine", "gate_opened", f"gate:{gid}", {"cycle": cycle_id, "kind": kind,
                                                                      "policy": policy})

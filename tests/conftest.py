@@ -21,10 +21,15 @@ LABELS = ["billing_question", "payment_processing_error", "shipping_delay", "acc
 sys.path.insert(0, str(ROOT))
 
 
-def fast_config():
+def fast_config(autonomous: bool = True):
+    """Small and fast. autonomous: every gate decides by its own checks (the recorded autonomous mode, as
+    `init --policy auto` makes it); tests of human oversight set the policies they need."""
+    from core.actions import make_autonomous
     from core.config import Config
 
     config = Config()
+    if autonomous:
+        make_autonomous(config)
     config.model.lora_r = 4
     config.model.lora_layers = 1
     config.model.max_length = 32
@@ -71,7 +76,7 @@ def _baseline_template(tmp_path_factory, tiny_csvs):
 
     ws = make_workspace(tmp_path_factory.mktemp("template") / "ws", tiny_csvs)
     cid = cycle.start_cycle(ws)
-    outcome = cycle.run_cycle(ws, cid, auto_approve=True, progress=False)
+    outcome = cycle.run_cycle(ws, cid, progress=False)
     assert outcome.status == "done"
     return ws.root
 
@@ -98,6 +103,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bo
 APPROVER, PASSWORD = "alice", "alice-secret"
 
 
+def approve_as(ws, gate_id: int, name: str = APPROVER, password: str = PASSWORD, comment: str = "",
+               approved: bool = True) -> dict:
+    """A person's decision the way every caller makes it: checked credentials, then core.actions."""
+    from core import actions, auth
+
+    return actions.decide_gate(ws, auth.authenticate(ws.store, name, password, f"gate:{gate_id}"), gate_id,
+                               approved, comment)
+
+
 @pytest.fixture(scope="session")
 def _pending_template(tmp_path_factory, _baseline_template):
     """baseline v1 in production, an approver, and cycle 2 waiting at its promotion gate with candidate v2.
@@ -110,6 +124,7 @@ def _pending_template(tmp_path_factory, _baseline_template):
     ws = open_workspace(root)
     config = ws.config()
     config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0  # any candidate passes the checks
+    config.gates.promotion.policy = "human"
     config.train.epochs = 1  # the curves only need to exist
     ws.save_config(config)
     auth.add_user(ws.store, APPROVER, "approver", PASSWORD)

@@ -38,7 +38,7 @@ def test_rollback_moves_production_and_keeps_history(baseline_ws, capsys, monkey
     config = baseline_ws.config()
     config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
     baseline_ws.save_config(config)
-    cycle.evolve(baseline_ws, cycles=1, auto_approve=True, progress=False)
+    cycle.evolve(baseline_ws, cycles=1, progress=False)
     store = baseline_ws.store
     assert store.alias("production") == "v2"
     assert main(["rollback", "--workspace", str(baseline_ws.root), "--to", "v1", "--by", "vera"]) == 1

@@ -114,7 +114,7 @@ def test_human_review_wins_and_rejections_are_never_trained_on(baseline_ws, monk
     assert main(["samples", "relabel", "--workspace", root, "--ids", str(relabel_id), "--to-label", "nope",
                  "--by", "alice"]) == 1
     assert main(["approve", "--workspace", root, str(outcome.gate_id), "--by", "alice"]) == 0
-    cycle.resume(ws, auto_approve=True, progress=False)
+    cycle.resume(ws, progress=False)
     trained = pd.read_parquet(ws.checkpoints / f"cycle_{outcome.cycle_id}" / "train.parquet")
     rejected_texts = set(store.samples(outcome.cycle_id).query("status == 'rejected'")["text"])
     assert rejected_texts and not rejected_texts & set(trained["text"])
@@ -124,7 +124,7 @@ def test_human_review_wins_and_rejections_are_never_trained_on(baseline_ws, monk
     # the next cycle carries the people's decisions over, whatever its verifiers think
     config.gates.data_review.policy = "auto"
     ws.save_config(config)
-    nxt = cycle.evolve(ws, cycles=1, auto_approve=True, progress=False)[-1]
+    nxt = cycle.evolve(ws, cycles=1, progress=False)[-1]
     later = store.samples(nxt.cycle_id)
     dropped = later[later["text"].isin(rejected_texts)]
     assert (dropped["status"] == "dropped").all() and dropped["reason"].str.contains("rejected by alice").all()

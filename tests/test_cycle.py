@@ -7,10 +7,10 @@ from core.config import GateConfig
 from core.workspace import engine_lock
 
 
-def test_baseline_then_evolve_with_auto_approve(baseline_ws):
+def test_baseline_then_evolve_autonomously(baseline_ws):
     store = baseline_ws.store
     assert store.alias("production") == "v1"
-    outcomes = cycle.evolve(baseline_ws, cycles=1, auto_approve=True, progress=False)
+    outcomes = cycle.evolve(baseline_ws, cycles=1, progress=False)
     assert [o.status in ("done", "rejected") for o in outcomes] == [True]
     cid = outcomes[0].cycle_id
     stages = set(store.stage_runs(cid)["stage"])
@@ -25,7 +25,7 @@ def test_baseline_then_evolve_with_auto_approve(baseline_ws):
     assert version["parent_version"] == "v1"
     assert version["lineage"]["rows_by_source"]["seed"] == len(store.examples("seed"))  # replay of the seed
     gate = store.gate_for(cid, "promotion")
-    assert gate["automatic"] and gate["decided_by"] in (gates.AUTO_ACTOR, gates.AUTO_APPROVE_ACTOR)
+    assert gate["automatic"] and gate["decided_by"] == gates.AUTO_ACTOR and gate["policy"] == "auto"
     expected = "v2" if gate["status"] == "approved" else "v1"
     assert store.alias("production") == expected
     assert not store.metrics(f"cycle_{cid}").empty
@@ -35,6 +35,7 @@ def _force_pass(ws):
     config = ws.config()
     config.gates.min_gain = -1.0  # let any candidate pass the checks, so the human decision is what is tested
     config.gates.max_recall_drop = 1.0
+    config.gates.promotion.policy = "human"
     ws.save_config(config)
 
 
@@ -88,6 +89,7 @@ def test_second_engine_on_the_same_workspace_is_refused(baseline_ws, capsys):
 def test_gate_timeout_rejects(baseline_ws):
     config = baseline_ws.config()
     config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
+    config.gates.promotion.policy = "human"
     config.gates.promotion.timeout_hours = 1e-9
     baseline_ws.save_config(config)
     outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]

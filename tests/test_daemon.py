@@ -10,8 +10,8 @@ from datetime import datetime
 
 import pytest
 
-from conftest import APPROVER, PASSWORD, ROOT
-from core import cycle, gates
+from conftest import ROOT, approve_as
+from core import cycle
 from core.config import ConfigError, parse_config
 from core.daemon import night_of
 
@@ -58,7 +58,7 @@ def test_daemon_waits_at_the_gate_and_resumes_after_a_decision(pending_ws):
     lines: list[str] = []
     _until(proc, lines, f"waits at promotion gate {gate_id} for a decision")
     assert ws.store.alias("production") == "v1"
-    gates.decide_as(ws.store, gate_id, True, APPROVER, PASSWORD, "night shift approves")
+    approve_as(ws, gate_id, comment="night shift approves")
     _until(proc, lines, "done for tonight (1 cycle(s) in window 01:00-05:00)")
     lines = _terminate(proc, lines)
     assert any("cycle 2 done (production: v2)" in line for line in lines)
@@ -67,7 +67,7 @@ def test_daemon_waits_at_the_gate_and_resumes_after_a_decision(pending_ws):
 
 def test_stop_request_halts_a_cycle_at_a_stage_boundary(pending_ws):
     ws, gate_id = pending_ws
-    gates.decide_as(ws.store, gate_id, True, APPROVER, PASSWORD, "")
+    approve_as(ws, gate_id)
     open_ = ws.store.open_cycle()
     outcome = cycle.resume(ws, progress=False, stop=lambda: True)
     assert outcome.status == "stopped" and "resume continues it" in outcome.message

@@ -25,7 +25,7 @@ def planted_confusion(tmp_path, tiny_csvs):
     config.diagnose.max_clusters = 2
     ws = make_workspace(tmp_path / "ws", {**tiny_csvs, "heldout": path}, config)
     cid = cycle.start_cycle(ws)
-    assert cycle.run_cycle(ws, cid, auto_approve=True, progress=False).status == "done"
+    assert cycle.run_cycle(ws, cid, progress=False).status == "done"
     return ws
 
 
@@ -58,7 +58,7 @@ def test_findings_are_tracked_across_cycles(planted_confusion):
     config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
     ws.save_config(config)
     cycle.run_diagnosis(ws, 0, "v1", None)
-    outcome = cycle.evolve(ws, cycles=1, auto_approve=True, progress=False)[-1]
+    outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
     findings = ws.store.diagnoses(outcome.cycle_id)
     trends = {json.loads(d)["trend"] for d in findings["detail"]}
     assert "persisting" in trends  # the same production model shows the same planted confusion

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import auth, cycle, model as M, registry
+from core import auth, cycle, gates, model as M, registry
 from core.cli import main
 from core.setup import add_guardrails
 from tests.conftest import ROOT
@@ -63,8 +63,12 @@ def test_harmful_candidate_waits_under_human_and_is_never_promoted(baseline_ws, 
     assert outcome.status == "waiting" and "drift_review gate" in outcome.message
     store = baseline_ws.store
     assert store.alias("production") == "v1"
-    # --auto-approve decides by the checks, and the drift check failed: rejected, not promoted
-    final = cycle.resume(baseline_ws, auto_approve=True, progress=False)
+    # --auto-approve never decides a gate whose policy is human, and says so
+    again = cycle.resume(baseline_ws, auto_approve=True, progress=False)
+    assert again.status == "waiting" and "never decides a gate whose policy is human" in again.message
+    assert store.gate(outcome.gate_id)["status"] == "pending" and store.alias("production") == "v1"
+    gates.decide(store, outcome.gate_id, False, "carol", "guardrails must hold")
+    final = cycle.resume(baseline_ws, progress=False)
     assert final.status == "rejected" and store.alias("production") == "v1"
     assert main(["drift", "--workspace", str(baseline_ws.root)]) == 0
     out = capsys.readouterr().out

@@ -9,7 +9,7 @@ from tests.conftest import ROOT, run_cli
 
 
 def _evolve_process(ws, env=None):
-    return subprocess.Popen([sys.executable, "-m", "core", "evolve", "--workspace", str(ws.root), "--auto-approve",
+    return subprocess.Popen([sys.executable, "-m", "core", "evolve", "--workspace", str(ws.root),
                              "--quiet"], cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -51,7 +51,7 @@ def test_sigkill_inside_training_then_resume(baseline_ws):
     assert cycle["stage"] == "train" and store.version("v2") is None
     resumed_from = min(int(p.name.split("_")[1]) for p in ckpts.glob("step_*"))
     assert resumed_from > 0
-    result = run_cli("resume", "--workspace", str(baseline_ws.root), "--auto-approve", "--quiet", check=True)
+    result = run_cli("resume", "--workspace", str(baseline_ws.root), "--quiet", check=True)
     assert "cycle 2" in result.stdout
     _assert_consistent(baseline_ws, cycle["id"])
     assert store.version("v2")["lineage"]["steps"] == 60
@@ -79,5 +79,5 @@ def test_sigkill_between_training_and_registration(baseline_ws):
     proc.wait(timeout=600)
     assert proc.returncode == -signal.SIGKILL
     assert (baseline_ws.models / "v2").exists() and baseline_ws.store.version("v2") is None
-    run_cli("resume", "--workspace", str(baseline_ws.root), "--auto-approve", "--quiet", check=True)
+    run_cli("resume", "--workspace", str(baseline_ws.root), "--quiet", check=True)
     _assert_consistent(baseline_ws, 2)

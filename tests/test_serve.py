@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import APPROVER, PASSWORD, ROOT, run_cli
-from core import cycle, gates
+from core import actions, auth, cycle
 from core.scaffolds import archive
 from core.store import utcnow
 from core.workspace import open_workspace
@@ -78,7 +78,9 @@ def served(tmp_path_factory, _baseline_template):
     shutil.copytree(_baseline_template, root)
     ws = open_workspace(root)
     _quick_logs(ws, max_texts=8, max_text_chars=200, max_body_bytes=1024)
+    token = auth.new_token(ws.store, "ops-bot", "test")
     with server(ws) as (client, proc):
+        client.headers["Authorization"] = f"Bearer {token}"
         yield ws, client, proc
 
 
@@ -124,9 +126,13 @@ def test_predict_and_feedback_are_logged_and_feed_the_loop(served):
     fb = store.production_feedback("v1")
     assert set(fb["text"]) >= set(texts[:2]) and held["text"] not in set(fb["text"])
     assert (fb["served"] != fb["label"]).all()
+    # who sent it is the token, not what the client says; the client's word is kept beside it
+    assert set(fb.set_index("text").loc[texts[:2], "actor"]) == {"token:ops-bot (carol)"}
+    log = store.audit_entries()
+    assert (log["action"] == "feedback_received").any() and "token:ops-bot (carol)" in set(log["actor"])
+    # corrections are candidates for curation, not training rows: nothing trains on them unverified
     train = cycle._training_data(ws, {"kind": "evolve", "id": 99})
-    rows = train[train["source"] == "feedback"].set_index("text")["label"]
-    assert rows[texts[0]] == wrong[0] and rows[texts[1]] == wrong[1]
+    assert not set(texts[:2]) & set(train["text"])
     summary = store.production_summary()
     assert summary["predictions"] >= 3 and summary["corrected_errors"] >= 3
 
@@ -144,6 +150,37 @@ BAD = [
     ("/feedback", {"id": "nope", "label": "no_such_label"}, 422, "unknown label 'no_such_label'"),
     ("/feedback", {"id": 12, "label": "shipping_delay"}, 422, "id: Input should be a valid string"),
 ]
+
+
+def test_feedback_needs_a_live_api_token(served):
+    """Anyone who reaches the server could put labeled rows into training: now only a token's holder can
+    send corrections, a revoked token stops working within a poll, and nothing is logged for a refusal."""
+    ws, client, _ = served
+    pred = client.post("/predict", json={"texts": ["my parcel is late"]}).json()["predictions"][0]
+    before = _metric(client, "evolab_feedback_total")
+    body = {"id": pred["id"], "label": "shipping_delay", "actor": "mallory"}
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer evl_forged"}, {"Authorization": "Basic x"}):
+        r = client.post("/feedback", json=body, headers=headers)
+        assert r.status_code == 401 and "needs an API token" in r.json()["detail"], r.text
+    second = auth.new_token(ws.store, "temp-bot", "test")
+    deadline, accepted = time.monotonic() + 30, 0
+
+    def send() -> int:
+        nonlocal accepted
+        code = client.post("/feedback", json=body, headers={"Authorization": f"Bearer {second}"}).status_code
+        accepted += code == 200
+        return code
+
+    while send() != 200:
+        assert time.monotonic() < deadline, "a new token was never accepted"
+        time.sleep(0.2)
+    ws.store.revoke_token("temp-bot", "test")
+    while send() != 401:
+        assert time.monotonic() < deadline, "a revoked token kept working"
+        time.sleep(0.2)
+    assert accepted >= 1 and _metric(client, "evolab_feedback_total") == before + accepted
+    stored = ws.store.tokens()
+    assert second not in stored.to_string() and stored["token_hash"].str.startswith("$argon2id$").all()
 
 
 def test_an_adopted_scaffold_is_served_without_a_restart(served):
@@ -222,7 +259,7 @@ def test_promotion_and_rollback_swap_under_steady_load(pending_ws):
         worker.start()
         try:
             wait_for("v1")
-            gates.decide_as(ws.store, gate_id, True, APPROVER, PASSWORD, "ship it")
+            actions.decide_gate(ws, auth.authenticate(ws.store, APPROVER, PASSWORD, "test"), gate_id, True, "ship it")
             assert cycle.resume(ws, progress=False).status == "done"
             assert ws.store.alias("production") == "v2"
             wait_for("v2")

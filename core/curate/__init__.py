@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from core.curate import counterfactual, llm, self_label, templates  # noqa: F401  (they register)
+from core.curate import counterfactual, feedback, llm, self_label, templates  # noqa: F401  (they register)
 from core.curate import filters, verify
 from core.curate.registry import GENERATORS, Context
 from core.lessons import Remedy
@@ -79,7 +79,8 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
                                      for _, r in scores.iterrows()]
         for i, row in scores.iterrows():
             held_back = remedy.strict or cand.loc[i, "label"] in remedy.hold_back
-            reason = verify.verdict(row, cfg, strict=held_back)
+            reason = verify.verdict(row, cfg, strict=held_back,
+                                    independent_only=cand.loc[i, "generator"] == feedback.NAME)
             cand.loc[i, ["status", "reason"]] = ["dropped", reason] if reason else ["verified", ""]
     for label, group in cand[cand["status"] == "verified"].groupby("label"):
         cap = int(cfg.max_per_class * remedy.cap_factor

@@ -23,6 +23,7 @@ class Context:
     root: Path  # the workspace, for generator resources such as templates.json
     seed_value: int = 0
     remedy: object = None  # core.lessons.Remedy: what earlier rejections ask of this curation
+    feedback: pd.DataFrame | None = None  # people's corrections from production: text, label, actor
     notes: dict = field(default_factory=dict)  # per generator: what it did or why it did nothing
     # The model's (embedding, probabilities) per text already computed in this run, so verification
     # does not run the encoder over the traffic a second time.

@@ -87,12 +87,19 @@ def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: n
 STRICT_CONFIDENCE, STRICT_KNN = 0.9, 0.6
 
 
-def verdict(scores: pd.Series, cfg, strict: bool = False) -> str | None:
+def verdict(scores: pd.Series, cfg, strict: bool = False, independent_only: bool = False) -> str | None:
     """None when every verifier clears its bar, else the reason the sample is dropped. strict: the
-    held-back bars, and the kNN view must rank the label first."""
+    held-back bars, and the kNN view must rank the label first. independent_only: a correction of the
+    model, which the model's own verifiers cannot confirm; the kNN view must (and rank it first)."""
     min_conf = max(cfg.min_confidence, STRICT_CONFIDENCE) if strict else cfg.min_confidence
     min_knn = max(cfg.min_knn_agreement, STRICT_KNN) if strict else cfg.min_knn_agreement
     failed = []
+    if independent_only:
+        if scores["knn"] < min_knn:
+            failed.append(f"knn {scores['knn']:.2f} < {min_knn}")
+        if scores["knn_top"] < 1:
+            failed.append("knn view ranks another label first")
+        return ("the independent view does not confirm the correction: " + "; ".join(failed)) if failed else None
     if scores["model"] < min_conf:
         failed.append(f"model {scores['model']:.2f} < {min_conf} (predicts {scores['predicted']})")
     if scores["knn"] < min_knn:

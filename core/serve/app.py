@@ -18,6 +18,7 @@ from core.config import ServeConfig
 from core.serve.logbuffer import LogBuffer
 from core.serve.metrics import Metrics
 from core.serve.predictor import Predictor
+from core.serve.tokens import Tokens
 from core.store import utcnow
 from core.workspace import Workspace
 
@@ -44,13 +45,15 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: StrictStr = Field(description="a prediction id from POST /predict")
     label: StrictStr = Field(description="the correct label, one of the workspace's labels")
-    actor: StrictStr | None = Field(None, description="who corrected it (default: api)")
+    actor: StrictStr | None = Field(None, description="who corrected it, as the client says; recorded beside the "
+                                                      "token's name, which is what the audit log trusts")
 
 
 class FeedbackResponse(BaseModel):
     id: str
     label: str
-    status: str = "recorded"
+    status: str = Field("recorded", description="recorded as a candidate sample: the next curation verifies it "
+                                                "and the data review shows it")
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Service:
     cfg: ServeConfig
     predictor: Predictor = field(init=False)
     logs: LogBuffer = field(init=False)
+    tokens: Tokens = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
     labels: frozenset[str] = frozenset()
 
@@ -67,15 +71,18 @@ class Service:
         self.predictor = Predictor(self.ws, self.cfg.poll_s, self.cfg.torch_threads)
         self.logs = LogBuffer(self.ws.store, self.cfg.flush_interval_s, self.cfg.flush_rows,
                               self.cfg.max_buffered_rows)
+        self.tokens = Tokens(self.ws, self.cfg.poll_s)
 
     def start(self) -> "Service":
         self.labels = frozenset(self.ws.store.labels())
         self.predictor.start()  # loads production now: a workspace without one fails before binding a port
+        self.tokens.start()
         self.logs.start()
         return self
 
     def close(self) -> None:
         self.predictor.close()
+        self.tokens.close()
         self.logs.close()  # every logged request reaches the store
 
 
@@ -165,9 +172,21 @@ def create_app(service: Service) -> FastAPI:
             if len(text) > cfg.max_text_chars:
                 raise HTTPException(413, f"texts[{i}] has {len(text):,} characters, at most {cfg.max_text_chars:,}")
 
+    def token_name(request: Request, required: bool) -> str | None:
+        """The name of the API token the request carries (`Authorization: Bearer TOKEN`); 401 without one."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        name = service.tokens.name_for(token.strip()) if scheme.lower() == "bearer" else None
+        if required and name is None:
+            raise HTTPException(401, "this endpoint needs an API token: `Authorization: Bearer TOKEN` "
+                                     "(an approver makes one with `python -m core tokens add NAME`)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return name
+
     @app.post("/predict", response_model=PredictResponse)
-    def predict(body: PredictRequest) -> PredictResponse:
+    def predict(body: PredictRequest, request: Request) -> PredictResponse:
         """Classify texts with the production model; each prediction gets an id for feedback."""
+        token_name(request, cfg.predict_requires_token)
         check_texts(body.texts)
         t0 = time.perf_counter()
         results = predictor.predict(body.texts)
@@ -180,14 +199,16 @@ def create_app(service: Service) -> FastAPI:
         return PredictResponse(predictions=[Prediction(**row) for row in rows])
 
     @app.post("/feedback", response_model=FeedbackResponse)
-    def feedback(body: FeedbackRequest) -> FeedbackResponse:
-        """A person's correction of a prediction: it becomes labeled data and ranks first in diagnosis."""
+    def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+        """A person's correction of a prediction (API token required): a candidate sample for the next curation,
+        which verifies it, and a finding ranked first in the next diagnosis."""
+        sender = token_name(request, required=True)
         if body.label not in service.labels:
             raise HTTPException(422, f"unknown label '{body.label}'")
         if not logs.knows(body.id):
             raise HTTPException(404, f"unknown prediction id '{body.id}'")
-        logs.add_feedback({"prediction_id": body.id, "label": body.label, "at": utcnow(),
-                           "actor": body.actor or "api"})
+        actor = f"token:{sender}" + (f" ({body.actor})" if body.actor else "")
+        logs.add_feedback({"prediction_id": body.id, "label": body.label, "at": utcnow(), "actor": actor})
         metrics.corrected()
         return FeedbackResponse(id=body.id, label=body.label)
 
