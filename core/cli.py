@@ -499,14 +499,30 @@ def cmd_config(args) -> int:
 def cmd_audit(args) -> int:
     from core import audit
 
-    ws = _ws(args)
     if args.action == "verify":
-        report = audit.verify(ws.store)
-        if report.ok:
-            print(f"audit log intact: {report.entries} entries, chain verified")
-            return 0
-        print(f"audit log BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
-        return EXIT_ERROR
+        if bool(args.workspace) == bool(args.file):
+            raise ValueError("audit verify needs --workspace W or --file FILE.jsonl (one of them)")
+        report = audit.verify_file(Path(args.file)) if args.file else audit.verify(_ws(args).store)
+        if not report.ok:
+            print(f"audit log {report.case.upper()} at entry {report.first_bad_seq}: {report.problem}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        if report.keyed_from is None:
+            print(f"audit log intact but UNKEYED: {report.entries} entries chained with plain SHA-256, which anyone "
+                  f"who can write the database could recompute (keyed from the next entry on)")
+        else:
+            plain = f"entries before {report.keyed_from} plain SHA-256, " if report.keyed_from > 1 else ""
+            print(f"audit log intact: {report.entries} entries, chain verified ({plain}keyed with {report.key_path})")
+        return 0
+    if not args.workspace:
+        raise ValueError(f"audit {args.action} needs --workspace W")
+    ws = _ws(args)
+    if args.action == "export":
+        if not args.out:
+            raise ValueError("audit export needs --out FILE.jsonl")
+        count = audit.export(ws.store, Path(args.out))
+        print(f"{count} entries and the head written to {args.out}; check it with `audit verify --file {args.out}`")
+        return 0
     for row in ws.store.audit_entries().itertuples():
         print(f"{row.seq:>5}  {row.at:%Y-%m-%d %H:%M:%S}  {row.actor:<14} {row.action:<20} {row.subject:<16} "
               f"{audit.describe(row.detail)}")
@@ -646,9 +662,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", required=True)
     p.add_argument("--by", help="set: an approver's name")
 
-    p = add("audit", cmd_audit, "show the audit log or verify its hash chain")
-    p.add_argument("action", choices=["verify", "list"])
-    p.add_argument("--workspace", required=True)
+    p = add("audit", cmd_audit, "show the audit log, verify its keyed chain, or export it")
+    p.add_argument("action", choices=["verify", "list", "export"])
+    p.add_argument("--workspace")
+    p.add_argument("--file", help="verify: an exported copy (FILE.jsonl) instead of a workspace")
+    p.add_argument("--out", help="export: the FILE.jsonl to write")
 
     p = add("serve", cmd_serve, "serve the production model over HTTP (predict, feedback, metrics)")
     p.add_argument("--workspace", required=True)
@@ -686,8 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     from core.workspace import WorkspaceError
 
     from core.auth import AuthError
+    from core.auditkey import AuditKeyError
 
-    known = (AuthError, ConfigError, DataError, ModelIntegrityError, NoModelError, StoreBusy, StoreConflict, WorkspaceError,
+    known = (AuditKeyError, AuthError, ConfigError, DataError, ModelIntegrityError, NoModelError, StoreBusy, StoreConflict, WorkspaceError,
              ValueError, KeyError, FileNotFoundError)
     try:
         return args.fn(args)

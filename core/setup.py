@@ -53,6 +53,7 @@ def init_workspace(root: Path, labeled: Path, unlabeled: Path | None = None, hel
         parts.append(("unlabeled", pool.source, pool.sha256, pool.frame))
     with staging(Path(root)) as ws:
         ws.save_config(config)
+        Store(ws.db).start_audit_key()  # before the first entry, so the whole log is keyed
         Store(ws.db).load_datasets(labels, parts, "cli", {
             "labels": len(labels), "rows": {split: len(frame) for split, _, _, frame in parts},
             "base_model": config.model.base_model}, config.data.selection_fraction, config.data.seed)

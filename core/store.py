@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import duckdb
 import pandas as pd
 
+from core import auditkey
 from core.faults import crash_point
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -143,9 +144,18 @@ def _is_lock_error(err: Exception) -> bool:
     return "lock" in text or "different configuration" in text
 
 
+def _entry_payload(prev_hash: str, at: datetime, actor: str, action: str, subject: str, detail: str) -> str:
+    return json.dumps([prev_hash, at.isoformat(), actor, action, subject, detail], separators=(",", ":"))
+
+
 def entry_hash(prev_hash: str, at: datetime, actor: str, action: str, subject: str, detail: str) -> str:
-    payload = json.dumps([prev_hash, at.isoformat(), actor, action, subject, detail], separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    """Plain SHA-256: entries written before the workspace had an audit key."""
+    return hashlib.sha256(_entry_payload(prev_hash, at, actor, action, subject, detail).encode("utf-8")).hexdigest()
+
+
+def entry_mac(key: bytes, prev_hash: str, at: datetime, actor: str, action: str, subject: str, detail: str) -> str:
+    """HMAC-SHA256 of the same payload: only the key's holder can write an entry that verifies."""
+    return auditkey.mac(key, _entry_payload(prev_hash, at, actor, action, subject, detail))
 
 
 def _json(value: Any) -> str:
@@ -239,15 +249,67 @@ class Store:
     # -- audit (written inside the transaction of the action it records) ----------------------
     @staticmethod
     def _audit(con, actor: str, action: str, subject: str, detail: dict | None = None) -> None:
+        keying = Store._audit_keying(con)
+        if keying is None:  # a log begun before audit keys: keyed from here on, and the log says so
+            keying = Store._start_keying(con)
+            Store._append_entry(con, keying, "engine", "audit_keyed", "audit_log",
+                                {"plain_entries": keying[1] - 1, "key_file": str(auditkey.key_path(keying[0]))})
+        Store._append_entry(con, keying, actor, action, subject, detail)
+
+    @staticmethod
+    def _audit_keying(con) -> tuple[str, int] | None:
+        """(workspace id, first keyed seq), or None for a log from before keys."""
+        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from')")
+                    .fetchall())
+        if "audit_keyed_from" in meta and "workspace_id" not in meta:
+            # Keying it afresh would launder whatever happened to the log; refuse until the id is put back.
+            raise auditkey.AuditKeyError("the audit log is keyed but the database lost its workspace id, so its "
+                                         "key cannot be found; no entry is written")
+        if "workspace_id" not in meta:
+            return None
+        return meta["workspace_id"], int(meta.get("audit_keyed_from", 1))
+
+    @staticmethod
+    def _start_keying(con) -> tuple[str, int]:
+        row = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        last, last_hash = row if row else (0, GENESIS_HASH)
+        workspace_id = auditkey.new_workspace_id()
+        auditkey.create_key(workspace_id)
+        key = auditkey.cached_key(workspace_id)
+        con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+            ["workspace_id", workspace_id], ["audit_keyed_from", str(last + 1)],
+            ["audit_key_check", auditkey.key_check(key, workspace_id)]])
+        # A keyed log always has a sealed head, even before its first entry, so emptying it shows.
+        Store._set_head(con, key, last, last_hash, last + 1)
+        return workspace_id, last + 1
+
+    @staticmethod
+    def _append_entry(con, keying: tuple[str, int], actor: str, action: str, subject: str,
+                      detail: dict | None) -> None:
+        workspace_id, keyed_from = keying
+        key = auditkey.cached_key(workspace_id)  # raises before anything is written without the key
         row = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
         at = utcnow()
         detail_s = _json(detail or {})
-        digest = entry_hash(prev, at, actor, action, subject, detail_s)
+        digest = entry_mac(key, prev, at, actor, action, subject, detail_s)
         con.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [seq, at, actor, action, subject, detail_s, prev, digest])
-        # The head lets verification notice a deleted last entry, which the chain alone cannot show.
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", [f"{seq}:{digest}"])
+        Store._set_head(con, key, seq, digest, keyed_from)
+
+    @staticmethod
+    def _set_head(con, key: bytes, seq: int, digest: str, keyed_from: int) -> None:
+        # The head lets verification notice deleted last entries, which the chain alone cannot show; its MAC
+        # stops whoever truncates the log from writing a head to match.
+        head = f"{seq}:{digest}"
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)",
+                    [f"{head}:{auditkey.head_mac(key, head, keyed_from)}"])
+
+    def start_audit_key(self) -> Path:
+        """Give a new workspace its id and audit key before its first entry, so its whole log is keyed."""
+        with self._tx() as con:
+            workspace_id = (Store._audit_keying(con) or Store._start_keying(con))[0]
+        return auditkey.key_path(workspace_id)
 
     def audit(self, actor: str, action: str, subject: str, detail: dict | None = None) -> None:
         with self._tx() as con:
@@ -259,6 +321,17 @@ class Store:
     def audit_head(self) -> str | None:
         df = self._read("SELECT value FROM meta WHERE key = 'audit_head'")
         return None if df.empty else df.iloc[0, 0]
+
+    def audit_snapshot(self) -> tuple[pd.DataFrame, dict[str, str]]:
+        """Entries and the audit meta rows read in one transaction, so a write in between cannot look like
+        tampering."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"no workspace database at {self.path}")
+        with self._tx(read_only=True) as con:
+            entries = con.execute("SELECT * FROM audit_log ORDER BY seq").df()
+            meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from', "
+                                    "'audit_key_check', 'audit_head')").fetchall())
+        return entries, meta
 
     # -- configuration history ------------------------------------------------------------------
     def config_snapshot(self) -> dict | None:

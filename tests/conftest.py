@@ -21,6 +21,16 @@ LABELS = ["billing_question", "payment_processing_error", "shipping_delay", "acc
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_keys(tmp_path_factory):
+    """Every workspace's audit key goes under a temp folder for the session (subprocesses inherit it), never
+    into the real home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+        mp.delenv("EVOLAB_AUDIT_KEY_FILE", raising=False)
+        yield
+
+
 def fast_config(autonomous: bool = True):
     """Small and fast. autonomous: every gate decides by its own checks (the recorded autonomous mode, as
     `init --policy auto` makes it); tests of human oversight set the policies they need."""

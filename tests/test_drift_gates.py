@@ -1,4 +1,5 @@
 """Drift review stops a harmful candidate; gates hold under concurrency; only safe files load."""
+import os
 import subprocess
 import sys
 
@@ -86,9 +87,10 @@ def test_guardrails_with_unknown_labels_are_refused(baseline_ws, tmp_path, capsy
 def test_two_processes_approving_at_once_yield_one_promotion(pending_ws):
     baseline_ws, gate_id = pending_ws  # alice (alice-secret) is an approver already
     auth.add_user(baseline_ws.store, "bob", "approver", "bob-secret-1")
+    keys = {"XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]}  # where the workspace's audit key is
     procs = [subprocess.Popen([sys.executable, "-m", "core", "approve", "--workspace", str(baseline_ws.root),
                                str(gate_id), "--by", name], cwd=ROOT, env={"EVOLAB_PASSWORD": pw,
-                                                                                   "PATH": "/usr/bin:/bin"},
+                                                                                   "PATH": "/usr/bin:/bin", **keys},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, pw in (("alice", "alice-secret"), ("bob", "bob-secret-1"))]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]

@@ -7,7 +7,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from core.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreConflict, entry_hash
+from core import auditkey
+from core.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreConflict, entry_mac
 from tests.conftest import ROOT, run_cli
 
 TABLES = {"datasets", "examples", "cycles", "train_metrics", "eval_results", "model_versions", "aliases",
@@ -58,10 +59,12 @@ def test_audit_log_is_hash_chained(workspace):
     store = workspace.store
     store.audit("alice", "note", "thing", {"k": 1})
     log = store.audit_entries()
+    key = auditkey.read_key(auditkey.key_path(store.audit_snapshot()[1]["workspace_id"]))
     prev = "0" * 64
     for row in log.itertuples():
         assert row.prev_hash == prev
-        assert row.hash == entry_hash(prev, row.at.to_pydatetime(), row.actor, row.action, row.subject, row.detail)
+        assert row.hash == entry_mac(key, prev, row.at.to_pydatetime(), row.actor, row.action, row.subject,
+                                     row.detail)
         prev = row.hash
 
 
