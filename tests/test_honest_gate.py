@@ -155,35 +155,35 @@ def _many_class_rows(rng, per_class: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _feedback(store, texts, labels, served, version):
-    ids = [f"p{i}" for i in range(len(texts))]
-    now = pd.Timestamp.now(tz=None)
-    store.log_production(
-        pd.DataFrame({"id": ids, "at": now, "text": texts, "label": served, "confidence": 0.5,
-                      "model_version": version, "scaffold_version": "analyze_plan_execute", "latency_ms": 1.0}),
-        pd.DataFrame({"prediction_id": ids, "label": labels, "at": now, "actor": "test"}))
-
-
 @pytest.mark.slow
 def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp_path):
-    """100 classes, 5 held-out rows each. Feedback brings good labels for every class and, planted among them,
-    rows of red_chair labeled red_lamp: the candidate is better elsewhere but forgets red_chair, and the
-    forgetting guard rejects it with the evidence. The next diagnosis ranks that rejection first with its
-    action; the next training holds the planted rows back, and its candidate, better in truth, is promoted."""
+    """100 classes, 5 held-out rows each. A templates file gives good rows for every class but, planted among
+    them, red_lamp templates that describe red chairs, and the verifiers' bars are set to nothing: the
+    candidate is better elsewhere but forgets red_chair, and the forgetting guard rejects it with the
+    evidence. The next diagnosis ranks that rejection first with its action; the next curation holds the
+    planted rows back (sure verifiers only), the seed of red_chair is replayed, and its candidate, better
+    in truth, is promoted."""
     from core.setup import init_workspace
 
     rng = np.random.default_rng(0)
     seed, held, truth = _many_class_rows(rng, 2), _many_class_rows(rng, 5), _many_class_rows(rng, 4)
-    good = _many_class_rows(rng, 4)
     for name, frame in (("seed", seed), ("held", held)):
         frame.to_csv(tmp_path / f"{name}.csv", index=False)
     config = fast_config()
-    config.curate.generators = []  # the training data is the seed and the feedback below, nothing else
+    config.curate.generators = ["templates"]
+    config.curate.min_confidence = config.curate.min_knn_agreement = config.curate.min_consistency = 0.0
+    config.curate.templates_per_class, config.curate.max_per_class = 8, 12
+    # the kept set is all templates: the data review's generator-share and noise limits are not under test here
+    config.gates.data_review.max_generator_share = config.gates.data_review.max_label_noise = 1.0
     config.diagnose.max_attributions, config.diagnose.correct_attributions = 4, 0
     config.diagnose.head_analysis, config.diagnose.max_clusters = False, 2
     config.train.epochs = 3
-    config.gates.promotion.policy = "auto"
     ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)
+    templates = {f"{c}_{t}": ["{opener} " + f"{c} {t}" + " {closer}"] for c in COLOURS for t in THINGS}
+    del templates["red_chair"]
+    templates["red_lamp"] = ["{opener} red chair {closer}"] * 4 + templates["red_lamp"]
+    (ws.root / "templates.json").write_text(json.dumps({"templates": templates, "slots": {
+        "opener": OPENERS, "closer": [c or "please" for c in CLOSERS]}}))
     first = cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False)
     assert first.status == "done"
     store = ws.store
@@ -196,12 +196,12 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
 
     base = truth_recall("v1")
     assert base["red_chair"] >= 0.75, "precondition: the baseline knows red_chair"
-    planted = [f"{o} red chair {c}".strip() for o in OPENERS for c in CLOSERS[:2]]
-    _feedback(store, good["text"].tolist() + planted, good["label"].tolist() + ["red_lamp"] * len(planted),
-              good["label"].tolist() + ["red_chair"] * len(planted), "v1")
 
     rejected = cycle.evolve(ws, cycles=1, progress=False)[-1]
     assert rejected.status == "rejected"
+    kept = store.samples(rejected.cycle_id, status="kept")
+    planted = set(kept[(kept["label"] == "red_lamp") & kept["text"].str.contains("red chair")]["text"])
+    assert planted, "precondition: the planted templates were kept"
     gate = store.gate_for(rejected.cycle_id, "promotion")
     flagged = gate["checks"]["forgetting"]["flagged"]
     assert [f["label"] for f in flagged] == ["red_chair"] and "red_lamp" in flagged[0]["flipped_to"]
@@ -212,8 +212,12 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     top = store.diagnoses(taught.cycle_id).iloc[0]
     assert top["kind"] == "gate_rejection" and top["subject"] == "red_chair"
     assert "hold back" in top["action"] and "'red_lamp'" in top["action"] and "replay the seed of 'red_chair'" in top["action"]
+    samples = store.samples(taught.cycle_id)
+    held_back = samples[(samples["label"] == "red_lamp") & samples["text"].str.contains("red chair")]
+    assert len(held_back) and (held_back["status"] == "dropped").all()
+    assert held_back["reason"].str.startswith("held back after a rejection").any()  # the rest fell to filters
     data = pd.read_parquet(ws.checkpoints / f"cycle_{taught.cycle_id}" / "train.parquet")
-    assert not (data["text"].isin(planted) & (data["label"] == "red_lamp")).any()  # the planted rows wait
+    assert not (data["text"].str.contains("red chair") & (data["label"] == "red_lamp")).any()
     assert (data["label"] == "red_chair").sum() == 3 * 2  # its seed replayed three times
     assert taught.status == "done", store.gate_for(taught.cycle_id, "promotion")["comment"]
     checks = store.gate_for(taught.cycle_id, "promotion")["checks"]
@@ -231,12 +235,14 @@ def test_a_workspace_from_before_the_split_gets_stored_parts_and_its_old_config_
     from core.workspace import open_workspace
 
     con = duckdb.connect(str(baseline_ws.db))
-    con.execute("DROP TABLE heldout_parts")
+    for sql in ("DROP TABLE heldout_parts", "DROP TABLE auth_failures", "DROP TABLE api_tokens",
+                "ALTER TABLE gates DROP COLUMN override"):  # back to schema v7
+        con.execute(sql)
     con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     con.close()
     Store._migrated.clear()
     store = baseline_ws.store
-    assert store.schema_version() == 8
+    assert store.schema_version() == 9
     parts = [store.heldout(p) for p in ("selection", "gate")]
     assert sum(len(p) for p in parts) == len(store.examples("heldout")) and all(len(p) for p in parts)
     text = baseline_ws.config_path.read_text()
