@@ -1,6 +1,7 @@
 """Dashboard entry: `streamlit run app/main.py -- --workspace W` (or set EVOLAB_WORKSPACE).
 
-Builds the navigation and the session's shared state (the workspace path); the pages in `pages/` do the rest.
+Builds the navigation and the session's shared state (the workspace path, who is signed in); the pages in
+`pages/` do the rest. Until someone signs in (app/session.py) it shows the sign-in form and nothing else.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ if str(ROOT) not in sys.path:  # streamlit puts app/ on the path, the pages impo
 
 import streamlit as st  # noqa: E402
 
-from app import nav, queries  # noqa: E402
+from app import nav, queries, session  # noqa: E402
+from core.auth import AuthError  # noqa: E402
 from core.store import StoreBusy  # noqa: E402
 from core.workspace import WorkspaceError, open_workspace  # noqa: E402
 
@@ -31,9 +33,57 @@ except WorkspaceError as err:
     st.stop()
 st.session_state["workspace"] = str(ws.root.resolve())
 
+
+def submit(form: str) -> None:
+    """Callback of the sign-in form ("signin") and the re-sign-in form ("confirm"): the password leaves the
+    session state whatever the outcome."""
+    password = st.session_state.get(f"{form}_password", "")
+    st.session_state[f"{form}_password"] = ""
+    try:
+        if form == "signin":
+            session.sign_in(ws, st.session_state.get("signin_name", ""), password)
+        else:
+            session.confirm(ws, password)
+    except AuthError as err:
+        st.session_state[f"{form}_error"] = str(err)
+    except StoreBusy as err:
+        st.session_state[f"{form}_error"] = f"The workspace is busy, try again in a moment. ({err})"
+
+
+try:
+    who = session.begin(ws)
+except StoreBusy as err:
+    st.warning(f"The workspace is busy, try again in a moment. ({err})")
+    st.stop()
+
+if who is None:
+    st.title("Evolab: sign in")
+    error = st.session_state.pop("signin_error", None)
+    if error:
+        st.error(error)
+    with st.form("sign_in"):
+        st.text_input("Name", key="signin_name")
+        st.text_input("Password", type="password", key="signin_password")
+        st.form_submit_button("Sign in", type="primary", on_click=submit, args=("signin",), key="signin_submit")
+    if ws.store.users().empty:
+        st.info(f"This workspace has no users yet. Add the first approver with "
+                f"`python -m core users add NAME --role approver --workspace {ws.root}`.")
+    st.stop()
+
 page = st.navigation([st.Page(script, title=title, icon=icon, default=(name == "overview"))
                       for name, (script, title, icon) in nav.PAGES.items()])
+st.sidebar.markdown(f"Signed in as **{who.name}** ({who.role})")
+st.sidebar.button("Sign out", on_click=session.sign_out, icon=":material/logout:", key="sign_out")
 st.sidebar.caption(f"Workspace `{st.session_state['workspace']}`")
+if who.approver and session.stale():  # a viewer has no action to guard
+    st.warning(f"Idle for more than {session.idle_minutes():g} minutes: enter your password again before acting.",
+               icon=":material/lock_clock:")
+    error = st.session_state.pop("confirm_error", None)
+    if error:
+        st.error(error)
+    with st.form("confirm"):
+        st.text_input(f"Password for {who.name}", type="password", key="confirm_password")
+        st.form_submit_button("Sign in again", on_click=submit, args=("confirm",), key="confirm_submit")
 try:
     page.run()
 except StoreBusy as err:  # the engine held the database past the Store's patience: say so, do not crash

@@ -83,6 +83,14 @@ def alias_history(ws: str) -> pd.DataFrame:
 
 
 @_cached
+def rollback_targets(ws: str) -> list[str]:
+    """Versions production may roll back to: those it pointed at before, oldest first, not the current one."""
+    from core import actions  # imports torch (through the registry): only the Models page pays for it
+
+    return actions.rollback_targets(_store(ws))
+
+
+@_cached
 def labels(ws: str) -> list[str]:
     return _store(ws).labels()
 
@@ -221,8 +229,11 @@ def pending_gates(ws: str) -> list[dict]:
 
 @_cached
 def decided_gates(ws: str) -> pd.DataFrame:
+    """Newest first; an approval that overrode failed checks says so in its status."""
     frame = _store(ws).gates()
-    frame = frame[frame["status"] != "pending"]
+    frame = frame[frame["status"] != "pending"].copy()
+    overridden = frame["override"].eq(True)  # NULL for gates decided before overrides existed
+    frame.loc[overridden, "status"] = frame.loc[overridden, "status"] + " (override: checks had failed)"
     return frame[["id", "cycle_id", "kind", "status", "policy", "decided_by", "decided_at", "automatic",
                   "comment"]].sort_values("id", ascending=False).reset_index(drop=True)
 
@@ -285,25 +296,25 @@ def sample_page(ws: str, cycle_id: int | None = None, generator: str | None = No
                                   label=label, search=search, difficulty=difficulty, min_confidence=min_confidence)
 
 
-def review_samples(ws: str, ids: list[int] | None, filters: dict, action: str, by: str, password: str,
-                   label: str | None) -> int:
-    """Approve, reject or relabel samples as an approver; ids=None means every sample the filters match."""
-    from core.auth import require_approver
+def review_samples(ws: str, who, ids: list[int] | None, filters: dict, action: str, label: str | None,
+                   comment: str = "") -> int:
+    """Approve, reject or relabel samples as the signed-in approver; ids=None means every sample the filters
+    match."""
+    from core import actions
 
-    store = _store(ws)
-    require_approver(store, by.strip(), password, f"samples:{action}")
-    if ids is None:
-        ids = store.sample_query(**filters)["id"].astype(int).tolist()
-    done = store.review_samples(ids, action, by.strip(), label=label if action == "relabel" else None)
+    done = actions.review_samples(workspace(ws), who, ids, action, label, comment, filters)
     clear()
     return done
 
 
-def export_bytes(ws: str, filters: dict, fmt: str) -> bytes:
+def export_bytes(ws: str, who, filters: dict, fmt: str) -> bytes:
+    """The kept samples matching the filters as a file, for an approver (exports leave with the data)."""
     import tempfile
 
+    from core import actions
     from core.curate.export import export_samples
 
+    actions.require_reader_export(workspace(ws), who, f"samples.{fmt}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"samples.{fmt}"
         export_samples(_store(ws), out, **filters)

@@ -235,6 +235,11 @@ class DaemonConfig(_Section):
         return value
 
 
+class UIConfig(_Section):
+    """The dashboard: a signed-in session idle this long asks for the password again before any action."""
+    idle_timeout_minutes: float = Field(30.0, gt=0)
+
+
 class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -247,6 +252,7 @@ class Config(_Section):
     scaffolds: ScaffoldsConfig = ScaffoldsConfig()
     serve: ServeConfig = ServeConfig()
     daemon: DaemonConfig = DaemonConfig()
+    ui: UIConfig = UIConfig()
 
 
 class ConfigError(ValueError):

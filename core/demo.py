@@ -1,6 +1,7 @@
 """The two-command demo: a workspace on the bundled ticket data, a cycle running, the dashboard served."""
 from __future__ import annotations
 
+import ipaddress
 import signal
 import subprocess
 import sys
@@ -16,8 +17,23 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def exposure_warning(host: str) -> str | None:
+    """One line for stderr when the dashboard will be reachable from other machines (not a loopback address)."""
+    name = host.strip().strip("[]").lower()
+    try:
+        if name == "localhost" or ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:  # a host name other than localhost: it may resolve to anything
+        pass
+    return (f"warning: the dashboard listens on {host}, so it is reachable from the network; sign-in protects it, "
+            "but passwords and data travel in clear text: put a TLS proxy in front of it")
+
+
 def serve_dashboard(root: Path, port: int = 8501, host: str = "127.0.0.1") -> int:
     """Run Streamlit in the foreground; the dashboard only reads the store and acts through core."""
+    warning = exposure_warning(host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     _stop_on_sigterm()
     ui = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(UI), "--server.port", str(port),
                            "--server.address", host, "--server.headless", "true",

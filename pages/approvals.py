@@ -1,12 +1,14 @@
 """Approvals: the gates waiting for a person, the evidence to decide them, and the decisions so far.
 
-Decisions go through core.gates.decide_as: only an approver, with their password, may decide.
+Decisions go through core.actions.decide_gate as the signed-in approver (app/session.py); viewers see the
+evidence without the controls. A promotion or scaffold gate whose checks failed has no plain Approve: only
+the separate override control, which needs a written reason.
 """
 import pandas as pd
 import streamlit as st
 
-from app import nav, queries
-from core import gates
+from app import nav, queries, session
+from core import actions
 from core.auth import AuthError
 from core.store import StoreConflict
 
@@ -14,19 +16,23 @@ ws = queries.workspace_path()
 st.title("Approvals")
 
 
-def decide(gate_id: int, approved: bool) -> None:
+def decide(gate_id: int, approved: bool, override: bool = False) -> None:
     """Form callback: runs before the page redraws, so the page below already shows the outcome."""
-    by = st.session_state.get(f"by_{gate_id}", "")
-    password = st.session_state.get(f"password_{gate_id}", "")
-    comment = st.session_state.get(f"comment_{gate_id}", "")
+    key = f"override_reason_{gate_id}" if override else f"comment_{gate_id}"
+    comment = st.session_state.get(key, "").strip()
     try:
-        result = gates.decide_as(queries.workspace(ws).store, gate_id, approved, by, password, comment)
+        who = session.acting()
+        if override and not comment:
+            raise ValueError("an override needs a written reason: say why the failed checks do not matter here")
+        result = actions.decide_gate(queries.workspace(ws), who, gate_id, approved, comment, override=override)
     except (AuthError, StoreConflict, ValueError, KeyError) as err:
         st.session_state["approvals_flash"] = ("error", f"Gate {gate_id}: {err}")
     else:
+        how = " as an override of its failed checks" if result["override"] else ""
         st.session_state["approvals_flash"] = (
-            "success", f"Gate {gate_id} {result['status']} by {by.strip()}. The engine acts on it at its next step "
-                       f"(an `evolve --wait` picks it up; otherwise run `python -m core resume --workspace {ws}`).")
+            "success", f"Gate {gate_id} {result['status']} by {who.name}{how}. The engine acts on it at its next "
+                       "step (an `evolve --wait` picks it up; otherwise run "
+                       f"`python -m core resume --workspace {ws}`).")
     queries.clear()
 
 
@@ -144,6 +150,7 @@ if flash:
     (st.success if flash[0] == "success" else st.error)(flash[1])
 
 pending = queries.pending_gates(ws)
+who = session.actor()
 if not pending:
     st.success("No gate waits for a decision.", icon=":material/check_circle:")
 elif not queries.approvers(ws):
@@ -151,8 +158,10 @@ elif not queries.approvers(ws):
                f"`python -m core users add NAME --role approver --workspace {ws}`.")
 
 for gate in pending:
-    checks = gate["checks"]
-    st.subheader(f"Gate {gate['id']} · cycle {gate['cycle_id']} · {gate['kind']}")
+    gid, checks = int(gate["id"]), gate["checks"]
+    # approving it is an override: core.actions refuses a plain approval of these
+    needs_override = gate["kind"] in actions.HARD_GATES and not checks.get("passed", True)
+    st.subheader(f"Gate {gid} · cycle {gate['cycle_id']} · {gate['kind']}")
     st.caption(f"policy {gate['policy']} · opened {queries.when(gate['created_at'])} · rejected "
                f"automatically if undecided by {queries.when(gate['deadline'])}")
     (st.success if checks.get("passed") else st.error)(
@@ -162,16 +171,22 @@ for gate in pending:
     else:  # a gate kind this page does not know yet: show its checks as they are
         st.json(checks, expanded=False)
 
-    with st.form(f"decide_{gate['id']}"):
-        c1, c2 = st.columns(2)
-        c1.text_input("Your name", key=f"by_{gate['id']}")
-        c2.text_input("Password", type="password", key=f"password_{gate['id']}")
-        st.text_area("Comment", key=f"comment_{gate['id']}", placeholder="what you checked")
-        b1, b2 = st.columns(2)
-        b1.form_submit_button("Approve", type="primary", on_click=decide, args=(int(gate["id"]), True),
-                              key=f"approve_{gate['id']}")
-        b2.form_submit_button("Reject", on_click=decide, args=(int(gate["id"]), False),
-                              key=f"reject_{gate['id']}")
+    if who:
+        with st.form(f"decide_{gid}"):
+            st.text_area("Comment", key=f"comment_{gid}", placeholder="what you checked")
+            b1, b2 = st.columns(2)
+            if not needs_override:
+                b1.form_submit_button("Approve", type="primary", on_click=decide, args=(gid, True),
+                                      key=f"approve_{gid}")
+            b2.form_submit_button("Reject", on_click=decide, args=(gid, False), key=f"reject_{gid}")
+        if needs_override:
+            if st.checkbox(f"The checks of gate {gid} failed: I want to approve it anyway (an override, audited as "
+                           "one)", key=f"override_ack_{gid}"):
+                with st.form(f"override_form_{gid}"):
+                    st.text_area("Reason for the override (required)", key=f"override_reason_{gid}",
+                                 placeholder="why the failed checks do not matter here")
+                    st.form_submit_button("Override and approve", type="secondary", icon=":material/warning:",
+                                          on_click=decide, args=(gid, True, True), key=f"override_{gid}")
     st.divider()
 
 st.subheader("Decided")

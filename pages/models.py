@@ -1,8 +1,12 @@
-"""Models: every version with its lineage, where the aliases point and have pointed, and rollback."""
+"""Models: every version with its lineage, where the aliases point and have pointed, and rollback.
+
+Rollback goes through core.actions.rollback as the signed-in approver, and only to a version that was
+production before (core.actions.rollback_targets).
+"""
 import streamlit as st
 
-from app import queries
-from core import auth
+from app import queries, session
+from core.auth import AuthError
 from core.store import StoreConflict
 
 ws = queries.workspace_path()
@@ -15,19 +19,18 @@ if versions.empty:
 
 
 def roll_back() -> None:
-    """Form callback: an approver, with their password, points production at an earlier version."""
-    from core import registry  # imports torch: pay for it only when someone rolls back
+    """Form callback: the signed-in approver points production at a version that was production before."""
+    from core import actions, registry  # imports torch: pay for it only when someone rolls back
     from core.model import ModelIntegrityError
 
-    version, by = st.session_state["rollback_version"], st.session_state.get("rollback_by", "").strip()
+    version = st.session_state["rollback_version"]
     try:
-        auth.require_approver(queries.workspace(ws).store, by, st.session_state.get("rollback_password", ""),
-                              f"version:{version}")
-        previous = registry.rollback(queries.workspace(ws), version, actor=by)
-    except (auth.AuthError, registry.NoModelError, ModelIntegrityError, StoreConflict, KeyError) as err:
+        who = session.acting()
+        previous = actions.rollback(queries.workspace(ws), who, version)
+    except (AuthError, registry.NoModelError, ModelIntegrityError, StoreConflict, ValueError, KeyError) as err:
         st.session_state["models_flash"] = ("error", f"Rollback refused: {err}")
     else:
-        st.session_state["models_flash"] = ("success", f"production: {previous or '-'} → {version} (by {by})")
+        st.session_state["models_flash"] = ("success", f"production: {previous or '-'} → {version} (by {who.name})")
     queries.clear()
 
 
@@ -51,14 +54,12 @@ st.dataframe(queries.alias_history(ws).sort_values("id", ascending=False), hide_
 
 st.subheader("Roll back production")
 production = queries.alias(ws, "production")
-choices = [v for v in versions["version"] if v != production]
-if not choices:
-    st.caption("No other version to roll back to.")
-else:
+targets = queries.rollback_targets(ws)
+if not targets:
+    st.caption("No version to roll back to: only a version that was production before, and is not now, can be.")
+elif who := session.actor():
     with st.form("rollback"):
-        st.selectbox("Version", choices, index=len(choices) - 1, key="rollback_version",
-                     help=f"production is {production or '-'}; its files are checked before the alias moves")
-        c1, c2 = st.columns(2)
-        c1.text_input("Your name", key="rollback_by")
-        c2.text_input("Password", type="password", key="rollback_password")
-        st.form_submit_button("Roll back", on_click=roll_back)
+        st.selectbox("Version", targets, index=len(targets) - 1, key="rollback_version",
+                     help=f"production is {production or '-'}; only versions that were production before are "
+                          "offered; their files are checked before the alias moves")
+        st.form_submit_button("Roll back", on_click=roll_back, key="rollback_submit")

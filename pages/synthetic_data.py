@@ -1,10 +1,12 @@
 """Synthetic data: every curated sample with its provenance and why it was kept or dropped.
 
 Filtering and paging run in DuckDB (app/queries.sample_page); only one page of rows ever reaches the page.
+Reviewing and exporting are the signed-in approver's (core.actions); a viewer reads only.
 """
 import streamlit as st
 
-from app import queries
+from app import queries, session
+from core.auth import AuthError
 
 ws = queries.workspace_path()
 st.title("Synthetic data")
@@ -46,31 +48,35 @@ st.pagination(pages, default=page, key=key)
 
 st.subheader("Review")
 st.caption("A person's decision wins over every verifier, in this cycle and later ones, and is audited.")
-with st.form("review_samples"):
-    ids = st.multiselect("Samples on this page", rows["id"].tolist(), key="review_ids")
-    everything = st.checkbox(f"All {total:,} matching samples instead", key="review_all")
-    r1, r2 = st.columns(2)
-    action = r1.radio("Decision", ["approve", "reject", "relabel"], horizontal=True, key="review_action")
-    to_label = r2.selectbox("New label (relabel)", queries.labels(ws), key="review_label")
-    a1, a2 = st.columns(2)
-    by = a1.text_input("Approver", key="review_by")
-    password = a2.text_input("Password", type="password", key="review_password")
-    submitted = st.form_submit_button("Apply")
-if submitted:
-    from core.auth import AuthError
+who = session.actor()
+if who:
+    with st.form("review_samples"):
+        ids = st.multiselect("Samples on this page", rows["id"].tolist(), key="review_ids")
+        everything = st.checkbox(f"All {total:,} matching samples instead", key="review_all")
+        r1, r2 = st.columns(2)
+        action = r1.radio("Decision", ["approve", "reject", "relabel"], horizontal=True, key="review_action")
+        to_label = r2.selectbox("New label (relabel)", queries.labels(ws), key="review_label")
+        comment = st.text_input("Comment", key="review_comment", placeholder="why (optional)")
+        submitted = st.form_submit_button("Apply", key="review_submit")
+    if submitted:
+        try:
+            done = queries.review_samples(ws, session.acting(), None if everything else ids, filters, action,
+                                          to_label, comment)
+        except (AuthError, ValueError, KeyError) as err:
+            st.error(str(err.args[0] if err.args else err))
+        else:
+            done_as = {"approve": "approved", "reject": "rejected", "relabel": f"relabelled {to_label}"}[action]
+            st.success(f"{done:,} samples {done_as} by {who.name}")
 
-    try:
-        done = queries.review_samples(ws, None if everything else ids, filters, action, by, password, to_label)
-    except (AuthError, ValueError, KeyError) as err:
-        st.error(str(err.args[0] if err.args else err))
-    else:
-        st.success(f"{done:,} samples {action}d by {by}")
-
-st.subheader("Export")
-fmt = st.radio("Format", ["parquet", "jsonl"], horizontal=True, key="export_format")
-# Built on request only: reading every kept sample on each rerun would slow the page for everyone.
-if st.button("Prepare export of the kept samples matching the filters", key="export_prepare"):
-    st.session_state["export_blob"] = (fmt, queries.export_bytes(ws, filters, fmt))
-blob = st.session_state.get("export_blob")
-if blob:
-    st.download_button(f"Download (.{blob[0]})", data=blob[1], file_name=f"evolab-samples.{blob[0]}")
+    st.subheader("Export")
+    fmt = st.radio("Format", ["parquet", "jsonl"], horizontal=True, key="export_format")
+    # Built on request only: reading every kept sample on each rerun would slow the page for everyone.
+    if st.button("Prepare export of the kept samples matching the filters", key="export_prepare"):
+        try:
+            st.session_state["export_blob"] = (fmt, queries.export_bytes(ws, session.acting(), filters, fmt))
+        except AuthError as err:
+            st.error(str(err))
+    blob = st.session_state.get("export_blob")
+    if blob:
+        st.download_button(f"Download (.{blob[0]})", data=blob[1], file_name=f"evolab-samples.{blob[0]}",
+                           key="export_download")

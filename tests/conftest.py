@@ -111,6 +111,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bo
 
 
 APPROVER, PASSWORD = "alice", "alice-secret"
+VIEWER, VIEWER_PASSWORD = "vera", "vera-secret"
 
 
 def approve_as(ws, gate_id: int, name: str = APPROVER, password: str = PASSWORD, comment: str = "",
@@ -124,7 +125,8 @@ def approve_as(ws, gate_id: int, name: str = APPROVER, password: str = PASSWORD,
 
 @pytest.fixture(scope="session")
 def _pending_template(tmp_path_factory, _baseline_template):
-    """baseline v1 in production, an approver, and cycle 2 waiting at its promotion gate with candidate v2.
+    """baseline v1 in production, an approver and a viewer, and cycle 2 waiting at its promotion gate with
+    candidate v2.
     Shared: tests that change it work on a copy."""
     from core import auth, cycle
     from core.workspace import open_workspace
@@ -138,6 +140,7 @@ def _pending_template(tmp_path_factory, _baseline_template):
     config.train.epochs = 1  # the curves only need to exist
     ws.save_config(config)
     auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    auth.add_user(ws.store, VIEWER, "viewer", VIEWER_PASSWORD)
     outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
     assert outcome.status == "waiting"
     return root, outcome.gate_id

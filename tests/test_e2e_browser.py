@@ -1,7 +1,11 @@
 """End to end in a real browser: `python -m core ui` served, headless Chromium driven by Selenium.
 
-An approver approves a pending promotion gate through the Approvals form, the engine resumes, and
-production moves to the candidate. Every page is screenshotted (EVOLAB_SCREENSHOTS or tmp_path).
+Sign-in comes first and refuses a wrong password with the one generic message; a signed-in approver visits
+every page and approves a pending promotion gate without typing the password again; sign-out returns to the
+sign-in form; the engine resumes and production moves to the candidate; a viewer then sees every page
+without a control that decides, reviews, rolls back or exports, where the approver sees them. Every page is
+screenshotted (EVOLAB_SCREENSHOTS or tmp_path). A Streamlit session lives in one browser tab's connection,
+so the test moves between pages through the sidebar, as a person does; loading a URL starts a new session.
 Needs Debian's chromium and chromium-driver (`.ci/run` installs them); without them the test fails.
 """
 from __future__ import annotations
@@ -14,17 +18,23 @@ import sys
 import tempfile
 import time
 import urllib.request
+from urllib.parse import urlparse
 from pathlib import Path
 
 import pytest
 
 from app import nav
+from core.auth import REFUSED
 from core.store import Store
 from core.workspace import open_workspace
-from tests.conftest import APPROVER, PASSWORD, ROOT, run_cli
+from tests.conftest import APPROVER, PASSWORD, ROOT, VIEWER, VIEWER_PASSWORD, run_cli
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SERVER_TIMEOUT, UI_TIMEOUT = 120, 90
+SIGN_IN_TITLE = "Evolab: sign in"
+# Every control that acts: none may reach a viewer's screen.
+CONTROLS = {"Approve", "Reject", "Override and approve", "Roll back", "Apply",
+            "Prepare export of the kept samples matching the filters"}
 
 
 def free_port() -> int:
@@ -78,18 +88,97 @@ def wait_page(driver, title: str) -> None:
         running = d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"] [data-testid="stStatusWidgetRunningIcon"]')
         return any(title in t for t in titles) and not running
 
-    WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.5).until(ready, f"page {title!r} never rendered")
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.5,  # a rerun replaces elements while they are read
+                  ignored_exceptions=(StaleElementReferenceException,)).until(ready, f"page {title!r} never rendered")
     time.sleep(1.5)  # charts and data frames draw after the script ends
 
 
-def test_approve_in_the_browser_then_resume_promotes(tmp_path, _pending_template):
+def buttons(driver) -> set[str]:
+    """The labels of the page's and the sidebar's buttons (form submit and download buttons included; not
+    Streamlit's own toolbar, nor icon-only buttons such as a password field's eye)."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] button p, [data-testid="stSidebar"] button p')
+    return {p.text.strip() for p in found if p.text.strip()}
+
+
+def alerts(driver) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [a.text for a in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stAlert"]')]
+
+
+def type_into(driver, selector: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    field = WebDriverWait(driver, UI_TIMEOUT).until(ec.element_to_be_clickable((By.CSS_SELECTOR, selector)))
+    field.click()
+    field.send_keys(Keys.CONTROL, "a")  # clear() leaves React's copy of the value behind
+    field.send_keys(Keys.DELETE)
+    field.send_keys(value)
+    field.send_keys(Keys.TAB)  # commit the value before the submit
+
+
+def click_button(driver, label: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, UI_TIMEOUT).until(ec.element_to_be_clickable(
+        (By.XPATH, f'//button[.//p[normalize-space()="{label}"]]'))).click()
+
+
+def sign_in(driver, name: str, password: str) -> None:
+    """Through the real form on the sign-in page."""
+    wait_page(driver, SIGN_IN_TITLE)
+    type_into(driver, 'input[aria-label="Name"]', name)
+    type_into(driver, 'input[aria-label="Password"]', password)
+    click_button(driver, "Sign in")
+
+
+def go(driver, name: str) -> None:
+    """To a page through the sidebar's navigation, which keeps the session (a new URL would not)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, title, _ = nav.PAGES[name]
+    path = urlparse(page_url("", name)).path
+    links = WebDriverWait(driver, UI_TIMEOUT).until(
+        lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, 'a[data-testid="stSidebarNavLink"]')
+                   if urlparse(a.get_attribute("href")).path == path], f"no sidebar link to {path}")
+    WebDriverWait(driver, UI_TIMEOUT).until(ec.element_to_be_clickable(links[0])).click()
+    wait_page(driver, "Audit log" if name == "audit" else title)
+
+
+def signed_in_as(driver, name: str, role: str) -> None:
+    """The sidebar names who is signed in, with the role, next to the sign-out button."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.5,
+                  ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda d: f"Signed in as {name} ({role})" in d.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]').text
+        and "Sign out" in buttons(d), f"the sidebar never said {name} ({role}) was signed in")
+
+
+def sign_out(driver) -> None:
+    click_button(driver, "Sign out")
+    wait_page(driver, SIGN_IN_TITLE)
+
+
+def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         pytest.fail(f"{', '.join(missing)} not installed: `apt-get install -y chromium chromium-driver` "
                     "(.ci/run does it) to run the browser end-to-end test")
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     template, gate_id = _pending_template
@@ -103,47 +192,82 @@ def test_approve_in_the_browser_then_resume_promotes(tmp_path, _pending_template
                                "--host", "127.0.0.1"], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     driver, profile = None, tempfile.mkdtemp(prefix="evolab-chromium-")
+    store = Store(open_workspace(root).db)
     try:
         wait_healthy(base, server, SERVER_TIMEOUT)
         driver = make_driver(profile)
         wait = WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.5)
 
-        # Every page renders (no exception box) and is screenshotted.
-        for name, (_, title, _) in nav.PAGES.items():
-            driver.get(page_url(base, name))
-            wait_page(driver, title)
+        # A page's URL shows the sign-in form and nothing of the page.
+        driver.get(page_url(base, "approvals"))
+        wait_page(driver, SIGN_IN_TITLE)
+        assert f"Gate {gate_id}" not in driver.page_source and buttons(driver) == {"Sign in"}
+        assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')
+        driver.save_screenshot(str(shots / "sign_in.png"))
+
+        # A wrong password: the one generic refusal, and still the sign-in form.
+        sign_in(driver, APPROVER, "not-the-password")
+        wait.until(lambda d: REFUSED in alerts(d), "the refusal never showed")
+        assert alerts(driver) == [REFUSED] and buttons(driver) == {"Sign in"}
+        driver.save_screenshot(str(shots / "sign_in_refused.png"))
+
+        # The approver signs in; every page renders (no exception box) and is screenshotted.
+        sign_in(driver, APPROVER, PASSWORD)
+        signed_in_as(driver, APPROVER, "approver")
+        for name in nav.PAGES:
+            go(driver, name)
             errors = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
             assert not errors, f"{name}: {errors[0].text[:2000]}"
+            assert "Sign out" in buttons(driver), name
             shot = shots / f"{name}.png"
             assert driver.save_screenshot(str(shot)), shot
+            if name == "synthetic_data":
+                assert {"Apply", "Prepare export of the kept samples matching the filters"} <= buttons(driver)
         for name in nav.PAGES:
             shot = shots / f"{name}.png"
             assert shot.is_file() and shot.stat().st_size > 0, shot
 
-        # Approve the gate through the form.
-        driver.get(page_url(base, "approvals"))
-        wait_page(driver, "Approvals")
-        fields = {'input[aria-label="Your name"]': APPROVER, 'input[aria-label="Password"]': PASSWORD,
-                  'textarea[aria-label="Comment"]': "approved from the browser test"}
-        for selector, value in fields.items():
-            field = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, selector)))
-            field.click()
-            field.clear()
-            field.send_keys(value)
-            field.send_keys(Keys.TAB)  # commit the value before the submit
-        button = wait.until(ec.element_to_be_clickable(
-            (By.XPATH, '//div[@data-testid="stFormSubmitButton"]//button[.//p[normalize-space()="Approve"]]')))
-        button.click()
-
-        store = Store(open_workspace(root).db)
+        # Approve the gate: a comment and one click, no name or password to type again.
+        go(driver, "approvals")
+        assert {"Approve", "Reject"} <= buttons(driver)
+        assert not driver.find_elements(By.CSS_SELECTOR, 'input[type="password"]')
+        type_into(driver, 'textarea[aria-label="Comment"]', "approved from the browser test")
+        click_button(driver, "Approve")
         deadline = time.monotonic() + UI_TIMEOUT
         while (gate := store.gate(gate_id))["status"] == "pending" and time.monotonic() < deadline:
             time.sleep(0.5)
         assert gate["status"] == "approved", gate
-        assert gate["decided_by"] == APPROVER
+        assert (gate["decided_by"], gate["comment"]) == (APPROVER, "approved from the browser test")
         wait.until(lambda d: f"Gate {gate_id} approved by {APPROVER}" in d.page_source,
                    "the page never confirmed the decision")
         driver.save_screenshot(str(shots / "approvals_decided.png"))
+
+        # Sign-out returns to the sign-in form.
+        sign_out(driver)
+        assert buttons(driver) == {"Sign in"} and f"Gate {gate_id}" not in driver.page_source
+
+        # The engine acts on the decision: production moves to v2, so v1 becomes a rollback target.
+        result = run_cli("resume", "--workspace", str(root), "--quiet", check=True)
+        assert result.returncode == 0
+        assert store.alias("production") == "v2"
+
+        # A viewer reads every page and finds no control that acts.
+        sign_in(driver, VIEWER, VIEWER_PASSWORD)
+        signed_in_as(driver, VIEWER, "viewer")
+        for name in nav.PAGES:
+            go(driver, name)
+            assert not buttons(driver) & CONTROLS, (name, buttons(driver) & CONTROLS)
+            assert not driver.find_elements(By.CSS_SELECTOR, 'input[type="password"]'), name
+            if name in ("approvals", "models", "synthetic_data"):
+                assert f"signed in as {VIEWER} (viewer): read only" in driver.page_source, name
+                driver.save_screenshot(str(shots / f"{name}_viewer.png"))
+        sign_out(driver)
+
+        # ...where the approver has them: the viewer's empty Models page is not an empty page.
+        sign_in(driver, APPROVER, PASSWORD)
+        signed_in_as(driver, APPROVER, "approver")
+        go(driver, "models")
+        assert "Roll back" in buttons(driver)
     finally:
         if driver is not None:
             driver.quit()
@@ -154,7 +278,3 @@ def test_approve_in_the_browser_then_resume_promotes(tmp_path, _pending_template
             server.kill()
             server.wait(timeout=30)
         shutil.rmtree(profile, ignore_errors=True)
-
-    result = run_cli("resume", "--workspace", str(root), "--quiet", check=True)
-    assert result.returncode == 0
-    assert Store(open_workspace(root).db).alias("production") == "v2"
