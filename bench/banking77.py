@@ -91,10 +91,16 @@ def _parse_value(text: str):
         return text
 
 
-def build_config(overrides: list[str]):
+def build_config(overrides: list[str], autonomous: bool = True):
+    """The bench's config: autonomous by default (every gate decides by its checks, recorded in config.toml as
+    `init --policy auto` records it), then the --set overrides."""
+    from core.actions import make_autonomous
     from core.config import Config, parse_config
 
-    raw = Config().model_dump()
+    base = Config()
+    if autonomous:
+        make_autonomous(base)
+    raw = base.model_dump()
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = [p.strip() for p in key.split(".")]
@@ -286,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, help="work folder for the CSVs and the workspace (default: a fresh "
                    "temp folder, deleted at the end unless --keep)")
     p.add_argument("--keep", action="store_true", help="keep the temp work folder")
-    p.add_argument("--auto-approve", action="store_true",
-                   help="gates whose policy waits for a person are decided by their automatic checks instead")
+    p.add_argument("--policy", choices=["auto", "default"], default="auto",
+                   help="auto (default): the recorded autonomous mode, every gate decides by its own checks; "
+                        "default: the shipped policies, so the run stops at the first gate that waits for a person")
+    p.add_argument("--auto-approve", dest="policy", action="store_const", const="auto",
+                   help="the same as --policy auto (kept for older command lines)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--json-out", type=Path, help="also write the summary as JSON here")
@@ -311,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.workspace import WorkspaceError
 
     try:
-        config = build_config(args.overrides)
+        config = build_config(args.overrides, autonomous=args.policy == "auto")
         seed_df, held_df, pool_df, dev_df = split_protocol(train_csv, args.seed, args.dev_size)
     except (BenchError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -370,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if args.cycles == 0:  # baseline only: evolve(cycles=0) would do nothing
                     cid = cycle.start_cycle(ws)
-                    on_outcome(cycle.run_cycle(ws, cid, auto_approve=args.auto_approve, progress=not args.quiet))
+                    on_outcome(cycle.run_cycle(ws, cid, progress=not args.quiet))
                 else:
-                    cycle.evolve(ws, cycles=1, auto_approve=args.auto_approve, progress=not args.quiet,
+                    cycle.evolve(ws, cycles=1, progress=not args.quiet,
                                  on_outcome=on_outcome)
             finally:
                 previous = t_call
@@ -391,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"      {g['kind']} gate rejected by {g['by']}: {g['comment']}", flush=True)
             if marks and marks[-1][0].status == "waiting":
                 meta["error"] = (f"cycle {marks[-1][0].cycle_id} is waiting at a human gate; stopping "
-                                 "(rerun with --auto-approve to let automatic gates decide)")
+                                 "(rerun with --policy auto to let every gate decide by its checks)")
                 code = 1
                 break
     except KeyboardInterrupt:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ws = init_workspace(work / "ws", work / "seed.csv", None, work / "heldout.csv", config=config)
     t0 = time.perf_counter()
     cid = cycle.start_cycle(ws)
-    cycle.run_cycle(ws, cid, auto_approve=True, progress=False)
+    cycle.run_cycle(ws, cid, progress=False)
     train_s = time.perf_counter() - t0
     version = ws.store.alias("production")
     cycle.ensure_evaluated(ws, version)  # evaluation is the engine's, not the diagnosis's, work

@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
                             "text", "label", None, config)
         print(f"banking77: seed {len(seed_df):,}, held-out {len(held_df):,}, dev test {len(dev_df):,}; "
               f"search budget {args.budget}, test {config.scaffolds.test}, alpha {config.scaffolds.alpha}", flush=True)
-        baseline = cycle.run_cycle(ws, cycle.start_cycle(ws), auto_approve=True, progress=False)
+        baseline = cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False)
         t_train = time.perf_counter() - t0
         print(f"baseline: {baseline.message} ({t_train:.0f}s)", flush=True)
 
         t1 = time.perf_counter()
-        outcome = stages.run(ws, budget=args.budget, auto_approve=True, progress=False)
+        outcome = stages.run(ws, budget=args.budget, progress=False)
         trial = ws.store.scaffold_trial(outcome.cycle_id)
         checks = trial["result"]["checks"]
         t_search = time.perf_counter() - t1

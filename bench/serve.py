@@ -34,14 +34,16 @@ def build_workspace(work: Path):
     """A workspace on the bundled ticket data with a production model trained for a few steps: serving cost
     depends on the architecture and max_length, not on how well the model was trained."""
     from core import cycle
+    from core.actions import make_autonomous
     from core.config import Config
     from core.setup import init_workspace
 
     config = Config()
+    make_autonomous(config)
     config.train.max_steps, config.train.head_warmup_steps = 5, 5
     ws = init_workspace(work / "ws", REPO / "data" / "tickets_labeled.csv", None,
                         REPO / "data" / "tickets_heldout.csv", config=config)
-    cycle.run_cycle(ws, cycle.start_cycle(ws), auto_approve=True, progress=False)
+    cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False)
     return ws
 
 

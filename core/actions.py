@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 
-from core import auth, registry
+from core import auth
 from core.auth import AuthError, Principal
 from core.config import ConfigError, parse_config
 from core.workspace import Workspace, flatten
@@ -46,6 +46,8 @@ def rollback_targets(store) -> list[str]:
 
 
 def rollback(ws: Workspace, who: Principal, version: str) -> str | None:
+    from core import registry  # here, not at the top: the dashboard imports this module and need not load torch
+
     store = ws.store
     auth.require_role(store, who, f"rollback:{version}")
     if store.version(version) is None:

@@ -180,13 +180,14 @@ def test_missing_or_wrong_key_is_unverifiable(ws, capsys):
     assert report.case == "unverifiable" and "does not match" in report.problem and str(path) in report.problem
 
 
-def test_no_entry_is_written_without_the_key(ws, capsys, monkeypatch):
+def test_no_entry_is_written_without_the_key(ws, capsys, monkeypatch, tmp_path):
     path = _key_file(ws)
     path.unlink()
     monkeypatch.setattr(auditkey, "_cache", {})  # a fresh process: nothing read yet
-    monkeypatch.setenv("EVOLAB_PASSWORD", "bob-secret-1")
+    (tmp_path / "pw").write_text("bob-secret-1")
     before = len(ws.store.audit_entries())
-    assert main(["users", "add", "bob", "--role", "approver", "--workspace", str(ws.root)]) == 1
+    assert main(["users", "add", "bob", "--role", "approver", "--workspace", str(ws.root),
+                 "--password-file", str(tmp_path / "pw")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no audit key at" in err and str(path) in err
     assert len(ws.store.audit_entries()) == before and ws.store.user("bob") is None  # the action rolled back too

@@ -39,11 +39,13 @@ def _force_pass(ws):
     ws.save_config(config)
 
 
-def test_human_gate_waits_then_approval_promotes(baseline_ws, capsys, monkeypatch):
+def test_human_gate_waits_then_approval_promotes(baseline_ws, capsys, monkeypatch, tmp_path):
     _force_pass(baseline_ws)
     monkeypatch.setenv("EVOLAB_PASSWORD", "correct horse")
-    for name in ("alice", "bob"):
-        assert main(["users", "add", name, "--role", "approver", "--workspace", str(baseline_ws.root)]) == 0
+    (tmp_path / "pw").write_text("correct horse")
+    for name in ("alice", "bob"):  # the first approver needs no credential; the second needs alice's
+        assert main(["users", "add", name, "--role", "approver", "--workspace", str(baseline_ws.root),
+                     "--password-file", str(tmp_path / "pw"), *(["--by", "alice"] if name == "bob" else [])]) == 0
     root = str(baseline_ws.root)
     assert main(["evolve", "--workspace", root, "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -102,7 +104,9 @@ def test_policies():
     passed = {"passed": True, "within_thresholds": False, "reasons": []}
     failed = {"passed": False, "reasons": ["x"]}
     assert gates.automatic_verdict(GateConfig(policy="human"), passed, False).action == "wait"
-    assert gates.automatic_verdict(GateConfig(policy="human"), passed, True).action == "approve"
+    # --auto-approve never decides a human gate, and the waiting message says so
+    flagged = gates.automatic_verdict(GateConfig(policy="human"), passed, True)
+    assert flagged.action == "wait" and "never decides a gate whose policy is human" in flagged.comment
     assert gates.automatic_verdict(GateConfig(policy="human"), failed, True).action == "reject"
     assert gates.automatic_verdict(GateConfig(policy="auto"), passed, False).action == "approve"
     under = GateConfig(policy="auto_under_thresholds")
@@ -113,4 +117,4 @@ def test_policies():
     assert gates.automatic_verdict(GateConfig(policy="human"), failed, False, hard=False).action == "wait"
     assert gates.automatic_verdict(under, failed, False, hard=False).action == "wait"
     assert gates.automatic_verdict(GateConfig(policy="auto"), failed, False, hard=False).action == "reject"
-    assert gates.automatic_verdict(GateConfig(policy="human"), failed, True, hard=False).action == "reject"
+    assert gates.automatic_verdict(GateConfig(policy="human"), failed, True, hard=False).action == "wait"

@@ -246,8 +246,11 @@ def test_search_archive_and_lineage_survive_a_kill(baseline_ws, capsys, monkeypa
     shown = capsys.readouterr().out
     assert f"<- {mine['parent_id'].iloc[0]}" in shown and f"trial cycle {cycle_id}" in shown
 
+    from core import auth
+    from tests.conftest import APPROVER, PASSWORD
     from tests.test_dashboard import open_page
 
+    auth.add_user(store, APPROVER, "viewer", PASSWORD)  # the dashboard opens on sign-in
     at = open_page(monkeypatch, ws.root, "scaffolds")
     assert len(at.get("plotly_chart")) == 2  # the lineage over search scores, and the A/B gain with its CI
     assert set(at.dataframe[0].value["id"]) == set(after["id"])
