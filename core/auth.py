@@ -43,7 +43,7 @@ class Principal:
         return self.role == "approver"
 
 
-def check_new_user(name: str, role: str, password: str) -> str:
+def _check_new_user(name: str, role: str, password: str) -> str:
     name = name.strip()
     if not name:
         raise ValueError("a user needs a name")
@@ -58,7 +58,7 @@ def check_new_user(name: str, role: str, password: str) -> str:
 
 def add_user(store: Store, name: str, role: str, password: str, actor: str = "cli") -> None:
     """Low level: no credential check. core.actions.add_user is the guarded path every caller uses."""
-    name = check_new_user(name, role, password)
+    name = _check_new_user(name, role, password)
     store.add_user(name, role, _hasher.hash(password), actor)
 
 
@@ -83,13 +83,6 @@ def authenticate(store: Store, name: str, password: str, action: str) -> Princip
     return Principal(user["name"], user["role"])
 
 
-def require_approver(store: Store, name: str, password: str, action: str) -> Principal:
-    """An approver's checked identity; a viewer with the right password is refused, and audited."""
-    who = authenticate(store, name, password, action)
-    require_role(store, who, action)
-    return who
-
-
 def require_role(store: Store, who: Principal, action: str) -> None:
     if not who.approver:
         store.audit(who.name, "auth_refused", action, {"reason": f"'{who.name}' is a {who.role}, not an approver"})
@@ -108,18 +101,3 @@ def new_token(store: Store, name: str, actor: str) -> str:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     store.add_token(name, _hasher.hash(token), token[:8], actor)
     return token
-
-
-def token_name(store: Store, token: str | None) -> str | None:
-    """The name of the active token `token` is, or None. Tokens are few, so each active hash is tried."""
-    if not token or not token.startswith(TOKEN_PREFIX):
-        return None
-    for row in store.tokens(active_only=True).itertuples():
-        if row.prefix != token[:8]:
-            continue
-        try:
-            _hasher.verify(row.token_hash, token)
-            return row.name
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            continue
-    return None
