@@ -133,7 +133,8 @@ def cmd_gates(args) -> int:
     for g in rows:
         checks = g["checks"]
         print(f"gate {g['id']}  cycle {g['cycle_id']}  {g['kind']:<10} {g['status']:<8} policy={g['policy']}"
-              + (f"  by {g['decided_by']}" if g["decided_by"] else ""))
+              + (f"  by {g['decided_by']}" if g["decided_by"] else "")
+              + ("  OVERRIDE: approved although its checks failed" if g.get("override") else ""))
         if g["kind"] == "promotion" and isinstance(checks.get("candidate"), dict):
             print("    " + "; ".join(f"{name} {_estimate(checks[name])}" for name in ("candidate", "production")
                                      if checks.get(name)))

@@ -132,6 +132,8 @@ def test_failed_checks_need_an_override_with_a_reason(baseline_ws, monkeypatch, 
     assert decided["status"] == "approved" and decided["override"]
     entry = ws.store.audit_entries().iloc[-1]
     assert entry["action"] == "gate_overridden" and json.loads(entry["detail"])["override"] is True
+    code, out, _ = _cli(monkeypatch, capsys, "gates", "--workspace", root)
+    assert code == 0 and "OVERRIDE: approved although its checks failed" in out
 
 
 # -- 6: rollback only to a version that has been production -----------------------------------------------------
