@@ -25,7 +25,6 @@ import shutil
 import sys
 import tempfile
 import time
-import tomllib
 import traceback
 from pathlib import Path
 
@@ -83,18 +82,10 @@ def split_protocol(train_csv: Path, seed: int, dev_size: int, pool_labels: bool 
 
 
 # -- config ----------------------------------------------------------------------------------------
-def _parse_value(text: str):
-    """A TOML value when it parses as one (2, 0.5, true, ["a", "b"]), otherwise the plain string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def build_config(overrides: list[str], autonomous: bool = True):
     """The bench's config: autonomous by default (every gate decides by its checks, recorded in config.toml as
     `init --policy auto` records it), then the --set overrides."""
-    from core.actions import make_autonomous
+    from core.actions import make_autonomous, parse_value
     from core.config import Config, parse_config
 
     base = Config()
@@ -112,7 +103,7 @@ def build_config(overrides: list[str], autonomous: bool = True):
             if not isinstance(child, dict):
                 raise BenchError(f"--set {item!r}: '{part}' is a value, not a section")
             node = child
-        node[parts[-1]] = _parse_value(value.strip())
+        node[parts[-1]] = parse_value(value.strip())
     return parse_config(raw)  # pydantic validation: unknown keys and bad values raise ConfigError
 
 

@@ -89,8 +89,7 @@ def data_review_checks(gate: GateConfig, samples: pd.DataFrame, seed_labels: pd.
     if len(kept) and len(seed_labels):
         mix = kept["label"].value_counts(normalize=True)
         seed_mix = seed_labels.value_counts(normalize=True)
-        shift = 0.5 * float(mix.reindex(mix.index.union(seed_mix.index), fill_value=0)
-                            .sub(seed_mix.reindex(mix.index.union(seed_mix.index), fill_value=0)).abs().sum())
+        shift = 0.5 * float(mix.sub(seed_mix, fill_value=0).abs().sum())  # total variation distance
         checks["class_shift"] = shift
         checks["most_overrepresented"] = {str(k): round(float(v), 4) for k, v in
                                           (mix - seed_mix.reindex(mix.index, fill_value=0)).nlargest(3).items()}

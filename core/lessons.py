@@ -33,9 +33,6 @@ class Remedy:
     strict: bool = False  # every label gets the held-back bars
     skip_generators: set[str] = field(default_factory=set)
 
-    def active(self) -> bool:
-        return bool(self.hold_back or self.upweight or self.strict or self.skip_generators or self.cap_factor < 1)
-
 
 def _finding(cycle_id: int, gate: str, subject: str, reason: str, remedy: dict, action: str, severity: float) -> dict:
     return {"kind": KIND, "subject": subject, "severity": float(severity),
