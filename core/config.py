@@ -235,6 +235,12 @@ class DaemonConfig(_Section):
         return value
 
 
+class EngineConfig(_Section):
+    # A stage that raised (or whose process died) this many times in a row marks its cycle `failed`,
+    # so one broken stage cannot block the workspace for good.
+    max_stage_tries: int = Field(3, ge=1, le=100)
+
+
 class UIConfig(_Section):
     """The dashboard: a signed-in session idle this long asks for the password again before any action."""
     idle_timeout_minutes: float = Field(30.0, gt=0)
@@ -252,6 +258,7 @@ class Config(_Section):
     scaffolds: ScaffoldsConfig = ScaffoldsConfig()
     serve: ServeConfig = ServeConfig()
     daemon: DaemonConfig = DaemonConfig()
+    engine: EngineConfig = EngineConfig()
     ui: UIConfig = UIConfig()
 
 

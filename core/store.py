@@ -169,12 +169,15 @@ class Store:
     _process_lock = threading.RLock()
     _migrated: set[str] = set()
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, patience_s: float = LOCK_TIMEOUT_S):
+        # patience_s: how long a call waits for another process's lock before StoreBusy (the server
+        # answers 503 after a short wait rather than holding a request thread for minutes)
         self.path = Path(path)
+        self.patience_s = patience_s
 
     # -- connection policy -------------------------------------------------------------------
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        deadline = time.monotonic() + self.patience_s
         delay = 0.02
         while True:
             try:
@@ -184,7 +187,7 @@ class Store:
                     raise
                 if time.monotonic() > deadline:
                     raise StoreBusy(f"workspace database {self.path} stayed locked by another process "
-                                    f"for {LOCK_TIMEOUT_S:.0f}s") from None
+                                    f"for {self.patience_s:g}s") from None
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
 
