@@ -37,6 +37,28 @@ def decide_gate(ws: Workspace, who: Principal, gate_id: int, approved: bool, com
     return store.decide_gate(gate_id, approved, who.name, comment, automatic=False, override=override)
 
 
+def abandon_cycle(ws: Workspace, who: Principal, cycle_id: int, reason: str) -> dict:
+    """Close a stuck open cycle where it stands: its pending gates are rejected and nothing it made ships.
+    Refused while an engine is running, so no stage is cut off halfway by a decision it cannot see."""
+    from core.workspace import WorkspaceError, engine_lock
+
+    store = ws.store
+    auth.require_role(store, who, f"cycle:{cycle_id}")
+    reason = (reason or "").strip() or "no reason given"
+    cycle = store.cycle(cycle_id)
+    if cycle is None:
+        raise KeyError(f"no cycle {cycle_id}")
+    if cycle["status"] not in ("running", "waiting"):
+        raise ValueError(f"cycle {cycle_id} is already {cycle['status']}; only an open cycle can be abandoned")
+    try:
+        with engine_lock(ws):
+            store.abandon_cycle(cycle_id, who.name, reason)
+    except WorkspaceError:
+        raise WorkspaceError(f"an engine is running cycle {cycle_id} now; stop it first (SIGTERM stops it at the "
+                             "next stage boundary), then abandon") from None
+    return store.cycle(cycle_id)
+
+
 def rollback_targets(store) -> list[str]:
     """Versions that have been production before and are not production now: the only valid rollbacks."""
     history = store.alias_history()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from core import auditkey
+from core import atomic, auditkey
 from core.store import GENESIS_HASH, Store, entry_hash, entry_mac
 
 CASES = ("intact", "altered", "deleted", "reordered", "truncated", "unverifiable")
@@ -130,7 +130,7 @@ def export(store: Store, out: Path) -> int:
     lines.append({"record": "head", "head": log.head})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    atomic.write_text(out, "".join(json.dumps(line) + "\n" for line in lines))
     return len(log.entries)
 
 

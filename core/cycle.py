@@ -1,10 +1,10 @@
-"""The evolution cycle as a persisted state machine.
+"""The evolution cycle as a persisted state machine, its stages declared once in `FLOWS`.
 
-Stages: diagnose -> curate -> data_review -> train -> evaluate -> drift -> [drift_review] -> gate (promotion)
--> promote, or rejected at any gate. The cycle's stage lives
-in the store, and every stage writes its output and the next stage in one transaction, so a process
-killed at any moment resumes from the stage it was in without losing or duplicating anything.
-The first cycle of a workspace is a baseline: it trains on the labeled seed and skips diagnosis and curation.
+A cycle's stage lives in the store, and every stage writes its output and the next stage (taken from
+`FLOWS`) in one transaction, so a process killed at any moment resumes from the stage it was in without
+losing or duplicating anything. A stage that raises, or whose process dies, `engine.max_stage_tries` times
+in a row ends its cycle as `failed`; an approver can `abandon` an open cycle. The first cycle of a workspace
+is a baseline: it trains on the labeled seed and skips diagnosis and curation.
 """
 from __future__ import annotations
 
@@ -18,27 +18,33 @@ from typing import Callable
 
 import pandas as pd
 
-from core import curate, diagnose, drift, gates, lessons, model as M, registry, stats
+from core import atomic, curate, diagnose, drift, gates, lessons, model as M, registry, stats
 from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate_parts
 from core.faults import crash_point
-from core.store import HELDOUT_PARTS, StoreConflict, utcnow
+from core.store import END_STATUSES, HELDOUT_PARTS, StoreConflict, utcnow
 from core.train import TrainSpec, train
 from core.workspace import Workspace, audit_config, engine_lock
 
-EVOLVE_STAGES = ["diagnose", "curate", "data_review", "train", "evaluate", "drift", "drift_review", "gate",
-                 "promote"]
-BASELINE_STAGES = ["train", "evaluate", "gate", "promote"]
 ENGINE = "engine"
 
 
 @dataclass
 class Outcome:
     cycle_id: int
-    status: str  # done, rejected or waiting
+    status: str  # one of END_STATUSES, waiting or stopped
     stage: str
     gate_id: int | None = None
     message: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a cycle: what runs, where the cycle goes when it completes, and where it goes on its other
+    exit (a gate's "no" ends the cycle as rejected; a drift verdict other than pass goes to its review)."""
+    run: Callable  # (ws, cycle, ctx, stage) -> Outcome | None
+    next: str
+    otherwise: str | None = None
 
 
 def _say(progress: bool, text: str) -> None:
@@ -101,15 +107,15 @@ def run_diagnosis(ws: Workspace, cycle_id: int, version: str, next_stage: str | 
     return found
 
 
-def stage_diagnose(ws: Workspace, cycle: dict, ctx: dict) -> None:
-    found = run_diagnosis(ws, cycle["id"], cycle["parent_version"], "curate", ctx["progress"])
+def stage_diagnose(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
+    found = run_diagnosis(ws, cycle["id"], cycle["parent_version"], step.next, ctx["progress"])
     top = found["findings"].head(1)
     if len(top):
         _say(ctx["progress"], f"  diagnose: {len(found['findings'])} findings; top: {top['subject'].iloc[0]} "
                               f"({top['action'].iloc[0]})")
 
 
-def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
+def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     store, cfg = ws.store, ws.config()
     findings = store.diagnoses(cycle["id"])
     pairs = [(json.loads(d)["true"], json.loads(d)["predicted"], int(sev))
@@ -124,7 +130,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict) -> None:
                              seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections)
     samples, report = curate.curate(context, store.examples("heldout"), store.reviewed_samples(cycle["id"]),
                                     ctx["progress"])
-    store.save_samples(cycle["id"], samples, "data_review")
+    store.save_samples(cycle["id"], samples, step.next)
     ctx["stage_detail"] = report
     _say(ctx["progress"], f"  curate: {report['summary']} ("
                           + ", ".join(f"{g} {v['generated']:,}/{v['kept']:,}" for g, v in
@@ -159,7 +165,17 @@ def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:
     return cfg, "configured"
 
 
-def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
+def _set_aside(ws: Workspace, cycle_id: int, folder) -> None:
+    """A model folder no version owns (a run killed between writing and registering it, or a stale copy)
+    is moved beside the cycle's checkpoints, never deleted: versions' folders are written once."""
+    if ws.store.version(folder.name) is not None:
+        raise RuntimeError(f"{folder} belongs to registered version {folder.name}; it is never overwritten")
+    dest = ws.checkpoints / f"cycle_{cycle_id}" / f"unregistered-{folder.name}-{utcnow():%Y%m%dT%H%M%S%f}"
+    folder.rename(dest)
+    ws.store.audit(ENGINE, "model_folder_set_aside", f"cycle:{cycle_id}", {"folder": folder.name, "to": str(dest)})
+
+
+def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     store, cfg = ws.store, ws.config()
     run_dir = ws.checkpoints / f"cycle_{cycle['id']}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,11 +185,13 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
     result_file = run_dir / "checkpoints" / "result.json"
     result = json.loads(result_file.read_text()) if result_file.exists() else None
     if not (result and out.exists() and M.manifest(out) == result.get("files")):
+        if out.exists():
+            _set_aside(ws, cycle["id"], out)
         data = _training_data(ws, cycle)
         model_cfg, lora_reason = _model_config_for(ws, cycle)
-        data.to_parquet(run_dir / "train.parquet")
+        atomic.write_with(run_dir / "train.parquet", data.to_parquet)
         # Checkpoint choice and early stopping see the selection part only; the gate part stays untouched.
-        store.heldout("selection")[["text", "label"]].to_parquet(run_dir / "eval.parquet")
+        atomic.write_with(run_dir / "eval.parquet", store.heldout("selection")[["text", "label"]].to_parquet)
         spec = TrainSpec(run_id=f"cycle_{cycle['id']}", labels=store.labels(), model=model_cfg,
                          train=cfg.train.model_dump(), train_file=str(run_dir / "train.parquet"),
                          eval_file=str(run_dir / "eval.parquet"), checkpoint_dir=str(run_dir / "checkpoints"),
@@ -199,23 +217,21 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict) -> None:
                "best_val_acc": result["best_val_acc"], "steps": result["steps"]}
     crash_point("train_before_register")
     store.register_version(version, num, cycle["id"], cycle["parent_version"], ws.config().model.base_model,
-                           str(out.relative_to(ws.root)), result["files"], lineage, ENGINE, next_stage="evaluate")
+                           str(out.relative_to(ws.root)), result["files"], lineage, ENGINE, next_stage=step.next)
 
 
-def stage_evaluate(ws: Workspace, cycle: dict, ctx: dict) -> None:
+def stage_evaluate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     store = ws.store
     version = cycle["candidate_version"]
     scored = evaluate_parts(registry.load(ws, version), heldout_parts(store), ctx["progress"])
-    # A baseline has nothing to drift from.
-    next_stage = "drift" if cycle["parent_version"] else "gate"
-    store.save_evaluation(version, scored, cycle_id=cycle["id"], next_stage=next_stage)
+    store.save_evaluation(version, scored, cycle_id=cycle["id"], next_stage=step.next)
     gate = stats.estimate(scored["gate"][0]["correct"]) if "gate" in scored else None
     if gate:
         _say(ctx["progress"], f"  evaluate: {version} gate estimate {gate['accuracy']:.4f} (95% CI "
                               f"{gate['ci_low']:.4f}-{gate['ci_high']:.4f}, {gate['n']} untouched rows)")
 
 
-def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, next_stage: str,
+def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, step: Stage,
                 hard: bool = True) -> Outcome | None:
     """Open (or find) the cycle's gate of this kind, let its policy decide if it may, else wait for a person."""
     store = ws.store
@@ -241,20 +257,20 @@ def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, 
                        f"`python -m core approve|reject --workspace {ws.root} {gate['id']} --by NAME`, "
                        f"then `python -m core resume --workspace {ws.root}`")
     if gate["status"] == "approved":
-        store.set_stage(cycle["id"], next_stage)
+        store.set_stage(cycle["id"], step.next)
         return None
     store.reject_cycle(cycle["id"], gate["decided_by"], gate["comment"] or f"{kind} gate rejected")
     return None
 
 
-def stage_data_review(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
+def stage_data_review(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
     store = ws.store
     checks = gates.data_review_checks(ws.config().gates.data_review, store.samples(cycle["id"]),
                                       store.examples("seed")["label"])
-    return _gate_stage(ws, cycle, ctx, "data_review", checks, "train", hard=False)
+    return _gate_stage(ws, cycle, ctx, "data_review", checks, step, hard=False)
 
 
-def stage_drift(ws: Workspace, cycle: dict, ctx: dict) -> None:
+def stage_drift(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     store, cfg = ws.store, ws.config()
     pool = store.unlabeled_pool()  # production traffic last, so the tail is the most recent
     reference = pool["text"].tail(cfg.drift.reference_size).tolist() if cfg.drift.reference_size else []
@@ -262,17 +278,17 @@ def stage_drift(ws: Workspace, cycle: dict, ctx: dict) -> None:
                            store.heldout("gate"), reference, store.guardrails(), cfg.drift)
     passed = report["verdict"] == "pass"
     store.save_drift(cycle["id"], cycle["candidate_version"], cycle["parent_version"], passed, report,
-                     "gate" if passed else "drift_review")
+                     step.next if passed else step.otherwise)
     _say(ctx["progress"], f"  drift: {report['verdict']} ({'; '.join(report['reasons'])})")
 
 
-def stage_drift_review(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
+def stage_drift_review(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
     report = ws.store.drift_report(cycle["id"])["report"]
     checks = {"passed": False, "verdict": report["verdict"], "reasons": report["reasons"]}
-    return _gate_stage(ws, cycle, ctx, "drift_review", checks, "gate", hard=False)
+    return _gate_stage(ws, cycle, ctx, "drift_review", checks, step, hard=False)
 
 
-def stage_gate(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
+def stage_gate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
     store, cfg = ws.store, ws.config()
     candidate = store.eval_results(cycle["candidate_version"], "gate")
     production = None
@@ -280,10 +296,10 @@ def stage_gate(ws: Workspace, cycle: dict, ctx: dict) -> Outcome | None:
         ensure_evaluated(ws, cycle["parent_version"])  # a version from before the held-out set had parts
         production = store.eval_results(cycle["parent_version"], "gate")
     checks = gates.promotion_checks(cfg.gates, candidate, production)
-    return _gate_stage(ws, cycle, ctx, "promotion", checks, "promote")
+    return _gate_stage(ws, cycle, ctx, "promotion", checks, step)
 
 
-def stage_promote(ws: Workspace, cycle: dict, ctx: dict) -> None:
+def stage_promote(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     gate = ws.store.gate_for(cycle["id"], "promotion")
     if gate is None or gate["status"] != "approved":  # never promote past a gate that did not allow it
         raise RuntimeError(f"cycle {cycle['id']} reached promotion without an approved gate")
@@ -292,30 +308,62 @@ def stage_promote(ws: Workspace, cycle: dict, ctx: dict) -> None:
                      f"gate {gate['id']}: {gate['comment'] or 'approved'}")
 
 
-STAGES: dict[str, Callable] = {"diagnose": stage_diagnose, "curate": stage_curate,
-                               "data_review": stage_data_review, "train": stage_train, "evaluate": stage_evaluate,
-                               "drift": stage_drift, "drift_review": stage_drift_review, "gate": stage_gate,
-                               "promote": stage_promote}
-STAGES.update(scaffold_stages.STAGES)  # scaffold cycles: search -> A/B test -> scaffold_adoption gate -> adopt
+# Every cycle kind's stages in order: the engine walks this table and nothing else names a next stage.
+# Besides these exits, any stage can end its cycle as `failed` (engine.max_stage_tries tries that raised or
+# died) or `abandoned` (an approver closed it); a gate's `otherwise` ends it as `rejected`.
+FLOWS: dict[str, dict[str, Stage]] = {
+    "baseline": {
+        "train": Stage(stage_train, "evaluate"),
+        "evaluate": Stage(stage_evaluate, "gate"),  # a baseline has nothing to drift from
+        "gate": Stage(stage_gate, "promote", otherwise="rejected"),
+        "promote": Stage(stage_promote, "done"),
+    },
+    "evolve": {
+        "diagnose": Stage(stage_diagnose, "curate"),
+        "curate": Stage(stage_curate, "data_review"),
+        "data_review": Stage(stage_data_review, "train", otherwise="rejected"),
+        "train": Stage(stage_train, "evaluate"),
+        "evaluate": Stage(stage_evaluate, "drift"),
+        "drift": Stage(stage_drift, "gate", otherwise="drift_review"),
+        "drift_review": Stage(stage_drift_review, "gate", otherwise="rejected"),
+        "gate": Stage(stage_gate, "promote", otherwise="rejected"),
+        "promote": Stage(stage_promote, "done"),
+    },
+    scaffold_stages.KIND: {
+        "scaffold_search": Stage(scaffold_stages.stage_search, "scaffold_ab"),
+        "scaffold_ab": Stage(scaffold_stages.stage_ab, "scaffold_gate"),
+        "scaffold_gate": Stage(scaffold_stages.stage_gate, "scaffold_adopt", otherwise="rejected"),
+        "scaffold_adopt": Stage(scaffold_stages.stage_adopt, "done"),
+    },
+}
+EVOLVE_STAGES = list(FLOWS["evolve"])
+BASELINE_STAGES = list(FLOWS["baseline"])
+
+
+def _ended(store, cycle: dict) -> Outcome:
+    cycle_id = cycle["id"]
+    scaffold = cycle["kind"] == scaffold_stages.KIND
+    if cycle["status"] == "done":
+        detail = (f"production scaffold: {store.production_scaffold()}" if scaffold
+                  else f"production: {store.alias('production')}")
+    elif cycle["status"] == "rejected":
+        gate = store.gate_for(cycle_id, "scaffold_adoption" if scaffold else "promotion")
+        detail = (gate or {}).get("comment") or cycle.get("error") or ""
+    else:  # failed or abandoned: the error says why
+        detail = cycle.get("error") or ""
+    return Outcome(cycle_id, cycle["status"], cycle["stage"],
+                   message=f"cycle {cycle_id} {cycle['status']}" + (f" ({detail})" if detail else ""))
 
 
 def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress: bool = True,
               stop: Callable[[], bool] | None = None) -> Outcome:
-    """Run stages until the cycle ends or waits; `stop` (the daemon's SIGTERM) is asked between stages."""
+    """Walk the cycle's flow until it ends or waits; `stop` (the daemon's SIGTERM) is asked between stages."""
     store = ws.store
     ctx = {"auto_approve": auto_approve, "progress": progress}
     while True:
         cycle = store.cycle(cycle_id)
-        if cycle["status"] in ("done", "rejected", "failed"):
-            scaffold = cycle["kind"] == scaffold_stages.KIND
-            if cycle["status"] == "done":
-                detail = (f"production scaffold: {store.production_scaffold()}" if scaffold
-                          else f"production: {store.alias('production')}")
-            else:
-                gate = store.gate_for(cycle_id, "scaffold_adoption" if scaffold else "promotion")
-                detail = (gate or {}).get("comment") or cycle.get("error") or ""
-            return Outcome(cycle_id, cycle["status"], cycle["stage"],
-                           message=f"cycle {cycle_id} {cycle['status']}" + (f" ({detail})" if detail else ""))
+        if cycle["status"] in END_STATUSES:
+            return _ended(store, cycle)
         if stop is not None and stop():
             return Outcome(cycle_id, "stopped", cycle["stage"],
                            message=f"cycle {cycle_id} stopped before its {cycle['stage']} stage; resume continues it")
@@ -323,12 +371,29 @@ def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress
             store.set_cycle_waiting(cycle_id, False)
             cycle["status"] = "running"
         stage = cycle["stage"]
+        step = FLOWS[cycle["kind"]][stage]
+        max_tries = ws.config().engine.max_stage_tries
+        unfinished = store.begin_stage_try(cycle_id)
+        if unfinished >= max_tries:  # the earlier tries died without a word (killed, out of memory)
+            store.fail_cycle(cycle_id, f"stage {stage} did not finish in {unfinished} tries; last error: "
+                                       f"{cycle.get('error') or 'none (the process died)'}", ENGINE)
+            continue
         started, t0 = utcnow(), time.perf_counter()
         _say(progress, f"cycle {cycle_id} [{cycle['kind']}] {stage} ...")
         ctx.pop("stage_detail", None)
-        outcome = STAGES[stage](ws, cycle, ctx)
+        crash_point("stage_start")
+        try:
+            outcome = step.run(ws, cycle, ctx, step)
+        except Exception as err:
+            error = f"{stage}: {type(err).__name__}: {err}"
+            store.note_stage_error(cycle_id, error)
+            if unfinished + 1 < max_tries:
+                raise  # the next resume tries again
+            store.fail_cycle(cycle_id, f"stage {stage} failed {max_tries} times; last error: {error}", ENGINE)
+            continue
         store.record_stage_run(cycle_id, stage, started, time.perf_counter() - t0, _peak_rss_mb(),
                                ctx.get("stage_detail"))
+        crash_point("stage_end")
         if outcome is not None:
             return outcome
 
@@ -343,6 +408,14 @@ def start_cycle(ws: Workspace) -> int:
     return ws.store.create_cycle("evolve", EVOLVE_STAGES[0], production, ENGINE)
 
 
+def begin_engine(ws: Workspace) -> None:
+    """What an engine does first, holding the lock: record hand edits to config.toml since the last run and
+    remove the temporaries of a writer that was killed (only the engine writes models/ and checkpoints/)."""
+    audit_config(ws, ENGINE)
+    for folder in (ws.models, ws.checkpoints):
+        atomic.sweep(folder)
+
+
 def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress: bool = True,
            on_outcome: Callable[[Outcome], None] | None = None,
            stop: Callable[[], bool] | None = None) -> list[Outcome]:
@@ -351,7 +424,7 @@ def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress:
     A workspace without a production model first runs its baseline cycle, which does not count."""
     outcomes: list[Outcome] = []
     with engine_lock(ws):
-        audit_config(ws, "engine")  # hand edits to config.toml since the last run
+        begin_engine(ws)
         counted = 0
         while counted < cycles:
             open_ = ws.store.open_cycle()
@@ -361,7 +434,7 @@ def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress:
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
-            if outcome.status in ("waiting", "stopped"):
+            if outcome.status in ("waiting", "stopped", "failed"):  # a failure needs a look before more cycles
                 break
             if kind == "evolve":  # a baseline or a scaffold cycle finished on the way does not count
                 counted += 1
@@ -371,7 +444,7 @@ def evolve(ws: Workspace, cycles: int = 1, auto_approve: bool = False, progress:
 def resume(ws: Workspace, auto_approve: bool = False, progress: bool = True,
            stop: Callable[[], bool] | None = None) -> Outcome | None:
     with engine_lock(ws):
-        audit_config(ws, "engine")
+        begin_engine(ws)
         open_ = ws.store.open_cycle()
         if open_ is None:
             return None

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core import atomic
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 UI = REPO / "app" / "main.py"
@@ -48,12 +50,10 @@ def serve_dashboard(root: Path, port: int = 8501, host: str = "127.0.0.1") -> in
 
 def write_templates(path: Path) -> None:
     """The demo domain's templates and slots, for the template generator."""
-    import json
-
     sys.path.insert(0, str(REPO))
     from data.generate_tickets import SLOTS, TEMPLATES
 
-    path.write_text(json.dumps({"templates": TEMPLATES, "slots": SLOTS}, indent=1), encoding="utf-8")
+    atomic.write_json(path, {"templates": TEMPLATES, "slots": SLOTS}, indent=1)
 
 
 def run_demo(root: Path, cycles: int = 1, port: int = 8501) -> int:

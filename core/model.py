@@ -9,7 +9,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core import atomic
 from core.config import BUNDLED_MODEL, ModelConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -199,21 +199,17 @@ def manifest(folder: Path) -> dict[str, str]:
 
 
 def save_version(model: TextClassifier, labels: list[str], cfg: ModelConfig, folder: Path) -> dict[str, str]:
-    """Write a version folder atomically (temp folder, then rename) and return its file manifest."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.encoder.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
-    save_file({"weight": model.head.weight.detach().cpu().contiguous()}, str(tmp / HEAD_FILE))
-    meta = {"labels": labels, "base_model": cfg.base_model, "max_length": cfg.max_length,
-            "head_scale": cfg.head_scale}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    files = manifest(tmp)
-    if folder.exists():  # an unregistered leftover of an interrupted run: versions are only final once stored
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return files
+    """Write a new version folder atomically (temp folder, fsync, rename) and return its file manifest.
+
+    An existing folder is never replaced: a version's files are written once."""
+    with atomic.new_folder(folder) as tmp:
+        model.encoder.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
+        save_file({"weight": model.head.weight.detach().cpu().contiguous()}, str(tmp / HEAD_FILE))
+        meta = {"labels": labels, "base_model": cfg.base_model, "max_length": cfg.max_length,
+                "head_scale": cfg.head_scale}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        found = manifest(tmp)
+    return found
 
 
 class Loaded:

@@ -118,11 +118,17 @@ MIGRATIONS: list[str] = [
         created_at TIMESTAMP, created_by VARCHAR, revoked_at TIMESTAMP, revoked_by VARCHAR);
     ALTER TABLE gates ADD COLUMN override BOOLEAN;
     """,
+    # v10: tries of the cycle's current stage that began and did not finish (a raise or a dead process)
+    """
+    ALTER TABLE cycles ADD COLUMN tries INTEGER DEFAULT 0;
+    """,
 ]
 HELDOUT_PARTS = ("selection", "gate")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 LOCK_TIMEOUT_S = 120.0
+# How a cycle can end: promoted or adopted, a gate said no, a stage kept failing, a person closed it.
+END_STATUSES = ("done", "rejected", "failed", "abandoned")
 EXPIRED = "timed out without a decision"
 GENESIS_HASH = "0" * 64
 
@@ -542,27 +548,64 @@ class Store:
             raise StoreConflict(f"cycle {open_[0]} is still open")
         cid = con.execute("SELECT coalesce(max(id), 0) + 1 FROM cycles").fetchone()[0]
         now = utcnow()
-        con.execute("INSERT INTO cycles VALUES (?, ?, 'running', ?, ?, NULL, NULL, ?, ?, NULL)",
-                    [cid, kind, stage, parent_version, now, now])
+        con.execute("INSERT INTO cycles (id, kind, status, stage, parent_version, created_at, updated_at, tries) "
+                    "VALUES (?, ?, 'running', ?, ?, ?, ?, 0)", [cid, kind, stage, parent_version, now, now])
         self._audit(con, actor, "cycle_started", f"cycle:{cid}", {"kind": kind, "parent": parent_version})
         return cid
 
     @staticmethod
     def _set_stage(con, cycle_id: int, stage: str, status: str = "running") -> None:
-        finished = utcnow() if status in ("done", "rejected", "failed") else None
-        con.execute("UPDATE cycles SET stage = ?, status = ?, updated_at = ?, finished_at = ? WHERE id = ?",
-                    [stage, status, utcnow(), finished, cycle_id])
+        """Move an open cycle on (a new stage starts with no failed tries); a closed cycle never moves again,
+        so a stage that finishes after its cycle was abandoned or failed writes nothing."""
+        finished = utcnow() if status in END_STATUSES else None
+        moved = con.execute("UPDATE cycles SET stage = ?, status = ?, updated_at = ?, finished_at = ?, tries = 0 "
+                            "WHERE id = ? AND status IN ('running', 'waiting') RETURNING id",
+                            [stage, status, utcnow(), finished, cycle_id]).fetchall()
+        if not moved:
+            row = con.execute("SELECT status FROM cycles WHERE id = ?", [cycle_id]).fetchone()
+            raise StoreConflict(f"cycle {cycle_id} is {row[0] if row else 'missing'}; it cannot move to {stage}")
 
     def set_stage(self, cycle_id: int, stage: str, status: str = "running") -> None:
         with self._tx() as con:
             self._set_stage(con, cycle_id, stage, status)
 
+    def begin_stage_try(self, cycle_id: int) -> int:
+        """Count one more try of the cycle's current stage; returns the tries before this one that did not
+        finish. Counted before the stage runs, so a process killed inside it counts too."""
+        with self._tx() as con:
+            row = con.execute("UPDATE cycles SET tries = coalesce(tries, 0) + 1 WHERE id = ? "
+                              "RETURNING tries", [cycle_id]).fetchone()
+            return int(row[0]) - 1
+
+    def note_stage_error(self, cycle_id: int, error: str) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE cycles SET error = ?, updated_at = ? WHERE id = ?", [error, utcnow(), cycle_id])
+
+    def _close_cycle(self, con, cycle_id: int, status: str, actor: str, action: str, detail: dict) -> None:
+        """End an open cycle where it stands: its pending gates are closed as rejected and its candidate stops
+        being the candidate, in one transaction with the audit entry."""
+        row = con.execute("SELECT stage, candidate_version FROM cycles WHERE id = ?", [cycle_id]).fetchone()
+        if row is None:
+            raise KeyError(f"no cycle {cycle_id}")
+        self._set_stage(con, cycle_id, row[0], status)
+        reason = f"cycle {status}: {detail.get('reason') or detail.get('error')}"
+        con.execute("UPDATE gates SET status = 'rejected', decided_at = ?, decided_by = ?, comment = ?, "
+                    "automatic = ? WHERE cycle_id = ? AND status = 'pending'",
+                    [utcnow(), actor, reason, status == "failed", cycle_id])
+        if row[1] is not None and con.execute("SELECT version FROM aliases WHERE name = 'candidate'"
+                                              ).fetchone() == (row[1],):
+            self._move_alias(con, "candidate", None, actor, status)
+        self._audit(con, actor, action, f"cycle:{cycle_id}", {"stage": row[0], **detail})
+
     def fail_cycle(self, cycle_id: int, error: str, actor: str) -> None:
         with self._tx() as con:
             con.execute("UPDATE cycles SET error = ? WHERE id = ?", [error, cycle_id])
-            stage = con.execute("SELECT stage FROM cycles WHERE id = ?", [cycle_id]).fetchone()[0]
-            self._set_stage(con, cycle_id, stage, "failed")
-            self._audit(con, actor, "cycle_failed", f"cycle:{cycle_id}", {"error": error, "stage": stage})
+            self._close_cycle(con, cycle_id, "failed", actor, "cycle_failed", {"error": error})
+
+    def abandon_cycle(self, cycle_id: int, actor: str, reason: str) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE cycles SET error = ? WHERE id = ?", [f"abandoned by {actor}: {reason}", cycle_id])
+            self._close_cycle(con, cycle_id, "abandoned", actor, "cycle_abandoned", {"reason": reason})
 
     def cycle(self, cycle_id: int) -> dict | None:
         df = self._read("SELECT * FROM cycles WHERE id = ?", [cycle_id])
@@ -576,7 +619,9 @@ class Store:
 
     def record_stage_run(self, cycle_id: int, stage: str, started_at: datetime, seconds: float,
                          peak_rss_mb: float, detail: dict | None = None) -> None:
+        """A stage that returned (moved on, or waits at a gate): its tries start over."""
         with self._tx() as con:
+            con.execute("UPDATE cycles SET tries = 0 WHERE id = ?", [cycle_id])
             con.execute("INSERT OR REPLACE INTO stage_runs VALUES (?, ?, ?, ?, ?, ?)",
                         [cycle_id, stage, started_at, seconds, peak_rss_mb, _json(detail or {})])
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -24,9 +23,10 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from core import model as M
+from core import atomic, model as M
 from core.config import DoctorConfig, ModelConfig, TrainConfig
 from core.doctor import Doctor
+from core.faults import crash_point
 
 LOG_EVERY = 10
 KEEP_CHECKPOINTS = 2
@@ -46,7 +46,7 @@ class TrainSpec:
     extra: dict = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        atomic.write_json(path, asdict(self), indent=2)
 
     @staticmethod
     def load(path: Path) -> "TrainSpec":
@@ -55,23 +55,22 @@ class TrainSpec:
 
 # -- checkpoints: safetensors for tensors, JSON for the rest, never pickle -----------------------
 def _save_checkpoint(folder: Path, step: int, model, optimizer, best: dict, doctor: dict) -> None:
-    tmp = folder / f".step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(M.trainable_state(model), str(tmp / "weights.safetensors"))
-    opt = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, state in opt["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    state = {"step": step, "param_groups": opt["param_groups"], "scalars": scalars, "best": best,
-             "doctor": doctor}
-    (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, folder / f"step_{step}")
+    shutil.rmtree(folder / f"step_{step}", ignore_errors=True)  # a checkpoint of the same step is the same state
+    with atomic.new_folder(folder / f"step_{step}") as tmp:
+        save_file(M.trainable_state(model), str(tmp / "weights.safetensors"))
+        opt = optimizer.state_dict()
+        tensors, scalars = {}, {}
+        for pid, state in opt["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars[f"{pid}.{key}"] = value
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {"step": step, "param_groups": opt["param_groups"], "scalars": scalars, "best": best,
+                 "doctor": doctor}
+        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    crash_point("checkpoint_saved")
     for old in _checkpoints(folder)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -318,7 +317,8 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
                     sink.flush()
                     if val_acc > best["acc"]:
                         best = {"acc": val_acc, "step": step}
-                        save_file(M.trainable_state(unwrapped), str(best_path))
+                        state = M.trainable_state(unwrapped)
+                        atomic.write_with(best_path, lambda tmp: save_file(state, str(tmp)))
                     train_avg = sum(recent_losses) / len(recent_losses) if recent_losses else None
                     verdict = doctor.check_eval(val_loss, train_avg)
                     improved = doctor.evals_without_gain == 0
@@ -348,7 +348,7 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
             M.load_trainable_state(unwrapped, load_file(str(best_path)))
         files = M.save_version(unwrapped, spec.labels, mcfg, Path(spec.output_dir))
         result["files"] = files
-        (Path(spec.checkpoint_dir) / "result.json").write_text(json.dumps(result), encoding="utf-8")
+        atomic.write_json(Path(spec.checkpoint_dir) / "result.json", result)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from core import atomic
 from core.config import Config, dump_config, load_config
 from core.store import Store
 
@@ -46,7 +47,7 @@ class Workspace:
         return load_config(self.config_path)
 
     def save_config(self, config: Config, actor: str = "cli") -> None:
-        _atomic_write(self.config_path, dump_config(config))
+        atomic.write_text(self.config_path, dump_config(config))
         if self.db.exists():
             audit_config(self, actor)
 
@@ -58,12 +59,6 @@ def open_workspace(path: str | Path) -> Workspace:
     ws = Workspace(root)
     ws.config()  # refuse a broken config before any work starts
     return ws
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Exporting curated samples as Parquet or JSON Lines, written atomically."""
 from __future__ import annotations
 
-import os
+from core import atomic
 from pathlib import Path
 
 from core.store import Store
@@ -16,10 +16,9 @@ def export_samples(store: Store, out: Path, **filters) -> int:
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".jsonl"):
         raise ValueError(f"{out}: export to .parquet or .jsonl")
-    tmp = out.with_name(f".{out.name}.tmp")
     if suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
+        atomic.write_with(out, lambda tmp: frame.to_parquet(tmp, index=False))
     else:
-        frame.to_json(tmp, orient="records", lines=True, date_format="iso", force_ascii=False)
-    os.replace(tmp, out)
+        atomic.write_with(out, lambda tmp: frame.to_json(tmp, orient="records", lines=True, date_format="iso",
+                                                         force_ascii=False))
     return len(frame)

@@ -42,15 +42,17 @@ def start(ws, budget: int | None = None, candidate: str | None = None) -> int:
     budget = budget if budget is not None else ws.config().scaffolds.budget
     if budget < 1:
         raise ValueError("--budget must be at least 1")
-    return store.create_scaffold_cycle("scaffold_ab" if candidate else "scaffold_search", version, budget,
+    flow = _cycle().FLOWS[KIND]
+    first = next(iter(flow))  # a trial of a named candidate skips the search
+    return store.create_scaffold_cycle(flow[first].next if candidate else first, version, budget,
                                        production_id, candidate, ACTOR)
 
 
-def stage_search(ws, cycle: dict, ctx: dict) -> None:
+def stage_search(ws, cycle: dict, ctx: dict, step) -> None:
     trial = ws.store.scaffold_trial(cycle["id"])
     winner = search(ws, cycle["id"], cycle["parent_version"], trial["budget"], trial["production_id"],
                     ctx["progress"])
-    ws.store.set_trial_candidate(cycle["id"], winner, "scaffold_ab")
+    ws.store.set_trial_candidate(cycle["id"], winner, step.next)
     ctx["stage_detail"] = {"winner": winner}
     if ctx["progress"]:
         print(f"  search: winner {winner}", file=sys.stderr, flush=True)
@@ -73,20 +75,20 @@ def ab_result(ws, version: str, production_id: str, candidate_id: str) -> dict:
     return {"production": prod_metrics, "candidate": cand_metrics, "checks": checks}
 
 
-def stage_ab(ws, cycle: dict, ctx: dict) -> None:
+def stage_ab(ws, cycle: dict, ctx: dict, step) -> None:
     trial = ws.store.scaffold_trial(cycle["id"])
     result = ab_result(ws, cycle["parent_version"], trial["production_id"], trial["candidate_id"])
-    ws.store.save_trial_result(cycle["id"], result, "scaffold_gate")
+    ws.store.save_trial_result(cycle["id"], result, step.next)
     if ctx["progress"]:
         print(f"  ab_test: {'; '.join(result['checks']['reasons'])}", file=sys.stderr, flush=True)
 
 
-def stage_gate(ws, cycle: dict, ctx: dict):
+def stage_gate(ws, cycle: dict, ctx: dict, step):
     checks = ws.store.scaffold_trial(cycle["id"])["result"]["checks"]
-    return _cycle()._gate_stage(ws, cycle, ctx, "scaffold_adoption", checks, "scaffold_adopt")
+    return _cycle()._gate_stage(ws, cycle, ctx, "scaffold_adoption", checks, step)
 
 
-def stage_adopt(ws, cycle: dict, ctx: dict) -> None:
+def stage_adopt(ws, cycle: dict, ctx: dict, step) -> None:
     gate = ws.store.gate_for(cycle["id"], "scaffold_adoption")
     if gate is None or gate["status"] != "approved":  # never adopt past a gate that did not allow it
         raise RuntimeError(f"cycle {cycle['id']} reached adoption without an approved gate")
@@ -95,16 +97,12 @@ def stage_adopt(ws, cycle: dict, ctx: dict) -> None:
                             f"gate {gate['id']}: {gate['comment'] or 'approved'}", cycle["id"])
 
 
-STAGES = {"scaffold_search": stage_search, "scaffold_ab": stage_ab, "scaffold_gate": stage_gate,
-          "scaffold_adopt": stage_adopt}
-
-
 def run(ws, budget: int | None = None, candidate: str | None = None, auto_approve: bool = False,
         progress: bool = True):
     """Start a scaffold cycle and run it to its end or to its gate (one engine per workspace, as for evolve)."""
-    from core.workspace import audit_config, engine_lock
+    from core.workspace import engine_lock
 
     with engine_lock(ws):
-        audit_config(ws, ACTOR)
+        _cycle().begin_engine(ws)
         cycle_id = start(ws, budget, candidate)
         return _cycle().run_cycle(ws, cycle_id, auto_approve, progress)
