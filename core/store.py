@@ -199,7 +199,10 @@ class Store:
 
     @contextmanager
     def _tx(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._process_lock:
+        # Another thread of this process waiting for the file counts against the same patience.
+        if not self._process_lock.acquire(timeout=self.patience_s):
+            raise StoreBusy(f"workspace database {self.path} stayed busy in this process for {self.patience_s:g}s")
+        try:
             self._ensure_schema()
             con = self._connect(read_only)
             try:
@@ -212,6 +215,8 @@ class Store:
                     raise
             finally:
                 con.close()
+        finally:
+            self._process_lock.release()
 
     def _read(self, sql: str, params: list | None = None) -> pd.DataFrame:
         if not self.path.exists():

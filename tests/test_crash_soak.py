@@ -1,0 +1,95 @@
+"""Crash soak (issue 15): evolution cycles hit by random crash points and SIGKILLs, each followed by `resume`.
+
+Seeded (EVOLAB_SOAK_SEED, printed) so a failure can be replayed. The engine runs in processes forked from a
+forkserver that has already imported it, so a crash costs the work lost, not a Python start-up.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from core import audit, cycle, model as M
+from core.store import END_STATUSES
+from core.workspace import open_workspace
+
+pytestmark = pytest.mark.soak
+
+CRASHES = int(os.environ.get("EVOLAB_SOAK_CRASHES", "20"))
+# (crash point, passes through it to let go by at most): every point an evolution cycle passes
+POINTS = [("stage_start", 6), ("stage_end", 6), ("checkpoint_saved", 2), ("before_rename", 4),
+          ("train_before_register", 0), ("promote_start", 0), ("promote_before_commit", 0),
+          ("raise:stage_start", 6), ("raise:before_rename", 4)]
+
+
+def _evolve(root: str, env: dict) -> None:
+    os.environ.update(env)
+    cycle.evolve(open_workspace(root), cycles=1, progress=False)
+
+
+def _crash_once(ctx, root: str, rng: random.Random) -> str | None:
+    """One evolution cycle hit by a random fault (or by SIGKILL at a random moment); what hit it, or None."""
+    if rng.random() < 0.3:
+        proc = ctx.Process(target=_evolve, args=(root, {}))
+        proc.start()
+        proc.join(rng.uniform(0.2, 3.0))
+        if proc.exitcode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        return "SIGKILL at a random moment" if proc.exitcode == -signal.SIGKILL else None
+    point, skip_max = rng.choice(POINTS)
+    skip = rng.randint(0, skip_max)
+    proc = ctx.Process(target=_evolve, args=(root, {"EVOLAB_FAULT": point, "EVOLAB_FAULT_SKIP": str(skip)}))
+    proc.start()
+    proc.join()
+    return f"{point} (pass {skip + 1})" if proc.exitcode != 0 else None
+
+
+def test_crash_soak(baseline_ws):
+    seed = int(os.environ.get("EVOLAB_SOAK_SEED", "15"))
+    rng = random.Random(seed)
+    config = baseline_ws.config()  # small cycles: the soak is about crashes, not about learning
+    config.diagnose.max_attributions, config.diagnose.correct_attributions = 8, 2
+    config.diagnose.attribution_steps = 4
+    config.train.max_steps, config.train.checkpoint_every = 6, 2
+    config.curate.max_per_class = 5
+    config.gates.min_gain, config.gates.max_recall_drop = 0.0, 1.0  # some candidates reach promotion
+    baseline_ws.save_config(config)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["core.cycle", "tests.test_crash_soak"])
+    root, store = str(baseline_ws.root), baseline_ws.store
+
+    survived, runs, hits, started = 0, 0, [], time.monotonic()
+    while survived < CRASHES and runs < 2 * CRASHES:
+        runs += 1
+        t0 = time.monotonic()
+        what = _crash_once(ctx, root, rng)
+        t1 = time.monotonic()
+        if what is not None and store.open_cycle() is not None:  # the crash hit an evolution cycle
+            survived += 1
+            hits.append(what)
+        outcome = cycle.resume(baseline_ws, progress=False)
+        assert store.open_cycle() is None, f"run {runs} ({what}): resume left {outcome}"
+        print(f"run {runs}: {what}: crashed run {t1 - t0:.1f}s, resume {time.monotonic() - t1:.1f}s", flush=True)
+
+    cycles = store.cycles()
+    print(f"\ncrash soak (seed {seed}): survived {survived} crashes in {runs} runs, {time.monotonic() - started:.0f}s; "
+          f"cycles: {cycles['status'].value_counts().to_dict()}; hits: {', '.join(hits)}")
+    assert survived == CRASHES
+    assert cycles["status"].isin(END_STATUSES).all() and not (cycles["status"] == "failed").any()
+    report = audit.verify(store)
+    assert report.ok, report.problem
+    versions = store.versions()
+    for row in versions.to_dict("records"):
+        M.verify_files(baseline_ws.models / row["version"], store.version(row["version"])["files"], row["version"])
+    assert sorted(p.name for p in baseline_ws.models.iterdir()) == sorted(versions["version"])  # no orphans
+    history = store.alias_history()
+    for version in history.loc[(history["name"] == "production") & history["version"].notna(), "version"]:
+        made_by = int(store.version(version)["cycle_id"])
+        gate = store.gate_for(made_by, "promotion")
+        assert gate["status"] == "approved" and gate["checks"]["passed"], (version, gate)
+    assert store.alias("production") in set(versions["version"])
