@@ -198,7 +198,15 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     flush_interval_s: float = Field(1.0, gt=0)  # production logs are written in batches, never per request
     flush_rows: int = Field(1000, ge=1)  # or sooner, once this many rows wait
-    max_buffered_rows: int = Field(200_000, ge=1)  # while the store is busy; the oldest are dropped past it
+    max_buffered_rows: int = Field(200_000, ge=1)  # predictions while the store is busy; the oldest dropped past it
+    # Corrections are never dropped: past this many waiting, /feedback answers 503 until the store takes them.
+    max_buffered_feedback: int = Field(10_000, ge=1)
+    # How long a store call of the server waits for another process's lock before giving up (503 on a request).
+    store_patience_s: float = Field(2.0, gt=0, le=60)
+    retry_after_s: int = Field(5, ge=1, le=3600)  # the Retry-After of a 503: when the client should try again
+    # A log batch the store refuses this many flushes in a row (not merely busy) is set aside in
+    # <workspace>/serve-rejected/ so newer rows are logged again.
+    max_flush_failures: int = Field(5, ge=1)
     poll_s: float = Field(0.5, gt=0)  # how often the production alias is read for a hot swap
     torch_threads: int = Field(0, ge=0)  # per request thread; 0: torch's default (OMP_NUM_THREADS or one per core)
     # /feedback always needs an API token (`python -m core tokens add`); /predict only when this is true.

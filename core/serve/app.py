@@ -1,7 +1,9 @@
 """The HTTP API: POST /predict, POST /feedback, GET /healthz, GET /metrics (OpenAPI at /docs).
 
 Requests never touch the store on the prediction path: predictions come from the Predictor's current
-model, logs go to the LogBuffer, and both swap and flush in background threads.
+model, logs go to the LogBuffer, and both swap and flush in background threads. The one request that reads
+the store (feedback on a prediction this process did not log) gives up after `serve.store_patience_s`: a busy
+store, like a full feedback buffer, is a 503 with Retry-After, never a 500 or a request held for minutes.
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from core.config import ServeConfig
-from core.serve.logbuffer import LogBuffer
+from core.serve.logbuffer import LogBuffer, LogFull
 from core.serve.metrics import Metrics
 from core.serve.predictor import Predictor
 from core.serve.tokens import Tokens
-from core.store import utcnow
+from core.store import LOCK_TIMEOUT_S, Store, StoreBusy, utcnow
 from core.workspace import Workspace
 
 
@@ -56,6 +58,28 @@ class FeedbackResponse(BaseModel):
                                                 "and the data review shows it")
 
 
+@dataclass(frozen=True)
+class ServerWorkspace(Workspace):
+    """The workspace as the server sees it: every store call gives up after `patience_s` (StoreBusy)."""
+    patience_s: float = LOCK_TIMEOUT_S
+
+    @property
+    def store(self) -> Store:
+        return Store(self.db, self.patience_s)
+
+
+def _patiently(start):
+    # Before the port is bound nobody waits on the server: starting waits for a busy store as long as the
+    # CLI does, not the few seconds a request does.
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        try:
+            return start()
+        except StoreBusy:
+            if time.monotonic() > deadline:
+                raise
+
+
 @dataclass
 class Service:
     """The server's moving parts, started before the first request and closed after the last."""
@@ -68,15 +92,16 @@ class Service:
     labels: frozenset[str] = frozenset()
 
     def __post_init__(self):
+        self.ws = ServerWorkspace(self.ws.root, self.cfg.store_patience_s)
         self.predictor = Predictor(self.ws, self.cfg.poll_s, self.cfg.torch_threads)
-        self.logs = LogBuffer(self.ws.store, self.cfg.flush_interval_s, self.cfg.flush_rows,
-                              self.cfg.max_buffered_rows)
+        self.logs = LogBuffer(self.ws.store, self.cfg, self.ws.root / "serve-rejected")
         self.tokens = Tokens(self.ws, self.cfg.poll_s)
 
     def start(self) -> "Service":
-        self.labels = frozenset(self.ws.store.labels())
-        self.predictor.start()  # loads production now: a workspace without one fails before binding a port
-        self.tokens.start()
+        self.labels = frozenset(_patiently(self.ws.store.labels))
+        # loads production now: a workspace without one fails before binding a port
+        _patiently(self.predictor.start)
+        _patiently(self.tokens.start)
         self.logs.start()
         return self
 
@@ -161,6 +186,12 @@ def create_app(service: Service) -> FastAPI:
         code, message = _validation_message(err)
         return JSONResponse({"detail": message}, status_code=code)
 
+    @app.exception_handler(StoreBusy)
+    @app.exception_handler(LogFull)
+    async def _busy(request: Request, err: Exception):
+        return JSONResponse({"detail": f"{err}; try again in {cfg.retry_after_s} s"}, status_code=503,
+                            headers={"Retry-After": str(cfg.retry_after_s)})
+
     def check_texts(texts: list[str]) -> None:
         if not texts:
             raise HTTPException(422, "texts is empty: send at least one text")
@@ -217,7 +248,8 @@ def create_app(service: Service) -> FastAPI:
         serving = predictor.serving
         return {"status": "ok", "model_version": serving.model_version,
                 "scaffold_version": serving.scaffold_version, "hot_swaps": predictor.swap.swaps,
-                "swap_error": predictor.swap.last_error, "pending_logs": logs.pending()}
+                "swap_error": predictor.swap.last_error, "pending_logs": logs.pending(),
+                "store_busy": logs.busy()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
@@ -225,7 +257,11 @@ def create_app(service: Service) -> FastAPI:
         serving = predictor.serving
         return metrics.render({"hot_swaps_total": predictor.swap.swaps, "log_pending_rows": logs.pending(),
                                "log_flushed_rows_total": logs.flushed_predictions + logs.flushed_feedback,
-                               "log_dropped_rows_total": logs.dropped},
+                               "log_dropped_rows_total": logs.dropped,
+                               "log_refused_feedback_total": logs.refused_feedback,
+                               "log_set_aside_batches_total": logs.set_aside_batches,
+                               "log_set_aside_rows_total": logs.set_aside_rows,
+                               "store_busy": int(logs.busy())},
                               {"model_version": serving.model_version,
                                "scaffold_version": serving.scaffold_version})
 

@@ -3,7 +3,8 @@ any changes, build what they name in the background and hand it over as one refe
 
 Requests read that reference once and keep using what they read, so a request in flight finishes on the
 old model while new requests get the new one; nothing is restarted and nothing is dropped. A build that
-fails (damaged weights, say) leaves the old one serving and is tried again when the keys change.
+fails (damaged weights, say) leaves the old one serving and is tried again when the keys change; one that
+found the store busy is tried again at the next poll.
 """
 from __future__ import annotations
 
@@ -11,10 +12,20 @@ import logging
 import threading
 from typing import Callable, Generic, TypeVar
 
+import duckdb
+
+from core.store import StoreBusy
+
 log = logging.getLogger("evolab.serve")
 
 T = TypeVar("T")
 Keys = dict[str, "str | None"]
+
+
+def store_busy(err: BaseException) -> bool:
+    """Another process holds the store: nothing is wrong with what we asked, ask again later."""
+    return isinstance(err, StoreBusy) or (isinstance(err, (duckdb.IOException, duckdb.ConnectionException))
+                                          and "lock" in str(err).lower())
 
 
 class HotSwap(Generic[T]):
@@ -40,6 +51,9 @@ class HotSwap(Generic[T]):
         try:
             built = self.build(keys)
         except Exception as err:
+            if store_busy(err):
+                log.warning("hot swap to %s postponed, the store is busy: %s", keys, err)
+                return False
             self._failed, self.last_error = keys, f"{type(err).__name__}: {err}"
             log.error("hot swap to %s failed, still serving %s: %s", keys, self.keys, err)
             return False
