@@ -19,7 +19,8 @@ from core.store import Store, utcnow
 
 ROLES = ("approver", "viewer")
 # Names the engine and the automatic policies write into the audit log: a person must not be mistaken for them.
-RESERVED_NAMES = frozenset({"auto", "auto-approve", "engine", "cli", "system", "test", "?", "dashboard", "server"})
+RESERVED_NAMES = frozenset({"auto", "auto-approve", "engine", "cli", "system", "test", "?", "dashboard", "server",
+                            "daemon", "first-user"})
 REFUSED = "wrong name or password"
 LOCK_AFTER = 5
 BASE_DELAY_S, MAX_DELAY_S = 30.0, 900.0  # 30 s after 5 failures in a row, doubling to 15 min

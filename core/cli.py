@@ -11,9 +11,41 @@ EXIT_ERROR = 1
 
 
 def _ws(args):
-    from core.workspace import open_workspace
+    """The workspace, its database opened before any work: one this Evolab cannot use is refused in one line."""
+    import duckdb
 
-    return open_workspace(args.workspace)
+    from core.store import StoreBusy
+    from core.workspace import WorkspaceError, open_workspace
+
+    ws = open_workspace(args.workspace)
+    try:
+        ws.store.migrate()
+    except StoreBusy:
+        raise
+    except (duckdb.Error, RuntimeError) as err:  # a corrupt file; a schema newer than this code (a RuntimeError)
+        raise WorkspaceError(f"workspace database {ws.db} cannot be used: {str(err).splitlines()[0]}") from None
+    return ws
+
+
+def _print_json(value) -> None:
+    """Every --json output: strict JSON (jq and browsers refuse NaN), so NaN, NaT and infinity print as null."""
+    import math
+
+    import pandas as pd
+
+    def strict(v):
+        if hasattr(v, "tolist"):  # numpy arrays and scalars
+            v = v.tolist()
+        if isinstance(v, dict):
+            return {str(k): strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        if isinstance(v, float) and math.isinf(v) or pd.api.types.is_scalar(v) and pd.isna(v):  # NaN, NaT, NA
+            return None
+        return v
+
+    print(json.dumps(strict(value), indent=2, allow_nan=False,
+                     default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
 
 
 def cmd_init(args) -> int:
@@ -101,7 +133,7 @@ def _estimate(est: dict) -> str:
 def cmd_status(args) -> int:
     info = status_dict(_ws(args))
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        _print_json(info)
         return 0
     print(f"workspace   {info['workspace']}")
     prod = info["production"]
@@ -126,7 +158,7 @@ def cmd_gates(args) -> int:
     rows = [{**{k: (None if v != v else v) for k, v in r.items()}, "checks": json.loads(r["checks"])}
             for r in frame.to_dict("records")]
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        _print_json(rows)
         return 0
     if not rows:
         print("no gates yet")
@@ -240,7 +272,7 @@ def cmd_scaffolds(args) -> int:
     archive.ensure_builtins(store, "cli")
     info = report.overview(store)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        _print_json(info)
         return 0
     prod = info["production"]
     print(f"production scaffold {prod['id']} ({prod['name']}): {prod['steps']}")
@@ -327,10 +359,8 @@ def cmd_diagnose(args) -> int:
     internals = store.diagnosis_internals(cycle_id)
     if args.json:
         rows = [{**r, "detail": json.loads(r["detail"])} for r in findings.to_dict("records")]
-        print(json.dumps({"cycle": cycle_id, "findings": rows,
-                          "activations": internals.get("activations_summary"),
-                          "heads": {k: v for k, v in internals.get("heads", {}).items() if k != "importance"}},
-                         indent=2, default=str))
+        _print_json({"cycle": cycle_id, "findings": rows, "activations": internals.get("activations_summary"),
+                    "heads": {k: v for k, v in internals.get("heads", {}).items() if k != "importance"}})
         return 0
     print(f"diagnosis {'on demand' if cycle_id == 0 else f'of cycle {cycle_id}'}: {len(findings)} findings")
     for r in findings.head(15).itertuples():
@@ -351,7 +381,7 @@ def cmd_samples(args) -> int:
     if args.action == "list":
         page = store.sample_query(**filters, limit=args.limit, offset=args.offset)
         if args.json:
-            print(page.to_json(orient="records", date_format="iso"))
+            _print_json(page.to_dict("records"))
         elif page.empty:
             print("no samples match")
         else:
@@ -401,13 +431,13 @@ def cmd_drift(args) -> int:
     cycle_id = args.cycle or next((int(c) for c in reversed(ws.store.cycles()["id"].tolist())
                                    if ws.store.drift_report(int(c))), None)
     found = ws.store.drift_report(cycle_id) if cycle_id else None
+    if args.json:
+        _print_json(found)  # null when there is none yet
+        return 0
     if not found:
         print("no drift report yet (one is made for every candidate once production exists)")
         return 0
     report = found["report"]
-    if args.json:
-        print(json.dumps(found, indent=2, default=str))
-        return 0
     held = report["heldout"]
     print(f"cycle {cycle_id}: {found['candidate']} vs {found['production']}: verdict {report['verdict'].upper()}")
     for reason in report["reasons"]:
@@ -492,7 +522,16 @@ def cmd_config(args) -> int:
         return 0
     if not args.key or args.value is None or not args.by:
         raise ValueError("config set needs KEY VALUE and --by APPROVER")
-    old, new = actions.config_set(ws, _principal(ws, args.by, f"config:{args.key}"), args.key, args.value)
+    who = _principal(ws, args.by, f"config:{args.key}")
+    if args.key in ("model.base_model", "model.lora_layer_ids"):
+        # the LoRA layers must exist in the base model; refused before config_set writes anything
+        from core.config import parse_config
+        from core.model import check_lora_layers
+
+        raw = ws.config().model_dump()
+        raw["model"][args.key.split(".")[1]] = actions.parse_value(args.value)
+        check_lora_layers(parse_config(raw).model)
+    old, new = actions.config_set(ws, who, args.key, args.value)
     print(f"{args.key}: {json.dumps(old)} -> {json.dumps(new)} (audited)")
     return 0
 
@@ -536,9 +575,24 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.workspace), cycles=args.cycles, port=args.port)
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, zero or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other failure; the usage is one --help away
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Evolab: a self-improving classifier "
-                                     "under human oversight.")
+    parser = _Parser(prog="python -m core", description="Evolab: a self-improving classifier under human oversight.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, fn, help_):
@@ -622,8 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator")
     p.add_argument("--label")
     p.add_argument("--search")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=_count, default=50)
+    p.add_argument("--offset", type=_count, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--ids", help="comma-separated sample ids")
     p.add_argument("--all-matching", action="store_true", help="every sample the filters match")
@@ -695,6 +749,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(err: BaseException) -> str:
+    """An exception as one line: an OSError as its path and reason, without the [Errno n] prefix."""
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    elif isinstance(err, OSError) and err.strerror:
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    else:
+        text = str(err)
+    return " ".join(text.split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from core.config import ConfigError
@@ -707,14 +772,18 @@ def main(argv: list[str] | None = None) -> int:
     from core.auth import AuthError
     from core.auditkey import AuditKeyError
 
-    known = (AuditKeyError, AuthError, ConfigError, DataError, ModelIntegrityError, NoModelError, StoreBusy, StoreConflict, WorkspaceError,
-             ValueError, KeyError, FileNotFoundError)
+    known = (AuditKeyError, AuthError, ConfigError, DataError, ModelIntegrityError, NoModelError, StoreBusy,
+             StoreConflict, WorkspaceError, ValueError, KeyError, OSError)
     try:
         return args.fn(args)
     except known as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_describe(err)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted: run `resume` to continue where it stopped", file=sys.stderr)
         return 130
+    except Exception as err:  # last resort, still one line; EVOLAB_DEBUG=1 lets it through with its traceback
+        if os.environ.get("EVOLAB_DEBUG"):
+            raise
+        print(f"error: {type(err).__name__}: {_describe(err)} (EVOLAB_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 
 
 class _Section(BaseModel):
-    # A misspelt key must be refused, not silently ignored: extra="forbid".
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A misspelt key must be refused, not silently ignored: extra="forbid". NaN passes every bound check
+    # (every comparison with it is false) and infinity is not JSON: allow_inf_nan=False.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -28,7 +29,7 @@ class DataConfig(_Section):
     # 0.25 leaves 4 of 5 rows a class to the gate: the forgetting test needs 3 broken answers of one class to
     # stand out at all among 150 classes, so the gate part gets the larger share.
     selection_fraction: float = Field(0.25, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class ModelConfig(_Section):
@@ -42,7 +43,8 @@ class ModelConfig(_Section):
     # what makes CPU training affordable.
     lora_layers: int = Field(3, ge=0)
     # Explicit layer indices for LoRA; set per cycle by the head analysis (empty: the top lora_layers).
-    lora_layer_ids: list[int] = []
+    # Each must exist in the base model: core.model.check_lora_layers, where the model's config is at hand.
+    lora_layer_ids: list[Annotated[int, Field(ge=0)]] = []
     # Cosine-similarity head scale: logits = scale * cos(embedding, class weight).
     head_scale: float = Field(20.0, gt=0)
 
@@ -64,7 +66,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(50, ge=1)
     eval_every: int = Field(0, ge=0)  # 0: once per epoch
     num_processes: int = Field(1, ge=1)  # >1 runs `accelerate launch` in a subprocess
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class DoctorConfig(_Section):
@@ -126,11 +128,25 @@ class CurateConfig(_Section):
     max_per_class: int = Field(200, ge=1)
     favoured_class_factor: float = Field(1.5, ge=1)  # cap multiplier for diagnosed weak classes
     # Share of kept samples per difficulty level (0 easy .. 3 hard), where generators can choose.
-    difficulty_mix: list[float] = [0.1, 0.3, 0.3, 0.3]
+    difficulty_mix: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=4, max_length=4)] = [
+        0.1, 0.3, 0.3, 0.3]
     counterfactual_per_pair: int = Field(40, ge=0)
     templates_per_class: int = Field(30, ge=0)
     templates_file: str = "templates.json"  # in the workspace: {"templates": {label: [...]}, "slots": {...}}
     llm: LLMConfig = LLMConfig()
+
+    @field_validator("difficulty_mix")
+    @classmethod
+    def _some_weight(cls, mix: list[float]) -> list[float]:
+        if not sum(mix) > 0:
+            raise ValueError("at least one of the four weights must be above zero")
+        return mix
+
+    @model_validator(mode="after")
+    def _chars_range(self):
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars {self.min_chars} is above max_chars {self.max_chars}: nothing would be kept")
+        return self
 
 
 GatePolicy = Literal["human", "auto", "auto_under_thresholds"]
@@ -140,7 +156,7 @@ class GateConfig(_Section):
     policy: GatePolicy = "human"
     timeout_hours: float = Field(72.0, gt=0)
     # auto_under_thresholds, promotion and scaffold_adoption: automatic only when the gain is at least this.
-    auto_min_gain: float = 0.01
+    auto_min_gain: float = Field(0.01, ge=0, le=1)
     # auto_under_thresholds, data_review: automatic only for at most this many kept samples.
     auto_max_samples: int = Field(50_000, ge=0)
     # data_review checks: what can be wrong with a kept set. Estimated label noise: the share of kept
@@ -153,7 +169,8 @@ class GateConfig(_Section):
 
 
 class GatesConfig(_Section):
-    min_gain: float = Field(0.0, ge=-1, le=1)
+    # A negative margin would let the promotion checks pass a candidate worse than production.
+    min_gain: float = Field(0.0, ge=0, le=1)
     max_recall_drop: float = Field(0.10, ge=0, le=1)
     # The forgetting guard's significance: a class is forgotten only when its broken answers stand out at
     # this family-wise level across all the classes (Holm), and its recall also drops by max_recall_drop.
@@ -186,7 +203,7 @@ class ScaffoldsConfig(_Section):
     budget: int = Field(12, ge=1)  # scaffolds a search evaluates when --budget is not given
     novelty_weight: float = Field(0.05, ge=0)  # search parent score = accuracy + weight * novelty
     novelty_k: int = Field(3, ge=1)  # novelty: mean distance to this many nearest scaffolds in the archive
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # A prompt-template step may call this endpoint; off unless enabled (EVOLAB_LLM_* override as for curation).
     llm: LLMConfig = LLMConfig(max_requests=200)
 
@@ -294,7 +311,7 @@ def describe(err: ValidationError) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
-    return f"bad config value for '{key}': {first['msg']}"
+    return f"bad config value for '{key}': {first['msg'].removeprefix('Value error, ')}"
 
 
 def parse_config(raw: dict) -> Config:

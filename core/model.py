@@ -249,3 +249,27 @@ def load_version(folder: Path, files: dict[str, str], version: str) -> Loaded:
         model.head.weight.copy_(head)
     model.eval()
     return Loaded(version, tokenizer, model, meta["labels"], meta["max_length"])
+
+
+def check_lora_layers(cfg: ModelConfig) -> None:
+    """Refuse model.lora_layer_ids the base model does not have, from its config file alone: PEFT would
+    otherwise fail (or train nothing) only once training starts. Nothing is downloaded."""
+    if not cfg.lora_layer_ids:
+        return
+    from transformers import AutoConfig
+
+    from core.config import ConfigError
+
+    try:
+        n_layers = getattr(AutoConfig.from_pretrained(resolve_base(cfg.base_model), local_files_only=True),
+                           "num_hidden_layers", None)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.lora_layer_ids cannot be checked: the config of base model '{cfg.base_model}' "
+                          f"is not available locally ({str(err).strip().splitlines()[0]})") from None
+    if n_layers is None:
+        raise ConfigError(f"model.lora_layer_ids cannot be checked: base model '{cfg.base_model}' does not say "
+                          "how many layers it has")
+    bad = sorted({i for i in cfg.lora_layer_ids if not 0 <= i < n_layers})
+    if bad:
+        raise ConfigError(f"model.lora_layer_ids {bad} do not exist in base model '{cfg.base_model}': its "
+                          f"{n_layers} layers are 0-{n_layers - 1}")

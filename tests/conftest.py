@@ -91,13 +91,37 @@ def _baseline_template(tmp_path_factory, tiny_csvs):
     return ws.root
 
 
-@pytest.fixture
-def baseline_ws(tmp_path, _baseline_template):
+def copy_workspace(template: Path, target: Path):
     from core.workspace import open_workspace
 
-    target = tmp_path / "ws"
-    shutil.copytree(_baseline_template, target)
+    shutil.copytree(template, target)
     return open_workspace(target)
+
+
+@pytest.fixture
+def baseline_ws(tmp_path, _baseline_template):
+    return copy_workspace(_baseline_template, tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def _weak_baseline_template(tmp_path_factory, tiny_csvs):
+    """A workspace whose baseline read only the first 8 tokens of each text, with the fast config back for later
+    cycles: a candidate that reads whole texts truly beats it (measured: 7 of 12 gate rows against 11), so tests
+    reach promotion through the real checks; on the good baseline the tiny data's candidate only ties."""
+    from core import cycle
+
+    config = fast_config()
+    config.model.max_length = 8
+    ws = make_workspace(tmp_path_factory.mktemp("weak") / "ws", tiny_csvs, config)
+    cid = cycle.start_cycle(ws)
+    assert cycle.run_cycle(ws, cid, progress=False).status == "done"
+    ws.save_config(fast_config())
+    return ws.root
+
+
+@pytest.fixture
+def weak_baseline_ws(tmp_path, _weak_baseline_template):
+    return copy_workspace(_weak_baseline_template, tmp_path / "ws")
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False):
@@ -124,18 +148,18 @@ def approve_as(ws, gate_id: int, name: str = APPROVER, password: str = PASSWORD,
 
 
 @pytest.fixture(scope="session")
-def _pending_template(tmp_path_factory, _baseline_template):
-    """baseline v1 in production, an approver and a viewer, and cycle 2 waiting at its promotion gate with
-    candidate v2.
+def _pending_template(tmp_path_factory, _weak_baseline_template):
+    """the weak baseline v1 in production, an approver and a viewer, and cycle 2 waiting at its promotion gate
+    with candidate v2, whose checks passed.
     Shared: tests that change it work on a copy."""
     from core import auth, cycle
     from core.workspace import open_workspace
 
     root = tmp_path_factory.mktemp("pending") / "ws"
-    shutil.copytree(_baseline_template, root)
+    shutil.copytree(_weak_baseline_template, root)
     ws = open_workspace(root)
     config = ws.config()
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0  # any candidate passes the checks
+    config.gates.max_recall_drop = 1.0  # the forgetting guard is not what these tests are about
     config.gates.promotion.policy = "human"
     config.train.epochs = 1  # the curves only need to exist
     ws.save_config(config)

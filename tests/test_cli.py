@@ -29,27 +29,27 @@ def test_status_json(baseline_ws, capsys):
     assert info["cycles"][0]["status"] == "done" and info["pending_gates"] == []
 
 
-def test_rollback_moves_production_and_keeps_history(baseline_ws, capsys, monkeypatch):
+def test_rollback_moves_production_and_keeps_history(weak_baseline_ws, capsys, monkeypatch):
     from core import auth, cycle
 
-    auth.add_user(baseline_ws.store, "dave", "approver", "dave-secret")
-    auth.add_user(baseline_ws.store, "vera", "viewer", "vera-secret")
+    auth.add_user(weak_baseline_ws.store, "dave", "approver", "dave-secret")
+    auth.add_user(weak_baseline_ws.store, "vera", "viewer", "vera-secret")
     monkeypatch.setenv("EVOLAB_PASSWORD", "vera-secret")
-    config = baseline_ws.config()
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
-    baseline_ws.save_config(config)
-    cycle.evolve(baseline_ws, cycles=1, progress=False)
-    store = baseline_ws.store
+    config = weak_baseline_ws.config()
+    config.gates.max_recall_drop = 1.0
+    weak_baseline_ws.save_config(config)
+    cycle.evolve(weak_baseline_ws, cycles=1, progress=False)
+    store = weak_baseline_ws.store
     assert store.alias("production") == "v2"
-    assert main(["rollback", "--workspace", str(baseline_ws.root), "--to", "v1", "--by", "vera"]) == 1
+    assert main(["rollback", "--workspace", str(weak_baseline_ws.root), "--to", "v1", "--by", "vera"]) == 1
     assert "not an approver" in capsys.readouterr().err and store.alias("production") == "v2"
     monkeypatch.setenv("EVOLAB_PASSWORD", "dave-secret")
-    assert main(["rollback", "--workspace", str(baseline_ws.root), "--to", "v1", "--by", "dave"]) == 0
+    assert main(["rollback", "--workspace", str(weak_baseline_ws.root), "--to", "v1", "--by", "dave"]) == 0
     assert store.alias("production") == "v1"
     history = store.alias_history()
     prod = history[history.name == "production"]
     assert prod["version"].tolist() == ["v1", "v2", "v1"] and prod["actor"].iloc[-1] == "dave"
-    assert main(["rollback", "--workspace", str(baseline_ws.root), "--to", "v9", "--by", "dave"]) == 1
+    assert main(["rollback", "--workspace", str(weak_baseline_ws.root), "--to", "v9", "--by", "dave"]) == 1
     assert "no model version 'v9'" in capsys.readouterr().err
 
 

@@ -95,7 +95,6 @@ def test_human_review_wins_and_rejections_are_never_trained_on(baseline_ws, monk
     ws = baseline_ws
     config = ws.config()
     config.gates.data_review.policy = "human"
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
     ws.save_config(config)
     monkeypatch.setenv("EVOLAB_PASSWORD", "approver-pw")
     auth.add_user(ws.store, "alice", "approver", "approver-pw")

@@ -31,26 +31,25 @@ def test_baseline_then_evolve_autonomously(baseline_ws):
     assert not store.metrics(f"cycle_{cid}").empty
 
 
-def _force_pass(ws):
+def _human_promotion(ws):
     config = ws.config()
-    config.gates.min_gain = -1.0  # let any candidate pass the checks, so the human decision is what is tested
-    config.gates.max_recall_drop = 1.0
+    config.gates.max_recall_drop = 1.0  # on the weak baseline the checks pass: the human decision is tested
     config.gates.promotion.policy = "human"
     ws.save_config(config)
 
 
-def test_human_gate_waits_then_approval_promotes(baseline_ws, capsys, monkeypatch, tmp_path):
-    _force_pass(baseline_ws)
+def test_human_gate_waits_then_approval_promotes(weak_baseline_ws, capsys, monkeypatch, tmp_path):
+    _human_promotion(weak_baseline_ws)
     monkeypatch.setenv("EVOLAB_PASSWORD", "correct horse")
     (tmp_path / "pw").write_text("correct horse")
     for name in ("alice", "bob"):  # the first approver needs no credential; the second needs alice's
-        assert main(["users", "add", name, "--role", "approver", "--workspace", str(baseline_ws.root),
+        assert main(["users", "add", name, "--role", "approver", "--workspace", str(weak_baseline_ws.root),
                      "--password-file", str(tmp_path / "pw"), *(["--by", "alice"] if name == "bob" else [])]) == 0
-    root = str(baseline_ws.root)
+    root = str(weak_baseline_ws.root)
     assert main(["evolve", "--workspace", root, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "waits at promotion gate" in out
-    store = baseline_ws.store
+    store = weak_baseline_ws.store
     pending = store.gates("pending")
     assert len(pending) == 1 and store.open_cycle()["status"] == "waiting"
     gid = int(pending["id"][0])
@@ -70,15 +69,15 @@ def test_human_gate_waits_then_approval_promotes(baseline_ws, capsys, monkeypatc
     assert "gate_approved" in actions and "promoted" in actions
 
 
-def test_rejected_candidate_is_never_deployed(baseline_ws):
-    _force_pass(baseline_ws)
-    outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
+def test_rejected_candidate_is_never_deployed(weak_baseline_ws):
+    _human_promotion(weak_baseline_ws)
+    outcome = cycle.evolve(weak_baseline_ws, cycles=1, progress=False)[-1]
     assert outcome.status == "waiting"
-    gates.decide(baseline_ws.store, outcome.gate_id, False, "carol", "not convinced")
-    final = cycle.resume(baseline_ws, progress=False)
+    gates.decide(weak_baseline_ws.store, outcome.gate_id, False, "carol", "not convinced")
+    final = cycle.resume(weak_baseline_ws, progress=False)
     assert final.status == "rejected"
-    assert baseline_ws.store.alias("production") == "v1"
-    assert baseline_ws.store.alias("candidate") is None
+    assert weak_baseline_ws.store.alias("production") == "v1"
+    assert weak_baseline_ws.store.alias("candidate") is None
 
 
 def test_second_engine_on_the_same_workspace_is_refused(baseline_ws, capsys):
@@ -88,15 +87,15 @@ def test_second_engine_on_the_same_workspace_is_refused(baseline_ws, capsys):
     assert baseline_ws.store.open_cycle() is None  # nothing was started
 
 
-def test_gate_timeout_rejects(baseline_ws):
-    config = baseline_ws.config()
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
+def test_gate_timeout_rejects(weak_baseline_ws):
+    config = weak_baseline_ws.config()
+    config.gates.max_recall_drop = 1.0
     config.gates.promotion.policy = "human"
     config.gates.promotion.timeout_hours = 1e-9
-    baseline_ws.save_config(config)
-    outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
+    weak_baseline_ws.save_config(config)
+    outcome = cycle.evolve(weak_baseline_ws, cycles=1, progress=False)[-1]
     assert outcome.status == "rejected"
-    gate = baseline_ws.store.gate_for(outcome.cycle_id, "promotion")
+    gate = weak_baseline_ws.store.gate_for(outcome.cycle_id, "promotion")
     assert gate["status"] == "rejected" and "timed out" in gate["comment"]
 
 

@@ -54,9 +54,6 @@ def test_planted_confusion_is_the_top_weakness(planted_confusion, capsys):
 
 def test_findings_are_tracked_across_cycles(planted_confusion):
     ws = planted_confusion
-    config = ws.config()
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
-    ws.save_config(config)
     cycle.run_diagnosis(ws, 0, "v1", None)
     outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
     findings = ws.store.diagnoses(outcome.cycle_id)

@@ -27,8 +27,6 @@ def _plant_harm(ws, tmp_path, monkeypatch, policy):
                   "note": "hacked accounts must reach the access team"}).to_csv(probes, index=False)
     add_guardrails(ws, probes)
     config = ws.config()
-    # Open the promotion checks wide, so that drift review is the only thing that can stop this candidate.
-    config.gates.min_gain, config.gates.max_recall_drop = -1.0, 1.0
     config.gates.drift_review.policy = policy
     config.drift.max_guardrail_drop = 0.0
     config.train.epochs = 6
