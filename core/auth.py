@@ -9,6 +9,7 @@ guess, so a flood cannot bury it.
 """
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from core.store import Store, utcnow
 
 ROLES = ("approver", "viewer")
 # Names the engine and the automatic policies write into the audit log: a person must not be mistaken for them.
+# Names appear as actors in the audit log beside `token:NAME` and the engine's own names: no ':' or spaces.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 RESERVED_NAMES = frozenset({"auto", "auto-approve", "engine", "cli", "system", "test", "?", "dashboard", "server",
                             "daemon", "first-user"})
 REFUSED = "wrong name or password"
@@ -48,6 +51,9 @@ def _check_new_user(name: str, role: str, password: str) -> str:
     name = name.strip()
     if not name:
         raise ValueError("a user needs a name")
+    if not NAME.fullmatch(name):
+        raise ValueError(f"user name '{name}': use letters, digits and . _ @ - (at most 64, starting with a "
+                         "letter or digit)")
     if name.lower() in RESERVED_NAMES:
         raise ValueError(f"'{name}' is reserved for the engine's own entries in the audit log; pick another name")
     if role not in ROLES:

@@ -14,15 +14,13 @@ def _ws(args):
     """The workspace, its database opened before any work: one this Evolab cannot use is refused in one line."""
     import duckdb
 
-    from core.store import StoreBusy
+    from core.store import SchemaError
     from core.workspace import WorkspaceError, open_workspace
 
     ws = open_workspace(args.workspace)
     try:
         ws.store.migrate()
-    except StoreBusy:
-        raise
-    except (duckdb.Error, RuntimeError) as err:  # a corrupt file; a schema newer than this code (a RuntimeError)
+    except (duckdb.Error, SchemaError) as err:  # a corrupt file; a schema newer than this code
         raise WorkspaceError(f"workspace database {ws.db} cannot be used: {str(err).splitlines()[0]}") from None
     return ws
 
@@ -82,7 +80,7 @@ def cmd_evolve(args) -> int:
         outcomes = cycle.evolve(ws, args.cycles, args.auto_approve, progress=not args.quiet,
                                 on_outcome=_print_outcome)
         if not (args.wait and outcomes and outcomes[-1].status == "waiting"):
-            return 0
+            return 1 if outcomes and outcomes[-1].status == "failed" else 0
         # --wait: poll until someone decides the gate, then carry on
         from core.gates import expire_if_due
 
@@ -97,6 +95,16 @@ def cmd_resume(args) -> int:
 
     outcome = cycle.resume(_ws(args), args.auto_approve, progress=not args.quiet)
     print(outcome.message if outcome else "nothing to resume: no cycle is open")
+    return 1 if outcome and outcome.status == "failed" else 0
+
+
+def cmd_abandon(args) -> int:
+    from core import actions
+
+    ws = _ws(args)
+    cycle = actions.abandon_cycle(ws, _principal(ws, args.by, f"cycle:{args.cycle}"), args.cycle, args.comment)
+    print(f"cycle {args.cycle} abandoned at its {cycle['stage']} stage ({cycle['error']}); "
+          f"production stays {ws.store.alias('production') or '-'}")
     return 0
 
 
@@ -657,6 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-approve", action="store_true",
                    help="decide the scaffold_adoption gate automatically by its checks (audited)")
     p.add_argument("--quiet", action="store_true")
+
+    p = add("abandon", cmd_abandon, "close a stuck open cycle (an approver); nothing it made ships")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--cycle", type=int, required=True)
+    p.add_argument("--by", required=True, help="an approver's name (password from a prompt or EVOLAB_PASSWORD)")
+    p.add_argument("--comment", default="", help="why (kept in the audit log)")
 
     p = add("rollback", cmd_rollback, "point production at an earlier version")
     p.add_argument("--workspace", required=True)

@@ -412,6 +412,7 @@ def begin_engine(ws: Workspace) -> None:
     """What an engine does first, holding the lock: record hand edits to config.toml since the last run and
     remove the temporaries of a writer that was killed (only the engine writes models/ and checkpoints/)."""
     audit_config(ws, ENGINE)
+    M.check_lora_layers(ws.config().model)  # a hand-edited config.toml is refused before a cycle starts
     for folder in (ws.models, ws.checkpoints):
         atomic.sweep(folder)
 

@@ -137,6 +137,10 @@ class StoreBusy(RuntimeError):
     """Another process held the database for longer than we are willing to wait."""
 
 
+class SchemaError(RuntimeError):
+    """The workspace was written by a newer Evolab than this one."""
+
+
 class StoreConflict(RuntimeError):
     """A write was refused because the state it expected has changed (for example a gate already decided)."""
 
@@ -239,7 +243,7 @@ class Store:
                 current = int(row[0]) if row else 0
             if current > SCHEMA_VERSION:
                 con.execute("ROLLBACK")
-                raise RuntimeError(f"workspace schema v{current} is newer than this Evolab (v{SCHEMA_VERSION})")
+                raise SchemaError(f"workspace schema v{current} is newer than this Evolab (v{SCHEMA_VERSION})")
             for version in range(current, SCHEMA_VERSION):
                 con.execute(MIGRATIONS[version])
             if 0 < current < 8:  # a workspace made before the held-out set had parts gets them now

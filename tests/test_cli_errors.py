@@ -144,3 +144,13 @@ def test_config_set_refuses_a_negative_margin_and_layers_the_model_lacks(workspa
     assert workspace.config_path.read_text() == before
     assert main(["config", "set", "model.lora_layer_ids", "[4, 5]", "--workspace", root, "--by", "alice"]) == 0
     assert workspace.config().model.lora_layer_ids == [4, 5]
+
+
+@pytest.mark.parametrize("name", ["token:ci", "two words", "", "-x", "a" * 65])
+def test_user_names_cannot_pose_as_other_actors(workspace, tmp_path, capsys, name):
+    """The audit log writes `token:NAME` for API tokens: a user named so could pass for one."""
+    (tmp_path / "pw").write_text("long-enough-pw")
+    code = main(["users", "add", name, "--role", "approver", "--workspace", str(workspace.root),
+                 "--password-file", str(tmp_path / "pw")])
+    _one_line_error(capsys, code, "user name" if name else "needs a NAME")
+    assert workspace.store.users().empty
