@@ -146,7 +146,7 @@ def test_config_set_refuses_a_negative_margin_and_layers_the_model_lacks(workspa
     assert workspace.config().model.lora_layer_ids == [4, 5]
 
 
-@pytest.mark.parametrize("name", ["token:ci", "two words", "", "-x", "a" * 65])
+@pytest.mark.parametrize("name", ["token:ci", "two words", "", ".hidden", "a" * 65])
 def test_user_names_cannot_pose_as_other_actors(workspace, tmp_path, capsys, name):
     """The audit log writes `token:NAME` for API tokens: a user named so could pass for one."""
     (tmp_path / "pw").write_text("long-enough-pw")
