@@ -381,8 +381,8 @@ def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress
         started, t0 = utcnow(), time.perf_counter()
         _say(progress, f"cycle {cycle_id} [{cycle['kind']}] {stage} ...")
         ctx.pop("stage_detail", None)
-        crash_point("stage_start")
         try:
+            crash_point("stage_start")
             outcome = step.run(ws, cycle, ctx, step)
         except Exception as err:
             error = f"{stage}: {type(err).__name__}: {err}"
