@@ -228,7 +228,7 @@ def cmd_decide(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from core import registry, scaffolds
+    from core import atomic, registry, scaffolds
     from core.setup import read_predict_input
 
     ws = _ws(args)
@@ -242,9 +242,7 @@ def cmd_predict(args) -> int:
     frame["confidence"] = [r["confidence"] for r in rows]
     frame["abstained"] = [r["abstained"] for r in rows]  # routed to a person; prediction is the best guess
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    atomic.write_with(out, lambda tmp: frame.to_csv(tmp, index=False))
     named = f" ({spec['name']})" if spec["name"] != scaffold_id else ""
     print(f"{len(frame):,} predictions from {loaded.version} with scaffold {scaffold_id}{named}; "
           f"{int(frame['abstained'].sum()):,} routed to a person -> {out}")

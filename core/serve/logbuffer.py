@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core import atomic
 from core.config import ServeConfig
 from core.serve.swap import store_busy
 from core.store import Store, StoreBusy, utcnow
@@ -175,12 +176,7 @@ class LogBuffer:
         path = self.rejected_dir / f"{utcnow():%Y%m%dT%H%M%S}-{os.getpid()}-{self.set_aside_batches + 1}.jsonl"
         rows = [{"table": "predictions", **row} for row in predictions] + \
                [{"table": "feedback", **row} for row in feedback]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.writelines(json.dumps(row, default=str) + "\n" for row in rows)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        atomic.write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
         self.set_aside_batches += 1
         self.set_aside_rows += len(rows)
         return path
