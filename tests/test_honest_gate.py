@@ -231,18 +231,18 @@ def test_a_workspace_from_before_the_split_gets_stored_parts_and_its_old_config_
     import duckdb
 
     from core.config import ConfigError, parse_config
-    from core.store import Store
+    from core.store import SCHEMA_VERSION, Store
     from core.workspace import open_workspace
 
     con = duckdb.connect(str(baseline_ws.db))
     for sql in ("DROP TABLE heldout_parts", "DROP TABLE auth_failures", "DROP TABLE api_tokens",
-                "ALTER TABLE gates DROP COLUMN override"):  # back to schema v7
+                "ALTER TABLE gates DROP COLUMN override", "ALTER TABLE cycles DROP COLUMN tries"):  # back to v7
         con.execute(sql)
     con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     con.close()
     Store._migrated.clear()
     store = baseline_ws.store
-    assert store.schema_version() == 9
+    assert store.schema_version() == SCHEMA_VERSION
     parts = [store.heldout(p) for p in ("selection", "gate")]
     assert sum(len(p) for p in parts) == len(store.examples("heldout")) and all(len(p) for p in parts)
     text = baseline_ws.config_path.read_text()

@@ -114,7 +114,7 @@ def test_predict_and_feedback_are_logged_and_feed_the_loop(served):
         time.sleep(0.2)
     time.sleep(0.5)
     # an id known only from the store (flushed) is still accepted
-    assert client.post("/feedback", json={"id": preds[0]["id"], "label": wrong[0]}).status_code == 200
+    assert client.post("/feedback", json={"id": preds[0]["id"], "label": wrong[0], "actor": "carol"}).status_code == 200
     assert _metric(client, "evolab_predicted_texts_total") >= 3
     assert _metric(client, "evolab_feedback_total") >= 4
     assert 'model_version="v1"' in client.get("/metrics").text
