@@ -111,6 +111,10 @@ class CurateConfig(_Section):
     # Who labels traffic: the model's probabilities smoothed by label propagation over the embedding
     # graph, or the model alone. Banking77 pool, labels from a cycle-1 model: model 87.4%, propagation 88.0%.
     teacher: Literal["propagation", "model"] = "propagation"
+    # A frozen second view (core/curate/views.py): a local encoder folder or a known offline extra such as
+    # "all-mpnet-base-v2" (requirements-encoders.txt). Its graph carries the model's scores and its neighbours
+    # verify; empty: the model's own embeddings do both.
+    teacher_encoder: str = ""
     propagation_alpha: float = Field(0.9, gt=0, lt=1)  # how far scores flow through the graph
     propagation_prior_weight: float = Field(0.3, ge=0)  # weight of the model's own scores at each text
     # Verifier bars: a sample is kept only when every verifier clears its bar for the sample's label.

@@ -19,6 +19,7 @@ from typing import Callable
 import pandas as pd
 
 from core import atomic, curate, diagnose, drift, gates, lessons, model as M, registry, stats
+from core.curate import views
 from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate_parts
 from core.faults import crash_point
@@ -127,7 +128,8 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=store.examples("seed"),
                              pool=pool, pairs=pairs,
                              favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
-                             seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections)
+                             seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
+                             view=views.for_config(cfg.curate.teacher_encoder, ws.root))
     samples, report = curate.curate(context, store.examples("heldout"), store.reviewed_samples(cycle["id"]),
                                     ctx["progress"])
     store.save_samples(cycle["id"], samples, step.next)

@@ -65,11 +65,15 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     cand["confidence"], cand["difficulty"], cand["scores"] = np.nan, -1, "{}"
     cand["rank_score"] = 0.0
     if len(alive):
-        lab_emb, _ = ctx.encode(labeled["text"].tolist())
         texts = cand.loc[alive, "text"].tolist()
+        # The kNN verifier votes in the frozen teacher view when there is one: not the model checking itself.
+        if ctx.view is not None:
+            lab_emb, knn_emb = ctx.view.embed(labeled["text"].tolist()), ctx.view.embed(texts, progress)
+        else:
+            (lab_emb, _), knn_emb = ctx.encode(labeled["text"].tolist()), None
         scores = verify.score(ctx.loaded, texts, cand.loc[alive, "label"].tolist(),
                               lab_emb, labeled["label"].to_numpy(dtype=object), cfg.knn_k, cfg.perturbed_views,
-                              ctx.seed_value, progress, precomputed=ctx.encode(texts))
+                              ctx.seed_value, progress, precomputed=ctx.encode(texts), knn_emb=knn_emb)
         scores.index = alive
         cand.loc[alive, "confidence"] = scores["model"]
         cand.loc[alive, "difficulty"] = scores["difficulty"].astype(int)

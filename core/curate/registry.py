@@ -25,6 +25,7 @@ class Context:
     remedy: object = None  # core.lessons.Remedy: what earlier rejections ask of this curation
     feedback: pd.DataFrame | None = None  # people's corrections from production: text, label, actor
     notes: dict = field(default_factory=dict)  # per generator: what it did or why it did nothing
+    view: object = None  # core.curate.views.FrozenView: the teacher encoder's frozen view, when configured
     # The model's (embedding, probabilities) per text already computed in this run, so verification
     # does not run the encoder over the traffic a second time.
     seen: dict = field(default_factory=dict)

@@ -11,11 +11,14 @@ from core.curate.propagate import propagate
 from core.curate.registry import Context, candidates, register
 
 
-def teacher_labels(ctx: Context, emb: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def teacher_labels(ctx: Context, texts: list[str], emb: np.ndarray, probs: np.ndarray) -> np.ndarray:
     if ctx.cfg.teacher == "model" or ctx.seed.empty:
         return probs.argmax(1)
     index = {name: i for i, name in enumerate(ctx.loaded.labels)}
-    seed_emb, _ = ctx.encode(ctx.seed["text"].tolist())  # remembered: verification embeds the seed too
+    if ctx.view is not None:  # the model's scores flow through the frozen view's graph, not its own
+        seed_emb, emb = ctx.view.embed(ctx.seed["text"].tolist()), ctx.view.embed(texts)
+    else:
+        seed_emb, _ = ctx.encode(ctx.seed["text"].tolist())  # remembered: verification embeds the seed too
     scores = propagate(seed_emb, ctx.seed["label"].map(index).to_numpy(), emb, len(ctx.loaded.labels),
                        ctx.cfg.knn_k, ctx.cfg.propagation_alpha, prior=probs,
                        prior_weight=ctx.cfg.propagation_prior_weight)
@@ -29,6 +32,6 @@ def self_label(ctx: Context):
         return candidates("self_label", [])
     texts = ctx.pool["text"].tolist()
     emb, probs = ctx.encode(texts)  # remembered, so verification does not encode the traffic again
-    labels = np.asarray(ctx.loaded.labels, dtype=object)[teacher_labels(ctx, emb, probs)]
+    labels = np.asarray(ctx.loaded.labels, dtype=object)[teacher_labels(ctx, texts, emb, probs)]
     return candidates("self_label", [{"parent_id": int(i), "text": t, "label": l}
                                      for i, t, l in zip(ctx.pool["id"], texts, labels)])

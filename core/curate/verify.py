@@ -54,8 +54,10 @@ def nearest(emb: np.ndarray, labeled_emb: np.ndarray, k: int, chunk: int = 2048)
 
 def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: np.ndarray,
           labeled_labels: np.ndarray, k: int, views: int, seed: int = 0, progress: bool = False,
-          precomputed: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
-    """precomputed: the model's (embeddings, probabilities) for texts, when the caller already has them."""
+          precomputed: tuple[np.ndarray, np.ndarray] | None = None,
+          knn_emb: np.ndarray | None = None) -> pd.DataFrame:
+    """precomputed: the model's (embeddings, probabilities) for texts, when the caller already has them.
+    knn_emb: the texts' embeddings in the view labeled_emb comes from, when that is not the model's own."""
     index = {name: i for i, name in enumerate(loaded.labels)}
     target = np.asarray([index[c] for c in claimed])
     emb, probs = precomputed if precomputed is not None else M.embed_and_proba(loaded, texts, progress=progress)
@@ -65,7 +67,8 @@ def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: n
     margin = top2[:, 1] - top2[:, 0] if len(texts) else np.zeros(0)
     knn, knn_top = np.zeros(len(texts)), np.zeros(len(texts))
     if len(labeled_emb) and len(texts):
-        votes = propagate(labeled_emb, np.asarray([index[c] for c in labeled_labels]), emb, len(loaded.labels), k)
+        votes = propagate(labeled_emb, np.asarray([index[c] for c in labeled_labels]),
+                          emb if knn_emb is None else knn_emb, len(loaded.labels), k)
         knn = votes[rows, target]
         # Whether the independent view ranks the label first: the data_review gate's label-noise estimate.
         knn_top = (votes.argmax(1) == target).astype(float)
