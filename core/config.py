@@ -38,7 +38,10 @@ class ModelConfig(_Section):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = ["query", "key", "value", "dense"]
+    # Empty: LoRA adapts every Linear of the chosen transformer layers (attention projections and feed-forward),
+    # whatever the architecture calls them. Otherwise names (or dotted suffixes) of Linear modules inside a layer,
+    # e.g. ["query", "value"] on BERT or ["q", "v"] on MPNet; a name the base model lacks is refused.
+    target_modules: list[str] = []
     # LoRA on the top N transformer layers only (0: all): backward then stops there, which is
     # what makes CPU training affordable.
     lora_layers: int = Field(3, ge=0)

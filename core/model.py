@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core import atomic
-from core.config import BUNDLED_MODEL, ModelConfig
+from core.config import BUNDLED_MODEL, ConfigError, ModelConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # PEFT still calls a transformers API that warns about its own rename; nothing for our users to act on.
@@ -92,22 +92,76 @@ class TextClassifier(nn.Module):
         return self.scale * self.embed(input_ids, attention_mask) @ F.normalize(self.head.weight, dim=-1).T
 
 
-def _lora_targets(encoder: nn.Module, wanted: list[str]) -> list[str] | None:
-    names = {n.rsplit(".", 1)[-1] for n, _ in encoder.named_modules()}
-    present = [t for t in wanted if t in names]
-    return present or None  # None: PEFT's default targets for this architecture
+# -- where LoRA goes: found in the module tree, so that any encoder works without naming its parts -----------
+def linears(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The Linear modules under `module`, in registration order. A LoRA-wrapped Linear counts once, as its wrapper:
+    a loaded version keeps the wrappers after merging, and its base_layer and lora_A/lora_B are not projections."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found: list[tuple[str, nn.Module]] = []
+    for name, sub in module.named_modules():
+        if found and isinstance(found[-1][1], BaseTunerLayer) and name.startswith(found[-1][0] + "."):
+            continue
+        if isinstance(sub, (nn.Linear, BaseTunerLayer)):
+            found.append((name, sub))
+    return found
+
+
+def encoder_layers(encoder: nn.Module) -> tuple[str, list[nn.Module]]:
+    """The transformer blocks in order and the path of their list (BERT `encoder.layer`, DistilBERT
+    `transformer.layer`...): the ModuleList of same-class blocks holding the most parameters. ("", []) if none."""
+    best, best_size = ("", []), 0
+    for name, sub in encoder.named_modules():
+        if isinstance(sub, nn.ModuleList) and len(sub) and len({type(block) for block in sub}) == 1:
+            size = sum(p.numel() for p in sub.parameters())
+            if size > best_size:
+                best, best_size = (name, list(sub)), size
+    return best
+
+
+def lora_layer_indices(cfg: ModelConfig, n_layers: int) -> list[int]:
+    if cfg.lora_layer_ids:
+        return sorted(set(cfg.lora_layer_ids))
+    if cfg.lora_layers and n_layers > cfg.lora_layers:
+        return list(range(n_layers - cfg.lora_layers, n_layers))
+    return list(range(n_layers))
+
+
+def lora_targets(encoder: nn.Module, cfg: ModelConfig) -> list[str]:
+    """Full names of the modules LoRA adapts: every Linear of the chosen layers (model.target_modules empty), or
+    those whose name or dotted suffix model.target_modules lists. Full names pin the layers without relying on
+    PEFT's guess of the layer pattern. A layer the model lacks or a name that matches nothing is a ConfigError:
+    PEFT would quietly adapt less (BERT's `query`/`value` on MPNet, whose attention is `q`/`k`/`v`/`o`, left
+    every attention projection untouched)."""
+    path, layers = encoder_layers(encoder)
+    if not layers:
+        raise ConfigError(f"base model '{cfg.base_model}' ({type(encoder).__name__}) has no list of transformer "
+                          "layers that LoRA could adapt")
+    bad = sorted({i for i in cfg.lora_layer_ids if not 0 <= i < len(layers)})
+    if bad:
+        raise ConfigError(f"model.lora_layer_ids {bad} do not exist in base model '{cfg.base_model}': its "
+                          f"{len(layers)} layers are 0-{len(layers) - 1}")
+
+    def wanted(name: str, names: list[str]) -> bool:  # PEFT's own rule for a list of target names
+        return any(name == t or name.endswith("." + t) for t in names)
+
+    chosen = {i: [name for name, _ in linears(layers[i])] for i in lora_layer_indices(cfg, len(layers))}
+    inside = sorted({name for names in chosen.values() for name in names})
+    missing = [t for t in cfg.target_modules if not any(wanted(name, [t]) for name in inside)]
+    if not inside:
+        raise ConfigError(f"the layers of base model '{cfg.base_model}' hold no Linear module that LoRA could adapt")
+    if missing:
+        raise ConfigError(f"model.target_modules {missing} match no Linear module in the layers of base model "
+                          f"'{cfg.base_model}', which has {inside}; leave model.target_modules empty to adapt "
+                          "them all")
+    return [f"{path}.{i}.{name}" for i, names in chosen.items() for name in names
+            if not cfg.target_modules or wanted(name, cfg.target_modules)]
 
 
 def build(cfg: ModelConfig, num_labels: int) -> tuple[object, TextClassifier]:
     tokenizer, encoder = load_base(cfg.base_model)
-    n_layers = getattr(encoder.config, "num_hidden_layers", 0)
-    layers = None
-    if cfg.lora_layer_ids:
-        layers = sorted(cfg.lora_layer_ids)
-    elif cfg.lora_layers and n_layers > cfg.lora_layers:
-        layers = list(range(n_layers - cfg.lora_layers, n_layers))
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=_lora_targets(encoder, cfg.target_modules), layers_to_transform=layers)
+                      target_modules=lora_targets(encoder, cfg))
     model = TextClassifier(get_peft_model(encoder, lora), num_labels, cfg.head_scale)
     return tokenizer, model
 
@@ -126,8 +180,9 @@ def load_trainable_state(model: TextClassifier, state: dict[str, torch.Tensor]) 
         model.head.weight.copy_(state["head.weight"])
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+def tokenize(tokenizer, texts: list[str], max_length: int, **options) -> dict[str, torch.Tensor]:
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                     **options)
 
 
 @torch.no_grad()
@@ -255,24 +310,19 @@ def load_version(folder: Path, files: dict[str, str], version: str) -> Loaded:
 
 
 def check_lora_layers(cfg: ModelConfig) -> None:
-    """Refuse model.lora_layer_ids the base model does not have, from its config file alone: PEFT would
-    otherwise fail (or train nothing) only once training starts. Nothing is downloaded."""
-    if not cfg.lora_layer_ids:
-        return
-    from transformers import AutoConfig
-
-    from core.config import ConfigError
+    """Refuse LoRA settings the base model cannot take (model.lora_layer_ids it lacks, model.target_modules that
+    match none of its modules) before a cycle starts, from its config file alone: the encoder is built on the meta
+    device, so no weight is read and nothing is downloaded. PEFT would otherwise fail, or train less, only later."""
+    if not cfg.lora_layer_ids and not cfg.target_modules:
+        return  # the top layers and all their Linear modules: every encoder has them
+    from transformers import AutoConfig, AutoModel
 
     try:
-        n_layers = getattr(AutoConfig.from_pretrained(resolve_base(cfg.base_model), local_files_only=True),
-                           "num_hidden_layers", None)
+        config = AutoConfig.from_pretrained(resolve_base(cfg.base_model), local_files_only=True)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model.lora_layer_ids cannot be checked: the config of base model '{cfg.base_model}' "
-                          f"is not available locally ({str(err).strip().splitlines()[0]})") from None
-    if n_layers is None:
-        raise ConfigError(f"model.lora_layer_ids cannot be checked: base model '{cfg.base_model}' does not say "
-                          "how many layers it has")
-    bad = sorted({i for i in cfg.lora_layer_ids if not 0 <= i < n_layers})
-    if bad:
-        raise ConfigError(f"model.lora_layer_ids {bad} do not exist in base model '{cfg.base_model}': its "
-                          f"{n_layers} layers are 0-{n_layers - 1}")
+        raise ConfigError(f"model.lora_layer_ids and model.target_modules cannot be checked: the config of base "
+                          f"model '{cfg.base_model}' is not available locally "
+                          f"({str(err).strip().splitlines()[0]})") from None
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(config)
+    lora_targets(encoder, cfg)

@@ -47,6 +47,9 @@ def init_workspace(root: Path, labeled: Path, unlabeled: Path | None = None, hel
     pool = D.read_csv(unlabeled, text_col, None, **limits) if unlabeled else None
     probes = read_guardrails(guardrails, labels, config) if guardrails else None
     check_base_model(config.model.base_model)
+    from core.model import check_lora_layers
+
+    check_lora_layers(config.model)  # LoRA settings the base model cannot take: refused before any file is written
 
     parts = [("seed", seed.source, seed.sha256, seed_frame), ("heldout", held_source, held_sha, held_frame)]
     if pool is not None:

@@ -41,11 +41,12 @@ def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_
                                     n_steps=cfg.attribution_steps)
     # The tokens the model leaned on when it erred: evidence for each confused pair.
     wrong_attr = attributions[~attributions["correct"]] if len(attributions) else attributions
+    special = set(loaded.tokenizer.all_special_tokens)
     for f in findings:
         if f["kind"] == "confusion_pair" and len(wrong_attr):
             ids = set(f["detail"]["example_ids"])
             rows = wrong_attr[wrong_attr["example_id"].isin(ids)]
-            f["detail"]["top_tokens"] = [top_tokens(json.loads(t), json.loads(s))
+            f["detail"]["top_tokens"] = [top_tokens(json.loads(t), json.loads(s), special=special)
                                          for t, s in zip(rows["tokens"], rows["scores"])][:5]
     failed = ~results["correct"].astype(bool).to_numpy()
     internals: dict = {"error_map": {"example_ids": [int(i) for i in results["example_id"]],

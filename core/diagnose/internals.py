@@ -1,6 +1,7 @@
 """Looking inside the encoder: which layers and units fire weakly on failures, which heads carry signal.
 
-Activations come from Captum's LayerActivation per transformer layer. Head importance is the
+Activations are each transformer layer's output states, caught by a forward hook (Captum's LayerActivation
+clones every output of a layer, and a DeBERTa layer returns None beside its states). Head importance is the
 head-mask gradient of Michel et al. (2019): a gate of 1.0 multiplies every head's output, and the
 size of the loss gradient on that gate says how much the head matters for the examples given.
 """
@@ -10,25 +11,23 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerActivation
 
 from core import model as M
 
-# Linear layers that receive the concatenated heads, by architecture (BERT/MiniLM, DistilBERT, others).
-HEAD_INPUT_SUFFIXES = ("attention.output.dense", "attention.out_lin", "self_attn.o_proj", "attention.o")
-
 
 def _layers(model: M.TextClassifier) -> list[torch.nn.Module]:
-    base = model.encoder.get_base_model()
-    for path in ("encoder.layer", "transformer.layer", "layers"):
-        obj = base
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            return list(obj)
-        except AttributeError:
-            continue
-    return []
+    return M.encoder_layers(model.encoder.get_base_model())[1]
+
+
+def _head_input(layer: torch.nn.Module) -> torch.nn.Module | None:
+    """The Linear that takes a layer's concatenated attention heads: the last Linear of the layer's first child
+    holding any, as a layer runs its attention first (BERT `attention.output.dense`, MPNet `attention.attn.o`,
+    DistilBERT `attention.out_lin`, DeBERTa-v2 `attention.output.dense`)."""
+    for child in layer.children():
+        found = M.linears(child)
+        if found:
+            return found[-1][1]
+    return None
 
 
 def _batches(loaded: M.Loaded, texts: list[str], batch_size: int = 32):
@@ -45,13 +44,25 @@ def activation_stats(loaded: M.Loaded, texts: list[str], failed: np.ndarray, top
     if not layers or failed.all() or not failed.any():
         return pd.DataFrame(columns=["layer", "mean_failed", "mean_passed", "ratio", "weak_units"])
     per_layer = [np.zeros((len(texts), model.encoder.config.hidden_size), dtype=np.float32) for _ in layers]
-    for start, ids, mask in _batches(loaded, texts):
-        acts = LayerActivation(lambda i, m: model(i, m), layers).attribute(ids, additional_forward_args=(mask,))
-        weights = mask.unsqueeze(-1).float()
-        for li, act in enumerate(acts):
-            hidden = act[0] if isinstance(act, tuple) else act
-            pooled = (hidden.abs() * weights).sum(1) / weights.sum(1)
-            per_layer[li][start:start + len(ids)] = pooled.detach().cpu().numpy()
+    caught: dict[int, torch.Tensor] = {}
+
+    def catch(li):
+        def hook(_module, _args, out):
+            caught[li] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    handles = [layer.register_forward_hook(catch(li)) for li, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for start, ids, mask in _batches(loaded, texts):
+                model(ids, mask)
+                weights = mask.unsqueeze(-1).float()
+                for li in range(len(layers)):
+                    pooled = (caught[li].abs() * weights).sum(1) / weights.sum(1)
+                    per_layer[li][start:start + len(ids)] = pooled.float().cpu().numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
     rows = []
     for li, values in enumerate(per_layer):
         fail_mean, pass_mean = values[failed].mean(0), values[~failed].mean(0)
@@ -69,10 +80,9 @@ def head_importance(loaded: M.Loaded, texts: list[str], label_ids: list[int]) ->
     model = loaded.model.to(M.device()).eval()
     cfg = model.encoder.config
     n_heads = getattr(cfg, "num_attention_heads", 0)
-    # A LoRA-wrapped projection is not an nn.Linear but still takes the heads as its input.
-    targets = [m for name, m in model.encoder.named_modules()
-               if name.endswith(HEAD_INPUT_SUFFIXES) and hasattr(m, "in_features")]
-    if not targets or not n_heads or not texts:
+    targets = [_head_input(layer) for layer in _layers(model)]
+    # Without the heads' input for every layer, or a width the heads share evenly, there is no gate to put.
+    if not n_heads or not texts or not targets or any(t is None or t.in_features % n_heads for t in targets):
         return np.zeros((0, 0))
     gates = torch.ones(len(targets), n_heads, device=M.device(), requires_grad=True)
     handles = []
