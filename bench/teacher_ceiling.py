@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="base model: Hugging Face id or local folder (default: the bundled MiniLM)")
     p.add_argument("--workspace", type=Path, help="workspace holding --version")
     p.add_argument("--version", help="use this trained version's encoder and head instead of the base model")
+    p.add_argument("--teacher-model", help="a frozen second view (curate.teacher_encoder): its graph carries the "
+                   "first view's scores; e.g. all-mpnet-base-v2 (requirements-encoders.txt)")
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "evolab" / "bench",
+                   help="where the teacher view's embeddings are kept between runs")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--k", type=int, default=10, help="neighbours in the propagation graph (curate.knn_k)")
     args = p.parse_args(argv)
@@ -106,6 +110,21 @@ def run(args) -> int:
         "propagation seeded by the model (default)": propagate(emb["seed"], y["seed"], emb["pool"], k, k=args.k,
                                                               prior=model_pool),
     }
+    if args.teacher_model:
+        from core.curate import views
+
+        # the engine's own frozen view, its cache beside the data's other bench outputs: encoded once per text
+        teacher = views.for_config(args.teacher_model, args.cache)
+        view = {n: teacher.embed(df.text.tolist(), progress=True) for n, df in frames.items()}
+        view_lr = fit(view["seed"], y["seed"])
+        teachers[f"{args.teacher_model} alone: seed-only logistic regression"] = view_lr.predict_proba(view["pool"])
+        teachers[f"{args.teacher_model} alone: propagation"] = propagate(view["seed"], y["seed"], view["pool"], k,
+                                                                         k=args.k)
+        teachers[f"propagation over {args.teacher_model}'s graph seeded by the model"] = propagate(
+            view["seed"], y["seed"], view["pool"], k, k=args.k, prior=model_pool)
+        both = {n: np.hstack([emb[n], view[n]]) / np.sqrt(2) for n in frames}
+        teachers["propagation over both views' graph seeded by the model"] = propagate(
+            both["seed"], y["seed"], both["pool"], k, k=args.k, prior=model_pool)
     print(f"data      {args.data}: {k} labels; seed {len(seed_df):,}, pool {len(pool_df):,}, dev test {len(dev_df):,}")
     print(f"encoder   {source}")
     print(f"baseline  seed-only logistic regression, dev test: {acc(seed_lr.predict_proba(emb['dev']), y['dev']):.2%}")

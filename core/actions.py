@@ -153,6 +153,10 @@ def config_set(ws: Workspace, who: Principal, key: str, value: str) -> tuple:
     old = node[parts[-1]]
     node[parts[-1]] = parse_value(value)
     config = parse_config(raw)
+    if parts[0] == "model":  # LoRA layers and targets must exist in the (new) base model: checked before writing
+        from core.model import check_lora_layers  # here: the dashboard imports this module without torch
+
+        check_lora_layers(config.model)
     new = flatten(config.model_dump())[key]
     ws.save_config(config, actor=who.name)
     return old, new
