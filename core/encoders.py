@@ -8,7 +8,6 @@ renamed into place only when all match, so a half-unpacked or altered copy is ne
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import zipfile
@@ -17,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from core import atomic
+from core.model import sha256_file
 
 
 class EncoderError(RuntimeError):
@@ -66,17 +66,9 @@ def cache_root() -> Path:
     return Path(base) / "evolab" / "encoders"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _bad_files(folder: Path, files: dict[str, str]) -> list[str]:
     return [name for name, digest in files.items()
-            if not (folder / name).is_file() or _sha256(folder / name) != digest]
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest]
 
 
 def _part_path(distribution: str, inner: str) -> Path:
@@ -106,7 +98,7 @@ def ensure(encoder: SplitEncoder, verify: bool = True) -> Path:
         with open(joined, "wb") as out:
             for distribution, inner, digest in encoder.parts:
                 part = _part_path(distribution, inner)
-                if _sha256(part) != digest:
+                if sha256_file(part) != digest:
                     raise EncoderError(f"{part} does not match its recorded sha256: reinstall {distribution}")
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
