@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,11 +14,10 @@ import httpx
 import pandas as pd
 import pytest
 
-from conftest import APPROVER, PASSWORD, ROOT, run_cli
+from conftest import APPROVER, PASSWORD, ROOT, copy_workspace, run_cli
 from core import actions, auth, cycle
 from core.scaffolds import archive
 from core.store import utcnow
-from core.workspace import open_workspace
 
 
 def _free_port() -> int:
@@ -75,8 +73,7 @@ def _stop(proc) -> str:
 def served(tmp_path_factory, _baseline_template):
     """One server on a copy of the baseline workspace (production v1) for the request tests."""
     root = tmp_path_factory.mktemp("served") / "ws"
-    shutil.copytree(_baseline_template, root)
-    ws = open_workspace(root)
+    ws = copy_workspace(_baseline_template, root)
     _quick_logs(ws, max_texts=8, max_text_chars=200, max_body_bytes=1024)
     token = auth.new_token(ws.store, "ops-bot", "test")
     with server(ws) as (client, proc):

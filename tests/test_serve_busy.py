@@ -4,7 +4,6 @@ newer rows go on)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -14,13 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import LABELS
+from conftest import LABELS, copy_workspace
 from core import auth
 from core.config import ServeConfig
 from core.serve.logbuffer import LogBuffer
 from core.serve.swap import HotSwap
 from core.store import Store, StoreBusy, utcnow
-from core.workspace import open_workspace
 from test_serve import _metric, _quick_logs, server
 
 HOLD = """
@@ -66,8 +64,7 @@ def _until(check, what: str, timeout: float = 30):
 @pytest.fixture(scope="module")
 def busy_served(tmp_path_factory, _baseline_template):
     root = tmp_path_factory.mktemp("busy") / "ws"
-    shutil.copytree(_baseline_template, root)
-    ws = open_workspace(root)
+    ws = copy_workspace(_baseline_template, root)
     _quick_logs(ws, store_patience_s=1.0, retry_after_s=5, max_buffered_feedback=3)
     token = auth.new_token(ws.store, "ops-bot", "test")
     # a prediction an earlier server logged: only the store knows it
