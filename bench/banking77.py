@@ -140,7 +140,22 @@ class DevScorer:
         return self.cache[version][0], 0.0
 
 
-def cycle_record(ws, index: int, outcome, seconds: float, production: str | None, scorer: "DevScorer") -> dict:
+def pool_label_accuracy(samples, truth: dict[str, str] | None) -> dict | None:
+    """How right the cycle's pseudo-labels of the pool are (the pool's labels read here for scoring only):
+    the teacher's label on every pool text, and the labels the verifiers kept."""
+    if truth is None or not len(samples):
+        return None
+    pooled = samples[(samples["generator"] == "self_label") & samples["text"].isin(truth.keys())]
+    if pooled.empty:
+        return None
+    right = pooled["label"].to_numpy() == pooled["text"].map(truth).to_numpy()
+    kept = pooled["status"].isin(["kept", "approved"]).to_numpy()
+    return {"teacher": float(right.mean()), "n": int(len(pooled)),
+            "kept": float(right[kept].mean()) if kept.any() else None, "kept_n": int(kept.sum())}
+
+
+def cycle_record(ws, index: int, outcome, seconds: float, production: str | None, scorer: "DevScorer",
+                 truth: dict[str, str] | None = None) -> dict:
     from core import stats
 
     store = ws.store
@@ -181,7 +196,7 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
         "dev_acc": dev_acc, "candidate_dev_acc": cand_dev,
         "gate_estimate": gate_est, "gate_covers_truth": None if gate_est is None or cand_dev is None
         else bool(gate_est["ci_low"] <= cand_dev <= gate_est["ci_high"]),
-        "samples": per_gen, "stage_s": stage_s, "cycle_s": seconds, "dev_scoring_s": dev_s + cand_s,
+        "samples": per_gen, "pool_labels": pool_label_accuracy(samples, truth), "stage_s": stage_s, "cycle_s": seconds, "dev_scoring_s": dev_s + cand_s,
         "gates": gate_list, "lessons_applied": lessons_applied,
         "rejection_keys": sorted({f["key"] for f in cycle_rejection(store, int(outcome.cycle_id))}),
         "peak_rss_mb": {"self": round(own, 1), "children": round(kids, 1)},
@@ -201,13 +216,17 @@ def _ci(est: dict | None) -> str:
     return "-" if not est else f"{100 * est['ci_low']:.1f}-{100 * est['ci_high']:.1f}%"
 
 
+def _pool(acc: dict | None) -> str:
+    return "-" if not acc else f"{_pct(acc['teacher'])}/{_pct(acc['kept'])}"
+
+
 def _yes(flag: bool | None) -> str:
     return "-" if flag is None else ("yes" if flag else "NO")
 
 
 # stage columns are wall seconds; rss_* are peak resident memory so far in MB
 COLS = [("cyc", 3), ("id", 3), ("kind", 8), ("status", 8), ("prod", 5), ("dev_acc", 7), ("gate_est", 8),
-        ("gate_95%_ci", 15), ("cand_dev", 8), ("in_ci", 5),
+        ("gate_95%_ci", 15), ("cand_dev", 8), ("in_ci", 5), ("pool_teach/kept", 15),
         *[(s, 8) for s in STAGES], ("cycle_s", 8), ("rss_self", 8), ("rss_kids", 8), ("samples gen/kept", 0)]
 
 
@@ -224,7 +243,7 @@ def row_line(r: dict) -> str:
     est = r["gate_estimate"]
     cells = [str(r["cycle"]), str(r["cycle_id"]), r["kind"], r["status"], r["production"] or "-",
              _pct(r["dev_acc"]), _pct(est and est["accuracy"]), _ci(est), _pct(r["candidate_dev_acc"]),
-             _yes(r["gate_covers_truth"]), *[_sec(r["stage_s"][s]) for s in STAGES],
+             _yes(r["gate_covers_truth"]), _pool(r["pool_labels"]), *[_sec(r["stage_s"][s]) for s in STAGES],
              _sec(r["cycle_s"]), f"{r['peak_rss_mb']['self']:.0f}", f"{r['peak_rss_mb']['children']:.0f}", samples]
     return "  ".join(f"{c:<{w}}" if i in (2, 3, 4) or w == 0 else f"{c:>{w}}"
                      for i, (c, (_, w)) in enumerate(zip(cells, COLS)))
@@ -240,14 +259,15 @@ def print_summary(rows: list[dict], meta: dict) -> None:
     base = rows[0]["dev_acc"] if rows else None
     print()
     print(f"{'cyc':>3}  {'kind':<8}  {'status':<8}  {'cand':<5}  {'gate_est':>8}  {'gate_95%_ci':>15}  {'cand_dev':>8}  "
-          f"{'in_ci':>5}  {'prod':<5}  {'dev_acc':>7}  {'vs base':>8}  {'kept':>6}  {'train_s':>8}  {'cycle_s':>8}")
+          f"{'in_ci':>5}  {'pool_teach/kept':>15}  {'prod':<5}  {'dev_acc':>7}  {'vs base':>8}  {'kept':>6}  "
+          f"{'train_s':>8}  {'cycle_s':>8}")
     for r in rows:
         kept = sum(v["kept"] for v in r["samples"].values()) if r["samples"] else None
         delta = "-" if base is None or r["dev_acc"] is None else f"{100 * (r['dev_acc'] - base):+.2f}pp"
         est = r["gate_estimate"]
         print(f"{r['cycle']:>3}  {r['kind']:<8}  {r['status']:<8}  {r['candidate'] or '-':<5}  "
               f"{_pct(est and est['accuracy']):>8}  {_ci(est):>15}  {_pct(r['candidate_dev_acc']):>8}  "
-              f"{_yes(r['gate_covers_truth']):>5}  {r['production'] or '-':<5}  {_pct(r['dev_acc']):>7}  {delta:>8}  "
+              f"{_yes(r['gate_covers_truth']):>5}  {_pool(r['pool_labels']):>15}  {r['production'] or '-':<5}  {_pct(r['dev_acc']):>7}  {delta:>8}  "
               f"{'-' if kept is None else f'{kept:,}':>6}  {_sec(r['stage_s']['train']):>8}  {_sec(r['cycle_s']):>8}")
     rejected = [r for r in rows if r["status"] == "rejected"]
     repeats = sum(bool(set(a["rejection_keys"]) & set(b["rejection_keys"])) for a, b in zip(rows, rows[1:]))
@@ -290,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same as --policy auto (kept for older command lines)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--view-cache", type=Path, help="a folder of teacher-view embeddings (<key>.npz, as "
+                   "bench/teacher_ceiling.py --cache keeps them) copied into the workspace first, so the teacher "
+                   "encoder's pass is not timed again; leave it out to time the whole run")
     p.add_argument("--json-out", type=Path, help="also write the summary as JSON here")
     p.add_argument("--quiet", action="store_true", help="no engine progress on stderr")
     return p
@@ -312,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = build_config(args.overrides, autonomous=args.policy == "auto")
-        seed_df, held_df, pool_df, dev_df = split_protocol(train_csv, args.seed, args.dev_size)
+        seed_df, held_df, pool_df, dev_df = split_protocol(train_csv, args.seed, args.dev_size, pool_labels=True)
     except (BenchError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -334,13 +357,20 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         seed_df.to_csv(work / "seed.csv", index=False)
         held_df.to_csv(work / "heldout.csv", index=False)
-        pool_df.to_csv(work / "unlabeled.csv", index=False)
+        # The engine gets the pool's texts only; their labels stay here, to score the cycle's pseudo-labels.
+        truth = dict(zip(pool_df["text"], pool_df["label"]))
+        pool_df[["text"]].to_csv(work / "unlabeled.csv", index=False)
         try:
             ws = init_workspace(work / "workspace", work / "seed.csv", work / "unlabeled.csv", work / "heldout.csv",
                                 "text", "label", None, config)
         except (DataError, WorkspaceError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        if args.view_cache:
+            views_dir = ws.root / "cache" / "views"
+            views_dir.mkdir(parents=True, exist_ok=True)
+            for cached in Path(args.view_cache).glob("*.npz"):
+                shutil.copy2(cached, views_dir / cached.name)
         setup_s = time.perf_counter() - t0
         meta = {
             "data": str(args.data.resolve()), "seed": args.seed, "work": str(work),
@@ -377,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 previous = t_call
                 for outcome, at, production in marks:
-                    record = cycle_record(ws, len(rows), outcome, at - previous, production, scorer)
+                    record = cycle_record(ws, len(rows), outcome, at - previous, production, scorer, truth)
                     previous = at
                     rows.append(record)
                     if not printed_header:

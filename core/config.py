@@ -64,6 +64,10 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     # Smoothing hurt the cosine head on few-shot intent data (Banking77 dev: 83.4% without, 81.5% with 0.1).
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # How much each pseudo-labeled sample counts in the loss: its labeling teacher's confidence, or 1 for all.
+    # Measured on Banking77 (pool labeled by both views, student on frozen MiniLM, dev test): all labels at
+    # weight 1 87.13%, weighted by confidence 87.60%; keeping only each class's most confident 60-90% 85.4-86.9%.
+    pseudo_label_weight: Literal["teacher_confidence", "none"] = "teacher_confidence"
     # Full-batch steps fitting the head on frozen embeddings before LoRA training starts (0: none).
     head_warmup_steps: int = Field(100, ge=0)
     checkpoint_every: int = Field(50, ge=1)
@@ -137,12 +141,18 @@ class CurateConfig(_Section):
     # Share of kept samples per difficulty level (0 easy .. 3 hard), where generators can choose.
     difficulty_mix: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=4, max_length=4)] = [
         0.1, 0.3, 0.3, 0.3]
+    # Diagnosed confused classes (both sides of a pair, weak classes, error clusters) are asked for harder samples.
+    weak_class_difficulty_mix: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=4, max_length=4)] = [
+        0.0, 0.2, 0.4, 0.4]
+    # Generators are asked for what the diagnosis' actions ask ("generate 240 samples separating A from B"),
+    # at most these many per confused pair / per class; without an ask, templates make templates_per_class.
     counterfactual_per_pair: int = Field(40, ge=0)
     templates_per_class: int = Field(30, ge=0)
+    templates_max_per_class: int = Field(200, ge=0)
     templates_file: str = "templates.json"  # in the workspace: {"templates": {label: [...]}, "slots": {...}}
     llm: LLMConfig = LLMConfig()
 
-    @field_validator("difficulty_mix")
+    @field_validator("difficulty_mix", "weak_class_difficulty_mix")
     @classmethod
     def _some_weight(cls, mix: list[float]) -> list[float]:
         if not sum(mix) > 0:

@@ -128,6 +128,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=store.examples("seed"),
                              pool=pool, pairs=pairs,
                              favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
+                             asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
                              seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                              view=views.for_config(cfg.curate.teacher_encoder, ws.root))
     samples, report = curate.curate(context, store.examples("heldout"), store.reviewed_samples(cycle["id"]),
@@ -149,10 +150,22 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
     # Human approvals and relabels count as kept; a human rejection is never trained on. People's
     # corrections from production arrive as `feedback` samples, verified and reviewed like the rest.
     kept = samples[samples["status"].isin(["kept", "approved"])]
-    kept = kept[["text", "label"]].assign(source=kept["generator"].where(kept["generator"] == "feedback", "synthetic"))
+    kept = kept[["text", "label"]].assign(source=kept["generator"].where(kept["generator"] == "feedback", "synthetic"),
+                                          weight=_label_weights(kept, ws.config().train.pseudo_label_weight))
     # A class a rejected candidate forgot has its seed replayed more, so the next one holds on to it.
     extra = [seed[seed["label"].isin(remedy.upweight)]] * (lessons.SEED_REPLAY - 1) if remedy.upweight else []
-    return pd.concat([seed, *extra, kept], ignore_index=True)  # the seed is replayed in every retraining
+    data = pd.concat([seed, *extra, kept], ignore_index=True)  # the seed is replayed in every retraining
+    return data.assign(weight=data["weight"].fillna(1.0))
+
+
+def _label_weights(kept: pd.DataFrame, scheme: str) -> pd.Series:
+    """Each kept sample's weight in the loss: its labeling teacher's confidence where one labeled it (a
+    pseudo-label), 1 for everything else (people's labels, generators that write the label they mean)."""
+    if scheme == "none" or kept.empty:
+        return pd.Series(1.0, index=kept.index)
+    teacher = kept["scores"].map(lambda raw: json.loads(raw or "{}").get("teacher", 1.0))
+    human = kept["status"].eq("approved") | kept["generator"].eq("feedback")
+    return teacher.where(~human, 1.0).clip(0.0, 1.0).astype(float)
 
 
 def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:

@@ -126,21 +126,24 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
 
 def _prototype_head(model: M.TextClassifier, tokenizer, texts, label_ids, num_labels, max_length,
-                    warmup_steps: int) -> None:
-    """Start the head at each class's mean embedding, then fit it on the frozen embeddings (cheap: the
-    encoder runs once), so LoRA training starts from a good linear probe instead of a random head."""
+                    warmup_steps: int, row_weights: np.ndarray | None = None) -> None:
+    """Start the head at each class's (weighted) mean embedding, then fit it on the frozen embeddings (cheap:
+    the encoder runs once), so LoRA training starts from a good linear probe instead of a random head."""
     emb = M.embed_texts(tokenizer, model, list(texts), max_length)
+    row_weights = np.ones(len(emb)) if row_weights is None else np.asarray(row_weights, dtype=float)
     weight = np.random.default_rng(0).normal(0, 0.01, size=(num_labels, emb.shape[1])).astype(np.float32)
     for c in range(num_labels):
-        rows = emb[label_ids == c]
-        if len(rows):
-            weight[c] = rows.mean(0)
+        mine = (label_ids == c) & (row_weights > 0)
+        if mine.any():
+            weight[c] = np.average(emb[mine], axis=0, weights=row_weights[mine])
     head = torch.nn.Parameter(torch.from_numpy(weight))
-    if warmup_steps and len(emb):
+    if warmup_steps and len(emb) and row_weights.sum() > 0:
         feats, target = torch.from_numpy(emb), torch.as_tensor(np.array(label_ids))
+        w = torch.tensor(np.asarray(row_weights, dtype=np.float32))
         opt = torch.optim.Adam([head], lr=0.01)
         for _ in range(warmup_steps):
-            loss = F.cross_entropy(model.scale * feats @ F.normalize(head, dim=-1).T, target)
+            per_row = F.cross_entropy(model.scale * feats @ F.normalize(head, dim=-1).T, target, reduction="none")
+            loss = (per_row * w).sum() / w.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -204,14 +207,17 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
     tokenizer, model = M.build(mcfg, len(spec.labels))
     ckpt_dir = Path(spec.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # A row's weight in the loss: how sure its labeling teacher was (1 for seed and human labels).
+    weights = data["weight"].to_numpy(dtype=float) if "weight" in data else np.ones(len(data))
     _prototype_head(model, tokenizer, data["text"].tolist(), train_ids, len(spec.labels), mcfg.max_length,
-                    tcfg.head_warmup_steps)
+                    tcfg.head_warmup_steps, weights)
 
-    items = list(zip(data["text"].tolist(), train_ids.tolist()))
+    items = list(zip(data["text"].tolist(), train_ids.tolist(), weights.tolist()))
 
     def collate(batch):
-        enc = M.tokenize(tokenizer, [t for t, _ in batch], mcfg.max_length)
-        enc["labels"] = torch.tensor([y for _, y in batch])
+        enc = M.tokenize(tokenizer, [t for t, _, _ in batch], mcfg.max_length)
+        enc["labels"] = torch.tensor([y for _, y, _ in batch])
+        enc["weights"] = torch.tensor([w for _, _, w in batch], dtype=torch.float32)
         return enc
 
     lengths = [len(ids) for ids in tokenizer(data["text"].tolist(), truncation=True,
@@ -273,7 +279,9 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * schedule(step) * doctor.lr_scale
             logits = model(batch["input_ids"], batch["attention_mask"])
-            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=tcfg.label_smoothing)
+            per_row = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=tcfg.label_smoothing,
+                                      reduction="none")
+            loss = (per_row * batch["weights"]).sum() / batch["weights"].sum().clamp_min(1e-8)
             if step + 1 in inject_nan:
                 loss = loss * float("nan")
             finding = doctor.check_step(loss.item())

@@ -6,13 +6,15 @@ reason it was kept or dropped. Human decisions from earlier cycles win over ever
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 
 from core.curate import counterfactual, feedback, llm, self_label, templates  # noqa: F401  (they register)
 from core.curate import filters, verify
-from core.curate.registry import GENERATORS, Context
+from core.curate.registry import CANDIDATE_COLUMNS, GENERATORS, OPTIONAL_COLUMNS, Context
+from core.gates import TRAFFIC_LABELERS
 from core.lessons import Remedy
 
 SAMPLE_COLUMNS = ["generator", "parent_id", "text", "label", "confidence", "difficulty", "scores", "status",
@@ -45,8 +47,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         ctx.notes[name] = "sat this cycle out: a rejected candidate's kept set was flooded by it"
     parts = [GENERATORS[name](ctx) for name in cfg.generators if name in GENERATORS
              and name not in remedy.skip_generators]
-    cand = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["generator", "parent_id",
-                                                                                   "text", "label"])
+    cand = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CANDIDATE_COLUMNS + OPTIONAL_COLUMNS)
     cand["status"], cand["reason"] = "candidate", ""
     cand["text"] = cand["text"].astype(str).str.strip()
     rejected = {filters.normalize(t): who for t, who in
@@ -78,9 +79,12 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         cand.loc[alive, "confidence"] = scores["model"]
         cand.loc[alive, "difficulty"] = scores["difficulty"].astype(int)
         cand.loc[alive, "rank_score"] = scores["model"] + scores["knn"] + scores["consistency"]
-        cand.loc[alive, "scores"] = [json.dumps({k: round(float(r[k]), 4) for k in
-                                                 ("model", "knn", "knn_top", "consistency", "margin")})
-                                     for _, r in scores.iterrows()]
+        scores["teacher"] = cand.loc[alive, "teacher"]
+        cand.loc[alive, "scores"] = [json.dumps({**{k: round(float(r[k]), 4) for k in
+                                                    ("model", "knn", "knn_top", "consistency", "margin", "teacher")
+                                                    if pd.notna(r[k])},
+                                                 **({"target": t} if isinstance(t, str) else {})})
+                                     for (_, r), t in zip(scores.iterrows(), cand.loc[alive, "target"])]
         for i, row in scores.iterrows():
             held_back = remedy.strict or cand.loc[i, "label"] in remedy.hold_back
             reason = verify.verdict(row, cfg, strict=held_back,
@@ -89,10 +93,27 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     for label, group in cand[cand["status"] == "verified"].groupby("label"):
         cap = int(cfg.max_per_class * remedy.cap_factor
                   * (cfg.favoured_class_factor if label in ctx.favoured else 1.0))
-        keep = set(_cap_by_mix(group, cap, cfg.difficulty_mix))
+        made = group[~group["generator"].isin(TRAFFIC_LABELERS)]
+        # Written text can be asked for any difficulty: the class's requested mix decides what is kept, level by
+        # level (a level's quota rounded up, so a handful of samples is not all dropped), with no spill-over
+        # from a level that has too many. Traffic is what it is: its difficulty is
+        # measured, and the mix only orders it when the cap binds (weighting traffic to the mix cost 0.4-0.5
+        # points on Banking77, keeping only part of it more).
+        quotas = [math.ceil(min(len(made), cap) * share) for share in ctx.requested_mix(label)]
+        chosen = [i for level, quota in enumerate(quotas)
+                  for i in made[made["difficulty"] == level].sort_values("rank_score", ascending=False).index[:quota]]
+        chosen = sorted(chosen, key=lambda i: -made.loc[i, "rank_score"])[:cap]
+        traffic = group.drop(made.index)
+        keep = set(chosen) | set(_cap_by_mix(traffic, cap - len(chosen), ctx.requested_mix(label)))
         for i in group.index:
-            cand.loc[i, ["status", "reason"]] = (["kept", "verifiers agree"] if i in keep
-                                                 else ["dropped", f"over the class cap of {cap}"])
+            if i in keep:
+                cand.loc[i, ["status", "reason"]] = ["kept", "verifiers agree"]
+            elif i in made.index:
+                level = int(group.loc[i, "difficulty"])
+                cand.loc[i, ["status", "reason"]] = ["dropped", f"difficulty mix: level {level}'s share of "
+                                                                f"{label} is full ({quotas[level]})"]
+            else:
+                cand.loc[i, ["status", "reason"]] = ["dropped", f"over the class cap of {cap}"]
     if len(approved):  # human approvals from earlier reviews are kept whatever the verifiers say
         carried = pd.DataFrame({"generator": "human_review", "parent_id": None, "text": approved["text"],
                                 "label": approved["label"], "confidence": np.nan, "difficulty": -1,
@@ -101,16 +122,53 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         cand = pd.concat([cand, carried], ignore_index=True)
     cand["parent_id"] = cand["parent_id"].astype("Int64")
     cand["difficulty"] = cand["difficulty"].astype(int)
-    report = yield_report(cand, ctx.notes)
+    report = yield_report(cand, ctx)
     return cand[SAMPLE_COLUMNS], report
 
 
-def yield_report(samples: pd.DataFrame, notes: dict) -> dict:
+def _shares(levels: pd.Series) -> list[float]:
+    counts = np.bincount(levels[levels >= 0].astype(int), minlength=4)[:4]
+    return [round(float(c) / max(int(counts.sum()), 1), 4) for c in counts]
+
+
+def difficulty_report(samples: pd.DataFrame, ctx: Context) -> dict:
+    """Requested against achieved difficulty mix of the kept set: for written samples (whose mix is
+    controlled) and for traffic (whose mix is measured), overall and per class of written samples."""
+    kept = samples[samples["status"] == "kept"]
+    made = kept[~kept["generator"].isin(TRAFFIC_LABELERS)]
+    requested = np.mean([ctx.requested_mix(label) for label in kept["label"]], axis=0) if len(kept) else None
+    return {"requested": None if requested is None else [round(float(r), 4) for r in requested],
+            "achieved_written": _shares(made["difficulty"]), "written_kept": int(len(made)),
+            "achieved_traffic": _shares(kept.loc[kept["generator"].isin(TRAFFIC_LABELERS), "difficulty"]),
+            "per_class_written": {str(label): {"requested": [round(m, 4) for m in ctx.requested_mix(label)],
+                                               "achieved": _shares(group["difficulty"]), "kept": int(len(group))}
+                                  for label, group in made.groupby("label")}}
+
+
+def asks_report(samples: pd.DataFrame, asks: dict) -> dict:
+    """Per diagnosis ask: how many samples it asked for, how many the generators produced and kept for it."""
+    target = samples["scores"].map(lambda raw: json.loads(raw or "{}").get("target"))
+    kept = samples["status"].isin(["kept", "approved"])
+    out = {}
+    for key, n in asks.items():
+        mine = target == key
+        out[key] = {"asked": int(n), "produced": int(mine.sum()), "kept": int((mine & kept).sum()),
+                    "by_generator": {str(g): int(c) for g, c in samples.loc[mine, "generator"].value_counts().items()}}
+    return out
+
+
+def yield_report(samples: pd.DataFrame, ctx: Context) -> dict:
     kept = samples["status"].isin(["kept", "approved"])
     per = {g: {"generated": int(len(grp)), "kept": int(kept[grp.index].sum())}
            for g, grp in samples.groupby("generator")}
-    for name, note in notes.items():
+    asks = asks_report(samples, ctx.asks)
+    for name, note in ctx.notes.items():
         per.setdefault(name, {"generated": 0, "kept": 0})["note"] = note
     reasons = samples.loc[~kept, "reason"].str.split(":").str[0].value_counts().to_dict()
+    asked, produced = sum(a["asked"] for a in asks.values()), sum(a["produced"] for a in asks.values())
     return {"generated": int(len(samples)), "kept": int(kept.sum()), "per_generator": per, "dropped_by": reasons,
-            "summary": f"generated {len(samples):,}, kept {int(kept.sum()):,}"}
+            "asks": asks, "asked": asked, "produced_for_asks": produced,
+            "difficulty": difficulty_report(samples, ctx),
+            "summary": f"generated {len(samples):,}, kept {int(kept.sum()):,}"
+                       + (f"; diagnosis asked for {asked:,} samples, generators produced {produced:,} for its asks"
+                          if asks else "")}

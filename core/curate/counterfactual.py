@@ -20,10 +20,12 @@ def _swap(text: str, old: str, new: str) -> str | None:
 @register("counterfactual")
 def counterfactual(ctx: Context):
     rows: list[dict] = []
-    budget = ctx.cfg.counterfactual_per_pair
     for true, pred, _ in ctx.pairs:
         a = ctx.seed[ctx.seed["label"] == true]
         b = ctx.seed[ctx.seed["label"] == pred]
+        target = f"pair:{true}->{pred}"
+        # the diagnosis' ask for this pair, capped; every swap of a distinctive term is one candidate
+        budget = min(ctx.asks.get(target, ctx.cfg.counterfactual_per_pair), ctx.cfg.counterfactual_per_pair)
         if a.empty or b.empty or not budget:
             continue
         terms_a, terms_b = distinctive_terms([" ".join(a["text"]), " ".join(b["text"])], k=5)
@@ -33,9 +35,8 @@ def counterfactual(ctx: Context):
                 for old, new in zip(mine, theirs):
                     swapped = _swap(text, old, new)
                     if swapped and made < budget:
-                        rows.append({"parent_id": int(ex_id), "text": swapped, "label": dst_label})
+                        rows.append({"parent_id": int(ex_id), "text": swapped, "label": dst_label, "target": target})
                         made += 1
-                        break
     if not ctx.pairs:
         ctx.notes["counterfactual"] = "no confused pairs diagnosed"
     return candidates("counterfactual", rows)

@@ -12,8 +12,17 @@ import httpx
 from core.curate.registry import Context, candidates, register
 
 PROMPT = ("Write {n} different short customer messages whose intent is '{label}'{contrast}. Vary the wording, "
-          "length and tone, and include the occasional typo. Examples of '{label}':\n{examples}\n"
+          "length and tone, and include the occasional typo. {levels} Examples of '{label}':\n{examples}\n"
           "Answer with one message per line and nothing else.")
+LEVELS = ("clearly '{label}'", "mostly clear", "easy to mistake for another intent",
+          "hard: nearly indistinguishable from {other}")
+
+
+def describe_levels(counts: list[int], label: str, other: str | None) -> str:
+    """The requested difficulty levels, in words the endpoint can follow."""
+    rival = f"'{other}'" if other else "another intent"
+    parts = [f"{n} {LEVELS[level].format(label=label, other=rival)}" for level, n in enumerate(counts) if n]
+    return "Difficulty: " + "; ".join(parts) + "."
 
 
 class LLMError(RuntimeError):
@@ -53,22 +62,31 @@ def llm(ctx: Context):
         return candidates("llm", [])
     base_url, model, key = found
     targets = [(t, p) for t, p, _ in ctx.pairs] or [(label, None) for label in sorted(ctx.favoured)]
-    rows, requests = [], 0
+    rows, requests, failed = [], 0, False
     for label, other in targets:
-        if requests >= cfg.max_requests:
-            break
+        target = f"pair:{label}->{other}" if other else f"class:{label}"
+        wanted = ctx.asks.get(target, cfg.per_request)  # the diagnosis' ask, else one request's worth
+        made = 0
         examples = "\n".join(f"- {t}" for t in ctx.seed.loc[ctx.seed["label"] == label, "text"].head(5))
         contrast = f" (not '{other}', which it is often confused with)" if other else ""
-        try:
-            text = complete(base_url, model, key, PROMPT.format(
-                n=cfg.per_request, label=label, contrast=contrast, examples=examples), cfg.timeout_s)
-        except LLMError as err:
-            ctx.notes["llm"] = str(err)  # a failing endpoint costs this generator, not the cycle
-            break
-        requests += 1
-        for line in text.splitlines():
-            line = line.strip().lstrip("-*0123456789.) ").strip()
-            if line:
-                rows.append({"parent_id": None, "text": line, "label": label})
+        while made < wanted and requests < cfg.max_requests and not failed:
+            n = min(cfg.per_request, wanted - made)
+            levels = describe_levels(ctx.level_counts(label, n), label, other)
+            try:
+                text = complete(base_url, model, key, PROMPT.format(
+                    n=n, label=label, contrast=contrast, levels=levels, examples=examples), cfg.timeout_s)
+            except LLMError as err:
+                ctx.notes["llm"] = str(err)  # a failing endpoint costs this generator, not the cycle
+                failed = True
+                break
+            requests += 1
+            lines = [line.strip().lstrip("-*0123456789.) ").strip() for line in text.splitlines()]
+            lines = [line for line in lines if line][:n]
+            if not lines:
+                break  # an endpoint that answers nothing usable is not asked again for this target
+            made += len(lines)
+            rows += [{"parent_id": None, "text": line, "label": label, "target": target} for line in lines]
+            if target not in ctx.asks:
+                break  # no count asked: one request per target
     ctx.notes.setdefault("llm", f"{requests} requests")
     return candidates("llm", rows)

@@ -26,9 +26,20 @@ class Context:
     feedback: pd.DataFrame | None = None  # people's corrections from production: text, label, actor
     notes: dict = field(default_factory=dict)  # per generator: what it did or why it did nothing
     view: object = None  # core.curate.views.FrozenView: the teacher encoder's frozen view, when configured
+    # The diagnosis' actions as counts: "pair:TRUE->PREDICTED" or "class:LABEL" -> samples asked for.
+    asks: dict = field(default_factory=dict)
     # The model's (embedding, probabilities) per text already computed in this run, so verification
     # does not run the encoder over the traffic a second time.
     seen: dict = field(default_factory=dict)
+
+    def requested_mix(self, label: str) -> list[float]:
+        """The difficulty mix asked of a class (0 easy .. 3 hard, sums to 1): harder for diagnosed classes."""
+        mix = self.cfg.weak_class_difficulty_mix if label in self.favoured else self.cfg.difficulty_mix
+        return [m / sum(mix) for m in mix]
+
+    def level_counts(self, label: str, n: int) -> list[int]:
+        """n samples split over the four levels by the class's requested mix (largest remainders)."""
+        return split_counts(n, self.requested_mix(label))
 
     def encode(self, texts: list[str]):
         """The model's stacked (embeddings, probabilities) for texts; only texts not seen yet are encoded."""
@@ -53,7 +64,20 @@ def register(name: str):
     return wrap
 
 
+def split_counts(n: int, shares: list[float]) -> list[int]:
+    raw = [n * s for s in shares]
+    counts = [int(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[:n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+# Optional per row: `teacher`, the labeling teacher's confidence (0-1); `target`, the diagnosis ask it answers.
+OPTIONAL_COLUMNS = ["teacher", "target"]
+
+
 def candidates(name: str, rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["parent_id", "text", "label"])
+    """rows: parent_id, text, label, and any of OPTIONAL_COLUMNS."""
+    frame = pd.DataFrame(rows, columns=["parent_id", "text", "label", *OPTIONAL_COLUMNS])
     frame.insert(0, "generator", name)
-    return frame[CANDIDATE_COLUMNS]
+    return frame[CANDIDATE_COLUMNS + OPTIONAL_COLUMNS]

@@ -11,9 +11,10 @@ from core.curate.propagate import propagate
 from core.curate.registry import Context, candidates, register
 
 
-def teacher_labels(ctx: Context, texts: list[str], emb: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def teacher_scores(ctx: Context, texts: list[str], emb: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The teacher's class distribution per text (rows sum to 1)."""
     if ctx.cfg.teacher == "model" or ctx.seed.empty:
-        return probs.argmax(1)
+        return probs
     index = {name: i for i, name in enumerate(ctx.loaded.labels)}
     seed_emb, _ = ctx.encode(ctx.seed["text"].tolist())  # remembered: verification embeds the seed too
     if ctx.view is not None:
@@ -24,7 +25,7 @@ def teacher_labels(ctx: Context, texts: list[str], emb: np.ndarray, probs: np.nd
     scores = propagate(seed_emb, ctx.seed["label"].map(index).to_numpy(), emb, len(ctx.loaded.labels),
                        ctx.cfg.knn_k, ctx.cfg.propagation_alpha, prior=probs,
                        prior_weight=ctx.cfg.propagation_prior_weight)
-    return scores.argmax(1)
+    return scores
 
 
 @register("self_label")
@@ -34,6 +35,8 @@ def self_label(ctx: Context):
         return candidates("self_label", [])
     texts = ctx.pool["text"].tolist()
     emb, probs = ctx.encode(texts)  # remembered, so verification does not encode the traffic again
-    labels = np.asarray(ctx.loaded.labels, dtype=object)[teacher_labels(ctx, texts, emb, probs)]
-    return candidates("self_label", [{"parent_id": int(i), "text": t, "label": l}
-                                     for i, t, l in zip(ctx.pool["id"], texts, labels)])
+    scores = teacher_scores(ctx, texts, emb, probs)
+    labels = np.asarray(ctx.loaded.labels, dtype=object)[scores.argmax(1)]
+    # How sure the teacher is travels with the sample: training weighs each pseudo-label by it.
+    return candidates("self_label", [{"parent_id": int(i), "text": t, "label": l, "teacher": float(c)}
+                                     for i, t, l, c in zip(ctx.pool["id"], texts, labels, scores.max(1))])

@@ -1,7 +1,8 @@
 """Template and slot generation, for domains that ship templates (the demo's live in data/).
 
 The workspace's templates file holds {"templates": {label: ["... {slot} ..."]}, "slots": {slot: [...]}}.
-Three times the wanted number is generated so the difficulty mix can be honoured after measuring.
+A class gets what the diagnosis asked for it (else templates_per_class), three times over: a template cannot
+choose its difficulty, so it is measured afterwards and the class's requested mix picks what is kept.
 """
 from __future__ import annotations
 
@@ -40,9 +41,12 @@ def templates(ctx: Context):
     for label, items in spec.get("templates", {}).items():
         if label not in known or not items:
             continue
-        want = ctx.cfg.templates_per_class * (2 if label in ctx.favoured else 1) * 3
+        target = f"class:{label}"
+        default = ctx.cfg.templates_per_class * (2 if label in ctx.favoured else 1)
+        want = min(ctx.asks.get(target, default), ctx.cfg.templates_max_per_class) * 3
         for _ in range(want):
             text = fill(rng.choice(items), spec.get("slots", {}), rng)
             if text:
-                rows.append({"parent_id": None, "text": text, "label": label})
+                rows.append({"parent_id": None, "text": text, "label": label,
+                             "target": target if target in ctx.asks else None})
     return candidates("templates", rows)

@@ -14,7 +14,7 @@ import pandas as pd
 from core import model as M
 from core.config import DiagnoseConfig
 from core.diagnose.attribution import attribution_rows, top_tokens
-from core.diagnose.errors import (PAIR_KINDS, class_findings, cluster_findings, pair_findings,
+from core.diagnose.errors import (PAIR_KINDS, asks, class_findings, cluster_findings, pair_findings,  # noqa: F401
                                   production_findings, rank, target_labels)
 from core.diagnose.internals import activation_stats, choose_lora_layers, head_importance
 
@@ -30,7 +30,7 @@ def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_
     Rejections rank first, then feedback."""
     results = results.reset_index(drop=True)
     pairs = pair_findings(results, cfg.samples_per_error, cfg.top_findings)
-    findings = pairs + class_findings(results, cfg.top_findings, pairs)
+    findings = pairs + class_findings(results, cfg.top_findings, pairs, cfg.samples_per_error)
     embeddings = M.embed_texts(loaded.tokenizer, loaded.model, results["text"].tolist(), loaded.max_length)
     clusters, coords = cluster_findings(results, embeddings, cfg.max_clusters, cfg.samples_per_error)
     findings += clusters

@@ -25,7 +25,7 @@ def _pair_findings(errors: pd.DataFrame, predicted: str, ids: str, kind: str, ke
         rows.append({"kind": kind, "subject": f"{truth} -> {pred}", "severity": float(n),
                      "key": f"{key}:{truth}->{pred}",
                      "detail": {"true": truth, "predicted": pred, "examples": row["examples"][:5], "n": n,
-                                ids: row["ids"]},
+                                ids: row["ids"], "asked": n * samples_per_error},
                      "action": f"generate {n * samples_per_error} samples separating '{truth}' from '{pred}'"})
     return rows
 
@@ -50,7 +50,8 @@ def pair_findings(results: pd.DataFrame, samples_per_error: int, top: int = 20) 
     return rows
 
 
-def class_findings(results: pd.DataFrame, top: int = 20, pairs: list[dict] | None = None) -> list[dict]:
+def class_findings(results: pd.DataFrame, top: int = 20, pairs: list[dict] | None = None,
+                   samples_per_error: int = 20) -> list[dict]:
     """Severity counts the class's misses that no repeated confusion pair already explains, so the
     same error is not ranked twice: a class whose misses scatter is weak, one that leaks to one
     neighbour is a pair."""
@@ -70,8 +71,9 @@ def class_findings(results: pd.DataFrame, top: int = 20, pairs: list[dict] | Non
             rows.append({"kind": "weak_class", "subject": label, "severity": float(residual),
                          "key": f"class:{label}",
                          "detail": {"recall": float(correct.mean()), "precision": precision,
-                                    "support": len(group), "misses": misses},
-                         "action": f"raise the share of '{label}' in curated data"})
+                                    "support": len(group), "misses": misses, "asked": residual * samples_per_error},
+                         "action": f"generate {residual * samples_per_error} samples of '{label}' and raise its "
+                                   "share in curated data"})
     return sorted(rows, key=lambda r: -r["severity"])[:top]
 
 
@@ -120,6 +122,8 @@ def cluster_findings(results: pd.DataFrame, embeddings: np.ndarray, max_clusters
                      "key": "cluster:" + "|".join(sorted(terms)),
                      "detail": {"terms": terms, "labels": members["label"].value_counts().to_dict(),
                                 "predicted": members["predicted"].value_counts().to_dict(),
+                                "asked": {str(k): int(v) * samples_per_error
+                                          for k, v in members["label"].value_counts().items()},
                                 "examples": members["text"].head(5).tolist(),
                                 "members": [{"example_id": int(e), "x": float(x), "y": float(y)}
                                             for e, (x, y) in zip(members["example_id"], err_coords[labels == c])]},
@@ -155,6 +159,29 @@ def rank(findings: list[dict], previous_keys: set[str]) -> pd.DataFrame:
                           for f in ordered], columns=COLUMNS[1:])
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame
+
+
+def asks(findings: pd.DataFrame, samples_per_error: int) -> dict[str, int]:
+    """How many samples the diagnosis' actions ask for, per target: "pair:TRUE->PREDICTED" for a confused
+    pair, "class:LABEL" for a class (weak classes and error clusters' true labels). Generators are asked
+    for these counts and the yield report shows asked against produced."""
+    out: dict[str, int] = {}
+    for _, row in findings.iterrows():
+        detail = json.loads(row["detail"])
+        if detail.get("trend") == "fixed":
+            continue
+        asked = detail.get("asked")
+        if row["kind"] in PAIR_KINDS:
+            key = f"pair:{detail['true']}->{detail['predicted']}"
+            out[key] = out.get(key, 0) + int(asked if asked is not None else row["severity"] * samples_per_error)
+        elif row["kind"] == "weak_class":
+            key = f"class:{row['subject']}"
+            out[key] = out.get(key, 0) + int(asked if asked is not None else row["severity"] * samples_per_error)
+        elif row["kind"] == "error_cluster":
+            per_label = asked or {k: v * samples_per_error for k, v in detail.get("labels", {}).items()}
+            for label, n in per_label.items():
+                out[f"class:{label}"] = out.get(f"class:{label}", 0) + int(n)
+    return out
 
 
 def target_labels(findings: pd.DataFrame) -> set[str]:
