@@ -29,6 +29,7 @@ class Context:
     # The model's (embedding, probabilities) per text already computed in this run, so verification
     # does not run the encoder over the traffic a second time.
     seen: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)  # results more than one step reads (the pool's teacher scores)
 
     def encode(self, texts: list[str]):
         """The model's stacked (embeddings, probabilities) for texts; only texts not seen yet are encoded."""

@@ -11,9 +11,10 @@ from core.curate.propagate import propagate
 from core.curate.registry import Context, candidates, register
 
 
-def teacher_labels(ctx: Context, texts: list[str], emb: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def teacher_scores(ctx: Context, texts: list[str], emb: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The teacher's class distribution per text (rows sum to 1)."""
     if ctx.cfg.teacher == "model" or ctx.seed.empty:
-        return probs.argmax(1)
+        return probs
     index = {name: i for i, name in enumerate(ctx.loaded.labels)}
     seed_emb, _ = ctx.encode(ctx.seed["text"].tolist())  # remembered: verification embeds the seed too
     if ctx.view is not None:
@@ -21,10 +22,19 @@ def teacher_labels(ctx: Context, texts: list[str], emb: np.ndarray, probs: np.nd
         # through the joined graph label 89.37% right, through MPNet's graph alone 88.80%, its own 88.21%.
         seed_emb = np.hstack([seed_emb, ctx.view.embed(ctx.seed["text"].tolist())]) / np.sqrt(2)
         emb = np.hstack([emb, ctx.view.embed(texts)]) / np.sqrt(2)
-    scores = propagate(seed_emb, ctx.seed["label"].map(index).to_numpy(), emb, len(ctx.loaded.labels),
-                       ctx.cfg.knn_k, ctx.cfg.propagation_alpha, prior=probs,
-                       prior_weight=ctx.cfg.propagation_prior_weight)
-    return scores.argmax(1)
+    return propagate(seed_emb, ctx.seed["label"].map(index).to_numpy(), emb, len(ctx.loaded.labels),
+                     ctx.cfg.knn_k, ctx.cfg.propagation_alpha, prior=probs,
+                     prior_weight=ctx.cfg.propagation_prior_weight)
+
+
+def pool_teacher(ctx: Context) -> np.ndarray:
+    """teacher_scores over the whole pool, computed once per curation (self-labeling and the human budget's
+    choice of texts both read it)."""
+    if "pool_teacher" not in ctx.memo:
+        texts = ctx.pool["text"].tolist()
+        emb, probs = ctx.encode(texts)  # remembered, so verification does not encode the traffic again
+        ctx.memo["pool_teacher"] = teacher_scores(ctx, texts, emb, probs)
+    return ctx.memo["pool_teacher"]
 
 
 @register("self_label")
@@ -33,7 +43,6 @@ def self_label(ctx: Context):
         ctx.notes["self_label"] = "no unlabeled traffic"
         return candidates("self_label", [])
     texts = ctx.pool["text"].tolist()
-    emb, probs = ctx.encode(texts)  # remembered, so verification does not encode the traffic again
-    labels = np.asarray(ctx.loaded.labels, dtype=object)[teacher_labels(ctx, texts, emb, probs)]
+    labels = np.asarray(ctx.loaded.labels, dtype=object)[pool_teacher(ctx).argmax(1)]
     return candidates("self_label", [{"parent_id": int(i), "text": t, "label": l}
                                      for i, t, l in zip(ctx.pool["id"], texts, labels)])
