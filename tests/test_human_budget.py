@@ -166,3 +166,37 @@ def test_the_knob_is_bounded(value):
 
     with pytest.raises(ConfigError):
         parse_config({"curate": {"ask_humans_per_cycle": value}})
+
+
+def test_the_dashboard_labels_with_one_click_as_the_signed_in_person(monkeypatch, workspace):
+    from tests.test_dashboard import buttons, open_page, texts
+
+    store = workspace.store
+    auth.add_user(store, LABELER, "labeler", LABELER_PASSWORD)
+    auth.add_user(store, APPROVER, "approver", PASSWORD)
+    auth.add_user(store, VIEWER, "viewer", VIEWER_PASSWORD)
+    cid = store.create_cycle("evolve", "curate", None, "test")
+    hints = json.dumps([{"label": "shipping_delay", "p": 0.5}, {"label": "account_access", "p": 0.4}])
+    requests = pd.DataFrame({"example_id": [7, 8], "text": AMBIGUOUS[:2], "score": [0.4, 0.3],
+                             "uncertainty": [0.8, 0.7], "density": [0.5, 0.43], "suggestions": hints})
+    store.save_samples(cid, pd.DataFrame(columns=["generator", "parent_id", "text", "label", "confidence",
+                                                  "difficulty", "scores", "status", "reason"]), "data_review",
+                       requests)
+    first, second = store.label_requests()["id"].tolist()
+
+    at = open_page(monkeypatch, workspace.root, "synthetic_data", user=VIEWER, password=VIEWER_PASSWORD)
+    assert "Label queue: 2 texts wait for a person" in texts(at) and buttons(at) == {"Sign out"}
+    assert AMBIGUOUS[0] in [t.value for t in at.text]
+
+    at = open_page(monkeypatch, workspace.root, "synthetic_data", user=LABELER, password=LABELER_PASSWORD)
+    at.button(key=f"label_{first}_account_access").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert f"request {first} labeled account_access" in at.success[0].value
+    assert "Label queue: 1 texts wait for a person" in texts(at)
+    at.selectbox(key=f"label_other_{second}").select("billing_question").run()
+    at.button(key=f"label_pick_{second}").click().run()
+    assert not at.exception and "Label queue" not in texts(at)
+    done = store.label_requests().set_index("id")
+    assert done.loc[[first, second], ["status", "label", "answered_by"]].values.tolist() == [
+        ["answered", "account_access", LABELER], ["answered", "billing_question", LABELER]]
+    assert store.audit_entries()["action"].tolist()[-2:] == ["label_answered", "label_answered"]
