@@ -307,6 +307,22 @@ def review_samples(ws: str, who, ids: list[int] | None, filters: dict, action: s
     return done
 
 
+@_cached
+def label_queue(ws: str) -> pd.DataFrame:
+    """The texts curation asked people to label and nobody has answered yet, with their suggestions unpacked."""
+    queue = _store(ws).label_requests(status="pending")
+    return queue.assign(suggestions=[json.loads(s or "[]") for s in queue["suggestions"]])
+
+
+def answer_label_request(ws: str, who, request_id: int, label: str | None = None, skip: bool = False) -> dict:
+    """A label (or a skip) for one requested text, as the signed-in labeler or approver."""
+    from core import actions
+
+    done = actions.answer_label_request(workspace(ws), who, int(request_id), label, skip=skip)
+    clear()
+    return done
+
+
 def export_bytes(ws: str, who, filters: dict, fmt: str) -> bytes:
     """The kept samples matching the filters as a file, for an approver (exports leave with the data)."""
     import tempfile

@@ -104,6 +104,14 @@ def actor() -> Principal | None:
     return who
 
 
+def labeler() -> Principal | None:
+    """For the labeling queue: the approver or labeler who may label now, or None (a viewer, a stale session)."""
+    who = current()
+    if who is None or not who.labeler or stale():
+        return None
+    return who
+
+
 def acting() -> Principal:
     """For a form callback: the approver who may act now, or AuthError. The role is checked again by
     core.actions; this adds the idle check, made against the previous rerun's clock."""

@@ -203,6 +203,54 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
     }
 
 
+# -- the human budget: an oracle answers the label requests from the pool's true labels --------------
+ORACLE = "oracle"
+
+
+class Oracle:
+    """--oracle-budget N: stands in for a person. After each cycle it answers that cycle's label requests (the N
+    pool texts curation asked about) with their true labels, through the same action a person's answer goes
+    through, and nothing else: the labels of texts nobody asked about stay unread."""
+
+    def __init__(self, ws, pool_df):
+        import secrets
+
+        from core import actions, auth
+
+        self.ws, self.truth = ws, dict(zip(pool_df["text"], pool_df["label"]))
+        password = secrets.token_urlsafe(24)
+        actions.add_user(ws, None, ORACLE, "labeler", password)  # a labeler: it may answer requests, nothing else
+        self.who = auth.authenticate(ws.store, ORACLE, password, "bench:oracle")
+        self.spent = 0
+
+    def answer(self) -> int:
+        self.spent += answer_requests(self.ws, self.who, self.truth)
+        return self.spent
+
+    def note(self, record: dict, base: float | None) -> str:
+        """The labels spent before this cycle began (the ones it trained on) and dev-test gain per label."""
+        gain = None if base is None or record["dev_acc"] is None else record["dev_acc"] - base
+        record["human_labels_spent"] = self.spent
+        record["gain_per_human_label"] = gain / self.spent if self.spent and gain is not None else None
+        per = record["gain_per_human_label"]
+        return (f"      human labels spent so far {self.spent:,}; dev-test gain over the baseline "
+                f"{'-' if gain is None else f'{100 * gain:+.2f}pp'}; accuracy per human label "
+                f"{'-' if per is None else f'{100 * per:+.4f}pp'}")
+
+
+def answer_requests(ws, who, truth: dict[str, str]) -> int:
+    """Answer every pending label request whose text has a true label (skip the others); how many labels were
+    spent. Only requested texts are looked up in `truth`."""
+    from core import actions
+
+    spent = 0
+    for request in ws.store.label_requests(status="pending").itertuples():
+        label = truth.get(request.text)
+        actions.answer_label_request(ws, who, int(request.id), label, skip=label is None)
+        spent += label is not None
+    return spent
+
+
 # -- printing --------------------------------------------------------------------------------------
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
@@ -314,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "bench/teacher_ceiling.py --cache keeps them) copied into the workspace first, so the teacher "
                    "encoder's pass is not timed again; leave it out to time the whole run")
     p.add_argument("--json-out", type=Path, help="also write the summary as JSON here")
+    p.add_argument("--oracle-budget", type=int, default=0, metavar="N",
+                   help="ask for N human labels per cycle (curate.ask_humans_per_cycle) and answer them from the "
+                        "pool's true labels; prints accuracy per human label spent")
     p.add_argument("--quiet", action="store_true", help="no engine progress on stderr")
     return p
 
@@ -334,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     from core.workspace import WorkspaceError
 
     try:
-        config = build_config(args.overrides, autonomous=args.policy == "auto")
+        if args.oracle_budget < 0:
+            raise BenchError("--oracle-budget must be 0 or more")
+        budget = [f"curate.ask_humans_per_cycle={args.oracle_budget}"] if args.oracle_budget else []
+        config = build_config(args.overrides + budget, autonomous=args.policy == "auto")
         seed_df, held_df, pool_df, dev_df = split_protocol(train_csv, args.seed, args.dev_size, pool_labels=True)
     except (BenchError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -388,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.overrides:
             print(f"config overrides: {', '.join(args.overrides)}", flush=True)
         scorer = DevScorer(ws, dev_df)
+        oracle = Oracle(ws, pool_df) if args.oracle_budget else None
         printed_header = False
         # One evolve call per cycle; the first call also runs the baseline (reported as cycle 0).
         for _ in range(max(args.cycles, 1)):
@@ -419,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
                     for g in record["gates"]:
                         if g["status"] == "rejected":
                             print(f"      {g['kind']} gate rejected by {g['by']}: {g['comment']}", flush=True)
+                    if oracle:
+                        print(oracle.note(record, rows[0]["dev_acc"]), flush=True)
+            if oracle:  # this cycle's requests, answered: they count from the next cycle
+                oracle.answer()
             if marks and marks[-1][0].status == "waiting":
                 meta["error"] = (f"cycle {marks[-1][0].cycle_id} is waiting at a human gate; stopping "
                                  "(rerun with --policy auto to let every gate decide by its checks)")
@@ -438,7 +497,16 @@ def main(argv: list[str] | None = None) -> int:
                               "cycles_s": sum(r["cycle_s"] for r in rows),
                               "dev_scoring_s": sum(r["dev_scoring_s"] for r in rows)}
             meta["peak_rss_mb"] = {"self": round(own, 1), "children": round(kids, 1)}
+            if args.oracle_budget and rows:
+                meta["oracle"] = {"budget_per_cycle": args.oracle_budget,
+                                  "human_labels_spent": rows[-1].get("human_labels_spent"),
+                                  "gain_per_human_label": rows[-1].get("gain_per_human_label")}
             print_summary(rows, meta)
+            if meta.get("oracle"):
+                o = meta["oracle"]
+                per = o["gain_per_human_label"]
+                print(f"human     {o['human_labels_spent']:,} labels spent by the last cycle ({o['budget_per_cycle']} "
+                      f"asked per cycle); accuracy per human label {'-' if per is None else f'{100 * per:+.4f}pp'}")
             if args.json_out:
                 args.json_out.parent.mkdir(parents=True, exist_ok=True)
                 args.json_out.write_text(json.dumps({**meta, "cycles": rows}, indent=2, default=str) + "\n",

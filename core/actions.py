@@ -90,6 +90,16 @@ def review_samples(ws: Workspace, who: Principal, ids: list[int] | None, action:
     return store.review_samples(ids, action, who.name, label=label if action == "relabel" else None, comment=comment)
 
 
+def answer_label_request(ws: Workspace, who: Principal, request_id: int, label: str | None = None,
+                         skip: bool = False) -> dict:
+    """A person's label for a text curation asked about (or a skip): an approver or a labeler. It counts as
+    seed from the next cycle on and wins over any teacher's pseudo-label for that text."""
+    auth.require_role(ws.store, who, f"label_request:{request_id}", roles=("approver", "labeler"))
+    if skip == bool(label):
+        raise ValueError("give a label (--label L) or --skip, not both" if skip else "give --label L or --skip")
+    return ws.store.answer_label_request(request_id, None if skip else label.strip(), who.name, skip=skip)
+
+
 def require_reader_export(ws: Workspace, who: Principal, what: str) -> None:
     """Exports leave the workspace with its data: approvers only."""
     auth.require_role(ws.store, who, f"export:{what}")

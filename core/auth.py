@@ -18,7 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from core.store import Store, utcnow
 
-ROLES = ("approver", "viewer")
+ROLES = ("approver", "labeler", "viewer")  # a labeler answers label requests and does nothing else
 # Names the engine and the automatic policies write into the audit log: a person must not be mistaken for them.
 # Names appear as actors in the audit log beside `token:NAME` and the engine's own names: no ':' or spaces.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -45,6 +45,11 @@ class Principal:
     @property
     def approver(self) -> bool:
         return self.role == "approver"
+
+    @property
+    def labeler(self) -> bool:
+        """May answer label requests: a labeler or an approver."""
+        return self.role in ("approver", "labeler")
 
 
 def _check_new_user(name: str, role: str, password: str) -> str:
@@ -90,10 +95,11 @@ def authenticate(store: Store, name: str, password: str, action: str) -> Princip
     return Principal(user["name"], user["role"])
 
 
-def require_role(store: Store, who: Principal, action: str) -> None:
-    if not who.approver:
-        store.audit(who.name, "auth_refused", action, {"reason": f"'{who.name}' is a {who.role}, not an approver"})
-        raise AuthError(f"'{who.name}' is a {who.role}, not an approver")
+def require_role(store: Store, who: Principal, action: str, roles: tuple[str, ...] = ("approver",)) -> None:
+    if who.role not in roles:
+        wanted = " or ".join(f"{'an' if r[0] in 'aeiou' else 'a'} {r}" for r in roles)
+        store.audit(who.name, "auth_refused", action, {"reason": f"'{who.name}' is a {who.role}, not {wanted}"})
+        raise AuthError(f"'{who.name}' is a {who.role}, not {wanted}")
 
 
 # -- API tokens -------------------------------------------------------------------------------------------

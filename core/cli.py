@@ -379,9 +379,47 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_label(args, ws) -> int:
+    """`samples label`: the labeling queue (the human budget), or one answer with --id."""
+    from core import actions
+
+    store = ws.store
+    if args.id is None:
+        if args.skip or args.by:
+            raise ValueError("samples label: choose the request with --id N")
+        queue = store.label_requests(status="pending", cycle_id=args.cycle)
+        rows = [{**r, "suggestions": json.loads(r["suggestions"] or "[]")} for r in queue.to_dict("records")]
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no texts wait for a label (curate.ask_humans_per_cycle asks for some each cycle)")
+        else:
+            print(f"{len(rows)} texts wait for a label; answer one with `python -m core samples label --workspace "
+                  f"{ws.root} --id N --label L --by NAME` (or --skip)")
+            for r in rows:
+                hints = ", ".join(f"{h['label']} {h['p']:.2f}" for h in r["suggestions"])
+                print(f"{r['id']:>5}  cycle {r['cycle_id']:<3} score {r['score']:.3f}  {r['text'][:90]!r}  "
+                      f"[{hints}]")
+        return 0
+    if not args.by:
+        raise ValueError("samples label --id N needs --by NAME (a labeler or an approver)")
+    if args.skip == bool(args.label):
+        raise ValueError("samples label --id N needs --label L or --skip (one of them)")
+    if args.label and args.label not in store.labels():  # refused before asking for a password
+        raise ValueError(f"unknown label '{args.label}'; `python -m core samples label --workspace {ws.root}` "
+                         "shows each request's suggestions")
+    who = _principal(ws, args.by, f"label_request:{args.id}")
+    done = actions.answer_label_request(ws, who, args.id, args.label, skip=args.skip)
+    print(f"label request {done['id']} " + ("skipped" if args.skip else f"labeled {done['label']}")
+          + f" by {who.name}" + ("" if args.skip else "; it counts as seed from the next cycle"))
+    return 0
+
+
 def cmd_samples(args) -> int:
     ws = _ws(args)
     store = ws.store
+    if args.action == "label":
+        return cmd_label(args, ws)
     filters = {"cycle_id": args.cycle, "status": args.status, "generator": args.generator, "label": args.label,
                "search": args.search}
     if args.action == "list":
@@ -473,14 +511,14 @@ def cmd_users(args) -> int:
     who = _principal(ws, args.by, f"user:{args.name}")
     if args.action == "add":
         if not args.role:
-            raise ValueError("users add needs --role approver|viewer")
+            raise ValueError("users add needs --role approver|labeler|viewer")
         actions.add_user(ws, who, args.name, args.role, _new_password(args))
         print(f"user {args.name} added as {args.role}")
     elif who is None:
         raise ValueError(f"users {args.action} needs --by NAME (an approver)")
     elif args.action == "set-role":
         if not args.role:
-            raise ValueError("users set-role needs --role approver|viewer")
+            raise ValueError("users set-role needs --role approver|labeler|viewer")
         before = actions.set_role(ws, who, args.name, args.role)
         print(f"user {args.name}: {before} -> {args.role}")
     else:
@@ -672,13 +710,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="store_true", help="diagnose the production model now")
     p.add_argument("--json", action="store_true")
 
-    p = add("samples", cmd_samples, "list, review (approve, reject, relabel) or export curated samples")
-    p.add_argument("action", choices=["list", "approve", "reject", "relabel", "export"])
+    p = add("samples", cmd_samples, "list, review (approve, reject, relabel) or export curated samples; label: "
+                                    "the texts curation asks people to label")
+    p.add_argument("action", choices=["list", "approve", "reject", "relabel", "export", "label"])
     p.add_argument("--workspace", required=True)
     p.add_argument("--cycle", type=int)
     p.add_argument("--status")
     p.add_argument("--generator")
-    p.add_argument("--label")
+    p.add_argument("--label", help="a filter; label: the answer to request --id")
+    p.add_argument("--id", type=int, help="label: the label request to answer")
+    p.add_argument("--skip", action="store_true", help="label: pass on request --id (it is not asked again)")
     p.add_argument("--search")
     p.add_argument("--limit", type=_count, default=50)
     p.add_argument("--offset", type=_count, default=0)
@@ -703,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("users", cmd_users, "add, list, change the role of or remove approvers and viewers")
     p.add_argument("action", choices=["add", "list", "set-role", "remove"])
     p.add_argument("name", nargs="?")
-    p.add_argument("--role", choices=["approver", "viewer"])
+    p.add_argument("--role", choices=["approver", "labeler", "viewer"])
     p.add_argument("--workspace", required=True)
     p.add_argument("--by", help="an approver's name (needed once the workspace has an approver)")
     p.add_argument("--password-file", help="add: read the new user's password from this file (scripts)")

@@ -150,6 +150,9 @@ class CurateConfig(_Section):
     templates_per_class: int = Field(30, ge=0)
     templates_max_per_class: int = Field(200, ge=0)
     templates_file: str = "templates.json"  # in the workspace: {"templates": {label: [...]}, "slots": {...}}
+    # The human budget: each cycle asks a person to label this many pool texts, those where the views disagree
+    # most (uncertainty x density); their answers count as seed from the next cycle. 0: ask nobody.
+    ask_humans_per_cycle: int = Field(0, ge=0, le=10_000)
     llm: LLMConfig = LLMConfig()
 
     @field_validator("difficulty_mix", "weak_class_difficulty_mix")

@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 
 from core import atomic, curate, diagnose, drift, gates, lessons, model as M, registry, stats
-from core.curate import views
+from core.curate import ask, views
 from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate_parts
 from core.faults import crash_point
@@ -123,26 +123,37 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
              for kind, d, sev in zip(findings.get("kind", []), findings.get("detail", []), findings.get("severity", []))
              if kind in diagnose.PAIR_KINDS and json.loads(d).get("trend") != "fixed"]
     corrections = store.production_feedback()
+    seed = store.seed_examples(before_cycle=cycle["id"])  # people's answers to label requests count as seed
     pool = store.unlabeled_pool()
-    pool = pool[~pool["text"].isin(corrections["text"])]  # a person's correction, not a teacher, labels these
-    context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=store.examples("seed"),
+    # A person's correction or answer, not a teacher, labels these.
+    pool = pool[~pool["text"].isin(corrections["text"]) & ~pool["text"].isin(seed["text"])]
+    context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=seed[["id", "text", "label"]],
                              pool=pool, pairs=pairs,
                              favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
                              asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
                              seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                              view=views.for_config(cfg.curate.teacher_encoder, ws.root))
-    samples, report = curate.curate(context, store.examples("heldout"), store.reviewed_samples(cycle["id"]),
-                                    ctx["progress"])
-    store.save_samples(cycle["id"], samples, step.next)
+    heldout = store.examples("heldout")
+    samples, report = curate.curate(context, heldout, store.reviewed_samples(cycle["id"]), ctx["progress"])
+    requests = None
+    if cfg.curate.ask_humans_per_cycle:
+        # Never ask again about a text already asked (in another cycle, or answered), nor about a held-out text.
+        asked = store.label_requests()
+        asked = asked[(asked["cycle_id"] != cycle["id"]) | (asked["status"] != "pending")]
+        requests = ask.choose(context, cfg.curate.ask_humans_per_cycle, set(asked["text"]) | set(heldout["text"]))
+        report["label_requests"] = len(requests)
+    store.save_samples(cycle["id"], samples, step.next, requests)
     ctx["stage_detail"] = report
     _say(ctx["progress"], f"  curate: {report['summary']} ("
                           + ", ".join(f"{g} {v['generated']:,}/{v['kept']:,}" for g, v in
-                                      report["per_generator"].items()) + ")")
+                                      report["per_generator"].items()) + ")"
+                          + (f"; {len(requests)} texts asked of people" if requests is not None else ""))
 
 
 def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
     store = ws.store
-    seed = store.examples("seed")[["text", "label"]].assign(source="seed")
+    # The seed, with people's answers to label requests made before this cycle began (source `human_label`).
+    seed = store.seed_examples(before_cycle=cycle["id"])[["text", "label", "source"]]
     if cycle["kind"] == "baseline":
         return seed
     remedy = lessons.remedy(store.diagnoses(cycle["id"]))
@@ -213,8 +224,8 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                          output_dir=str(out), db=str(ws.db), extra={"doctor": cfg.doctor.model_dump(),
                                                                     "lora_reason": lora_reason})
         spec.save(run_dir / "spec.json")
-        _say(ctx["progress"], f"  train: {len(data):,} rows ({int((data['source'] == 'seed').sum()):,} seed "
-                              f"replayed) -> {version}")
+        _say(ctx["progress"], f"  train: {len(data):,} rows ({int(data['source'].isin(['seed', 'human_label']).sum()):,}"
+                              f" seed replayed) -> {version}")
         if cfg.train.num_processes > 1:
             # --multi_gpu starts one process per worker; without CUDA they form a gloo group on the CPU.
             subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines",
@@ -281,7 +292,7 @@ def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, 
 def stage_data_review(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
     store = ws.store
     checks = gates.data_review_checks(ws.config().gates.data_review, store.samples(cycle["id"]),
-                                      store.examples("seed")["label"])
+                                      store.seed_examples(before_cycle=cycle["id"])["label"])
     return _gate_stage(ws, cycle, ctx, "data_review", checks, step, hard=False)
 
 

@@ -122,6 +122,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE cycles ADD COLUMN tries INTEGER DEFAULT 0;
     """,
+    # v11: the human budget: pool texts curation asks a person to label (curate.ask_humans_per_cycle), with
+    # the model's suggestions, and the answers, which count as seed from the next cycle on
+    """
+    CREATE TABLE label_requests(id INTEGER PRIMARY KEY, cycle_id INTEGER NOT NULL, example_id BIGINT,
+        text VARCHAR NOT NULL, score DOUBLE, uncertainty DOUBLE, density DOUBLE, suggestions JSON,
+        status VARCHAR NOT NULL, label VARCHAR, answered_by VARCHAR, answered_at TIMESTAMP, created_at TIMESTAMP);
+    """,
 ]
 HELDOUT_PARTS = ("selection", "gate")
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -682,8 +689,12 @@ class Store:
     def diagnoses(self, cycle_id: int) -> pd.DataFrame:
         return self._read("SELECT * FROM diagnoses WHERE cycle_id = ? ORDER BY rank", [cycle_id])
 
-    def save_samples(self, cycle_id: int, samples: pd.DataFrame, next_stage: str) -> None:
+    def save_samples(self, cycle_id: int, samples: pd.DataFrame, next_stage: str,
+                     requests: pd.DataFrame | None = None) -> None:
+        """The curate stage's output: its samples and the texts it asks people to label (example_id, text,
+        score, uncertainty, density, suggestions), replacing an earlier run's; answered requests stay."""
         with self._tx() as con:
+            self._save_label_requests(con, cycle_id, requests)
             con.execute("DELETE FROM synthetic_samples WHERE cycle_id = ?", [cycle_id])
             start = con.execute("SELECT coalesce(max(id), 0) + 1 FROM synthetic_samples").fetchone()[0]
             if len(samples):
@@ -788,6 +799,89 @@ class Store:
             params.append(status)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return self._read(f"SELECT * FROM synthetic_samples {clause} ORDER BY id", params)
+
+    # -- the human budget: texts curation asks a person to label, and their answers -------------
+    LABEL_REQUEST_COLUMNS = ["example_id", "text", "score", "uncertainty", "density", "suggestions"]
+
+    def _save_label_requests(self, con, cycle_id: int, requests: pd.DataFrame | None) -> None:
+        # New ids start above every id before the delete, so a rerun never reuses a key in one transaction.
+        start = con.execute("SELECT coalesce(max(id), 0) + 1 FROM label_requests").fetchone()[0]
+        con.execute("DELETE FROM label_requests WHERE cycle_id = ? AND status = 'pending'", [cycle_id])
+        if requests is None or not len(requests):
+            return
+        asked = {r[0] for r in con.execute("SELECT text FROM label_requests").fetchall()}
+        frame = requests[~requests["text"].isin(asked)][self.LABEL_REQUEST_COLUMNS].drop_duplicates("text")
+        if not len(frame):
+            return
+        frame = frame.assign(id=range(start, start + len(frame)), cycle_id=cycle_id, created_at=utcnow())
+        _register(con, "requests_df", frame)
+        con.execute("INSERT INTO label_requests SELECT id, cycle_id, example_id, text, score, uncertainty, density, "
+                    "suggestions, 'pending', NULL, NULL, NULL, created_at FROM requests_df")
+        con.unregister("requests_df")
+        self._audit(con, "engine", "labels_requested", f"cycle:{cycle_id}",
+                    {"count": len(frame), "ids": frame["id"].astype(int).tolist()})
+
+    def label_requests(self, status: str | None = None, cycle_id: int | None = None) -> pd.DataFrame:
+        """The labeling queue (every request when status is None), best-scored first within a cycle."""
+        where, params = [], []
+        for column, value in (("status", status), ("cycle_id", cycle_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._read(f"SELECT * FROM label_requests {clause} ORDER BY cycle_id, score DESC, id", params)
+
+    def label_request(self, request_id: int) -> dict | None:
+        row = _first(self._read("SELECT * FROM label_requests WHERE id = ?", [int(request_id)]))
+        if row:
+            row["suggestions"] = json.loads(row["suggestions"] or "[]")
+        return row
+
+    def answer_label_request(self, request_id: int, label: str | None, by: str, skip: bool = False) -> dict:
+        """A person's label for one requested text (or a skip), once; refused whole for an unknown request or
+        label or a request already answered. Audited in the same transaction."""
+        with self._tx() as con:
+            row = con.execute("SELECT status, cycle_id, text, label, answered_by FROM label_requests WHERE id = ?",
+                              [int(request_id)]).fetchone()
+            if row is None:
+                raise KeyError(f"no label request {request_id}")
+            if row[0] != "pending":
+                raise StoreConflict(f"label request {request_id} was already {row[0]}"
+                                    + (f" ({row[3]})" if row[3] else "") + f" by {row[4]}")
+            if skip:
+                label = None
+            elif not label or not con.execute("SELECT 1 FROM labels WHERE name = ?", [label]).fetchone():
+                names = [r[0] for r in con.execute("SELECT name FROM labels ORDER BY idx").fetchall()]
+                shown = ", ".join(names[:12]) + (f", ... ({len(names)} labels)" if len(names) > 12 else "")
+                raise ValueError(f"unknown label '{label}'; one of: {shown}")
+            status = "skipped" if skip else "answered"
+            con.execute("UPDATE label_requests SET status = ?, label = ?, answered_by = ?, answered_at = ? "
+                        "WHERE id = ?", [status, label, by, utcnow(), int(request_id)])
+            self._audit(con, by, "label_skipped" if skip else "label_answered", f"label_request:{request_id}",
+                        {"cycle": row[1], "label": label, "text": row[2][:200]})
+            return {"id": int(request_id), "status": status, "label": label, "cycle_id": row[1], "by": by}
+
+    def human_labels(self, before_cycle: int | None = None) -> pd.DataFrame:
+        """People's answers (id = the pool example's id, text, label, answered_by), never a held-out text;
+        with before_cycle, only those answered before that cycle began: an answer counts from the next cycle."""
+        where, params = "", []
+        if before_cycle is not None:
+            where, params = ("AND r.answered_at < (SELECT created_at FROM cycles WHERE id = ?)", [before_cycle])
+        return self._read(
+            "SELECT r.example_id AS id, r.text, r.label, r.answered_by FROM label_requests r "
+            "WHERE r.status = 'answered' AND r.text NOT IN (SELECT text FROM examples WHERE split = 'heldout') "
+            f"{where} ORDER BY r.answered_at, r.id", params)
+
+    def seed_examples(self, before_cycle: int | None = None) -> pd.DataFrame:
+        """What counts as labeled seed (id, text, label, source): the seed split, then people's answers to label
+        requests (source `human_label`; answered before cycle `before_cycle` began, when given). A text a
+        person labeled appears once, with their label."""
+        seed = self.examples("seed").assign(source="seed")
+        human = self.human_labels(before_cycle)
+        if human.empty:
+            return seed
+        human = human[["id", "text", "label"]].assign(source="human_label")
+        return pd.concat([seed[~seed["text"].isin(human["text"])], human], ignore_index=True)
 
     # -- production logs (the server's predictions and people's corrections) ------------------
     PREDICTION_COLUMNS = ["id", "at", "text", "label", "confidence", "model_version", "scaffold_version",

@@ -1,15 +1,58 @@
 """Synthetic data: every curated sample with its provenance and why it was kept or dropped.
 
 Filtering and paging run in DuckDB (app/queries.sample_page); only one page of rows ever reaches the page.
-Reviewing and exporting are the signed-in approver's (core.actions); a viewer reads only.
+Reviewing and exporting are the signed-in approver's (core.actions); a viewer reads only. The label queue (the
+human budget) comes first: an approver or a labeler answers each text with one click.
 """
 import streamlit as st
 
 from app import queries, session
 from core.auth import AuthError
+from core.store import StoreConflict
 
 ws = queries.workspace_path()
 st.title("Synthetic data")
+QUEUE_SHOWN = 10  # requests shown at once; answering one brings the next
+
+
+def answer(request_id: int, label: str | None = None, skip: bool = False) -> None:
+    """A button's callback: runs before the page, so the queue below is drawn without the answered text."""
+    if label is None and not skip:
+        label = st.session_state.get(f"label_other_{request_id}")
+    try:
+        done = queries.answer_label_request(ws, session.acting(), request_id, label, skip)
+    except (AuthError, ValueError, KeyError, StoreConflict) as err:
+        st.session_state["label_message"] = ("error", str(err.args[0] if err.args else err))
+    else:
+        st.session_state["label_message"] = ("success", f"request {done['id']} " + (
+            "skipped" if skip else f"labeled {done['label']}: it counts as seed from the next cycle"))
+
+
+queue = queries.label_queue(ws)
+message = st.session_state.pop("label_message", None)
+if message:
+    getattr(st, message[0])(message[1])
+if len(queue):
+    st.subheader(f"Label queue: {len(queue):,} texts wait for a person")
+    st.caption("The pool texts where the model's views disagree most (uncertainty × density, "
+               "`curate.ask_humans_per_cycle` per cycle). A label counts as seed from the next cycle and wins over "
+               "the teacher's; it is audited.")
+    labeler = session.labeler()
+    all_labels = queries.labels(ws)
+    for r in queue.head(QUEUE_SHOWN).itertuples():
+        with st.container(border=True):
+            st.text(r.text)
+            st.caption(f"request {r.id} · cycle {r.cycle_id} · score {r.score:.3f} (uncertainty {r.uncertainty:.2f} "
+                       f"× density {r.density:.2f}) · suggested: "
+                       + ", ".join(f"{h['label']} {h['p']:.0%}" for h in r.suggestions))
+            if labeler:
+                cols = st.columns(len(r.suggestions) + 3)
+                for col, hint in zip(cols, r.suggestions):
+                    col.button(hint["label"], key=f"label_{r.id}_{hint['label']}", on_click=answer,
+                               args=(r.id, hint["label"]))
+                cols[-3].selectbox("Any label", all_labels, key=f"label_other_{r.id}", label_visibility="collapsed")
+                cols[-2].button("Label", key=f"label_pick_{r.id}", on_click=answer, args=(r.id,))
+                cols[-1].button("Skip", key=f"label_skip_{r.id}", on_click=answer, args=(r.id, None, True))
 
 facets = queries.sample_facets(ws)
 if not facets["cycle_id"]:

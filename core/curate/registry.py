@@ -31,6 +31,7 @@ class Context:
     # The model's (embedding, probabilities) per text already computed in this run, so verification
     # does not run the encoder over the traffic a second time.
     seen: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)  # results more than one step reads (the pool's teacher scores)
 
     def requested_mix(self, label: str) -> list[float]:
         """The difficulty mix asked of a class (0 easy .. 3 hard, sums to 1): harder for diagnosed classes."""

@@ -39,7 +39,7 @@ def bank_for(ws, loaded: M.Loaded) -> Bank:
     key = (str(ws.root.resolve()), loaded.version)
     with _banks_lock:
         if key not in _banks:
-            seed = ws.store.examples("seed")
+            seed = ws.store.seed_examples()  # with people's answers to label requests
             _banks[key] = make_bank(loaded, seed["text"].tolist(), seed["label"].tolist())
         return _banks[key]
 
