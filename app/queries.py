@@ -343,6 +343,17 @@ def attributions(ws: str, cycle_id: int) -> pd.DataFrame:
 
 
 @_cached
+def yield_report(ws: str, cycle_id: int) -> dict | None:
+    """The curate stage's report of a cycle: generated/kept per generator, asked vs produced, the difficulty mix."""
+    runs = _store(ws).stage_runs(int(cycle_id))
+    runs = runs[runs["stage"] == "curate"]
+    if runs.empty:
+        return None
+    detail = json.loads(runs["detail"].iloc[0] or "{}")
+    return detail if "per_generator" in detail else None
+
+
+@_cached
 def diagnosis_internals(ws: str, cycle_id: int) -> dict:
     return _store(ws).diagnosis_internals(int(cycle_id))
 

@@ -4,6 +4,8 @@ Filtering and paging run in DuckDB (app/queries.sample_page); only one page of r
 Reviewing and exporting are the signed-in approver's (core.actions); a viewer reads only. The label queue (the
 human budget) comes first: an approver or a labeler answers each text with one click.
 """
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from app import queries, session
@@ -64,6 +66,33 @@ def every(value) -> str:
     return "all" if value is None else str(value)
 
 
+LEVELS = ["0 easy", "1", "2", "3 hard"]
+
+
+def show_yield(report: dict, cycle: int) -> None:
+    """What curation was asked for against what it produced and kept, and the difficulty it achieved."""
+    with st.expander(f"Yield of cycle {cycle}: {report.get('summary', '')}", expanded=False):
+        per = pd.DataFrame([{"Generator": g, "Generated": v.get("generated", 0), "Kept": v.get("kept", 0),
+                             "Note": v.get("note", "–")} for g, v in report["per_generator"].items()])
+        st.dataframe(per, hide_index=True)
+        asks = report.get("asks") or {}
+        if asks:
+            st.caption("The diagnosis' asks: samples asked for, produced by the generators and kept")
+            st.dataframe(pd.DataFrame([{"Asked for": k.split(":", 1)[1].replace("->", " → "),
+                                        "Kind": "confused pair" if k.startswith("pair:") else "class",
+                                        "Asked": v["asked"], "Produced": v["produced"], "Kept": v["kept"]}
+                                       for k, v in asks.items()]), hide_index=True)
+        mix = report.get("difficulty") or {}
+        if mix.get("requested"):
+            frame = pd.DataFrame({"Level": LEVELS * 3,
+                                  "Share": [*mix["requested"], *mix["achieved_written"], *mix["achieved_traffic"]],
+                                  "Of": ["requested"] * 4 + [f"kept written ({mix['written_kept']:,})"] * 4
+                                        + ["kept traffic (measured)"] * 4})
+            fig = px.bar(frame, x="Level", y="Share", color="Of", barmode="group", height=280)
+            fig.update_layout(yaxis_tickformat=".0%", margin=dict(l=0, r=0, t=10, b=0), legend_title_text="")
+            st.plotly_chart(fig, key=f"mix_{cycle}")
+
+
 c1, c2, c3, c4 = st.columns(4)
 cycle_id = c1.selectbox("Cycle", [None, *facets["cycle_id"]], format_func=every)
 generator = c2.selectbox("Generator", [None, *facets["generator"]], format_func=every)
@@ -88,6 +117,12 @@ st.dataframe(rows, hide_index=True, column_config={
     "confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
     "text": st.column_config.TextColumn(width="large")})
 st.pagination(pages, default=page, key=key)
+
+# The yield of the chosen cycle (the latest without a choice): asked vs produced, requested vs achieved mix.
+shown_cycle = cycle_id if cycle_id is not None else max(facets["cycle_id"])
+report = queries.yield_report(ws, shown_cycle)
+if report:
+    show_yield(report, shown_cycle)
 
 st.subheader("Review")
 st.caption("A person's decision wins over every verifier, in this cycle and later ones, and is audited.")

@@ -5,6 +5,7 @@ the CLI) unless told `user=None`.
 """
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -99,6 +100,14 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
         assert "Token attributions" in shown and "delta" in shown and "LoRA on layers" in shown
     elif page == "synthetic_data":
         assert f"{len(open_workspace(root).store.samples())} matching samples" in shown
+        # the latest cycle's yield: per generator, the diagnosis' asks against what was produced, and the mix
+        report = open_workspace(root).store.stage_runs(2).query("stage == 'curate'")["detail"].iloc[0]
+        asks = json.loads(report)["asks"]
+        assert asks and at.expander[0].label.startswith("Yield of cycle 2")
+        table = next(d.value for d in at.dataframe if "Asked" in d.value.columns)
+        assert table["Asked"].sum() == sum(a["asked"] for a in asks.values())
+        assert table["Produced"].sum() == sum(a["produced"] for a in asks.values())
+        assert len(charts) == 1  # requested against achieved difficulty mix
     elif page == "approvals":
         assert f"Gate {gate_id}" in shown and "Checks passed" in shown and "95% CI" in str(at.metric[0].help)
         assert "Forgetting guard" in shown  # the test's evidence: the closest classes, with their p-values
