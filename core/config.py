@@ -124,6 +124,10 @@ class CurateConfig(_Section):
     teacher_encoder: str = ""
     propagation_alpha: float = Field(0.9, gt=0, lt=1)  # how far scores flow through the graph
     propagation_prior_weight: float = Field(0.3, ge=0)  # weight of the model's own scores at each text
+    # What happens to a teacher's labels of traffic (self_label): "verify" keeps them only when every verifier
+    # clears its bar, like written samples; "weigh" keeps them all (filters still apply), each weighing in
+    # training by the teacher's confidence, and verifies only the classes a rejection held back.
+    pseudo_labels: Literal["verify", "weigh"] = "verify"
     # Verifier bars: a sample is kept only when every verifier clears its bar for the sample's label.
     # On that pool, model >= 0.5 and knn >= 0.3 keep 92% of it at 91.4% label accuracy (the rest: 88.0%).
     min_confidence: float = Field(0.5, ge=0, le=1)  # the current model's probability

@@ -143,3 +143,25 @@ def test_a_zero_weight_row_teaches_nothing(workspace, tmp_path):
     probe = planted["text"].tolist()  # texts it was told, at weight 0, belong to the other class
     predicted = np.asarray(loaded.labels, dtype=object)[M.predict_proba(loaded, probe).argmax(1)]
     assert (predicted == victim).sum() >= len(probe) - 1, predicted
+
+
+def test_weighed_pseudo_labels_keep_what_the_verifiers_doubt_except_held_back_classes(weak_baseline_ws):
+    from core.lessons import Remedy
+
+    ws = weak_baseline_ws
+    strict = dict(generators=["self_label"], min_confidence=0.9, min_knn_agreement=0.6, max_per_class=1000)
+    verified, _ = C.curate(_context(ws, **strict), ws.store.examples("heldout"), pd.DataFrame())
+    doubted = verified["reason"].str.startswith("verifiers disagree")
+    assert doubted.sum() >= 5  # bars this high drop a good part of the traffic
+    ctx = _context(ws, pseudo_labels="weigh", **strict)
+    held = verified.loc[doubted, "label"].value_counts().index[0]
+    ctx.remedy = Remedy(hold_back={held})
+    weighed, report = C.curate(ctx, ws.store.examples("heldout"), pd.DataFrame())
+    scored = weighed["difficulty"] >= 0
+    mine = weighed["label"] == held
+    # every scored pseudo-label of the other classes is kept, with the reason saying it is weighed
+    assert (weighed.loc[scored & ~mine, "status"] == "kept").all()
+    assert (weighed.loc[scored & ~mine, "reason"] == C.WEIGHED).all()
+    # the class a rejection held back is still verified, with the strict bars
+    assert weighed.loc[scored & mine, "reason"].str.startswith("held back after a rejection").any()
+    assert report["kept"] > int((verified["status"] == "kept").sum())

@@ -17,6 +17,7 @@ from core.curate.registry import CANDIDATE_COLUMNS, GENERATORS, OPTIONAL_COLUMNS
 from core.gates import TRAFFIC_LABELERS
 from core.lessons import Remedy
 
+WEIGHED = "a teacher's label, weighed in training by its confidence"
 SAMPLE_COLUMNS = ["generator", "parent_id", "text", "label", "confidence", "difficulty", "scores", "status",
                   "reason"]
 
@@ -87,6 +88,11 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
                                      for (_, r), t in zip(scores.iterrows(), cand.loc[alive, "target"])]
         for i, row in scores.iterrows():
             held_back = remedy.strict or cand.loc[i, "label"] in remedy.hold_back
+            if cfg.pseudo_labels == "weigh" and pd.notna(cand.loc[i, "teacher"]) and not held_back:
+                # A teacher's label of real traffic is kept and weighs in training by the teacher's confidence:
+                # dropping what the verifiers doubt throws away the hard texts (measured in bench/README).
+                cand.loc[i, ["status", "reason"]] = ["verified", WEIGHED]
+                continue
             reason = verify.verdict(row, cfg, strict=held_back,
                                     independent_only=cand.loc[i, "generator"] == feedback.NAME)
             cand.loc[i, ["status", "reason"]] = ["dropped", reason] if reason else ["verified", ""]
@@ -107,7 +113,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         keep = set(chosen) | set(_cap_by_mix(traffic, cap - len(chosen), ctx.requested_mix(label)))
         for i in group.index:
             if i in keep:
-                cand.loc[i, ["status", "reason"]] = ["kept", "verifiers agree"]
+                cand.loc[i, ["status", "reason"]] = ["kept", cand.loc[i, "reason"] or "verifiers agree"]
             elif i in made.index:
                 level = int(group.loc[i, "difficulty"])
                 cand.loc[i, ["status", "reason"]] = ["dropped", f"difficulty mix: level {level}'s share of "
