@@ -216,7 +216,8 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                "lora_layers": spec_saved.model.get("lora_layer_ids") or f"top {spec_saved.model['lora_layers']}",
                "lora_reason": spec_saved.extra.get("lora_reason"), "train_rows": len(data), "rows_by_source": data["source"].value_counts().to_dict(),
                "train_data_sha256": M.sha256_file(run_dir / "train.parquet"),
-               "best_val_acc": result["best_val_acc"], "steps": result["steps"]}
+               "best_val_acc": result["best_val_acc"], "steps": result["steps"],
+               "early_stop": result.get("stop_reason")}  # the doctor's reason, None when the run went to its end
     crash_point("train_before_register")
     store.register_version(version, num, cycle["id"], cycle["parent_version"], ws.config().model.base_model,
                            str(out.relative_to(ws.root)), result["files"], lineage, ENGINE, next_stage=step.next)
