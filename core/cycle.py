@@ -156,14 +156,16 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
 
 
 def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:
-    """The model settings for this cycle's training: the diagnosis may pick which layers get LoRA."""
+    """The model settings for this cycle's training: the diagnosis may pick which layers get LoRA (its activation
+    analysis, or head importance where nothing separates; core.diagnose), and its reason goes to the lineage."""
     cfg = ws.config().model.model_dump()
     if cycle["kind"] == "baseline" or cfg["lora_layer_ids"]:
         return cfg, "configured"
-    heads = ws.store.diagnosis_internals(cycle["id"]).get("heads")
-    if heads and heads.get("lora_layers"):
-        cfg["lora_layer_ids"] = heads["lora_layers"]
-        return cfg, heads["reason"]
+    internals = ws.store.diagnosis_internals(cycle["id"])
+    choice = internals.get("lora_choice") or internals.get("heads")  # heads: diagnoses stored before lora_choice
+    if choice and choice.get("lora_layers"):
+        cfg["lora_layer_ids"] = choice["lora_layers"]
+        return cfg, choice["reason"]
     return cfg, "configured"
 
 
