@@ -16,12 +16,13 @@ MIN_EVAL_GAP = 5
 
 def eval_interval(total_steps: int, cfg: DoctorConfig, eval_every: int = 0) -> int:
     """Optimizer steps between evaluations. An explicit `train.eval_every` wins; 0 sizes the cadence to the run:
-    3 x patience + 1 evaluations, the patience being the longer of the plateau rule's and the gap rule's
-    (which compares gap_patience + 1 gaps), so either stop can fire with two thirds of the run still ahead.
+    3 x patience + 1 evaluations (the longer of the plateau's and the gap's patience), so either stop can fire
+    with most of the run still ahead, while a plateau must last 3 of about 10 evaluations (on Banking77 a finer
+    cadence, 13, stopped the baseline and cycle 1 at 48% and 47% of their steps, 2 of 1,500 dev rows lower each).
     Evaluation reads only the selection part of the held-out set, which keeps the extra passes cheap."""
     if eval_every:
         return eval_every
-    evaluations = 3 * max(cfg.plateau_patience, cfg.gap_patience + 1) + 1
+    evaluations = 3 * max(cfg.plateau_patience, cfg.gap_patience) + 1
     return max(MIN_EVAL_GAP, math.ceil(total_steps / evaluations))
 
 

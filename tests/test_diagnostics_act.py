@@ -14,12 +14,12 @@ from tests.conftest import fast_config
 def test_evaluation_cadence_is_sized_to_the_run():
     cfg = DoctorConfig()
     assert TrainConfig().eval_every == 0  # the default is the sized cadence
-    needed = 3 * max(cfg.plateau_patience, cfg.gap_patience + 1) + 1
+    needed = 3 * max(cfg.plateau_patience, cfg.gap_patience) + 1
     for total in (75, 190, 1000, 10_000):  # Banking77's baseline and first cycle, and larger runs
         every = eval_interval(total, cfg)
         assert total // every >= needed - 1 and every >= MIN_EVAL_GAP
         # patience runs out with most of the run still ahead
-        assert every * max(cfg.plateau_patience, cfg.gap_patience + 1) <= total / 3 + every
+        assert every * (cfg.gap_patience + 1) <= total / 2 and every * cfg.plateau_patience <= total / 3 + every
     assert eval_interval(9, cfg) == MIN_EVAL_GAP  # a tiny run is not evaluated every step
     assert eval_interval(1000, cfg, eval_every=7) == 7  # an explicit cadence wins
     assert eval_interval(1000, DoctorConfig(plateau_patience=10)) < eval_interval(1000, cfg)
