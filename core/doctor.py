@@ -18,7 +18,8 @@ def eval_interval(total_steps: int, cfg: DoctorConfig, eval_every: int = 0) -> i
     """Optimizer steps between evaluations. An explicit `train.eval_every` wins; 0 sizes the cadence to the run:
     3 x patience + 1 evaluations (the longer of the plateau's and the gap's patience), so either stop can fire
     with most of the run still ahead, while a plateau must last 3 of about 10 evaluations (on Banking77 a finer
-    cadence, 13, stopped the baseline and cycle 1 at 48% and 47% of their steps, 2 of 1,500 dev rows lower each).
+    cadence, 13, stopped the baseline and cycle 1 at 48% and 47% of their steps, 2 of 1,500 dev rows lower each;
+    this one stopped them at 53% and 80%, at 83.60% and 86.07% dev against 83.53% and 85.67% run to the end).
     Evaluation reads only the selection part of the held-out set, which keeps the extra passes cheap."""
     if eval_every:
         return eval_every
