@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     heads = found["internals"].get("heads", {})
     if heads:
         print(f"heads              {heads['reason']}")
+    choice = found["internals"].get("lora_choice")
+    if choice:
+        print(f"next LoRA layers   {choice['reason']}")
     print(f"wall time          {seconds:.1f} s   (target <= 120 s on 2 cores)")
     print(f"peak memory        {peak_rss_mb():.0f} MB RSS (before diagnosis {rss_before:.0f} MB)")
     return 0

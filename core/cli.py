@@ -366,7 +366,8 @@ def cmd_diagnose(args) -> int:
     if args.json:
         rows = [{**r, "detail": json.loads(r["detail"])} for r in findings.to_dict("records")]
         _print_json({"cycle": cycle_id, "findings": rows, "activations": internals.get("activations_summary"),
-                    "heads": {k: v for k, v in internals.get("heads", {}).items() if k != "importance"}})
+                    "heads": {k: v for k, v in internals.get("heads", {}).items() if k != "importance"},
+                    "lora_choice": internals.get("lora_choice")})
         return 0
     print(f"diagnosis {'on demand' if cycle_id == 0 else f'of cycle {cycle_id}'}: {len(findings)} findings")
     for r in findings.head(15).itertuples():
@@ -376,6 +377,8 @@ def cmd_diagnose(args) -> int:
         print(f"activations: {internals['activations_summary']}")
     if internals.get("heads"):
         print(f"heads: {internals['heads']['reason']}")
+    if internals.get("lora_choice"):
+        print(f"next training: LoRA on {internals['lora_choice']['reason']}")
     return 0
 
 

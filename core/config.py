@@ -71,7 +71,8 @@ class TrainConfig(_Section):
     # Full-batch steps fitting the head on frozen embeddings before LoRA training starts (0: none).
     head_warmup_steps: int = Field(100, ge=0)
     checkpoint_every: int = Field(50, ge=1)
-    eval_every: int = Field(0, ge=0)  # 0: once per epoch
+    # 0: sized to the run, enough evaluations for the doctor's stops to fire (core.doctor.eval_interval)
+    eval_every: int = Field(0, ge=0)
     num_processes: int = Field(1, ge=1)  # >1 runs `accelerate launch` in a subprocess
     seed: int = Field(0, ge=0)
 

@@ -180,14 +180,16 @@ def _label_weights(kept: pd.DataFrame, scheme: str) -> pd.Series:
 
 
 def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:
-    """The model settings for this cycle's training: the diagnosis may pick which layers get LoRA."""
+    """The model settings for this cycle's training: the diagnosis may pick which layers get LoRA (its activation
+    analysis, or head importance where nothing separates; core.diagnose), and its reason goes to the lineage."""
     cfg = ws.config().model.model_dump()
     if cycle["kind"] == "baseline" or cfg["lora_layer_ids"]:
         return cfg, "configured"
-    heads = ws.store.diagnosis_internals(cycle["id"]).get("heads")
-    if heads and heads.get("lora_layers"):
-        cfg["lora_layer_ids"] = heads["lora_layers"]
-        return cfg, heads["reason"]
+    internals = ws.store.diagnosis_internals(cycle["id"])
+    choice = internals.get("lora_choice") or internals.get("heads")  # heads: diagnoses stored before lora_choice
+    if choice and choice.get("lora_layers"):
+        cfg["lora_layer_ids"] = choice["lora_layers"]
+        return cfg, choice["reason"]
     return cfg, "configured"
 
 
@@ -240,7 +242,8 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                "lora_layers": spec_saved.model.get("lora_layer_ids") or f"top {spec_saved.model['lora_layers']}",
                "lora_reason": spec_saved.extra.get("lora_reason"), "train_rows": len(data), "rows_by_source": data["source"].value_counts().to_dict(),
                "train_data_sha256": M.sha256_file(run_dir / "train.parquet"),
-               "best_val_acc": result["best_val_acc"], "steps": result["steps"]}
+               "best_val_acc": result["best_val_acc"], "steps": result["steps"],
+               "early_stop": result.get("stop_reason")}  # the doctor's reason, None when the run went to its end
     crash_point("train_before_register")
     store.register_version(version, num, cycle["id"], cycle["parent_version"], ws.config().model.base_model,
                            str(out.relative_to(ws.root)), result["files"], lineage, ENGINE, next_stage=step.next)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from core import atomic, model as M
 from core.config import DoctorConfig, ModelConfig, TrainConfig
-from core.doctor import Doctor
+from core.doctor import Doctor, eval_interval
 from core.faults import crash_point
 
 LOG_EVERY = 10
@@ -239,7 +239,7 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
             return (step + 1) / (warmup + 1)
         return max(0.0, (total - step) / max(1, total - warmup))
 
-    step, best = 0, {"acc": -1.0, "step": 0}
+    step, best = 0, {"acc": -1.0, "loss": math.inf, "step": 0}
     found = _checkpoints(ckpt_dir)
     if found:  # resume after a crash or a kill: the checkpoint's weights, optimizer and position
         state = _load_checkpoint(found[-1], model, optimizer)
@@ -251,7 +251,7 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     best_path = ckpt_dir / "best.safetensors"
     started = time.time()
-    eval_every = tcfg.eval_every or steps_per_epoch
+    eval_every = eval_interval(total, doctor.cfg, tcfg.eval_every)
 
     from tqdm import tqdm
 
@@ -268,7 +268,7 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
 
     last_good = snapshot()
     recent_losses: list[float] = []
-    stopped = False
+    stopped, stop_reason = False, None
     model.train()
     while step < total and not stopped:
         epoch = step // steps_per_epoch
@@ -291,8 +291,8 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
                 sink.event(step + 1, finding.kind, finding.detail)
                 optimizer.zero_grad(set_to_none=True)
                 if finding.action == "stop":
-                    sink.event(step + 1, "early_stop", "training stopped by the doctor")
-                    stopped = True
+                    sink.event(step + 1, "early_stop", f"{finding.kind}: training stopped by the doctor")
+                    stopped, stop_reason = True, finding.kind
                     break
                 good_step, weights, opt_state = last_good
                 M.load_trainable_state(unwrapped, weights)
@@ -323,17 +323,19 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
                     sink.add(step, "val_loss", val_loss, ep)
                     sink.add(step, "val_acc", val_acc, ep)
                     sink.flush()
-                    if val_acc > best["acc"]:
-                        best = {"acc": val_acc, "step": step}
+                    # Equal accuracy on the small selection part: the lower loss, the more confident state, wins.
+                    if val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best.get("loss", math.inf)):
+                        best = {"acc": val_acc, "loss": val_loss, "step": step}
                         state = M.trainable_state(unwrapped)
                         atomic.write_with(best_path, lambda tmp: save_file(state, str(tmp)))
                     train_avg = sum(recent_losses) / len(recent_losses) if recent_losses else None
-                    verdict = doctor.check_eval(val_loss, train_avg)
+                    verdict = doctor.check_eval(val_loss, train_avg, val_acc)
                     improved = doctor.evals_without_gain == 0
                     if verdict is not None and step < total:
                         sink.event(step, verdict.kind, verdict.detail)
-                        sink.event(step, "early_stop", "training stopped by the doctor; best state kept")
-                        stop_now = True
+                        sink.event(step, "early_stop", f"{verdict.kind}: stopped at step {step} of {total}; the best "
+                                                       f"state (step {best['step']}, val acc {best['acc']:.4f}) kept")
+                        stop_now, stop_reason = True, verdict.kind
                 stop_now = agree(stop_now)
                 if agree(improved):  # a rollback returns to a state the validation set vouched for
                     last_good = snapshot()
@@ -346,7 +348,8 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
             if step >= total:
                 break
     bar.close()
-    result = {"steps": step, "stopped_early": stopped, "rollbacks": doctor.rollbacks,
+    result = {"steps": step, "total_steps": total, "eval_every": eval_every, "stopped_early": stopped,
+              "stop_reason": stop_reason, "rollbacks": doctor.rollbacks,
               "best_val_acc": best["acc"], "best_step": best["step"],
               "seconds": time.time() - started, "processes": accelerator.num_processes,
               "train_rows": len(items)}

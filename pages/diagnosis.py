@@ -63,7 +63,10 @@ else:
                             labels={"x": "head", "y": "layer", "color": "importance"})
             fig.update_layout(height=320, margin={"t": 20})
             st.plotly_chart(fig)
-            st.caption(f"Next training: LoRA on {heads['reason']}.")
+            st.caption(f"Head importance ranks {heads['reason']}.")
+        choice = internals.get("lora_choice")
+        if choice:
+            st.info(f"Next training: LoRA on {choice['reason']}.")
 
 st.subheader("Confusion on held-out data")
 versions = queries.evaluations(ws)["version"].tolist()

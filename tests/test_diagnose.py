@@ -61,6 +61,13 @@ def test_findings_are_tracked_across_cycles(planted_confusion):
     assert "persisting" in trends  # the same production model shows the same planted confusion
     lineage = ws.store.version("v2")["lineage"]
     assert lineage["lora_reason"].startswith("layers") and isinstance(lineage["lora_layers"], list)
+    # the layers are the activation analysis' choice, and the lineage says which and why
+    choice = ws.store.diagnosis_internals(outcome.cycle_id)["lora_choice"]
+    assert choice["source"] == "activations" and choice["lora_layers"]
+    assert "units separating failures from successes (AUC" in choice["reason"]
+    assert set(choice["units"]) == {str(layer) for layer in choice["lora_layers"]}
+    assert lineage["lora_layers"] == choice["lora_layers"] and lineage["lora_reason"] == choice["reason"]
+    assert "early_stop" in lineage
 
 
 def test_attribution_ranks_a_planted_trigger_word_first(tmp_path):

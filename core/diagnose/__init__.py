@@ -2,7 +2,8 @@
 
 A diagnosis combines error patterns (pairs, weak classes, clusters), Captum token attributions,
 activation statistics and attention-head importance, and is stored per cycle with a ranked list of
-weaknesses; the head analysis also picks the layers the next training adapts.
+weaknesses; the layers whose units best separate failures from successes get the next training's adapters
+(head importance picks when there is nothing to separate).
 """
 from __future__ import annotations
 
@@ -54,23 +55,35 @@ def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_
                                      "label": results["label"].tolist(), "correct": (~failed).tolist()}}
     activations = activation_stats(loaded, results["text"].tolist(), failed)
     internals["activations"] = activations.to_dict("records")
-    if activations is not None and len(activations):
+    choice = None
+    if len(activations):
         weakest = activations.sort_values("ratio").iloc[0]
         internals["activations_summary"] = (f"layer {int(weakest['layer'])} fires weakest on failures "
                                             f"(failed/passed mean |activation| {weakest['ratio']:.3f}); units "
                                             + ", ".join(str(u["unit"]) for u in weakest["weak_units"]))
+        layers, reason = choose_lora_layers(activations["auc"].to_numpy(), lora_layers,
+                                            "units separating failures from successes", "AUC", "{:.2f}")
+        choice = {"lora_layers": layers, "reason": reason, "source": "activations",
+                  "units": {int(r["layer"]): r["separating_units"][:3] for _, r in activations.iterrows()
+                            if int(r["layer"]) in layers}}
     if cfg.head_analysis:
         failing = sorted(set(results.loc[failed, "label"]))
         subset = results[results["label"].isin(failing)]
         index = {name: i for i, name in enumerate(loaded.labels)}
         heads = head_importance(loaded, subset["text"].tolist(), [index[x] for x in subset["label"]])
-        layers, reason = choose_lora_layers(heads, lora_layers)
         if heads.size:
+            per_layer = heads.sum(1)
+            layers, reason = choose_lora_layers(per_layer, lora_layers, "most head importance for the failing "
+                                                "classes", total=f"of {per_layer.sum():.3g}")
             flat = np.sort(heads.ravel())
             low = float(flat[max(0, int(len(flat) * 0.25) - 1)])
             internals["heads"] = {"importance": heads.round(6).tolist(), "failing_classes": failing,
                                   "low_signal": [[int(l), int(h)] for l, h in zip(*np.where(heads <= low))],
                                   "lora_layers": layers, "reason": reason}
+            if choice is None and layers:
+                choice = {"lora_layers": layers, "reason": reason, "source": "heads"}
+    if choice and choice["lora_layers"]:
+        internals["lora_choice"] = choice  # read by core.cycle when it sets up the next training
     return {"findings": rank(findings, previous_keys), "attributions": attributions, "internals": internals}
 
 
