@@ -152,6 +152,14 @@ class StoreConflict(RuntimeError):
     """A write was refused because the state it expected has changed (for example a gate already decided)."""
 
 
+def _where_equal(**columns) -> tuple[str, list]:
+    """A WHERE clause matching every given column that is not None (column names come from the code, never
+    from input), and its parameters."""
+    given = {column: value for column, value in columns.items() if value is not None}
+    clause = "WHERE " + " AND ".join(f"{column} = ?" for column in given) if given else ""
+    return clause, list(given.values())
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -790,14 +798,7 @@ class Store:
             return {c: distinct(c) for c in ("cycle_id", "generator", "status", "label", "difficulty")}
 
     def samples(self, cycle_id: int | None = None, status: str | None = None) -> pd.DataFrame:
-        where, params = [], []
-        if cycle_id is not None:
-            where.append("cycle_id = ?")
-            params.append(cycle_id)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _where_equal(cycle_id=cycle_id, status=status)
         return self._read(f"SELECT * FROM synthetic_samples {clause} ORDER BY id", params)
 
     # -- the human budget: texts curation asks a person to label, and their answers -------------
@@ -823,12 +824,7 @@ class Store:
 
     def label_requests(self, status: str | None = None, cycle_id: int | None = None) -> pd.DataFrame:
         """The labeling queue (every request when status is None), best-scored first within a cycle."""
-        where, params = [], []
-        for column, value in (("status", status), ("cycle_id", cycle_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _where_equal(status=status, cycle_id=cycle_id)
         return self._read(f"SELECT * FROM label_requests {clause} ORDER BY cycle_id, score DESC, id", params)
 
     def label_request(self, request_id: int) -> dict | None:
@@ -1130,12 +1126,7 @@ class Store:
                          _json(metrics.get("detail", {})), utcnow()])
 
     def scaffold_evals(self, model_version: str | None = None, split: str | None = None) -> pd.DataFrame:
-        where, params = [], []
-        for column, value in (("model_version", model_version), ("split", split)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _where_equal(model_version=model_version, split=split)
         return self._read(f"SELECT * FROM scaffold_evals {clause} ORDER BY scaffold_id", params)
 
     def create_scaffold_cycle(self, stage: str, model_version: str, budget: int, production_id: str,
