@@ -162,6 +162,9 @@ def test_weighed_pseudo_labels_keep_what_the_verifiers_doubt_except_held_back_cl
     # every scored pseudo-label of the other classes is kept, with the reason saying it is weighed
     assert (weighed.loc[scored & ~mine, "status"] == "kept").all()
     assert (weighed.loc[scored & ~mine, "reason"] == C.WEIGHED).all()
+    # no verdict reads their consistency, so no perturbed view of them was run
+    assert not weighed.loc[scored & ~mine, "scores"].str.contains("consistency").any()
+    assert weighed.loc[scored & mine, "scores"].str.contains("consistency").all()
     # the class a rejection held back is still verified, with the strict bars
     assert weighed.loc[scored & mine, "reason"].str.startswith("held back after a rejection").any()
     assert report["kept"] > int((verified["status"] == "kept").sum())

@@ -73,27 +73,29 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
             lab_emb, knn_emb = ctx.view.embed(labeled["text"].tolist()), ctx.view.embed(texts, progress)
         else:
             (lab_emb, _), knn_emb = ctx.encode(labeled["text"].tolist()), None
+        held_back = cand.loc[alive, "label"].isin(remedy.hold_back) | remedy.strict
+        weighed = ((cfg.pseudo_labels == "weigh") & cand.loc[alive, "teacher"].notna() & ~held_back).to_numpy()
         scores = verify.score(ctx.loaded, texts, cand.loc[alive, "label"].tolist(),
                               lab_emb, labeled["label"].to_numpy(dtype=object), cfg.knn_k, cfg.perturbed_views,
-                              ctx.seed_value, progress, precomputed=ctx.encode(texts), knn_emb=knn_emb)
+                              ctx.seed_value, progress, precomputed=ctx.encode(texts), knn_emb=knn_emb,
+                              checked=~weighed)
         scores.index = alive
         cand.loc[alive, "confidence"] = scores["model"]
         cand.loc[alive, "difficulty"] = scores["difficulty"].astype(int)
-        cand.loc[alive, "rank_score"] = scores["model"] + scores["knn"] + scores["consistency"]
+        cand.loc[alive, "rank_score"] = scores["model"] + scores["knn"] + scores["consistency"].fillna(1.0)
         scores["teacher"] = cand.loc[alive, "teacher"]
         cand.loc[alive, "scores"] = [json.dumps({**{k: round(float(r[k]), 4) for k in
                                                     ("model", "knn", "knn_top", "consistency", "margin", "teacher")
                                                     if pd.notna(r[k])},
                                                  **({"target": t} if isinstance(t, str) else {})})
                                      for (_, r), t in zip(scores.iterrows(), cand.loc[alive, "target"])]
-        for i, row in scores.iterrows():
-            held_back = remedy.strict or cand.loc[i, "label"] in remedy.hold_back
-            if cfg.pseudo_labels == "weigh" and pd.notna(cand.loc[i, "teacher"]) and not held_back:
+        for (i, row), weigh in zip(scores.iterrows(), weighed):
+            if weigh:
                 # A teacher's label of real traffic is kept and weighs in training by the teacher's confidence:
                 # dropping what the verifiers doubt throws away the hard texts (measured in bench/README).
                 cand.loc[i, ["status", "reason"]] = ["verified", WEIGHED]
                 continue
-            reason = verify.verdict(row, cfg, strict=held_back,
+            reason = verify.verdict(row, cfg, strict=bool(held_back[i]),
                                     independent_only=cand.loc[i, "generator"] == feedback.NAME)
             cand.loc[i, ["status", "reason"]] = ["dropped", reason] if reason else ["verified", ""]
     for label, group in cand[cand["status"] == "verified"].groupby("label"):
