@@ -147,6 +147,9 @@ class CurateConfig(_Section):
     # Share of kept samples per difficulty level (0 easy .. 3 hard), where generators can choose.
     difficulty_mix: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=4, max_length=4)] = [
         0.1, 0.3, 0.3, 0.3]
+    # Whether each class's written samples are kept by its requested mix, level by level (false: the mix only
+    # orders what is kept when a class cap binds, and a level's spare room goes to the best of the rest).
+    difficulty_control: bool = True
     # Diagnosed confused classes (both sides of a pair, weak classes, error clusters) are asked for harder samples.
     weak_class_difficulty_mix: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=4, max_length=4)] = [
         0.0, 0.2, 0.4, 0.4]

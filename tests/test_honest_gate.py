@@ -173,6 +173,8 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     config.curate.generators = ["templates"]
     config.curate.min_confidence = config.curate.min_knn_agreement = config.curate.min_consistency = 0.0
     config.curate.templates_per_class, config.curate.max_per_class = 8, 12
+    # not a test of the difficulty mix: any level may fill the class's cap
+    config.curate.difficulty_control = False
     # the kept set is all templates: the data review's generator-share and noise limits are not under test here
     config.gates.data_review.max_generator_share = config.gates.data_review.max_label_noise = 1.0
     config.diagnose.max_attributions, config.diagnose.correct_attributions = 4, 0

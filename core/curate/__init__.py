@@ -101,7 +101,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     for label, group in cand[cand["status"] == "verified"].groupby("label"):
         cap = int(cfg.max_per_class * remedy.cap_factor
                   * (cfg.favoured_class_factor if label in ctx.favoured else 1.0))
-        made = group[~group["generator"].isin(TRAFFIC_LABELERS)]
+        made = group[~group["generator"].isin(TRAFFIC_LABELERS)] if cfg.difficulty_control else group.iloc[:0]
         # Written text can be asked for any difficulty: the class's requested mix decides what is kept, level by
         # level (a level's quota rounded up, so a handful of samples is not all dropped), with no spill-over
         # from a level that has too many. Traffic is what it is: its difficulty is
