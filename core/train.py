@@ -208,7 +208,8 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
     ckpt_dir = Path(spec.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # A row's weight in the loss: how sure its labeling teacher was (1 for seed and human labels).
-    weights = data["weight"].to_numpy(dtype=float) if "weight" in data else np.ones(len(data))
+    # A row without one (a file written by hand, an older run's) counts fully.
+    weights = data["weight"].fillna(1.0).to_numpy(dtype=float) if "weight" in data else np.ones(len(data))
     _prototype_head(model, tokenizer, data["text"].tolist(), train_ids, len(spec.labels), mcfg.max_length,
                     tcfg.head_warmup_steps, weights)
 

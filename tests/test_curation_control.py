@@ -150,7 +150,8 @@ def test_weighed_pseudo_labels_keep_what_the_verifiers_doubt_except_held_back_cl
 
     ws = weak_baseline_ws
     strict = dict(generators=["self_label"], min_confidence=0.9, min_knn_agreement=0.6, max_per_class=1000)
-    verified, _ = C.curate(_context(ws, **strict), ws.store.examples("heldout"), pd.DataFrame())
+    verified, _ = C.curate(_context(ws, pseudo_labels="verify", **strict), ws.store.examples("heldout"),
+                           pd.DataFrame())
     doubted = verified["reason"].str.startswith("verifiers disagree")
     assert doubted.sum() >= 5  # bars this high drop a good part of the traffic
     ctx = _context(ws, pseudo_labels="weigh", **strict)

@@ -237,8 +237,9 @@ def test_a_workspace_from_before_the_split_gets_stored_parts_and_its_old_config_
     from core.workspace import open_workspace
 
     con = duckdb.connect(str(baseline_ws.db))
-    for sql in ("DROP TABLE heldout_parts", "DROP TABLE auth_failures", "DROP TABLE api_tokens",
-                "ALTER TABLE gates DROP COLUMN override", "ALTER TABLE cycles DROP COLUMN tries"):  # back to v7
+    for sql in ("DROP TABLE label_requests", "DROP TABLE heldout_parts", "DROP TABLE auth_failures",
+                "DROP TABLE api_tokens", "ALTER TABLE gates DROP COLUMN override",
+                "ALTER TABLE cycles DROP COLUMN tries"):  # back to v7
         con.execute(sql)
     con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     con.close()
