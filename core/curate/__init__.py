@@ -105,7 +105,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         # Written text can be asked for any difficulty: the class's requested mix decides what is kept, level by
         # level (a level's quota rounded up, so a handful of samples is not all dropped), with no spill-over
         # from a level that has too many. Traffic is what it is: its difficulty is
-        # measured, and the mix only orders it when the cap binds (weighting traffic to the mix cost 0.4-0.5
+        # measured, and the mix only orders it when the cap binds (weighting traffic to the mix cost 0.1-0.5
         # points on Banking77, keeping only part of it more).
         quotas = [math.ceil(min(len(made), cap) * share) for share in ctx.requested_mix(label)]
         chosen = [i for level, quota in enumerate(quotas)
