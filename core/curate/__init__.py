@@ -155,7 +155,7 @@ def difficulty_report(samples: pd.DataFrame, ctx: Context) -> dict:
 
 def asks_report(samples: pd.DataFrame, asks: dict) -> dict:
     """Per diagnosis ask: how many samples it asked for, how many the generators produced and kept for it."""
-    target = samples["scores"].map(lambda raw: json.loads(raw or "{}").get("target"))
+    target = samples["target"]
     kept = samples["status"].isin(["kept", "approved"])
     out = {}
     for key, n in asks.items():

@@ -22,7 +22,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from core.curate.propagate import propagate
+from core.curate.propagate import neighbours, propagate
 from core.curate.registry import Context
 from core.curate.self_label import pool_teacher
 
@@ -31,19 +31,11 @@ NEAR_DUPLICATE = 0.95  # cosine above which a text counts as the same request as
 SUGGESTIONS = 3  # the model's top labels shown with each request, one button each
 
 
-def density(emb: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+def density(emb: np.ndarray, k: int) -> np.ndarray:
     """Mean cosine similarity of each row to its k most similar other rows (embeddings are normalized)."""
-    n = len(emb)
-    if n < 2:
-        return np.ones(n)
-    kk = min(k, n - 1)
-    out = np.zeros(n)
-    for start in range(0, n, chunk):  # chunks bound the similarity matrix's memory
-        sims = emb[start:start + chunk] @ emb.T
-        local = np.arange(len(sims))
-        sims[local, start + local] = -np.inf  # not its own neighbour
-        out[start:start + chunk] = -np.partition(-sims, kk - 1, axis=1)[:, :kk].mean(1)
-    return np.clip(out, 0.0, 1.0)
+    if len(emb) < 2:
+        return np.ones(len(emb))
+    return np.clip(neighbours(emb, k)[1].mean(1), 0.0, 1.0)
 
 
 def choose(ctx: Context, n: int, exclude: set[str] | frozenset = frozenset()) -> pd.DataFrame:

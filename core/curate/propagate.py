@@ -14,20 +14,27 @@ from scipy import sparse
 CHUNK = 2048
 
 
-def knn_graph(emb: np.ndarray, k: int, power: float = 3.0) -> sparse.csr_matrix:
-    """Symmetric normalized affinity D^-1/2 W D^-1/2 over each node's k most similar nodes (cosine)."""
+def neighbours(emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k most similar other rows (cosine; embeddings are normalized): their indices and similarities,
+    unordered. Chunked, so the similarity matrix's memory stays bounded."""
     n = len(emb)
     k = max(1, min(k, n - 1))
-    rows, cols, vals = [], [], []
+    index, sims_out = np.zeros((n, k), dtype=np.int64), np.zeros((n, k), dtype=np.float32)
     for start in range(0, n, CHUNK):
         sims = emb[start:start + CHUNK] @ emb.T
         local = np.arange(len(sims))
-        sims[local, start + local] = -np.inf  # no self loops
+        sims[local, start + local] = -np.inf  # not its own neighbour
         nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        rows.append(np.repeat(start + local, k))
-        cols.append(nn.ravel())
-        vals.append(np.maximum(sims[local[:, None], nn], 0).ravel() ** power)
-    w = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        index[start:start + CHUNK], sims_out[start:start + CHUNK] = nn, sims[local[:, None], nn]
+    return index, sims_out
+
+
+def knn_graph(emb: np.ndarray, k: int, power: float = 3.0) -> sparse.csr_matrix:
+    """Symmetric normalized affinity D^-1/2 W D^-1/2 over each node's k most similar nodes (cosine)."""
+    n = len(emb)
+    nn, sims = neighbours(emb, k)
+    rows = np.repeat(np.arange(n), nn.shape[1])
+    w = sparse.csr_matrix((np.maximum(sims, 0).ravel() ** power, (rows, nn.ravel())), shape=(n, n))
     w = w + w.T
     degree = np.asarray(w.sum(1)).ravel()
     inv = sparse.diags(1.0 / np.sqrt(np.maximum(degree, 1e-12)))

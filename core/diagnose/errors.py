@@ -170,17 +170,19 @@ def asks(findings: pd.DataFrame, samples_per_error: int) -> dict[str, int]:
         detail = json.loads(row["detail"])
         if detail.get("trend") == "fixed":
             continue
-        asked = detail.get("asked")
+        # a diagnosis stored before findings carried `asked`: its severity is the count of explained errors
+        asked = detail.get("asked", row["severity"] * samples_per_error)
         if row["kind"] in PAIR_KINDS:
-            key = f"pair:{detail['true']}->{detail['predicted']}"
-            out[key] = out.get(key, 0) + int(asked if asked is not None else row["severity"] * samples_per_error)
+            wanted = {f"pair:{detail['true']}->{detail['predicted']}": asked}
         elif row["kind"] == "weak_class":
-            key = f"class:{row['subject']}"
-            out[key] = out.get(key, 0) + int(asked if asked is not None else row["severity"] * samples_per_error)
+            wanted = {f"class:{row['subject']}": asked}
         elif row["kind"] == "error_cluster":
-            per_label = asked or {k: v * samples_per_error for k, v in detail.get("labels", {}).items()}
-            for label, n in per_label.items():
-                out[f"class:{label}"] = out.get(f"class:{label}", 0) + int(n)
+            per_label = detail.get("asked") or {k: v * samples_per_error for k, v in detail.get("labels", {}).items()}
+            wanted = {f"class:{label}": n for label, n in per_label.items()}
+        else:
+            continue
+        for key, n in wanted.items():
+            out[key] = out.get(key, 0) + int(n)
     return out
 
 
