@@ -50,6 +50,14 @@ class ModelConfig(_Section):
     lora_layer_ids: list[Annotated[int, Field(ge=0)]] = []
     # Cosine-similarity head scale: logits = scale * cos(embedding, class weight).
     head_scale: float = Field(20.0, gt=0)
+    # A version's memory (core.model.Memory): the share of the k nearest training rows' vote in its predictions.
+    # 0 saves no memory: the head alone predicts.
+    memory_weight: float = Field(0.5, ge=0, le=1)
+    memory_k: int = Field(10, ge=1, le=200)
+    memory_temperature: float = Field(0.05, gt=0, le=10)
+    # "auto": train and embed in bfloat16 where the hardware computes it natively (CUDA; a CPU with AVX-512 BF16
+    # or AMX), else fp32; "fp32": always fp32 (bit-for-bit the same results on every machine).
+    precision: Literal["auto", "fp32"] = "auto"
 
 
 class TrainConfig(_Section):

@@ -126,10 +126,10 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
 
 def _prototype_head(model: M.TextClassifier, tokenizer, texts, label_ids, num_labels, max_length,
-                    warmup_steps: int, row_weights: np.ndarray | None = None) -> None:
+                    warmup_steps: int, row_weights: np.ndarray | None = None, bf16: bool = False) -> None:
     """Start the head at each class's (weighted) mean embedding, then fit it on the frozen embeddings (cheap:
     the encoder runs once), so LoRA training starts from a good linear probe instead of a random head."""
-    emb = M.embed_texts(tokenizer, model, list(texts), max_length)
+    emb = M.embed_texts(tokenizer, model, list(texts), max_length, bf16=bf16)
     row_weights = np.ones(len(emb)) if row_weights is None else np.asarray(row_weights, dtype=float)
     weight = np.random.default_rng(0).normal(0, 0.01, size=(num_labels, emb.shape[1])).astype(np.float32)
     for c in range(num_labels):
@@ -152,13 +152,14 @@ def _prototype_head(model: M.TextClassifier, tokenizer, texts, label_ids, num_la
 
 
 @torch.no_grad()
-def _evaluate(model, tokenizer, texts, label_ids, max_length, dev) -> tuple[float, float]:
+def _evaluate(model, tokenizer, texts, label_ids, max_length, dev, bf16: bool = False) -> tuple[float, float]:
     model.eval()
     losses, correct = [], 0
     for start in range(0, len(texts), 128):
         batch = M.tokenize(tokenizer, texts[start:start + 128], max_length)
         target = torch.as_tensor(label_ids[start:start + 128], device=dev)
-        logits = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev)).float()
+        with M.autocast(bf16):
+            logits = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev)).float()
         losses.append(F.cross_entropy(logits, target, reduction="sum").item())
         correct += int((logits.argmax(-1) == target).sum())
     model.train()
@@ -209,11 +210,11 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # A row's weight in the loss: how sure its labeling teacher was (1 for seed and human labels).
     # A row without one (a file written by hand, an older run's) counts fully.
-    weights = data["weight"].fillna(1.0).to_numpy(dtype=float) if "weight" in data else np.ones(len(data))
+    row_weights = data["weight"].fillna(1.0).to_numpy(dtype=float) if "weight" in data else np.ones(len(data))
     _prototype_head(model, tokenizer, data["text"].tolist(), train_ids, len(spec.labels), mcfg.max_length,
-                    tcfg.head_warmup_steps, weights)
+                    tcfg.head_warmup_steps, row_weights, bf16=mcfg.precision == "auto")
 
-    items = list(zip(data["text"].tolist(), train_ids.tolist(), weights.tolist()))
+    items = list(zip(data["text"].tolist(), train_ids.tolist(), row_weights.tolist()))
 
     def collate(batch):
         enc = M.tokenize(tokenizer, [t for t, _, _ in batch], mcfg.max_length)
@@ -279,7 +280,8 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
         for batch in epoch_loader:
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * schedule(step) * doctor.lr_scale
-            logits = model(batch["input_ids"], batch["attention_mask"])
+            with M.autocast(mcfg.precision == "auto"):
+                logits = model(batch["input_ids"], batch["attention_mask"])
             per_row = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=tcfg.label_smoothing,
                                       reduction="none")
             loss = (per_row * batch["weights"]).sum() / batch["weights"].sum().clamp_min(1e-8)
@@ -320,7 +322,7 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
             if step % eval_every == 0 or step == total:
                 if accelerator.is_main_process:
                     val_loss, val_acc = _evaluate(unwrapped, tokenizer, eval_texts, eval_ids, mcfg.max_length,
-                                                  accelerator.device)
+                                                  accelerator.device, bf16=mcfg.precision == "auto")
                     sink.add(step, "val_loss", val_loss, ep)
                     sink.add(step, "val_acc", val_acc, ep)
                     sink.flush()
@@ -358,7 +360,11 @@ def train(spec: TrainSpec, progress: bool = True) -> dict:
         # The version keeps the best validation state seen, not merely the last one.
         if best_path.exists():
             M.load_trainable_state(unwrapped, load_file(str(best_path)))
-        files = M.save_version(unwrapped, spec.labels, mcfg, Path(spec.output_dir))
+        memory = None
+        if mcfg.memory_weight > 0:  # what it trained on, embedded by the state it keeps
+            memory = M.build_memory(unwrapped, tokenizer, data["text"].tolist(), train_ids, row_weights, mcfg)
+            result["memory_rows"] = len(memory.emb)
+        files = M.save_version(unwrapped, spec.labels, mcfg, Path(spec.output_dir), memory)
         result["files"] = files
         atomic.write_json(Path(spec.checkpoint_dir) / "result.json", result)
     accelerator.wait_for_everyone()

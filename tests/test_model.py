@@ -54,3 +54,19 @@ def test_evolve_on_damaged_production_fails_before_writing(baseline_ws, capsys):
     err = capsys.readouterr().err.strip()
     assert "head.safetensors was altered or truncated" in err and len(err.splitlines()) == 1
     assert len(baseline_ws.store.cycles()) == 1 and len(baseline_ws.store.audit_entries()) == before
+
+
+def test_a_version_embeds_in_the_precision_it_trained_in(baseline_ws, tmp_path):
+    from core.config import ModelConfig
+
+    loaded = registry.load(baseline_ws, baseline_ws.store.alias("production"))
+    texts = baseline_ws.store.examples("heldout")["text"].tolist()
+    for precision in ("fp32", "auto"):
+        cfg = ModelConfig(max_length=loaded.max_length, head_scale=loaded.model.scale, precision=precision)
+        files = M.save_version(loaded.model, loaded.labels, cfg, tmp_path / precision, None)
+        assert M.load_version(tmp_path / precision, files, precision).bf16 is (precision == "auto")
+    fp32 = M.embed_texts(loaded.tokenizer, loaded.model, texts, loaded.max_length)
+    np.testing.assert_array_equal(fp32, M.embed_texts(loaded.tokenizer, loaded.model, texts, loaded.max_length,
+                                                      bf16=False))
+    bf16 = M.embed_texts(loaded.tokenizer, loaded.model, texts, loaded.max_length, bf16=True)
+    assert (fp32 * bf16).sum(1).min() > 0.995  # the same vectors, at most rounded

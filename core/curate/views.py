@@ -58,7 +58,8 @@ class FrozenView:
             if self._loaded is None:
                 self._loaded = M.load_base(str(self.folder))
             by_key = dict(zip(keys, texts))
-            fresh = M.embed_texts(*self._loaded, [by_key[k] for k in missing], self.max_length, progress=progress)
+            fresh = M.embed_texts(*self._loaded, [by_key[k] for k in missing], self.max_length, progress=progress,
+                                  bf16=True)
             self._vectors.update(zip(missing, fresh))
             self._write_cache()
         if not texts:

@@ -35,18 +35,24 @@ _banks_lock = threading.Lock()
 
 
 def bank_for(ws, loaded: M.Loaded) -> Bank:
-    """The workspace's labeled seed embedded by this model version, cached per (workspace, version)."""
+    """What retrieval votes with, cached per (workspace, version): the version's memory (every row it trained
+    on, verified samples included) plus seed rows labeled since; the labeled seed alone for a version without one."""
     key = (str(ws.root.resolve()), loaded.version)
     with _banks_lock:
         if key not in _banks:
             seed = ws.store.seed_examples()  # with people's answers to label requests
-            _banks[key] = make_bank(loaded, seed["text"].tolist(), seed["label"].tolist())
+            bank = make_bank(loaded, seed["text"].tolist(), seed["label"].tolist())
+            if loaded.memory is not None:
+                new = loaded.memory.rows_of(seed["text"].tolist()) < 0
+                bank = Bank(loaded.version, np.vstack([loaded.memory.emb, bank.emb[new]]),
+                            np.concatenate([loaded.memory.label_idx, bank.label_idx[new]]))
+            _banks[key] = bank
         return _banks[key]
 
 
 def make_bank(loaded: M.Loaded, texts: list[str], labels: list[str]) -> Bank:
     index = {name: i for i, name in enumerate(loaded.labels)}
-    emb = M.embed_texts(loaded.tokenizer, loaded.model, texts, loaded.max_length)
+    emb = M.embed_and_proba(loaded, texts)[0]  # a row the version trained on is not encoded again
     return Bank(loaded.version, emb, np.asarray([index[label] for label in labels], dtype=np.int64))
 
 
