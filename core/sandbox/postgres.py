@@ -129,6 +129,7 @@ max_wal_size = 2GB
 autovacuum = off
 temp_file_limit = 64MB
 log_min_messages = warning
+timezone = 'UTC'
 log_min_error_statement = panic
 """)
         # The admin connects to anything; every other role only to the database named like itself (its clone).
@@ -281,7 +282,7 @@ class PostgresSandbox:
             admin.execute(S.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY {}").format(
                 ident, S.Identifier(self.base_name), ident, S.SQL(self.strategy)))
             admin.execute(S.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
-            options = (f"-c statement_timeout={self.timeout_ms} -c lock_timeout={self.timeout_ms} "
+            options = (f"-c statement_timeout={self.timeout_ms} -c lock_timeout={self.timeout_ms} -c timezone=UTC "
                        f"-c idle_in_transaction_session_timeout={10 * self.timeout_ms}")
             try:
                 conn = self._connect(name, name, password, options=options)
@@ -407,11 +408,11 @@ def _strength(mode: str) -> int:
 
 
 def _segments(scr) -> list[tuple[bool, list[str]]]:
-    """Consecutive transactional statements form one transaction; each statement that cannot run in one
-    stands alone."""
+    """Consecutive transactional statements form one transaction, up to the migration's own COMMIT; each
+    statement that cannot run in one stands alone."""
     out: list[tuple[bool, list[str]]] = []
-    for stmt, alone in zip(scr.statements, scr.alone):
-        if alone or not out or out[-1][0]:
+    for stmt, alone, fresh in zip(scr.statements, scr.alone, scr.fresh):
+        if alone or fresh or not out or out[-1][0]:
             out.append((alone, [stmt]))
         else:
             out[-1][1].append(stmt)

@@ -58,6 +58,7 @@ WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class Screen:
     statements: list[str] = field(default_factory=list)  # to run, in order, BEGIN/COMMIT removed
     alone: list[bool] = field(default_factory=list)  # per statement: must run outside a transaction block
+    fresh: list[bool] = field(default_factory=list)  # per statement: starts a new transaction (after a COMMIT)
     refused: str | None = None  # why it must never run (an escape attempt)
     unsupported: str | None = None  # parsable, harmless, but not something the sandbox can check
     parse_error: str | None = None  # the parser's message: the migration does not parse
@@ -194,10 +195,14 @@ def screen(sql: str) -> Screen:
         out.refused = why
         return out
     out.relations = {n.relname for n in _walk(tuple(r.stmt for r in raw)) if isinstance(n, ast.RangeVar)}
+    in_block = False  # inside the migration's own BEGIN ... COMMIT: PostgreSQL refuses CONCURRENTLY there
+    committed = False  # the migration's own COMMIT ends a transaction: what follows starts a new one
     for r, text in zip(raw, texts):
         stmt = r.stmt
         if isinstance(stmt, ast.TransactionStmt):
             if stmt.kind in DROPPED_TRANSACTION:
+                in_block = stmt.kind != enums.TransactionStmtKind.TRANS_STMT_COMMIT
+                committed = committed or not in_block
                 continue
             if stmt.kind in UNSUPPORTED_TRANSACTION:
                 out.unsupported = "ROLLBACK or PREPARE TRANSACTION: the sandbox owns the transaction"
@@ -206,7 +211,9 @@ def screen(sql: str) -> Screen:
             out.unsupported = "COPY to or from the client is not part of a migration check"
             return out
         out.statements.append(text)
-        out.alone.append(_alone(stmt))
+        out.alone.append(_alone(stmt) and not in_block)
+        out.fresh.append(committed)
+        committed = False
     if not out.statements:
         out.parse_error = "no statement besides BEGIN/COMMIT"
     return out
