@@ -162,22 +162,42 @@ class Base:
     tables: dict[str, dict]  # name -> {"oid", "relfilenode", "rows", "columns": {attnum: (name, non_null, distinct)}}
     views: dict[str, int]  # name -> oid
     size: int  # bytes
+    sequences: dict[str, tuple[int, bool]] = field(default_factory=dict)  # name -> (last_value, is_called)
+
+
+@dataclass
+class Clone:
+    """A database cloned from the template, the login role that owns it, and that role's session."""
+    name: str
+    conn: psycopg.Connection
+    checks: int = 0
 
 
 class PostgresSandbox:
-    """check(sql) -> Outcome in a fresh clone; check_many runs clones in parallel.
+    """check(sql) -> Outcome; check_many runs `workers` clones in parallel.
 
     dsn: an admin connection (superuser, or CREATEDB + CREATEROLE) to a server the sandbox may create
     databases and roles on; everything it creates carries a per-sandbox prefix and is dropped by close().
+
+    mode "rollback" (default): PostgreSQL's DDL is transactional, so a migration that is one transaction runs
+    in a clone the worker keeps, is measured inside its transaction and rolled back; the base sequences are
+    reset and the session discarded, which returns the clone to the template's state (a clone is recycled
+    after `recycle_after` checks, after anything unusual, and whenever a migration was contained). A migration
+    with its own COMMITs or statements that cannot run in a transaction (CONCURRENTLY, VACUUM) always gets a
+    fresh clone, where it commits for real. mode "clone": every check gets a fresh clone (slower; the tests
+    compare both).
     """
 
     def __init__(self, dsn: str, *, workers: int = 2, statement_timeout_ms: int = 2000,
-                 max_growth_mb: int = 64, strategy: str = "FILE_COPY", cluster: LocalCluster | None = None):
+                 max_growth_mb: int = 64, strategy: str = "FILE_COPY", mode: str = "rollback",
+                 recycle_after: int = 200, cluster: LocalCluster | None = None):
         self.dsn = dsn
         self.workers = max(1, workers)
         self.timeout_ms = statement_timeout_ms
         self.max_growth = max_growth_mb * 1024 * 1024
-        self.strategy = strategy  # FILE_COPY clones a small template faster than WAL_LOG (measured: bench)
+        self.strategy = strategy  # FILE_COPY: measured a little faster than WAL_LOG for this small template
+        self.mode = mode
+        self.recycle_after = recycle_after
         self.cluster = cluster
         self.prefix = f"evolab_sbx_{secrets.token_hex(4)}"
         self.base_name = f"{self.prefix}_base"
@@ -185,7 +205,9 @@ class PostgresSandbox:
         self._counter = itertools.count(1)
         self._local = threading.local()
         self._admins: list[psycopg.Connection] = []
+        self._clones: list[Clone] = []
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self.base = self._build()
 
@@ -248,6 +270,69 @@ class PostgresSandbox:
                       .format(S.Identifier(self.base_name)))
         return base
 
+    # -- clones ----------------------------------------------------------------------------------------------
+    def _new_clone(self) -> Clone:
+        """A login role (no superuser, no CREATEDB/CREATEROLE, member of the base objects' owner) and a clone
+        it owns and only it may connect to, with its session open under the sandbox's limits."""
+        name = f"{self.prefix}_c{next(self._counter)}"
+        password = secrets.token_urlsafe(18)
+        admin = self._admin()
+        ident = S.Identifier(name)
+        admin.execute(S.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+                            "CONNECTION LIMIT 2 PASSWORD {} IN ROLE {}")
+                      .format(ident, S.Literal(password), S.Identifier(self.owner)))
+        try:
+            admin.execute(S.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY {}").format(
+                ident, S.Identifier(self.base_name), ident, S.SQL(self.strategy)))
+            admin.execute(S.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
+            options = (f"-c statement_timeout={self.timeout_ms} -c lock_timeout={self.timeout_ms} -c timezone=UTC "
+                       f"-c idle_in_transaction_session_timeout={10 * self.timeout_ms}")
+            clone = Clone(name, self._connect(name, name, password, options=options, autocommit=True))
+        except BaseException:
+            self._drop(name)
+            raise
+        with self._lock:
+            self._clones.append(clone)
+        return clone
+
+    def _drop(self, name: str) -> None:
+        admin = self._admin()
+        admin.execute(S.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(S.Identifier(name)))
+        admin.execute(S.SQL("DROP ROLE IF EXISTS {}").format(S.Identifier(name)))
+
+    def _retire(self, clone: Clone) -> None:
+        try:
+            clone.conn.close()
+        finally:
+            self._drop(clone.name)
+            with self._lock:
+                if clone in self._clones:
+                    self._clones.remove(clone)
+            if getattr(self._local, "clone", None) is clone:
+                self._local.clone = None
+
+    def _worker_clone(self) -> Clone:
+        clone = getattr(self._local, "clone", None)
+        if clone is not None and (clone.conn.closed or clone.checks >= self.recycle_after):
+            self._retire(clone)
+            clone = None
+        if clone is None:
+            clone = self._local.clone = self._new_clone()
+        return clone
+
+    def _reset(self, clone: Clone) -> None:
+        """After a rolled-back check: what a rollback does not undo (sequence values, session state)."""
+        conn = clone.conn
+        _autocommit(conn, True)
+        conn.execute(self._sequence_reset)
+        conn.execute("DISCARD ALL")
+
+    @property
+    def _sequence_reset(self):
+        return S.SQL("SELECT {}").format(S.SQL(", ").join(
+            S.SQL("setval({}, {}, {})").format(S.Literal(seq), S.Literal(value), S.Literal(called))
+            for seq, (value, called) in self.base.sequences.items()))
+
     # -- one check -------------------------------------------------------------------------------------------
     def check(self, migration: str) -> Outcome:
         start = time.perf_counter()
@@ -256,11 +341,13 @@ class PostgresSandbox:
         return out
 
     def check_many(self, migrations: list[str]) -> list[Outcome]:
-        """Outcomes in input order; `workers` clones at a time."""
+        """Outcomes in input order; `workers` clones at a time (the worker threads and their clones persist
+        across calls until close())."""
         if self.workers == 1 or len(migrations) < 2:
             return [self.check(m) for m in migrations]
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox") as pool:
-            return list(pool.map(self.check, migrations))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
+        return list(self._pool.map(self.check, migrations))
 
     def _check(self, migration: str) -> Outcome:
         scr = screen(migration)
@@ -271,30 +358,30 @@ class PostgresSandbox:
             return contained(f"refused before execution: {scr.refused}", backend=BACKEND)
         if scr.unsupported:
             return Outcome(None, f"unsupported: {scr.unsupported}", backend=BACKEND)
-        name = f"{self.prefix}_c{next(self._counter)}"
-        password = secrets.token_urlsafe(18)
-        admin = self._admin()
-        ident = S.Identifier(name)
-        try:
-            admin.execute(S.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                                "NOBYPASSRLS CONNECTION LIMIT 2 PASSWORD {} IN ROLE {}")
-                          .format(ident, S.Literal(password), S.Identifier(self.owner)))
-            admin.execute(S.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY {}").format(
-                ident, S.Identifier(self.base_name), ident, S.SQL(self.strategy)))
-            admin.execute(S.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
-            options = (f"-c statement_timeout={self.timeout_ms} -c lock_timeout={self.timeout_ms} -c timezone=UTC "
-                       f"-c idle_in_transaction_session_timeout={10 * self.timeout_ms}")
+        one_transaction = len(_segments(scr)) == 1 and not any(scr.alone)
+        if self.mode == "rollback" and one_transaction:
+            clone = self._worker_clone()
+            clone.checks += 1
             try:
-                conn = self._connect(name, name, password, options=options)
-            except psycopg.OperationalError as e:
-                return Outcome(None, f"sandbox error: could not connect to the clone: {e}", backend=BACKEND)
-            with conn:
-                return self._run(conn, scr)
+                out = self._run(clone.conn, scr, commit=False)
+                self._reset(clone)
+            except BaseException:
+                self._retire(clone)
+                raise
+            if out.escape or clone.conn.closed:
+                self._retire(clone)  # whatever it tried, the next check starts from a new clone
+            return out
+        try:
+            clone = self._new_clone()
+        except psycopg.OperationalError as e:
+            return Outcome(None, f"sandbox error: could not open a clone: {e}", backend=BACKEND)
+        try:
+            return self._run(clone.conn, scr, commit=True)
         finally:
-            admin.execute(S.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-            admin.execute(S.SQL("DROP ROLE IF EXISTS {}").format(ident))
+            self._retire(clone)
 
-    def _run(self, conn: psycopg.Connection, scr) -> Outcome:
+    def _run(self, conn: psycopg.Connection, scr, *, commit: bool) -> Outcome:
+        """Run and measure. commit=False: one transaction, measured and then rolled back (the caller resets)."""
         base = self.base
         oids = [t["oid"] for t in base.tables.values()] + list(base.views.values())
         by_oid = {t["oid"]: name for name, t in base.tables.items()} | {o: n for n, o in base.views.items()}
@@ -302,15 +389,19 @@ class PostgresSandbox:
         blocking: list[str] = []
         unobserved = 0
         n = len(scr.statements)
+        _autocommit(conn, True)
+        size0 = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         try:
             for alone, stmts in _segments(scr):
                 if alone:  # CREATE INDEX CONCURRENTLY, VACUUM ...: PostgreSQL refuses them in a transaction
-                    conn.autocommit = True
+                    _autocommit(conn, True)
                     conn.execute(stmts[0])
                     unobserved += 1
                     continue
-                conn.autocommit = False
-                read = {}
+                _autocommit(conn, False)
+                # The counters include reads of earlier transactions not yet flushed to the shared stats:
+                # the baseline is read inside this transaction, where no flush happens.
+                _, read = _observe(conn, oids)
                 for stmt in stmts:
                     conn.execute(stmt)
                     held, read_now = _observe(conn, oids)
@@ -324,12 +415,15 @@ class PostgresSandbox:
                                 and not any(b.startswith(f"{name}:") for b in blocking)):
                             blocking.append(f"{name}: all {rows} rows read under {max(strong, key=_strength)}")
                     read = read_now
+                # Deferred constraints would be checked at COMMIT: check them now, inside the transaction.
+                conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-                if size - base.size > self.max_growth:
+                if size - size0 > self.max_growth:
                     conn.rollback()
-                    return contained(f"grew the database by {(size - base.size) >> 20} MB, over the limit",
+                    return contained(f"grew the database by {(size - size0) >> 20} MB, over the limit",
                                      backend=BACKEND, statements=n)
-                conn.commit()
+                if commit:
+                    conn.commit()
         except psycopg.Error as e:
             _rollback(conn)
             state = e.sqlstate
@@ -341,14 +435,13 @@ class PostgresSandbox:
                                    rewritten=[], blocking_scans=[])
             return Outcome(label, reason, sqlstate=state, error=str(e)[:500], backend=BACKEND, statements=n,
                            locks=sorted(f"{t}: {m}" for t, ms in locks.items() for m in ms))
-        conn.autocommit = False
+        _autocommit(conn, False)  # commit=False: still inside the migration's transaction
         try:
             # Tables the migration took no lock on cannot have changed; a statement run outside a transaction
             # was not observed, so then every table is counted again.
             touched = set(base.tables) if unobserved else set(locks) & set(base.tables)
             counts, dropped, rewritten = _measure_after(conn, base, touched)
-            conn.commit()
-            broken = _run_app_queries(conn)
+            broken = _run_app_queries(conn)  # each in a savepoint; ends with a rollback (of the migration too)
         except psycopg.Error as e:
             _rollback(conn)
             return contained(f"stopped while measuring: {e.sqlstate} {str(e)[:200]}", backend=BACKEND,
@@ -363,7 +456,7 @@ class PostgresSandbox:
 
     # -- cleanup ---------------------------------------------------------------------------------------------
     def leftovers(self) -> dict[str, list[str]]:
-        """Databases and roles this sandbox created that still exist (besides the template and its owner)."""
+        """Clone databases and roles of this sandbox that exist now (besides the template and its owner)."""
         admin = self._admin()
         like = f"{self.prefix}\\_c%"
         dbs = [r[0] for r in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [like])]
@@ -376,6 +469,10 @@ class PostgresSandbox:
             return
         self._closed = True
         try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            for clone in list(self._clones):
+                clone.conn.close()
             admin = self._admin()
             left = self.leftovers()
             for db in left["databases"]:
@@ -464,8 +561,11 @@ def _measure_base(conn) -> Base:
         tables[name] = {"oid": oid, "relfilenode": node, "rows": rows,
                         "columns": {num: (col, *v) for (num, col), v in zip(cols.items(), values)}}
     size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    sequences = {name: tuple(conn.execute(S.SQL("SELECT last_value, is_called FROM {}").format(S.Identifier(name)))
+                             .fetchone()) for (name,) in conn.execute(
+        "SELECT relname FROM pg_class WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace").fetchall()}
     conn.rollback()
-    return Base(tables=tables, views=views, size=size)
+    return Base(tables=tables, views=views, size=size, sequences=sequences)
 
 
 def _measure_after(conn, base: Base, touched: set[str]):
@@ -514,7 +614,7 @@ def _measure_after(conn, base: Base, touched: set[str]):
 def _run_app_queries(conn) -> list[str]:
     """Each application query in its own savepoint; all of it rolled back. Returns 'name: error' per failure."""
     broken = []
-    conn.autocommit = False
+    _autocommit(conn, False)
     for name, query in schema.APP_QUERIES.items():
         conn.execute("SAVEPOINT app")
         try:
@@ -527,6 +627,12 @@ def _run_app_queries(conn) -> list[str]:
             broken.append(f"{name}: {e.sqlstate} {str(e).splitlines()[0][:160]}")
     conn.rollback()
     return broken
+
+
+def _autocommit(conn, value: bool) -> None:
+    """psycopg refuses to set autocommit inside a transaction even to its current value."""
+    if conn.autocommit != value:
+        conn.autocommit = value
 
 
 def _rollback(conn) -> None:
