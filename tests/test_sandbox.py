@@ -247,6 +247,7 @@ def test_duckdb_fallback_reports_locks_and_rewrites_as_unverifiable():
             "SELECT count(*) FROM read_csv('/etc/passwd')",
             "SET ROLE evolab_admin",
         ]}
+    assert not duck.root.exists(), "the DuckDB clones' folder is left behind"
     labels = [o.label for o in outcomes.values()]
     assert labels == [None, None, "loses_data", "fails", "breaks_queries", None, None, None]
     for o in outcomes.values():

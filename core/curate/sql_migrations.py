@@ -178,8 +178,8 @@ GRAMMAR: dict[str, dict[str, dict[int, list[Variant]]]] = {
     },
     "not_null": {
         "safe": {1: [lambda r: f"ALTER TABLE refunds ALTER COLUMN {_pick(r, ['reason', 'amount'])} SET NOT NULL;"],
-                 2: [lambda r: f"UPDATE plans SET max_seats = 1000 WHERE max_seats IS NULL;\n"
-                               f"ALTER TABLE plans ALTER COLUMN max_seats SET NOT NULL;"]},
+                 2: [lambda r: "UPDATE plans SET max_seats = 1000 WHERE max_seats IS NULL;\n"
+                               "ALTER TABLE plans ALTER COLUMN max_seats SET NOT NULL;"]},
         "fails": {0: [lambda r: "ALTER TABLE {} ALTER COLUMN {} SET NOT NULL;".format(*_pick(r, WITH_NULLS))]},
         "rewrites_table": {2: [lambda r: _pick(r, [
             "UPDATE orders SET status = 'pending' WHERE status IS NULL;\nALTER TABLE orders ALTER COLUMN status SET NOT NULL;",
@@ -323,8 +323,10 @@ def generate(label: str, level: int, rng: random.Random, family: str | None = No
     main = make(rng)
     if level <= 1:
         return main, fam
+    # A statement that drops or renames a table goes last, so the others do not name a table that is gone.
+    last = "DROP TABLE" in main or "RENAME TO" in main
     if level == 2 or _alone(main):
-        parts = [_noise(rng), main] if rng.random() < 0.5 else [main, _noise(rng)]
+        parts = [_noise(rng), main] if last or rng.random() < 0.5 else [main, _noise(rng)]
         return "\n".join(parts), fam
     side = []
     weaker = PRECEDENCE[PRECEDENCE.index(label) + 1:-1]  # less serious, and not safe (noise is the safe part)
@@ -332,9 +334,9 @@ def generate(label: str, level: int, rng: random.Random, family: str | None = No
         pick = rng.choice(weaker)
         cands = [v for lvl in (0, 1) for _, v in variants(pick, lvl)]
         side_sql = rng.choice(cands)(rng)
-        if not _alone(side_sql):
+        if not _alone(side_sql) and "DROP TABLE" not in side_sql and "RENAME TO" not in side_sql:
             side.append(side_sql)
-    body = [_noise(rng), *side, main] if rng.random() < 0.5 else [main, *side, _noise(rng)]
+    body = [_noise(rng), *side, main] if last or rng.random() < 0.5 else [main, *side, _noise(rng)]
     return "BEGIN;\n" + "\n".join(body) + "\nCOMMIT;", fam
 
 

@@ -86,16 +86,17 @@ def lost_data(counts: dict, dropped: list[str]) -> list[str]:
     lost = list(dropped)
     for table, c in counts.items():
         b, a = c["rows"]
-        if a is not None and a < b:
-            lost.append(f"{table}: {b - a} of {b} rows gone")
+        gone = max(0, b - a) if a is not None else 0
+        if gone:
+            lost.append(f"{table}: {gone} of {b} rows gone")
         for col, v in c.get("columns", {}).items():
             if v["non_null"][1] is None:
                 if v["non_null"][0]:
                     lost.append(f"{table}.{col}: column with {v['non_null'][0]} values gone")
                 continue
-            if v["non_null"][1] < v["non_null"][0]:
-                lost.append(f"{table}.{col}: {v['non_null'][0] - v['non_null'][1]} values became NULL")
-            elif v["distinct"][1] < v["distinct"][0]:
+            if v["non_null"][0] - v["non_null"][1] > gone:  # more than the deleted rows took with them
+                lost.append(f"{table}.{col}: {v['non_null'][0] - v['non_null'][1] - gone} values became NULL")
+            elif not gone and v["distinct"][1] < v["distinct"][0]:
                 lost.append(f"{table}.{col}: {v['distinct'][0]} distinct values became {v['distinct'][1]}")
     return lost
 

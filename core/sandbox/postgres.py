@@ -1,16 +1,18 @@
-"""Migrations executed in real PostgreSQL: a throwaway cluster, a template database, one clone per check.
+"""Migrations executed in real PostgreSQL: a throwaway cluster, a template database, clones of it.
 
-A check: create a login role for it (no superuser, no CREATEDB/CREATEROLE, member of the role that owns the
-base objects), clone the template as a database that role owns and only it may connect to, run the migration
-as that role under a statement timeout, measure, then drop the clone and the role. The role never runs
-anything but the candidate migration and the measurements; the admin connection never runs a query inside a
-clone after the migration has run there (a migration could have planted functions for whoever reads next).
+A clone: a login role (no superuser, no CREATEDB/CREATEROLE, member of the role that owns the base objects)
+and a database cloned from the template that the role owns and only it may connect to. The migration runs as
+that role under a statement timeout; the admin connection never runs a query inside a clone after a migration
+has run there (a migration could have planted functions for whoever reads next). A migration that is one
+transaction is measured inside its transaction and rolled back, in a clone the worker keeps; anything else
+(its own COMMITs, CONCURRENTLY, VACUUM) gets a fresh clone that is dropped after the check (see
+PostgresSandbox).
 
-Measured per statement inside the migration's transaction (read before it commits): the locks the backend
-holds on pre-existing relations (pg_locks) and how many tuples each table had read (pg_stat_xact_user_tables),
-so "read the whole of orders while holding ShareLock on it" is observed, not assumed. After commit:
-relfilenode per table (a rewrite gives new storage), row/non-null/distinct counts of the tables it touched,
-and the application queries.
+Measured per statement inside the migration's transaction (read before it ends): the locks the backend holds
+on pre-existing relations (pg_locks) and how many tuples it has read from each table (pg_stat_xact_user_tables),
+so "read the whole of orders while holding ShareLock on it" is observed, not assumed. Then: relfilenode per
+table (a rewrite gives new storage), row/non-null/distinct counts of the tables it touched, and the
+application queries.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ from core.sandbox.outcome import WRITE_BLOCKING, Outcome, contained, decide
 from core.sandbox.safety import screen
 
 BACKEND = "postgres"
-BINDIR_CANDIDATES = ["/usr/lib/postgresql/{v}/bin".format(v=v) for v in (17, 16, 15, 14, 13)]
 # SQLSTATEs that mean a sandbox wall stopped the migration, not that the migration failed on the data:
 # 57014 statement timeout, 55P03 lock timeout, 25P03 idle timeout, 53/54 resource limits, 42501 a privilege
 # outside the clone (the role owns everything inside it), 57P0x the server ended the session.
@@ -57,9 +58,12 @@ def find_bindir() -> Path:
         found = shutil.which(name)
         if found and Path(found).resolve().parent.joinpath("pg_ctl").exists():
             return Path(found).resolve().parent
-    for candidate in BINDIR_CANDIDATES:
-        if Path(candidate, "initdb").exists() and Path(candidate, "pg_ctl").exists():
-            return Path(candidate)
+    # Debian keeps the server binaries out of PATH, one folder per major version: the newest wins.
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+                      if p.parent.name.isdigit() else 0, reverse=True)
+    for candidate in versions:
+        if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
+            return candidate
     raise PostgresMissing("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
                           "/usr/lib/postgresql/*/bin; install Debian's `postgresql` package (.ci/run does)")
 
@@ -350,6 +354,12 @@ class PostgresSandbox:
         return list(self._pool.map(self.check, migrations))
 
     def _check(self, migration: str) -> Outcome:
+        try:
+            return self._check_screened(migration)
+        except psycopg.OperationalError as e:  # the server, not the migration: one check lost, not the batch
+            return Outcome(None, f"sandbox error: {str(e)[:300]}", backend=BACKEND)
+
+    def _check_screened(self, migration: str) -> Outcome:
         scr = screen(migration)
         if scr.parse_error:
             return Outcome("fails", f"does not parse: {scr.parse_error}", sqlstate="42601",
@@ -371,10 +381,7 @@ class PostgresSandbox:
             if out.escape or clone.conn.closed:
                 self._retire(clone)  # whatever it tried, the next check starts from a new clone
             return out
-        try:
-            clone = self._new_clone()
-        except psycopg.OperationalError as e:
-            return Outcome(None, f"sandbox error: could not open a clone: {e}", backend=BACKEND)
+        clone = self._new_clone()
         try:
             return self._run(clone.conn, scr, commit=True)
         finally:
