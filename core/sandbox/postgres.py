@@ -325,11 +325,15 @@ class PostgresSandbox:
         return clone
 
     def _reset(self, clone: Clone) -> None:
-        """After a rolled-back check: what a rollback does not undo (sequence values, session state)."""
+        """After a rolled-back check: undo what a rollback does not (sequence values, session state), then
+        confirm the clone is the template again (same relations, same storage) or retire it."""
         conn = clone.conn
         _autocommit(conn, True)
         conn.execute(self._sequence_reset)
         conn.execute("DISCARD ALL")
+        now = {name: node for _, name, node, kind in conn.execute(CATALOG).fetchall() if kind in ("r", "p")}
+        if now != {name: t["relfilenode"] for name, t in self.base.tables.items()}:
+            self._retire(clone)
 
     @property
     def _sequence_reset(self):
