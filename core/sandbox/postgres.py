@@ -1,0 +1,654 @@
+"""Migrations executed in real PostgreSQL: a throwaway cluster, a template database, clones of it.
+
+A clone: a login role (no superuser, no CREATEDB/CREATEROLE, member of the role that owns the base objects)
+and a database cloned from the template that the role owns and only it may connect to. The migration runs as
+that role under a statement timeout; the admin connection never runs a query inside a clone after a migration
+has run there (a migration could have planted functions for whoever reads next). A migration that is one
+transaction is measured inside its transaction and rolled back, in a clone the worker keeps; anything else
+(its own COMMITs, CONCURRENTLY, VACUUM) gets a fresh clone that is dropped after the check (see
+PostgresSandbox).
+
+Measured per statement inside the migration's transaction (read before it ends): the locks the backend holds
+on pre-existing relations (pg_locks) and how many tuples it has read from each table (pg_stat_xact_user_tables),
+so "read the whole of orders while holding ShareLock on it" is observed, not assumed. Then: relfilenode per
+table (a rewrite gives new storage), row/non-null/distinct counts of the tables it touched, and the
+application queries.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql as S
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from core.sandbox import schema
+from core.sandbox.outcome import WRITE_BLOCKING, Outcome, contained, decide
+from core.sandbox.safety import screen
+
+BACKEND = "postgres"
+# SQLSTATEs that mean a sandbox wall stopped the migration, not that the migration failed on the data:
+# 57014 statement timeout, 55P03 lock timeout, 25P03 idle timeout, 53/54 resource limits, 42501 a privilege
+# outside the clone (the role owns everything inside it), 57P0x the server ended the session.
+CONTAINED = {"57014": "ran past the statement timeout", "55P03": "waited past the lock timeout",
+             "25P03": "idled in its transaction past the limit", "42501": "needed a privilege outside its clone"}
+CONTAINED_CLASSES = {"53": "hit a resource limit", "54": "hit a program limit", "57": "was stopped by the server"}
+
+
+class PostgresMissing(RuntimeError):
+    pass
+
+
+def find_bindir() -> Path:
+    """The folder holding initdb and pg_ctl: PATH first, then Debian's versioned folders."""
+    for name in ("initdb", "pg_ctl"):
+        found = shutil.which(name)
+        if found and Path(found).resolve().parent.joinpath("pg_ctl").exists():
+            return Path(found).resolve().parent
+    # Debian keeps the server binaries out of PATH, one folder per major version: the newest wins.
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+                      if p.parent.name.isdigit() else 0, reverse=True)
+    for candidate in versions:
+        if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
+            return candidate
+    raise PostgresMissing("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
+                          "/usr/lib/postgresql/*/bin; install Debian's `postgresql` package (.ci/run does)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalCluster:
+    """A throwaway cluster in a temp folder, listening only on a Unix socket inside that folder.
+
+    initdb refuses to run as root, so as root the server runs as the `postgres` user (else `nobody`)."""
+    bindir: Path = field(default_factory=find_bindir)
+    root: Path | None = None
+    port: int = 0
+    admin: str = "evolab_admin"
+    max_connections: int = 40
+    pid: int | None = None
+
+    def _as_user(self) -> dict:
+        if os.geteuid() != 0:
+            return {}
+        for name in ("postgres", "nobody"):
+            try:
+                entry = pwd.getpwnam(name)
+                return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            except KeyError:
+                continue
+        raise PostgresMissing("running as root and neither `postgres` nor `nobody` exists to run the server")
+
+    def _run(self, *args: str) -> None:
+        who = self._as_user()
+        done = subprocess.run([str(self.bindir / args[0]), *args[1:]], capture_output=True, text=True,
+                              timeout=120, cwd=self.root, **who)
+        if done.returncode:
+            log = (self.root / "server.log") if self.root else None
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr[-2000:]} {tail}")
+
+    def start(self) -> "LocalCluster":
+        self.root = Path(tempfile.mkdtemp(prefix="evolab-pg-"))
+        who = self._as_user()
+        if who:
+            os.chown(self.root, who["user"], who["group"])
+        self.port = self.port or _free_port()
+        data = self.root / "data"
+        self._run("initdb", "-D", str(data), "-U", self.admin, "-A", "trust", "-E", "UTF8", "--locale=C",
+                  "--no-sync", "--no-instructions")
+        # Throwaway: durability off (a crash loses nothing of value), no TCP, nothing in the background that
+        # would rewrite a table behind a check's back (autovacuum), limits on temp files.
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(f"""
+listen_addresses = ''
+unix_socket_directories = '{self.root}'
+port = {self.port}
+max_connections = {self.max_connections}
+shared_buffers = 64MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+wal_level = minimal
+max_wal_senders = 0
+max_wal_size = 2GB
+autovacuum = off
+temp_file_limit = 64MB
+log_min_messages = warning
+timezone = 'UTC'
+log_min_error_statement = panic
+""")
+        # The admin connects to anything; every other role only to the database named like itself (its clone).
+        (data / "pg_hba.conf").write_text(f"local all {self.admin} trust\nlocal sameuser all trust\n")
+        self._run("pg_ctl", "-D", str(data), "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+        self.pid = int((data / "postmaster.pid").read_text().split()[0])
+        atexit.register(self.stop)
+        return self
+
+    @property
+    def dsn(self) -> str:
+        return make_conninfo(host=str(self.root), port=str(self.port), user=self.admin, dbname="postgres")
+
+    def stop(self) -> None:
+        """Stop the server and remove its folder; idempotent."""
+        if self.root is None:
+            return
+        data = self.root / "data"
+        try:
+            if (data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+
+@dataclass
+class Base:
+    """What the template holds, measured once: the clone starts as an exact copy of it."""
+    tables: dict[str, dict]  # name -> {"oid", "relfilenode", "rows", "columns": {attnum: (name, non_null, distinct)}}
+    views: dict[str, int]  # name -> oid
+    size: int  # bytes
+    sequences: dict[str, tuple[int, bool]] = field(default_factory=dict)  # name -> (last_value, is_called)
+
+
+@dataclass
+class Clone:
+    """A database cloned from the template, the login role that owns it, and that role's session."""
+    name: str
+    conn: psycopg.Connection
+    checks: int = 0
+
+
+class PostgresSandbox:
+    """check(sql) -> Outcome; check_many runs `workers` clones in parallel.
+
+    dsn: an admin connection (superuser, or CREATEDB + CREATEROLE) to a server the sandbox may create
+    databases and roles on; everything it creates carries a per-sandbox prefix and is dropped by close().
+
+    mode "rollback" (default): PostgreSQL's DDL is transactional, so a migration that is one transaction runs
+    in a clone the worker keeps, is measured inside its transaction and rolled back; the base sequences are
+    reset and the session discarded, which returns the clone to the template's state (a clone is recycled
+    after `recycle_after` checks, after anything unusual, and whenever a migration was contained). A migration
+    with its own COMMITs or statements that cannot run in a transaction (CONCURRENTLY, VACUUM) always gets a
+    fresh clone, where it commits for real. mode "clone": every check gets a fresh clone (slower; the tests
+    compare both).
+    """
+
+    def __init__(self, dsn: str, *, workers: int = 2, statement_timeout_ms: int = 2000,
+                 max_growth_mb: int = 64, strategy: str = "FILE_COPY", mode: str = "rollback",
+                 recycle_after: int = 200, cluster: LocalCluster | None = None):
+        self.dsn = dsn
+        self.workers = max(1, workers)
+        self.timeout_ms = statement_timeout_ms
+        self.max_growth = max_growth_mb * 1024 * 1024
+        self.strategy = strategy  # FILE_COPY: measured a little faster than WAL_LOG for this small template
+        self.mode = mode
+        self.recycle_after = recycle_after
+        self.cluster = cluster
+        self.prefix = f"evolab_sbx_{secrets.token_hex(4)}"
+        self.base_name = f"{self.prefix}_base"
+        self.owner = f"{self.prefix}_app"
+        self._counter = itertools.count(1)
+        self._local = threading.local()
+        self._admins: list[psycopg.Connection] = []
+        self._clones: list[Clone] = []
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+        self.base = self._build()
+
+    @classmethod
+    def local(cls, **kw) -> "PostgresSandbox":
+        """Start a throwaway cluster and a sandbox on it; close() stops the cluster and removes its folder."""
+        cluster = LocalCluster(max_connections=4 * kw.get("workers", 2) + 10).start()
+        try:
+            return cls(cluster.dsn, cluster=cluster, **kw)
+        except BaseException:
+            cluster.stop()
+            raise
+
+    # -- connections ---------------------------------------------------------------------------------------
+    def _admin(self) -> psycopg.Connection:
+        conn = getattr(self._local, "admin", None)
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            self._local.admin = conn
+            with self._lock:
+                self._admins.append(conn)
+        return conn
+
+    def _connect(self, dbname: str, user: str | None = None, password: str | None = None, **kw):
+        params = conninfo_to_dict(self.dsn)
+        params["dbname"] = dbname
+        if user:
+            params["user"], params["password"] = user, password
+        return psycopg.connect(make_conninfo(**params), **kw)
+
+    # -- the template ---------------------------------------------------------------------------------------
+    def _build(self) -> Base:
+        admin = self._admin()
+        admin.execute(S.SQL("CREATE ROLE {} NOLOGIN").format(S.Identifier(self.owner)))
+        admin.execute(S.SQL("CREATE DATABASE {}").format(S.Identifier(self.base_name)))
+        data = schema.rows()
+        with self._connect(self.base_name) as conn:
+            conn.execute(S.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(S.Identifier(self.owner)))
+            conn.execute(S.SQL("SET ROLE {}").format(S.Identifier(self.owner)))
+            conn.execute(schema.POSTGRES_DDL)
+            with conn.cursor() as cur:
+                for table, cols in schema.TABLES.items():
+                    copy = S.SQL("COPY {} ({}) FROM STDIN").format(
+                        S.Identifier(table), S.SQL(", ").join(map(S.Identifier, cols)))
+                    with cur.copy(copy) as cp:
+                        for row in data[table]:
+                            cp.write_row(row)
+                for table, seq in schema.SEQUENCES.items():
+                    cur.execute(S.SQL("SELECT setval({}, (SELECT coalesce(max(id), 0) + 1 FROM {}), false)")
+                                .format(S.Literal(seq), S.Identifier(table)))
+            conn.execute("RESET ROLE")
+            conn.commit()
+            conn.execute("ANALYZE")
+            conn.commit()
+            broken = _run_app_queries(conn)
+            if broken:
+                raise RuntimeError(f"the base schema breaks its own application queries: {broken}")
+            base = _measure_base(conn)
+        admin.execute(S.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
+                      .format(S.Identifier(self.base_name)))
+        return base
+
+    # -- clones ----------------------------------------------------------------------------------------------
+    def _new_clone(self) -> Clone:
+        """A login role (no superuser, no CREATEDB/CREATEROLE, member of the base objects' owner) and a clone
+        it owns and only it may connect to, with its session open under the sandbox's limits."""
+        name = f"{self.prefix}_c{next(self._counter)}"
+        password = secrets.token_urlsafe(18)
+        admin = self._admin()
+        ident = S.Identifier(name)
+        admin.execute(S.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+                            "CONNECTION LIMIT 2 PASSWORD {} IN ROLE {}")
+                      .format(ident, S.Literal(password), S.Identifier(self.owner)))
+        try:
+            admin.execute(S.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY {}").format(
+                ident, S.Identifier(self.base_name), ident, S.SQL(self.strategy)))
+            admin.execute(S.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
+            options = (f"-c statement_timeout={self.timeout_ms} -c lock_timeout={self.timeout_ms} -c timezone=UTC "
+                       f"-c idle_in_transaction_session_timeout={10 * self.timeout_ms}")
+            clone = Clone(name, self._connect(name, name, password, options=options, autocommit=True))
+        except BaseException:
+            self._drop(name)
+            raise
+        with self._lock:
+            self._clones.append(clone)
+        return clone
+
+    def _drop(self, name: str) -> None:
+        admin = self._admin()
+        admin.execute(S.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(S.Identifier(name)))
+        admin.execute(S.SQL("DROP ROLE IF EXISTS {}").format(S.Identifier(name)))
+
+    def _retire(self, clone: Clone) -> None:
+        try:
+            clone.conn.close()
+        finally:
+            self._drop(clone.name)
+            with self._lock:
+                if clone in self._clones:
+                    self._clones.remove(clone)
+            if getattr(self._local, "clone", None) is clone:
+                self._local.clone = None
+
+    def _worker_clone(self) -> Clone:
+        clone = getattr(self._local, "clone", None)
+        if clone is not None and (clone.conn.closed or clone.checks >= self.recycle_after):
+            self._retire(clone)
+            clone = None
+        if clone is None:
+            clone = self._local.clone = self._new_clone()
+        return clone
+
+    def _reset(self, clone: Clone) -> None:
+        """After a rolled-back check: undo what a rollback does not (sequence values, session state), then
+        confirm the clone is the template again (same relations, same storage) or retire it."""
+        conn = clone.conn
+        _autocommit(conn, True)
+        conn.execute(self._sequence_reset)
+        conn.execute("DISCARD ALL")
+        now = {name: node for _, name, node, kind in conn.execute(CATALOG).fetchall() if kind in ("r", "p")}
+        if now != {name: t["relfilenode"] for name, t in self.base.tables.items()}:
+            self._retire(clone)
+
+    @property
+    def _sequence_reset(self):
+        return S.SQL("SELECT {}").format(S.SQL(", ").join(
+            S.SQL("setval({}, {}, {})").format(S.Literal(seq), S.Literal(value), S.Literal(called))
+            for seq, (value, called) in self.base.sequences.items()))
+
+    # -- one check -------------------------------------------------------------------------------------------
+    def check(self, migration: str) -> Outcome:
+        start = time.perf_counter()
+        out = self._check(migration)
+        out.seconds = round(time.perf_counter() - start, 4)
+        return out
+
+    def check_many(self, migrations: list[str]) -> list[Outcome]:
+        """Outcomes in input order; `workers` clones at a time (the worker threads and their clones persist
+        across calls until close())."""
+        if self.workers == 1 or len(migrations) < 2:
+            return [self.check(m) for m in migrations]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
+        return list(self._pool.map(self.check, migrations))
+
+    def _check(self, migration: str) -> Outcome:
+        try:
+            return self._check_screened(migration)
+        except psycopg.OperationalError as e:  # the server, not the migration: one check lost, not the batch
+            return Outcome(None, f"sandbox error: {str(e)[:300]}", backend=BACKEND)
+
+    def _check_screened(self, migration: str) -> Outcome:
+        scr = screen(migration)
+        if scr.parse_error:
+            return Outcome("fails", f"does not parse: {scr.parse_error}", sqlstate="42601",
+                           error=scr.parse_error, backend=BACKEND)
+        if scr.refused:
+            return contained(f"refused before execution: {scr.refused}", backend=BACKEND)
+        if scr.unsupported:
+            return Outcome(None, f"unsupported: {scr.unsupported}", backend=BACKEND)
+        one_transaction = len(_segments(scr)) == 1 and not any(scr.alone)
+        if self.mode == "rollback" and one_transaction:
+            clone = self._worker_clone()
+            clone.checks += 1
+            try:
+                out = self._run(clone.conn, scr, commit=False)
+                self._reset(clone)
+            except BaseException:
+                self._retire(clone)
+                raise
+            if out.escape or clone.conn.closed:
+                self._retire(clone)  # whatever it tried, the next check starts from a new clone
+            return out
+        clone = self._new_clone()
+        try:
+            return self._run(clone.conn, scr, commit=True)
+        finally:
+            self._retire(clone)
+
+    def _run(self, conn: psycopg.Connection, scr, *, commit: bool) -> Outcome:
+        """Run and measure. commit=False: one transaction, measured and then rolled back (the caller resets)."""
+        base = self.base
+        oids = [t["oid"] for t in base.tables.values()] + list(base.views.values())
+        by_oid = {t["oid"]: name for name, t in base.tables.items()} | {o: n for n, o in base.views.items()}
+        locks: dict[str, set[str]] = {}
+        blocking: list[str] = []
+        unobserved = 0
+        n = len(scr.statements)
+        _autocommit(conn, True)
+        size0 = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        try:
+            for alone, stmts in _segments(scr):
+                if alone:  # CREATE INDEX CONCURRENTLY, VACUUM ...: PostgreSQL refuses them in a transaction
+                    _autocommit(conn, True)
+                    conn.execute(stmts[0])
+                    unobserved += 1
+                    continue
+                _autocommit(conn, False)
+                # The counters include reads of earlier transactions not yet flushed to the shared stats:
+                # the baseline is read inside this transaction, where no flush happens.
+                _, read = _observe(conn, oids)
+                for stmt in stmts:
+                    conn.execute(stmt)
+                    held, read_now = _observe(conn, oids)
+                    for oid, modes in held.items():
+                        locks.setdefault(by_oid[oid], set()).update(modes)
+                    for oid, tuples in read_now.items():
+                        name = by_oid[oid]
+                        rows = base.tables[name]["rows"]
+                        strong = held.get(oid, set()) & WRITE_BLOCKING
+                        if (rows >= schema.LARGE_TABLE_ROWS and tuples - read.get(oid, 0) >= rows and strong
+                                and not any(b.startswith(f"{name}:") for b in blocking)):
+                            blocking.append(f"{name}: all {rows} rows read under {max(strong, key=_strength)}")
+                    read = read_now
+                # Deferred constraints would be checked at COMMIT: check them now, inside the transaction.
+                conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+                if size - size0 > self.max_growth:
+                    conn.rollback()
+                    return contained(f"grew the database by {(size - size0) >> 20} MB, over the limit",
+                                     backend=BACKEND, statements=n)
+                if commit:
+                    conn.commit()
+        except psycopg.Error as e:
+            _rollback(conn)
+            state = e.sqlstate
+            why = CONTAINED.get(state or "") or CONTAINED_CLASSES.get((state or "")[:2])
+            if why or state is None:
+                return contained(f"stopped: {why or 'the session ended'}", backend=BACKEND, sqlstate=state,
+                                 error=str(e)[:500], statements=n)
+            label, reason = decide(error=str(e), sqlstate=state, counts={}, dropped=[], broken_queries=[],
+                                   rewritten=[], blocking_scans=[])
+            return Outcome(label, reason, sqlstate=state, error=str(e)[:500], backend=BACKEND, statements=n,
+                           locks=sorted(f"{t}: {m}" for t, ms in locks.items() for m in ms))
+        _autocommit(conn, False)  # commit=False: still inside the migration's transaction
+        try:
+            # Tables the migration took no lock on cannot have changed; a statement run outside a transaction
+            # was not observed, so then every table is counted again.
+            touched = set(base.tables) if unobserved else set(locks) & set(base.tables)
+            counts, dropped, rewritten = _measure_after(conn, base, touched)
+            broken = _run_app_queries(conn)  # each in a savepoint; ends with a rollback (of the migration too)
+        except psycopg.Error as e:
+            _rollback(conn)
+            return contained(f"stopped while measuring: {e.sqlstate} {str(e)[:200]}", backend=BACKEND,
+                             sqlstate=e.sqlstate, statements=n)
+        label, reason = decide(error=None, sqlstate=None, counts=counts, dropped=dropped, broken_queries=broken,
+                               rewritten=rewritten, blocking_scans=blocking)
+        if unobserved and label == "safe":
+            reason += f" ({unobserved} statement(s) ran outside a transaction: their locks were not observed)"
+        return Outcome(label, reason, counts=counts, broken_queries=broken, rewritten=rewritten,
+                       locks=sorted(f"{t}: {m}" for t, ms in locks.items() for m in ms), blocking_scans=blocking,
+                       backend=BACKEND, statements=n)
+
+    # -- cleanup ---------------------------------------------------------------------------------------------
+    def leftovers(self) -> dict[str, list[str]]:
+        """Clone databases and roles of this sandbox that exist now (besides the template and its owner)."""
+        admin = self._admin()
+        like = f"{self.prefix}\\_c%"
+        dbs = [r[0] for r in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [like])]
+        roles = [r[0] for r in admin.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [like])]
+        return {"databases": dbs, "roles": roles}
+
+    def close(self) -> None:
+        """Drop every clone, role and the template this sandbox made; stop its own cluster if it has one."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            for clone in list(self._clones):
+                clone.conn.close()
+            admin = self._admin()
+            left = self.leftovers()
+            for db in left["databases"]:
+                admin.execute(S.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(S.Identifier(db)))
+            for role in left["roles"]:
+                admin.execute(S.SQL("DROP ROLE IF EXISTS {}").format(S.Identifier(role)))
+            admin.execute(S.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(S.Identifier(self.base_name)))
+            admin.execute(S.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(S.Identifier(self.base_name)))
+            admin.execute(S.SQL("DROP ROLE IF EXISTS {}").format(S.Identifier(self.owner)))
+        finally:
+            for conn in self._admins:
+                conn.close()
+            if self.cluster is not None:
+                self.cluster.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# -- measuring ---------------------------------------------------------------------------------------------
+STRENGTH = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
+            "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
+
+
+def _strength(mode: str) -> int:
+    return STRENGTH.index(mode) if mode in STRENGTH else -1
+
+
+def _segments(scr) -> list[tuple[bool, list[str]]]:
+    """Consecutive transactional statements form one transaction, up to the migration's own COMMIT; each
+    statement that cannot run in one stands alone."""
+    out: list[tuple[bool, list[str]]] = []
+    for stmt, alone, fresh in zip(scr.statements, scr.alone, scr.fresh):
+        if alone or fresh or not out or out[-1][0]:
+            out.append((alone, [stmt]))
+        else:
+            out[-1][1].append(stmt)
+    return out
+
+
+def _observe(conn, oids: list[int]) -> tuple[dict[int, set[str]], dict[int, int]]:
+    """The locks this backend holds on the base relations and the tuples it has read from each, so far in
+    this transaction (one round trip)."""
+    rows = conn.execute(
+        "SELECT 'l', relation::oid::int8, mode, 0 FROM pg_locks WHERE pid = pg_backend_pid() AND granted "
+        "AND locktype = 'relation' AND relation = ANY(%(o)s::oid[]) "
+        "UNION ALL SELECT 's', relid::int8, '', seq_tup_read FROM pg_stat_xact_user_tables "
+        "WHERE relid = ANY(%(o)s::oid[])", {"o": oids}).fetchall()
+    held: dict[int, set[str]] = {}
+    read: dict[int, int] = {}
+    for kind, oid, mode, tuples in rows:
+        if kind == "l":
+            held.setdefault(oid, set()).add(mode)
+        else:
+            read[oid] = tuples
+    return held, read
+
+
+CATALOG = ("SELECT c.oid::int8, c.relname, c.relfilenode::int8, c.relkind FROM pg_class c "
+           "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')")
+COLUMNS = ("SELECT attrelid::int8, attnum, attname FROM pg_attribute WHERE attrelid = ANY(%s::oid[]) AND attnum > 0 "
+           "AND NOT attisdropped ORDER BY attnum")
+
+
+def _count(conn, table: str, columns: list[str]) -> tuple[int, list[tuple[int, int]]]:
+    parts = [S.SQL("count(*)")]
+    for col in columns:
+        parts += [S.SQL("count({})").format(S.Identifier(col)),
+                  S.SQL("count(DISTINCT {}::text)").format(S.Identifier(col))]
+    row = conn.execute(S.SQL("SELECT {} FROM {}").format(S.SQL(", ").join(parts), S.Identifier(table))).fetchone()
+    return row[0], [(row[1 + 2 * i], row[2 + 2 * i]) for i in range(len(columns))]
+
+
+def _measure_base(conn) -> Base:
+    tables, views = {}, {}
+    catalog = conn.execute(CATALOG).fetchall()
+    for oid, name, node, kind in catalog:
+        if kind in ("v", "m"):
+            views[name] = oid
+            continue
+        cols = {num: col for _, num, col in conn.execute(COLUMNS, [[oid]]).fetchall()}
+        rows, values = _count(conn, name, list(cols.values()))
+        tables[name] = {"oid": oid, "relfilenode": node, "rows": rows,
+                        "columns": {num: (col, *v) for (num, col), v in zip(cols.items(), values)}}
+    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    sequences = {name: tuple(conn.execute(S.SQL("SELECT last_value, is_called FROM {}").format(S.Identifier(name)))
+                             .fetchone()) for (name,) in conn.execute(
+        "SELECT relname FROM pg_class WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace").fetchall()}
+    conn.rollback()
+    return Base(tables=tables, views=views, size=size, sequences=sequences)
+
+
+def _measure_after(conn, base: Base, touched: set[str]):
+    """counts (touched tables only), dropped (tables that held rows and are gone) and rewritten (large tables
+    whose storage changed). A table is followed by name first (a swap keeps the name), else by oid (a rename
+    keeps the oid); a column by name, else by position in the same table."""
+    catalog = conn.execute(CATALOG).fetchall()
+    by_name = {name: (oid, node) for oid, name, node, kind in catalog if kind in ("r", "p")}
+    by_oid = {oid: (name, node) for oid, name, node, kind in catalog if kind in ("r", "p")}
+    counts, dropped, rewritten = {}, [], []
+    for name, t in base.tables.items():
+        if name in by_name:
+            oid, node = by_name[name]
+            now = name
+        elif t["oid"] in by_oid:
+            oid = t["oid"]
+            now, node = by_oid[oid]
+        else:
+            if t["rows"]:
+                dropped.append(f"{name}: table with {t['rows']} rows dropped")
+            continue
+        if node != t["relfilenode"] and t["rows"] >= schema.LARGE_TABLE_ROWS:
+            rewritten.append(name)
+        if name not in touched:
+            continue
+        cols = {num: col for _, num, col in conn.execute(COLUMNS, [[oid]]).fetchall()}
+        names = set(cols.values())
+        follow = {}
+        for num, (col, _, _) in t["columns"].items():
+            if col in names:
+                follow[num] = col
+            elif oid == t["oid"] and num in cols:
+                follow[num] = cols[num]
+        present = list(dict.fromkeys(follow.values()))
+        rows, values = _count(conn, now, present)
+        got = dict(zip(present, values))
+        columns = {}
+        for num, (col, non_null, distinct) in t["columns"].items():
+            after = got.get(follow.get(num)) if num in follow else None
+            columns[col] = {"non_null": [non_null, after[0] if after else None],
+                            "distinct": [distinct, after[1] if after else None]}
+        counts[name] = {"rows": [t["rows"], rows], "columns": columns}
+    return counts, dropped, rewritten
+
+
+def _run_app_queries(conn) -> list[str]:
+    """Each application query in its own savepoint; all of it rolled back. Returns 'name: error' per failure."""
+    broken = []
+    _autocommit(conn, False)
+    for name, query in schema.APP_QUERIES.items():
+        conn.execute("SAVEPOINT app")
+        try:
+            conn.execute(query).fetchall() if query.lstrip().upper().startswith("SELECT") else conn.execute(query)
+            conn.execute("RELEASE SAVEPOINT app")
+        except psycopg.Error as e:
+            if e.sqlstate in ("57014",) or e.sqlstate is None:
+                raise
+            conn.execute("ROLLBACK TO SAVEPOINT app")
+            broken.append(f"{name}: {e.sqlstate} {str(e).splitlines()[0][:160]}")
+    conn.rollback()
+    return broken
+
+
+def _autocommit(conn, value: bool) -> None:
+    """psycopg refuses to set autocommit inside a transaction even to its current value."""
+    if conn.autocommit != value:
+        conn.autocommit = value
+
+
+def _rollback(conn) -> None:
+    try:
+        if not conn.closed and not conn.autocommit:
+            conn.rollback()
+    except psycopg.Error:
+        pass
