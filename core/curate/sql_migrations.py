@@ -357,8 +357,8 @@ def sql_migrations(ctx: Context):
     or favoured class: its own variants. Each class's samples follow its requested difficulty mix."""
     rng = random.Random(ctx.seed_value)
     known = [label for label in LABELS if label in set(getattr(ctx.loaded, "labels", LABELS) or LABELS)]
-    per_pair = getattr(ctx.cfg, "counterfactual_per_pair", 40)
-    per_class = getattr(ctx.cfg, "templates_per_class", 30)
+    per_pair = ctx.cfg.sql_migrations_per_pair
+    per_class = ctx.cfg.sql_migrations_per_class
     rows: list[dict] = []
     seen: set[str] = set()
 
