@@ -78,8 +78,9 @@ def sql_migrations_config(config, backend: str) -> None:
     config.drift.max_flip_rate, config.drift.max_kl = 0.6, 2.0
 
 
-def init_preset(root: Path, name: str, config=None, base_model: str | None = None):
-    """Create a workspace for a preset; returns (workspace, notes for the person who asked)."""
+def init_preset(root: Path, name: str, config=None, base_model: str | None = None, adjust=None):
+    """Create a workspace for a preset; returns (workspace, notes for the person who asked). adjust: called on
+    the preset's config before it is written (a benchmark's overrides), returning the config to use."""
     from core.config import Config
     from core.setup import init_workspace
 
@@ -88,6 +89,8 @@ def init_preset(root: Path, name: str, config=None, base_model: str | None = Non
     config = config or Config()
     backend, why = sandbox_backend()
     sql_migrations_config(config, backend)
+    if adjust is not None:
+        config = adjust(config)
     seed, held = DATA / "sql_migrations_seed.csv", DATA / "sql_migrations_heldout.csv"
     known = set(pd.read_csv(seed)["text"]) | set(pd.read_csv(held)["text"])
     with tempfile.TemporaryDirectory(prefix="evolab-preset-") as tmp:

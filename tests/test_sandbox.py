@@ -17,50 +17,11 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from conftest import _alive, _processes_under, start_sandbox as _start
 from core.sandbox import LABELS, open_sandbox
 from core.sandbox.outcome import Outcome
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not Path(f"/proc/{pid}/status").read_text().count("State:\tZ")
-
-
-def _processes_under(root: Path) -> list[int]:
-    """Processes whose command line names the cluster's folder (the postmaster and its children)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if str(root).encode() in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
-
-
-def _start(**kw):
-    from core.sandbox.postgres import PostgresMissing, PostgresSandbox
-
-    try:
-        return PostgresSandbox.local(**kw)
-    except PostgresMissing as e:
-        pytest.fail(f"{e}. The sandbox tests need a real PostgreSQL; CI installs it (.ci/run).")
-
-
-@pytest.fixture(scope="session")
-def pg():
-    sandbox = _start(workers=2, statement_timeout_ms=1000)
-    root, pid = sandbox.cluster.root, sandbox.cluster.pid
-    yield sandbox
-    sandbox.close()
-    assert not root.exists(), "the cluster's folder is left behind"
-    assert not _alive(pid) and not _processes_under(root), "the cluster's processes are left behind"
 
 
 PLANTED = {

@@ -83,6 +83,15 @@ class ExecutionCheck:
         return out
 
 
+def sandbox_execution_check(sandbox, name: str) -> ExecutionCheck:
+    """An open SQL sandbox (core.sandbox.open_sandbox) as the verifier's check; closing the check closes it."""
+    def batch(samples: list[dict]) -> list[Checked]:
+        outcomes = sandbox.check_many([s["text"] for s in samples])  # parallel over the sandbox's workers
+        return [sql_verdict(o, s["label"]) for o, s in zip(outcomes, samples)]
+
+    return ExecutionCheck(name, batch, sandbox.close)
+
+
 def _per_sample(fn: Callable[[dict], Verdict], workers: int) -> Callable[[list[dict]], list[Checked]]:
     def batch(samples: list[dict]) -> list[Checked]:
         with ThreadPoolExecutor(max_workers=workers) as pool:  # a command's time is mostly its own process
@@ -110,14 +119,9 @@ def open_check(cfg):
 
         target = None if cfg.sandbox == "duckdb" else cfg.sandbox
         sandbox = open_sandbox(target, workers=cfg.sandbox_workers)  # its own 2 s statement timeout
-        name = {"duckdb": "duckdb (embedded fallback)", "local": "postgres (throwaway local cluster)"}.get(
-            cfg.sandbox, "postgres (configured server)")
-
-        def batch(samples: list[dict]) -> list[Checked]:
-            outcomes = sandbox.check_many([s["text"] for s in samples])
-            return [sql_verdict(o, s["label"]) for o, s in zip(outcomes, samples)]
-
-        check = ExecutionCheck(name, batch, sandbox.close)
+        check = sandbox_execution_check(sandbox, {"duckdb": "duckdb (embedded fallback)",
+                                                  "local": "postgres (throwaway local cluster)"}.get(
+                                                      cfg.sandbox, "postgres (configured server)"))
     elif cfg.sandbox_command:
         check = ExecutionCheck("command " + " ".join(cfg.sandbox_command),
                                _per_sample(command_check(list(cfg.sandbox_command), timeout_s=cfg.sandbox_timeout_s),
