@@ -6,7 +6,6 @@ here with the reason instead of skipping the file.
 """
 from __future__ import annotations
 
-import os
 import random
 import sys
 import time
@@ -15,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-import pytest
 
 from conftest import _alive, _processes_under, start_sandbox as _start
 from core.sandbox import LABELS, open_sandbox
@@ -267,7 +265,7 @@ def test_registered_generator_answers_a_confused_pair_with_look_alikes_on_both_s
     from core.config import CurateConfig
     from core.curate.registry import GENERATORS, Context
 
-    import core.curate.sql_migrations  # noqa: F401  (registers it; it is not a default generator yet)
+    import core.curate.sql_migrations  # noqa: F401  (registers it; not a default generator)
 
     ctx = Context(loaded=SimpleNamespace(labels=LABELS), seed=pd.DataFrame(columns=["id", "text", "label"]),
                   pool=pd.DataFrame(columns=["id", "text"]), pairs=[("safe", "rewrites_table", 9)],

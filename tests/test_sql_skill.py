@@ -60,6 +60,14 @@ def _curate(monkeypatch, rows: list[tuple[str, str]], check, **cfg_changes):
                                                                                    "reviewed_by"]))
 
 
+def _store(ws, samples) -> int:
+    """The curate stage's write (core/store.py) into a cycle of the workspace; returns the cycle id."""
+    open_ = ws.store.open_cycle()
+    cycle_id = open_["id"] if open_ else ws.store.create_cycle("evolve", "curate", None, "engine")
+    ws.store.save_samples(cycle_id, samples, "curate")
+    return cycle_id
+
+
 @pytest.fixture(scope="module")
 def sql_ws(tmp_path_factory):
     """A workspace made by the CLI's own entry point, as `python -m core init --preset ...` makes it (in this
@@ -112,8 +120,7 @@ def test_execution_decides_and_its_evidence_is_stored_with_the_sample(monkeypatc
     check.close = lambda: None  # the session's cluster outlives this test
     samples, report = _curate(monkeypatch, [(sql, claimed) for sql, claimed, _ in CLAIMS], check)
     ws = open_workspace(sql_ws[0])
-    cycle_id = ws.store.create_cycle("evolve", "curate", None, "engine")
-    ws.store.save_samples(cycle_id, samples, "data_review")
+    cycle_id = _store(ws, samples)
     stored = ws.store.samples(cycle_id).set_index("text")
     for sql, claimed, executed in CLAIMS:
         row = stored.loc[sql]
@@ -169,3 +176,29 @@ def test_a_domain_check_by_command_or_callable_keeps_drops_and_fails_closed(monk
     with pytest.raises(ValueError, match="cannot be loaded"):
         with open_check(CurateConfig(sandbox_callable="no_such_module:check")):
             pass
+
+
+def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evidence(monkeypatch, pg, sql_ws):
+    from streamlit.testing.v1 import AppTest
+
+    from app import nav, queries
+    from core import auth
+    from core.sandbox.check import sandbox_execution_check
+    from core.workspace import open_workspace
+
+    check = sandbox_execution_check(pg, "postgres (test cluster)")
+    check.close = lambda: None
+    samples, report = _curate(monkeypatch, [CLAIMS[0][:2]], check)
+    ws = open_workspace(sql_ws[0])
+    _store(ws, samples)
+    auth.add_user(ws.store, "sql_alice", "approver", "sql-alice-secret")
+    monkeypatch.setenv(queries.ENV_VAR, str(ws.root))
+    at = AppTest.from_file(str(DATA.parent / "app" / "main.py"), default_timeout=60)
+    at.run()
+    at.text_input(key="signin_name").input("sql_alice")
+    at.text_input(key="signin_password").input("sql-alice-secret")
+    at.button(key="signin_submit").click().run()
+    at.switch_page(nav.path("synthetic_data")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [c.language for c in at.code] == ["sql"] and at.code[0].value in {sql for sql, _, _ in CLAIMS}
+    assert any("executed as fails (23502 not_null_violation), claimed safe" in m.value for m in at.markdown)
