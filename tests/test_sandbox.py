@@ -272,17 +272,20 @@ def test_registered_generator_answers_a_confused_pair_with_look_alikes_on_both_s
                   favoured={"safe", "rewrites_table"}, cfg=CurateConfig(), root=tmp_path, seed_value=3,
                   asks={"pair:safe->rewrites_table": 24})
     frame = GENERATORS["sql_migrations"](ctx)
+    frame = frame[frame["target"] == "pair:safe->rewrites_table"]  # the per-class floor comes besides
     assert len(frame) == 24 and set(frame["label"]) == {"safe", "rewrites_table"}
-    assert set(frame["target"]) == {"pair:safe->rewrites_table"} and frame["generator"].eq("sql_migrations").all()
+    assert frame["generator"].eq("sql_migrations").all()
     assert frame["text"].is_unique
     for label in ("safe", "rewrites_table"):
         levels = Counter(frame.loc[frame["label"] == label, "level"])
         assert [levels.get(i, 0) for i in range(4)] == ctx.level_counts(label, 12)
-    # Without pairs it writes every class, asked counts first.
+    # Every class gets the per-class floor whatever was asked (retraining replays only this cycle's samples),
+    # and an ask above the floor gets what it asked for.
+    floor = CurateConfig().sql_migrations_per_class
     ctx2 = Context(loaded=SimpleNamespace(labels=LABELS), seed=ctx.seed, pool=ctx.pool, pairs=[], favoured=set(),
-                   cfg=CurateConfig(), root=tmp_path, asks={"class:fails": 5})
+                   cfg=CurateConfig(), root=tmp_path, asks={"class:fails": floor + 5, "class:safe": 2})
     counts = GENERATORS["sql_migrations"](ctx2)["label"].value_counts()
-    assert counts["fails"] == 5 and set(counts.index) == set(LABELS)
+    assert counts["fails"] == floor + 5 and counts["safe"] == floor and set(counts.index) == set(LABELS)
 
 
 def test_outcome_precedence_is_decided_from_evidence_only():
