@@ -182,7 +182,8 @@ def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evi
     from streamlit.testing.v1 import AppTest
 
     from app import nav, queries
-    from core import auth
+    from core import auth, gates
+    from core.store import utcnow
     from core.sandbox.check import sandbox_execution_check
     from core.workspace import open_workspace
 
@@ -190,7 +191,13 @@ def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evi
     check.close = lambda: None
     samples, report = _curate(monkeypatch, [CLAIMS[0][:2]], check)
     ws = open_workspace(sql_ws[0])
-    _store(ws, samples)
+    cycle_id = _store(ws, samples)
+    # The curate stage's record and the data review it leads to, as the engine writes them.
+    ws.store.record_stage_run(cycle_id, "curate", utcnow(), 1.0, 0.0, report)
+    checks = gates.data_review_checks(ws.config().gates.data_review, ws.store.samples(cycle_id),
+                                      ws.store.seed_examples()["label"])
+    gates.open_gate(ws.store, cycle_id, "data_review", ws.config().gates.data_review.model_copy(
+        update={"policy": "human"}), checks)
     auth.add_user(ws.store, "sql_alice", "approver", "sql-alice-secret")
     monkeypatch.setenv(queries.ENV_VAR, str(ws.root))
     at = AppTest.from_file(str(DATA.parent / "app" / "main.py"), default_timeout=60)
@@ -202,3 +209,7 @@ def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evi
     assert not at.exception, [e.value for e in at.exception]
     assert [c.language for c in at.code] == ["sql"] and at.code[0].value in {sql for sql, _, _ in CLAIMS}
     assert any("executed as fails (23502 not_null_violation), claimed safe" in m.value for m in at.markdown)
+    at.switch_page(nav.path("approvals")).run()  # the data review's evidence says what execution did
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(m.value.startswith("**Executed** by postgres (test cluster): 1 candidates, 0 confirmed")
+               for m in at.markdown), [m.value for m in at.markdown]
