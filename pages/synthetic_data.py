@@ -137,6 +137,12 @@ st.dataframe(rows, hide_index=True, column_config={
     "text": st.column_config.TextColumn(width="large")})
 st.pagination(pages, default=page, key=key)
 
+# The yield of the chosen cycle (the latest without a choice): asked vs produced, requested vs achieved mix.
+shown_cycle = cycle_id if cycle_id is not None else max(facets["cycle_id"])
+report = queries.yield_report(ws, shown_cycle)
+if report:
+    show_yield(report, shown_cycle)
+
 if len(rows):
     with st.expander("One sample with its evidence", expanded=False):
         pick = st.selectbox("Sample on this page", rows["id"].tolist(), key="detail_id")
@@ -150,12 +156,6 @@ if len(rows):
             st.json(executed.get("evidence") or {}, expanded=False)
         if other:
             st.json(other, expanded=False)
-
-# The yield of the chosen cycle (the latest without a choice): asked vs produced, requested vs achieved mix.
-shown_cycle = cycle_id if cycle_id is not None else max(facets["cycle_id"])
-report = queries.yield_report(ws, shown_cycle)
-if report:
-    show_yield(report, shown_cycle)
 
 st.subheader("Review")
 st.caption("A person's decision wins over every verifier, in this cycle and later ones, and is audited.")
