@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import importlib
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from core.sandbox.external import Verdict, command_check, python_check
@@ -70,17 +69,10 @@ class ExecutionCheck:
     name: str  # what runs the samples, for reports: "postgres (local cluster)", "command ./run_tests.sh", ...
     run_batch: Callable[[list[dict]], list[Checked]]
     close: Callable[[], None] = lambda: None
-    stats: dict = field(default_factory=lambda: {"executed": 0, "seconds": 0.0})
 
     def run(self, samples: list[dict]) -> list[Checked]:
         """samples: dicts with text and label (generator, target optional); one Checked each, input order."""
-        if not samples:
-            return []
-        start = time.perf_counter()
-        out = self.run_batch(samples)
-        self.stats["executed"] += len(samples)
-        self.stats["seconds"] += time.perf_counter() - start
-        return out
+        return self.run_batch(samples) if samples else []
 
 
 def sandbox_execution_check(sandbox, name: str) -> ExecutionCheck:
