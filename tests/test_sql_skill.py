@@ -213,3 +213,32 @@ def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evi
     assert not at.exception, [e.value for e in at.exception]
     assert any(m.value.startswith("**Executed** by postgres (test cluster): 1 candidates, 0 confirmed")
                for m in at.markdown), [m.value for m in at.markdown]
+
+
+def test_a_curation_stopped_by_sigterm_leaves_no_cluster_behind(tmp_path):
+    """The demo stops its engine with SIGTERM; mid-curation that must still stop the cluster and remove its folder."""
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from conftest import ROOT, _alive, _processes_under
+
+    script = ("import sys, time\n"
+              "from core.config import CurateConfig\n"
+              "from core.sandbox.check import open_check\n"
+              "with open_check(CurateConfig(sandbox='local', sandbox_workers=1)) as check:\n"
+              "    print(check.sandbox.cluster.root, flush=True)\n"
+              "    while True:\n"
+              "        check.run([{'text': 'VACUUM FULL orders;', 'label': 'rewrites_table'}])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    root = Path(proc.stdout.readline().strip())
+    assert root.is_dir()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.time() + 10
+    while _processes_under(root) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not root.exists() and not _processes_under(root)
+    assert not _alive(proc.pid)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +71,7 @@ class ExecutionCheck:
     name: str  # what runs the samples, for reports: "postgres (local cluster)", "command ./run_tests.sh", ...
     run_batch: Callable[[list[dict]], list[Checked]]
     close: Callable[[], None] = lambda: None
+    sandbox: object = None  # the SQL sandbox behind it, when it is one
 
     def run(self, samples: list[dict]) -> list[Checked]:
         """samples: dicts with text and label (generator, target optional); one Checked each, input order."""
@@ -81,7 +84,7 @@ def sandbox_execution_check(sandbox, name: str) -> ExecutionCheck:
         outcomes = sandbox.check_many([s["text"] for s in samples])  # parallel over the sandbox's workers
         return [sql_verdict(o, s["label"]) for o, s in zip(outcomes, samples)]
 
-    return ExecutionCheck(name, batch, sandbox.close)
+    return ExecutionCheck(name, batch, sandbox.close, sandbox)
 
 
 def _per_sample(fn: Callable[[dict], Verdict], workers: int) -> Callable[[list[dict]], list[Checked]]:
@@ -124,7 +127,26 @@ def open_check(cfg):
     else:
         yield None
         return
+    previous = _exit_on_sigterm()
     try:
         yield check
     finally:
         check.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():
+    """While a check is open, SIGTERM (the demo stopping its engine, a service manager) unwinds like Ctrl+C so the
+    `finally` above stops the cluster and removes its folder; Python's default would die on the spot and leave a
+    running PostgreSQL behind (seen when `demo` was stopped mid-curation). Only where the default handler is in
+    place (a daemon's own handler stays) and only in the main thread, where signals are delivered. Returns the
+    handler to put back, or None when nothing was changed."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    return signal.SIG_DFL
