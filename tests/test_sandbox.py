@@ -302,3 +302,27 @@ def test_outcome_precedence_is_decided_from_evidence_only():
     assert decide(error=None, sqlstate=None, counts={}, dropped=[], broken_queries=[], rewritten=None,
                   blocking_scans=None)[0] is None
     assert Outcome(None, "x", escape=True).verdict("safe")["keep"] is False
+
+
+def test_a_cluster_whose_owner_was_killed_is_stopped_and_removed_by_the_next_start():
+    """kill -9 runs no cleanup at all; the next sandbox to start sweeps what the dead process left running."""
+    import signal
+    import subprocess
+
+    from conftest import ROOT
+    from core.sandbox.postgres import find_bindir, sweep_orphans
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom core.sandbox.postgres import LocalCluster\n"
+                             "c = LocalCluster().start()\nprint(c.root, flush=True)\ntime.sleep(120)\n"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    root = Path(proc.stdout.readline().strip())
+    assert root.is_dir() and _processes_under(root)
+    assert sweep_orphans(find_bindir()) == []  # its owner is alive: not touched
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert root.is_dir() and _processes_under(root), "the server outlives its killed owner"
+    assert root in sweep_orphans(find_bindir())
+    deadline = time.time() + 10
+    while _processes_under(root) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not root.exists() and not _processes_under(root)
