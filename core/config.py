@@ -170,7 +170,8 @@ class CurateConfig(_Section):
     templates_per_class: int = Field(30, ge=0)
     templates_max_per_class: int = Field(200, ge=0)
     templates_file: str = "templates.json"  # in the workspace: {"templates": {label: [...]}, "slots": {...}}
-    # sql_migrations: look-alike migrations per confused pair (both sides) and per class without an ask, at most.
+    # sql_migrations: look-alike migrations per confused pair (both sides), at most; per class each cycle, at least
+    # (twice for a diagnosed class; an ask for more gets more).
     sql_migrations_per_pair: int = Field(60, ge=0)
     sql_migrations_per_class: int = Field(40, ge=0)
     # Execution verification (core/sandbox): when set, every candidate that passed the filters is executed and

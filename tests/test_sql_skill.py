@@ -242,3 +242,18 @@ def test_a_curation_stopped_by_sigterm_leaves_no_cluster_behind(tmp_path):
         time.sleep(0.1)
     assert not root.exists() and not _processes_under(root)
     assert not _alive(proc.pid)
+
+
+def test_the_sandbox_settings_are_validated_like_every_other_knob():
+    from core.config import ConfigError, parse_config
+
+    ok = parse_config({"curate": {"generators": ["sql_migrations"], "sandbox": "host=/tmp port=5432 user=me"}})
+    assert ok.curate.sandbox.startswith("host=") and ok.curate.generators == ["sql_migrations"]
+    for bad, message in [({"sandbox": "postgres"}, "not \"\", \"local\", \"duckdb\" or a PostgreSQL DSN"),
+                         ({"sandbox": "local", "sandbox_command": ["./check.sh"]}, "one execution check at a time"),
+                         ({"sandbox_callable": "checks.run"}, "is not module:function"),
+                         ({"sandbox_command": [""]}, "sandbox_command"),
+                         ({"sandbox_timeout_s": 0}, "sandbox_timeout_s"),
+                         ({"generators": ["sql"]}, "generators")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"curate": bad})
