@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,14 +21,6 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 POOL_SIZE = 400
 POOL_SEED = 20260
 PRESETS = ("sql-migrations",)
-
-
-@dataclass
-class Preset:
-    name: str
-    labeled: Path
-    heldout: Path
-    notes: list[str]
 
 
 def sandbox_backend() -> tuple[str, str | None]:
@@ -51,7 +42,7 @@ def sql_pool(n: int, seed: int, exclude: set[str]) -> list[str]:
     from core.sandbox import LABELS
 
     rng, out, seen = random.Random(seed), [], set(exclude)
-    for i in range(n * 20):
+    for _ in range(n * 20):
         if len(out) >= n:
             break
         sql, _ = G.generate(rng.choice(LABELS), rng.randrange(4), rng)
