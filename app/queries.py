@@ -343,6 +343,18 @@ def attributions(ws: str, cycle_id: int) -> pd.DataFrame:
 
 
 @_cached
+def is_sql(ws: str) -> bool:
+    """The workspace's skill is SQL migrations (the sql-migrations preset): pages show its texts as code."""
+    return "sql_migrations" in workspace(ws).config().curate.generators
+
+
+def execution_evidence(scores: str | None) -> tuple[dict | None, dict]:
+    """A sample's stored scores split into what execution found (None: not executed) and the rest."""
+    parsed = json.loads(scores or "{}")
+    return parsed.pop("sandbox", None), parsed
+
+
+@_cached
 def yield_report(ws: str, cycle_id: int) -> dict | None:
     """The curate stage's report of a cycle: generated/kept per generator, asked vs produced, the difficulty mix."""
     runs = _store(ws).stage_runs(int(cycle_id))

@@ -54,9 +54,28 @@ def cmd_init(args) -> int:
     config = Config()
     if args.policy == "auto":
         make_autonomous(config)  # recorded: the initial config.toml and its audit entry say so
-    ws = init_workspace(Path(args.workspace), Path(args.labeled), Path(args.unlabeled) if args.unlabeled else None,
-                        Path(args.heldout) if args.heldout else None, args.text_col, args.label_col,
-                        args.base_model, config=config, guardrails=Path(args.guardrails) if args.guardrails else None)
+    if args.preset:
+        from core.presets import init_preset
+
+        if args.labeled or args.unlabeled or args.heldout:
+            raise ValueError(f"--preset {args.preset} brings its own data: leave out --labeled/--unlabeled/--heldout")
+        from core.sandbox import LABELS
+        from core.setup import add_guardrails, read_guardrails
+
+        if args.guardrails:  # refused before the workspace is made, as without a preset
+            read_guardrails(Path(args.guardrails), LABELS, config)
+        ws, notes = init_preset(Path(args.workspace), args.preset, config, args.base_model)
+        if args.guardrails:
+            add_guardrails(ws, Path(args.guardrails))
+        for note in notes:
+            print(note)
+    elif not args.labeled:
+        raise ValueError("init needs --labeled FILE.csv (or --preset NAME)")
+    else:
+        ws = init_workspace(Path(args.workspace), Path(args.labeled), Path(args.unlabeled) if args.unlabeled else None,
+                            Path(args.heldout) if args.heldout else None, args.text_col, args.label_col,
+                            args.base_model, config=config,
+                            guardrails=Path(args.guardrails) if args.guardrails else None)
     counts = ws.store.datasets().set_index("split")["n_rows"].to_dict()
     print(f"workspace {ws.root}: {len(ws.store.labels())} labels, "
           + ", ".join(f"{n:,} {split}" for split, n in counts.items()))
@@ -611,7 +630,7 @@ def cmd_audit(args) -> int:
 def cmd_demo(args) -> int:
     from core.demo import run_demo
 
-    return run_demo(Path(args.workspace), cycles=args.cycles, port=args.port)
+    return run_demo(Path(args.workspace) if args.workspace else None, cycles=args.cycles, port=args.port, preset=args.preset)
 
 
 def _count(text: str) -> int:
@@ -641,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("init", cmd_init, "create a workspace from labeled (and unlabeled) CSV files")
     p.add_argument("--workspace", required=True)
-    p.add_argument("--labeled", required=True)
+    p.add_argument("--labeled", help="labeled CSV (required unless --preset)")
+    p.add_argument("--preset", help="a skill with its own data and settings: sql-migrations")
     p.add_argument("--unlabeled")
     p.add_argument("--heldout")
     p.add_argument("--text-col", default="text")
@@ -791,9 +811,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
 
     p = add("demo", cmd_demo, "create a workspace on the bundled demo data and run a cycle")
-    p.add_argument("--workspace", default="demo-workspace")
+    p.add_argument("--workspace", help="default demo-workspace (demo-sql-migrations with --preset sql-migrations)")
     p.add_argument("--cycles", type=int, default=1)
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--preset", help="demo a preset skill instead of ticket routing: sql-migrations")
     return parser
 
 

@@ -1,6 +1,7 @@
 """Workspace settings: one pydantic object holds every knob, read from and written to `config.toml`."""
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -122,7 +123,9 @@ class LLMConfig(_Section):
 
 
 class CurateConfig(_Section):
-    generators: list[Literal["self_label", "counterfactual", "templates", "llm", "feedback"]] = [
+    # sql_migrations (core/curate/sql_migrations.py) is not a default: it writes SQL, for the
+    # `init --preset sql-migrations` skill.
+    generators: list[Literal["self_label", "counterfactual", "templates", "llm", "feedback", "sql_migrations"]] = [
         "self_label", "counterfactual", "templates", "llm", "feedback"]
     # Who labels traffic: the model's probabilities smoothed by label propagation over the embedding
     # graph, or the model alone. Banking77 pool, labels from a cycle-1 model: model 87.4%, propagation 88.0%.
@@ -167,6 +170,23 @@ class CurateConfig(_Section):
     templates_per_class: int = Field(30, ge=0)
     templates_max_per_class: int = Field(200, ge=0)
     templates_file: str = "templates.json"  # in the workspace: {"templates": {label: [...]}, "slots": {...}}
+    # sql_migrations: look-alike migrations per confused pair (both sides), at most; per class each cycle, at least
+    # (twice for a diagnosed class; an ask for more gets more).
+    sql_migrations_per_pair: int = Field(60, ge=0)
+    sql_migrations_per_class: int = Field(40, ge=0)
+    # Execution verification (core/sandbox): when set, every candidate that passed the filters is executed and
+    # kept only when its execution confirms its label; that verdict replaces the model's verifiers for it.
+    # "" off; "local" a throwaway PostgreSQL cluster (needs its server binaries); "duckdb" the embedded fallback
+    # (cannot see locks or rewrites: those samples are dropped as unverifiable); anything else a PostgreSQL DSN
+    # (postgresql://... or key=value) of a server the sandbox may create databases and roles on.
+    sandbox: str = ""
+    # Another domain's check, by the same contract (core/sandbox/external.py): a command (argv, no shell) that
+    # reads one sample as JSON on stdin and answers {"keep", "evidence", "reason"}, or a Python callable
+    # "module:function". At most one of sandbox, sandbox_command and sandbox_callable.
+    sandbox_command: list[Annotated[str, Field(min_length=1)]] = []
+    sandbox_callable: str = ""
+    sandbox_timeout_s: float = Field(30.0, gt=0, le=3600)  # per sample, for sandbox_command
+    sandbox_workers: int = Field(2, ge=1, le=32)  # checks run in parallel
     # The human budget: each cycle asks a person to label this many pool texts, those where the views disagree
     # most (uncertainty x density); their answers count as seed from the next cycle. 0: ask nobody.
     ask_humans_per_cycle: int = Field(0, ge=0, le=10_000)
@@ -178,6 +198,28 @@ class CurateConfig(_Section):
         if not sum(mix) > 0:
             raise ValueError("at least one of the four weights must be above zero")
         return mix
+
+    @field_validator("sandbox")
+    @classmethod
+    def _sandbox(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("", "local", "duckdb") or value.startswith(("postgresql://", "postgres://")) or "=" in value:
+            return value
+        raise ValueError(f"'{value}' is not \"\", \"local\", \"duckdb\" or a PostgreSQL DSN")
+
+    @field_validator("sandbox_callable")
+    @classmethod
+    def _callable(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value.strip()):
+            raise ValueError(f"'{value}' is not module:function")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _one_check(self):
+        chosen = [name for name in ("sandbox", "sandbox_command", "sandbox_callable") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} are both set: one execution check at a time")
+        return self
 
     @model_validator(mode="after")
     def _chars_range(self):

@@ -20,6 +20,7 @@ import pandas as pd
 
 from core import atomic, curate, diagnose, drift, gates, lessons, model as M, registry, stats
 from core.curate import ask, views
+from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate_parts
 from core.faults import crash_point
@@ -134,7 +135,12 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                              seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                              view=views.for_config(cfg.curate.teacher_encoder, ws.root))
     heldout = store.examples("heldout")
-    samples, report = curate.curate(context, heldout, store.reviewed_samples(cycle["id"]), ctx["progress"])
+    # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
+    # removed, however the stage ends.
+    with check.open_check(cfg.curate) as context.check:
+        if context.check is not None:
+            _say(ctx["progress"], f"  curate: every candidate is executed by {context.check.name}")
+        samples, report = curate.curate(context, heldout, store.reviewed_samples(cycle["id"]), ctx["progress"])
     requests = None
     if cfg.curate.ask_humans_per_cycle:
         # Never ask again about a text already asked (in another cycle, or answered), nor about a held-out text.
@@ -174,8 +180,11 @@ def _label_weights(kept: pd.DataFrame, scheme: str) -> pd.Series:
     pseudo-label), 1 for everything else (people's labels, generators that write the label they mean)."""
     if scheme == "none" or kept.empty:
         return pd.Series(1.0, index=kept.index)
-    teacher = kept["scores"].map(lambda raw: json.loads(raw or "{}").get("teacher", 1.0))
-    human = kept["status"].eq("approved") | kept["generator"].eq("feedback")
+    scores = kept["scores"].map(lambda raw: json.loads(raw or "{}"))
+    teacher = scores.map(lambda s: s.get("teacher", 1.0))
+    # A pseudo-label that execution confirmed is no longer the teacher's guess: it counts in full.
+    executed = scores.map(lambda s: bool((s.get("sandbox") or {}).get("keep")))
+    human = kept["status"].eq("approved") | kept["generator"].eq("feedback") | executed
     return teacher.where(~human, 1.0).clip(0.0, 1.0).astype(float)
 
 

@@ -56,20 +56,28 @@ def write_templates(path: Path) -> None:
     atomic.write_json(path, {"templates": TEMPLATES, "slots": SLOTS}, indent=1)
 
 
-def run_demo(root: Path, cycles: int = 1, port: int = 8501) -> int:
+def run_demo(root: Path | None = None, cycles: int = 1, port: int = 8501, preset: str | None = None) -> int:
     from core.config import Config
+    from core.presets import PRESETS, init_preset
     from core.setup import init_workspace
     from core.workspace import open_workspace
 
+    if preset and preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    root = Path(root or (f"demo-{preset}" if preset else "demo-workspace"))
     if not (root / "config.toml").exists():
         config = Config()
         # The baseline goes straight to production (nothing to compare it with); every later
         # promotion waits for a person in the approvals inbox.
         config.gates.promotion.policy = "auto_under_thresholds"
         config.gates.promotion.auto_min_gain = 1.0
-        ws = init_workspace(root, DATA / "tickets_labeled.csv", DATA / "tickets_unlabeled.csv",
-                            DATA / "tickets_heldout.csv", config=config)
-        write_templates(ws.root / config.curate.templates_file)
+        if preset:
+            ws, notes = init_preset(root, preset, config)
+            print("\n".join(notes))
+        else:
+            ws = init_workspace(root, DATA / "tickets_labeled.csv", DATA / "tickets_unlabeled.csv",
+                                DATA / "tickets_heldout.csv", config=config)
+            write_templates(ws.root / config.curate.templates_file)
         print(f"created demo workspace {root}")
     ws = open_workspace(root)
     _stop_on_sigterm()

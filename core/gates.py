@@ -77,7 +77,9 @@ def data_review_checks(gate: GateConfig, samples: pd.DataFrame, seed_labels: pd.
               "generator_shares": {}, "reasons": []}
     problems = []
     verified = kept[kept["status"] == "kept"]
-    top = [json.loads(s).get("knn_top") for s in verified["scores"]] if len(verified) else []
+    parsed = [json.loads(s or "{}") for s in verified["scores"]] if len(verified) else []
+    # A label execution confirmed (core/sandbox) is measured, not estimated: like a person's approval, not noise.
+    top = [p.get("knn_top") for p in parsed if not (p.get("sandbox") or {}).get("keep")]
     top = [t for t in top if t is not None]
     if top:
         noise = 1.0 - float(np.mean(top))

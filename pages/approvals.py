@@ -94,6 +94,12 @@ def data_review_evidence(gate: dict, checks: dict) -> None:
     c4.metric("Largest generator share", "-" if top is None else f"{top[1]:.0%}",
               help=None if top is None else f"{top[0]}; limit {checks.get('max_generator_share', 1):.0%} "
                                             "(traffic labelers excepted)")
+    executed = (queries.yield_report(ws, gate["cycle_id"]) or {}).get("sandbox")
+    if executed:  # an execution check verified this curation: what it ran and why it dropped what it dropped
+        st.markdown(f"**Executed** by {executed['check']}: {executed['executed']:,} candidates, "
+                    f"{executed['confirmed']:,} confirmed by their execution, {executed.get('kept', 0):,} of them kept")
+        st.dataframe(pd.DataFrame([{"Dropped because": why, "Samples": n} for why, n in
+                                   sorted(executed["dropped_by"].items(), key=lambda kv: -kv[1])]), hide_index=True)
     st.page_link(nav.path("synthetic_data"), label=f"Read the samples of cycle {gate['cycle_id']}",
                  icon=":material/dataset:")
 

@@ -30,6 +30,17 @@ def answer(request_id: int, label: str | None = None, skip: bool = False) -> Non
             "skipped" if skip else f"labeled {done['label']}: it counts as seed from the next cycle"))
 
 
+SQL = queries.is_sql(ws)
+
+
+def show_text(text: str) -> None:
+    """A migration reads as code; a ticket as text."""
+    if SQL:
+        st.code(text, language="sql")
+    else:
+        st.text(text)
+
+
 queue = queries.label_queue(ws)
 message = st.session_state.pop("label_message", None)
 if message:
@@ -43,7 +54,7 @@ if len(queue):
     all_labels = queries.labels(ws)
     for r in queue.head(QUEUE_SHOWN).itertuples():
         with st.container(border=True):
-            st.text(r.text)
+            show_text(r.text)
             st.caption(f"request {r.id} · cycle {r.cycle_id} · score {r.score:.3f} (uncertainty {r.uncertainty:.2f} "
                        f"× density {r.density:.2f}) · suggested: "
                        + ", ".join(f"{h['label']} {h['p']:.0%}" for h in r.suggestions))
@@ -91,6 +102,14 @@ def show_yield(report: dict, cycle: int) -> None:
             fig = px.bar(frame, x="Level", y="Share", color="Of", barmode="group", height=280)
             fig.update_layout(yaxis_tickformat=".0%", margin=dict(l=0, r=0, t=10, b=0), legend_title_text="")
             st.plotly_chart(fig, key=f"mix_{cycle}")
+        sandbox = report.get("sandbox")
+        if sandbox:
+            st.caption(f"Executed by {sandbox['check']}: {sandbox['executed']:,} candidates, "
+                       f"{sandbox['confirmed']:,} confirmed, {sandbox.get('kept', 0):,} kept "
+                       f"({sandbox.get('checks_per_s') or '-'} checks/s); why execution dropped the rest:")
+            st.dataframe(pd.DataFrame([{"Reason": why, "Samples": n} for why, n in
+                                       sorted(sandbox["dropped_by"].items(), key=lambda kv: -kv[1])]),
+                         hide_index=True)
 
 
 c1, c2, c3, c4 = st.columns(4)
@@ -123,6 +142,20 @@ shown_cycle = cycle_id if cycle_id is not None else max(facets["cycle_id"])
 report = queries.yield_report(ws, shown_cycle)
 if report:
     show_yield(report, shown_cycle)
+
+if len(rows):
+    with st.expander("One sample with its evidence", expanded=False):
+        pick = st.selectbox("Sample on this page", rows["id"].tolist(), key="detail_id")
+        row = rows[rows["id"] == pick].iloc[0]
+        show_text(row["text"])
+        st.caption(f"{row['generator']} · label {row['label']} · {row['status']}: {row['reason'] or '–'}")
+        executed, other = queries.execution_evidence(row["scores"])
+        if executed:
+            st.markdown(f"**Execution** ({'confirms its label' if executed['keep'] else 'does not confirm it'}): "
+                        f"{executed['reason']}")
+            st.json(executed.get("evidence") or {}, expanded=False)
+        if other:
+            st.json(other, expanded=False)
 
 st.subheader("Review")
 st.caption("A person's decision wins over every verifier, in this cycle and later ones, and is audited.")

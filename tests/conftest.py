@@ -201,3 +201,46 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+# -- the execution sandbox: one real throwaway PostgreSQL cluster per session --------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/status").read_text().count("State:\tZ")
+
+
+def _processes_under(root: Path) -> list[int]:
+    """Processes whose command line names the cluster's folder (the postmaster and its children)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(root).encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def start_sandbox(**kw):
+    from core.sandbox.postgres import PostgresMissing, PostgresSandbox
+
+    try:
+        return PostgresSandbox.local(**kw)
+    except PostgresMissing as e:
+        pytest.fail(f"{e}. The sandbox tests need a real PostgreSQL; CI installs it (.ci/run).")
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """One throwaway PostgreSQL cluster for the whole session (test_sandbox.py, test_sql_skill.py), stopped at
+    the end; nothing of it may be left behind."""
+    sandbox = start_sandbox(workers=2, statement_timeout_ms=1000)
+    root, pid = sandbox.cluster.root, sandbox.cluster.pid
+    yield sandbox
+    sandbox.close()
+    assert not root.exists(), "the cluster's folder is left behind"
+    assert not _alive(pid) and not _processes_under(root), "the cluster's processes are left behind"

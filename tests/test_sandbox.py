@@ -6,7 +6,6 @@ here with the reason instead of skipping the file.
 """
 from __future__ import annotations
 
-import os
 import random
 import sys
 import time
@@ -15,52 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-import pytest
 
+from conftest import _alive, _processes_under, start_sandbox as _start
 from core.sandbox import LABELS, open_sandbox
 from core.sandbox.outcome import Outcome
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not Path(f"/proc/{pid}/status").read_text().count("State:\tZ")
-
-
-def _processes_under(root: Path) -> list[int]:
-    """Processes whose command line names the cluster's folder (the postmaster and its children)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if str(root).encode() in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
-
-
-def _start(**kw):
-    from core.sandbox.postgres import PostgresMissing, PostgresSandbox
-
-    try:
-        return PostgresSandbox.local(**kw)
-    except PostgresMissing as e:
-        pytest.fail(f"{e}. The sandbox tests need a real PostgreSQL; CI installs it (.ci/run).")
-
-
-@pytest.fixture(scope="session")
-def pg():
-    sandbox = _start(workers=2, statement_timeout_ms=1000)
-    root, pid = sandbox.cluster.root, sandbox.cluster.pid
-    yield sandbox
-    sandbox.close()
-    assert not root.exists(), "the cluster's folder is left behind"
-    assert not _alive(pid) and not _processes_under(root), "the cluster's processes are left behind"
 
 
 PLANTED = {
@@ -306,24 +265,27 @@ def test_registered_generator_answers_a_confused_pair_with_look_alikes_on_both_s
     from core.config import CurateConfig
     from core.curate.registry import GENERATORS, Context
 
-    import core.curate.sql_migrations  # noqa: F401  (registers it; it is not a default generator yet)
+    import core.curate.sql_migrations  # noqa: F401  (registers it; not a default generator)
 
     ctx = Context(loaded=SimpleNamespace(labels=LABELS), seed=pd.DataFrame(columns=["id", "text", "label"]),
                   pool=pd.DataFrame(columns=["id", "text"]), pairs=[("safe", "rewrites_table", 9)],
                   favoured={"safe", "rewrites_table"}, cfg=CurateConfig(), root=tmp_path, seed_value=3,
                   asks={"pair:safe->rewrites_table": 24})
     frame = GENERATORS["sql_migrations"](ctx)
+    frame = frame[frame["target"] == "pair:safe->rewrites_table"]  # the per-class floor comes besides
     assert len(frame) == 24 and set(frame["label"]) == {"safe", "rewrites_table"}
-    assert set(frame["target"]) == {"pair:safe->rewrites_table"} and frame["generator"].eq("sql_migrations").all()
+    assert frame["generator"].eq("sql_migrations").all()
     assert frame["text"].is_unique
     for label in ("safe", "rewrites_table"):
         levels = Counter(frame.loc[frame["label"] == label, "level"])
         assert [levels.get(i, 0) for i in range(4)] == ctx.level_counts(label, 12)
-    # Without pairs it writes every class, asked counts first.
+    # Every class gets the per-class floor whatever was asked (retraining replays only this cycle's samples),
+    # and an ask above the floor gets what it asked for.
+    floor = CurateConfig().sql_migrations_per_class
     ctx2 = Context(loaded=SimpleNamespace(labels=LABELS), seed=ctx.seed, pool=ctx.pool, pairs=[], favoured=set(),
-                   cfg=CurateConfig(), root=tmp_path, asks={"class:fails": 5})
+                   cfg=CurateConfig(), root=tmp_path, asks={"class:fails": floor + 5, "class:safe": 2})
     counts = GENERATORS["sql_migrations"](ctx2)["label"].value_counts()
-    assert counts["fails"] == 5 and set(counts.index) == set(LABELS)
+    assert counts["fails"] == floor + 5 and counts["safe"] == floor and set(counts.index) == set(LABELS)
 
 
 def test_outcome_precedence_is_decided_from_evidence_only():
@@ -340,3 +302,27 @@ def test_outcome_precedence_is_decided_from_evidence_only():
     assert decide(error=None, sqlstate=None, counts={}, dropped=[], broken_queries=[], rewritten=None,
                   blocking_scans=None)[0] is None
     assert Outcome(None, "x", escape=True).verdict("safe")["keep"] is False
+
+
+def test_a_cluster_whose_owner_was_killed_is_stopped_and_removed_by_the_next_start():
+    """kill -9 runs no cleanup at all; the next sandbox to start sweeps what the dead process left running."""
+    import signal
+    import subprocess
+
+    from conftest import ROOT
+    from core.sandbox.postgres import find_bindir, sweep_orphans
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom core.sandbox.postgres import LocalCluster\n"
+                             "c = LocalCluster().start()\nprint(c.root, flush=True)\ntime.sleep(120)\n"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    root = Path(proc.stdout.readline().strip())
+    assert root.is_dir() and _processes_under(root)
+    assert sweep_orphans(find_bindir()) == []  # its owner is alive: not touched
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert root.is_dir() and _processes_under(root), "the server outlives its killed owner"
+    assert root in sweep_orphans(find_bindir())
+    deadline = time.time() + 10
+    while _processes_under(root) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not root.exists() and not _processes_under(root)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pandas as pd
 
-from core.curate import counterfactual, feedback, llm, self_label, templates  # noqa: F401  (they register)
+from core.curate import counterfactual, feedback, llm, self_label, sql_migrations, templates  # noqa: F401  (they register)
 from core.curate import filters, verify
 from core.curate.registry import CANDIDATE_COLUMNS, GENERATORS, OPTIONAL_COLUMNS, Context
 from core.gates import TRAFFIC_LABELERS
@@ -63,9 +64,10 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         if len(approved) else ctx.seed[["text", "label"]]
     cand = filters.apply(cand, labeled, heldout, cfg)
 
-    alive = cand.index[cand["status"] == "candidate"]
     cand["confidence"], cand["difficulty"], cand["scores"] = np.nan, -1, "{}"
     cand["rank_score"] = 0.0
+    confirmed = execute(cand, ctx)  # index -> the execution verdict's reason, for samples it confirmed
+    alive = cand.index[cand["status"] == "candidate"]
     if len(alive):
         texts = cand.loc[alive, "text"].tolist()
         # The kNN verifier votes in the frozen teacher view when there is one: not the model checking itself.
@@ -87,9 +89,16 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         cand.loc[alive, "scores"] = [json.dumps({**{k: round(float(r[k]), 4) for k in
                                                     ("model", "knn", "knn_top", "consistency", "margin", "teacher")
                                                     if pd.notna(r[k])},
-                                                 **({"target": t} if isinstance(t, str) else {})})
-                                     for (_, r), t in zip(scores.iterrows(), cand.loc[alive, "target"])]
+                                                 **({"target": t} if isinstance(t, str) else {}),
+                                                 **json.loads(old)})
+                                     for (_, r), t, old in zip(scores.iterrows(), cand.loc[alive, "target"],
+                                                               cand.loc[alive, "scores"])]
         for (i, row), weigh in zip(scores.iterrows(), weighed):
+            if i in confirmed:
+                # Execution confirmed the label: the model's verifiers would only drop what it does not know yet,
+                # which is what the sample is there to teach. Their scores stay, for difficulty and ranking.
+                cand.loc[i, ["status", "reason"]] = ["verified", confirmed[i]]
+                continue
             if weigh:
                 # A teacher's label of real traffic is kept and weighs in training by the teacher's confidence:
                 # dropping what the verifiers doubt throws away the hard texts (measured in bench/README).
@@ -134,6 +143,41 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     return cand[SAMPLE_COLUMNS], report
 
 
+def execute(cand: pd.DataFrame, ctx: Context) -> dict:
+    """The sandbox verifier: run every candidate still standing through the configured execution check (none:
+    nothing happens). A sample whose execution contradicts its label, or that the sandbox contained, is dropped
+    with the sandbox's reason; the evidence goes into its scores either way. Returns index -> reason of the
+    samples execution confirmed. What ran, how fast and why samples fell is kept for the yield report."""
+    if ctx.check is None:
+        return {}
+    alive = cand.index[cand["status"] == "candidate"]
+    rows = [{"text": t, "label": lab, "generator": g, "target": tg if isinstance(tg, str) else None}
+            for t, lab, g, tg in zip(cand.loc[alive, "text"], cand.loc[alive, "label"], cand.loc[alive, "generator"],
+                                     cand.loc[alive, "target"])]
+    levels = cand["level"] if "level" in cand else pd.Series(np.nan, index=cand.index)
+    start = time.perf_counter()
+    results = ctx.check.run(rows)
+    seconds = time.perf_counter() - start
+    confirmed, dropped = {}, {}
+    for i, checked in zip(alive, results):
+        v = checked.verdict
+        record = {"sandbox": {"keep": v.keep, "reason": v.reason, "evidence": v.evidence,
+                              **({"executed_as": checked.label} if checked.label else {})}}
+        if pd.notna(levels.get(i)):
+            record["level"] = int(levels[i])  # the difficulty the generator wrote it at
+        cand.at[i, "scores"] = json.dumps(record, default=str)
+        if v.keep:
+            confirmed[i] = v.reason
+        else:
+            cand.loc[i, ["status", "reason"]] = ["dropped", v.reason]
+            dropped[checked.category] = dropped.get(checked.category, 0) + 1
+    ctx.memo["sandbox"] = {"check": ctx.check.name, "executed": len(results), "confirmed": len(confirmed),
+                           "seconds": round(seconds, 2),
+                           "checks_per_s": round(len(results) / seconds, 1) if seconds > 0 else None,
+                           "dropped_by": dict(sorted(dropped.items(), key=lambda kv: -kv[1]))}
+    return confirmed
+
+
 def _shares(levels: pd.Series) -> list[float]:
     counts = np.bincount(levels[levels >= 0].astype(int), minlength=4)[:4]
     return [round(float(c) / max(int(counts.sum()), 1), 4) for c in counts]
@@ -174,9 +218,22 @@ def yield_report(samples: pd.DataFrame, ctx: Context) -> dict:
         per.setdefault(name, {"generated": 0, "kept": 0})["note"] = note
     reasons = samples.loc[~kept, "reason"].str.split(":").str[0].value_counts().to_dict()
     asked, produced = sum(a["asked"] for a in asks.values()), sum(a["produced"] for a in asks.values())
+    sandbox = ctx.memo.get("sandbox")
+    if sandbox:
+        # Per generator too: what each one had executed and how much of it execution confirmed.
+        checked = samples["scores"].map(lambda raw: (json.loads(raw or "{}").get("sandbox") or {}).get("keep"))
+        for g, grp in samples.groupby("generator"):
+            per[g]["executed"] = int(checked[grp.index].notna().sum())
+            per[g]["confirmed"] = int((checked[grp.index] == True).sum())  # noqa: E712  (None is not executed)
+        sandbox = {**sandbox, "kept": int((kept & (checked == True)).sum())}  # noqa: E712
+    summary = f"generated {len(samples):,}, " + (f"executed {sandbox['executed']:,}, " if sandbox else "") \
+        + f"kept {int(kept.sum()):,}"
+    if sandbox and sandbox["dropped_by"]:
+        summary += " (execution dropped " + ", ".join(f"{n:,} {why}" for why, n in
+                                                      list(sandbox["dropped_by"].items())[:3]) + ")"
     return {"generated": int(len(samples)), "kept": int(kept.sum()), "per_generator": per, "dropped_by": reasons,
             "asks": asks, "asked": asked, "produced_for_asks": produced,
-            "difficulty": difficulty_report(samples, ctx),
-            "summary": f"generated {len(samples):,}, kept {int(kept.sum()):,}"
+            "difficulty": difficulty_report(samples, ctx), "sandbox": sandbox,
+            "summary": summary
                        + (f"; diagnosis asked for {asked:,} samples, generators produced {produced:,} for its asks"
                           if asks else "")}

@@ -32,6 +32,9 @@ class Context:
     # does not run the encoder over the traffic a second time.
     seen: dict = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # results more than one step reads (the pool's teacher scores)
+    # core.sandbox.check.ExecutionCheck, when one is configured: every candidate the filters let through is
+    # executed, and its execution, not the model, decides whether its label holds.
+    check: object = None
 
     def requested_mix(self, label: str) -> list[float]:
         """The difficulty mix asked of a class (0 easy .. 3 hard, sums to 1): harder for diagnosed classes."""

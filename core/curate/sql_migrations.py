@@ -353,12 +353,13 @@ def parses(sql: str) -> bool:
 
 @register("sql_migrations")
 def sql_migrations(ctx: Context):
-    """Per diagnosed pair A -> B: look-alikes on both sides from the families holding both labels; per asked
-    or favoured class: its own variants. Each class's samples follow its requested difficulty mix."""
+    """Per diagnosed pair A -> B: look-alikes on both sides from the families holding both labels; per class:
+    its own variants, what the diagnosis asked or the per-class floor, whichever is more. Each class's samples
+    follow its requested difficulty mix."""
     rng = random.Random(ctx.seed_value)
     known = [label for label in LABELS if label in set(getattr(ctx.loaded, "labels", LABELS) or LABELS)]
-    per_pair = getattr(ctx.cfg, "counterfactual_per_pair", 40)
-    per_class = getattr(ctx.cfg, "templates_per_class", 30)
+    per_pair = ctx.cfg.sql_migrations_per_pair
+    per_class = ctx.cfg.sql_migrations_per_class
     rows: list[dict] = []
     seen: set[str] = set()
 
@@ -383,10 +384,13 @@ def sql_migrations(ctx: Context):
         emit(true, (budget + 1) // 2, target, families)
         emit(pred, budget // 2, target, families)
     for label in known:
+        # Every class, every cycle, at least per_class (twice that when favoured); an ask for more gets more.
+        # Training replays the seed and this cycle's samples only, so a class the diagnosis stops asking about
+        # would otherwise vanish from the next retraining: measured on the preset, the second cycle got 168 written
+        # samples instead of 355 (fewer errors, fewer asks) and fell from 56.7% to 49.3% on the held-out set.
         target = f"class:{label}"
-        if target in ctx.asks or not ctx.pairs:
-            default = per_class * (2 if label in ctx.favoured else 1)
-            emit(label, ctx.asks.get(target, default), target if target in ctx.asks else None)
+        floor = per_class * (2 if label in ctx.favoured else 1)
+        emit(label, max(ctx.asks.get(target, 0), floor), target if target in ctx.asks else None)
     if not rows:
         ctx.notes["sql_migrations"] = "no label of the SQL-migration task among the model's labels"
     frame = candidates("sql_migrations", rows)

@@ -74,6 +74,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PREFIX = "evolab-pg-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans(bindir: Path) -> list[Path]:
+    """Stop and remove the throwaway clusters whose owner died without stopping them (killed with SIGKILL, out of
+    memory): a cluster is left running only by a dead owner, never by a live one. Returns what was removed."""
+    removed = []
+    for root in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            owner = int((root / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge: no owner recorded
+        if _pid_alive(owner):
+            continue
+        orphan = LocalCluster(bindir=bindir, root=root)
+        try:
+            orphan.stop()  # pg_ctl stop when its postmaster.pid is there, then the folder goes
+        except (RuntimeError, subprocess.SubprocessError):
+            shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
+
+
 @dataclass
 class LocalCluster:
     """A throwaway cluster in a temp folder, listening only on a Unix socket inside that folder.
@@ -107,7 +140,10 @@ class LocalCluster:
             raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr[-2000:]} {tail}")
 
     def start(self) -> "LocalCluster":
-        self.root = Path(tempfile.mkdtemp(prefix="evolab-pg-"))
+        sweep_orphans(self.bindir)
+        self.root = Path(tempfile.mkdtemp(prefix=PREFIX))
+        # Whose cluster this is: a later start stops it if this process died without stopping it (kill -9).
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         who = self._as_user()
         if who:
             os.chown(self.root, who["user"], who["group"])
