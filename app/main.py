@@ -15,11 +15,15 @@ if str(ROOT) not in sys.path:  # streamlit puts app/ on the path, the pages impo
 import streamlit as st  # noqa: E402
 
 from app import nav, queries, session  # noqa: E402
+from core import __version__  # noqa: E402
 from core.auth import AuthError  # noqa: E402
 from core.store import StoreBusy  # noqa: E402
 from core.workspace import WorkspaceError, open_workspace  # noqa: E402
 
-st.set_page_config(page_title="Evolab", page_icon=":material/model_training:", layout="wide")
+st.set_page_config(page_title="Evolab", page_icon=":material/model_training:", layout="wide",
+                   menu_items={"About": f"**Evolab {__version__}**: a model improves itself while people watch "
+                                        "every step and approve or reject each promotion of its weights.",
+                               "Get help": None, "Report a bug": None})
 
 path = queries.workspace_from_args()
 if not path:

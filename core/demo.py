@@ -39,7 +39,9 @@ def serve_dashboard(root: Path, port: int = 8501, host: str = "127.0.0.1") -> in
     _stop_on_sigterm()
     ui = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(UI), "--server.port", str(port),
                            "--server.address", host, "--server.headless", "true",
-                           "--browser.gatherUsageStats", "false", "--", "--workspace", str(root)])
+                           "--browser.gatherUsageStats", "false",
+                           # a product, not a dev server: no Deploy button, no developer menu
+                           "--client.toolbarMode", "viewer", "--", "--workspace", str(root)])
     try:
         return ui.wait()
     finally:

@@ -409,6 +409,7 @@ def test_serving_beyond_loopback_warns_on_stderr(monkeypatch, capsys, tmp_path, 
     monkeypatch.setattr(demo, "_stop_on_sigterm", lambda: None)
     assert demo.serve_dashboard(tmp_path, 8600, host) == 0
     assert started[0][started[0].index("--server.address") + 1] == host
+    assert started[0][started[0].index("--client.toolbarMode") + 1] == "viewer"  # no Deploy button, no dev menu
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     if warns:

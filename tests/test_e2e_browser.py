@@ -203,6 +203,9 @@ def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
         wait_page(driver, SIGN_IN_TITLE)
         assert f"Gate {gate_id}" not in driver.page_source and buttons(driver) == {"Sign in"}
         assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')
+        # A product, not a dev server: Streamlit's Deploy button is not there.
+        assert driver.find_elements(By.CSS_SELECTOR, '[data-testid="stToolbar"]')
+        assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stAppDeployButton"]')
         driver.save_screenshot(str(shots / "sign_in.png"))
 
         # A wrong password: the one generic refusal, and still the sign-in form.
