@@ -70,6 +70,37 @@ def texts(at: AppTest) -> str:
     return "\n".join(map(str, parts))
 
 
+def store_columns() -> set[str]:
+    """Every column name of the store's schema, read from a database the migrations build."""
+    import duckdb
+
+    from core.store import MIGRATIONS
+
+    con = duckdb.connect()
+    for migration in MIGRATIONS:
+        con.execute(migration)
+    return {row[0] for row in con.execute("SELECT column_name FROM information_schema.columns").fetchall()}
+
+
+def unreadable(at: AppTest) -> list[str]:
+    """What a person should not see on the page: a table heading that is a store column name or a
+    snake_case identifier, and a cell or metric that says None or nan."""
+    import re
+
+    raw, found = store_columns(), []
+    for frame in (e.value for e in at.dataframe):
+        for heading in map(str, frame.columns):
+            if heading in raw or re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)+", heading):
+                found.append(f"heading {heading!r}")
+        cells = frame.astype(object).to_numpy().ravel().tolist()
+        found += [f"cell {c!r} in {list(frame.columns)}" for c in cells
+                  if c is None or (isinstance(c, float) and c != c) or str(c).strip().lower() in {"none", "nan", "nat"}]
+    for m in at.metric:
+        if str(m.value).strip().lower() in {"none", "nan", "nat"}:
+            found.append(f"metric {m.label!r} = {m.value!r}")
+    return found
+
+
 @pytest.mark.parametrize("page", list(nav.PAGES))
 def test_every_page_renders_on_an_empty_workspace(monkeypatch, workspace, page):
     auth.add_user(workspace.store, APPROVER, "approver", PASSWORD)
