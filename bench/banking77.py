@@ -164,9 +164,11 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
     gate_est = None
     if candidate:
         gate = store.gate_for(outcome.cycle_id, "promotion")
-        est = (gate or {}).get("checks", {}).get("candidate")
+        checks = (gate or {}).get("checks", {})
+        est = checks.get("estimate") or checks.get("candidate")  # on traffic where there is a probe
         if not isinstance(est, dict):  # rejected before the promotion gate: its estimate is stored all the same
-            est = stats.stored_estimate(store.evaluation(candidate, "gate"))
+            est = (store.evaluation(candidate, "traffic") or {}).get("detail") \
+                or stats.stored_estimate(store.evaluation(candidate, "gate"))
         gate_est = est
     runs = store.stage_runs(outcome.cycle_id)
     seen = [str(s) for s in runs["stage"]]

@@ -30,6 +30,13 @@ class DataConfig(_Section):
     # 0.25 leaves 4 of 5 rows a class to the gate: the forgetting test needs 3 broken answers of one class to
     # stand out at all among 150 classes, so the gate part gets the larger share.
     selection_fraction: float = Field(0.25, gt=0, lt=1)
+    # The traffic probe: a share of the unlabeled rows (at most probe_max_rows) that nothing trains on or
+    # labels. The held-out rows are drawn apart from traffic and can be easier (on Banking77 they read 3-4
+    # points high); the probe's confidences carry the gate rows' accuracy over to traffic. A pool under
+    # probe_min_pool rows keeps every row for curation.
+    probe_fraction: float = Field(0.1, ge=0, lt=1)
+    probe_max_rows: int = Field(500, ge=0)
+    probe_min_pool: int = Field(200, ge=0)
     seed: int = Field(0, ge=0)
 
 

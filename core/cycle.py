@@ -22,7 +22,7 @@ from core import atomic, curate, diagnose, drift, gates, lessons, model as M, re
 from core.curate import ask, views
 from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
-from core.evaluate import evaluate_parts
+from core.evaluate import evaluate_parts, traffic_estimate
 from core.faults import crash_point
 from core.store import END_STATUSES, HELDOUT_PARTS, StoreConflict, utcnow
 from core.train import TrainSpec, train
@@ -64,12 +64,24 @@ def heldout_parts(store) -> dict:
     return {part: store.heldout(part) for part in HELDOUT_PARTS}
 
 
+def evaluate_version(ws: Workspace, version: str, progress: bool = False, cycle_id: int | None = None,
+                     next_stage: str | None = None) -> dict:
+    """Score the version on both parts of the held-out set and estimate its accuracy on traffic (the
+    probe); stored together. Returns {part: (results, accuracy, per_class)} and "traffic": estimate|None."""
+    store = ws.store
+    loaded = registry.load(ws, version)
+    scored = evaluate_parts(loaded, heldout_parts(store), progress)
+    traffic = traffic_estimate(loaded, scored["gate"][0], store.traffic_probe(), progress) if "gate" in scored else None
+    store.save_evaluation(version, scored, cycle_id=cycle_id, next_stage=next_stage, traffic=traffic)
+    return {**scored, "traffic": traffic}
+
+
 def ensure_evaluated(ws: Workspace, version: str, progress: bool = False) -> None:
     """The version's results on both parts of the held-out set, computed once and stored."""
     store = ws.store
     if all(store.evaluation(version, part) is not None for part in HELDOUT_PARTS):
         return
-    store.save_evaluation(version, evaluate_parts(registry.load(ws, version), heldout_parts(store), progress))
+    evaluate_version(ws, version, progress)
 
 
 def rejection_findings(store, version: str, before_cycle: int | None) -> list[dict]:
@@ -261,12 +273,15 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
 def stage_evaluate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     store = ws.store
     version = cycle["candidate_version"]
-    scored = evaluate_parts(registry.load(ws, version), heldout_parts(store), ctx["progress"])
-    store.save_evaluation(version, scored, cycle_id=cycle["id"], next_stage=step.next)
+    scored = evaluate_version(ws, version, ctx["progress"], cycle_id=cycle["id"], next_stage=step.next)
     gate = stats.estimate(scored["gate"][0]["correct"]) if "gate" in scored else None
     if gate:
-        _say(ctx["progress"], f"  evaluate: {version} gate estimate {gate['accuracy']:.4f} (95% CI "
+        _say(ctx["progress"], f"  evaluate: {version} gate rows {gate['accuracy']:.4f} (95% CI "
                               f"{gate['ci_low']:.4f}-{gate['ci_high']:.4f}, {gate['n']} untouched rows)")
+    if scored["traffic"]:
+        t = scored["traffic"]
+        _say(ctx["progress"], f"  evaluate: {version} expected on traffic {t['accuracy']:.4f} (95% CI "
+                              f"{t['ci_low']:.4f}-{t['ci_high']:.4f}, {t['n']} probe rows)")
 
 
 def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, step: Stage,
@@ -333,7 +348,10 @@ def stage_gate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | 
     if cycle["parent_version"]:
         ensure_evaluated(ws, cycle["parent_version"])  # a version from before the held-out set had parts
         production = store.eval_results(cycle["parent_version"], "gate")
-    checks = gates.promotion_checks(cfg.gates, candidate, production)
+    traffic = {"candidate": (store.evaluation(cycle["candidate_version"], "traffic") or {}).get("detail"),
+               "production": (store.evaluation(cycle["parent_version"], "traffic") or {}).get("detail")
+               if cycle["parent_version"] else None}
+    checks = gates.promotion_checks(cfg.gates, candidate, production, traffic)
     return _gate_stage(ws, cycle, ctx, "promotion", checks, step)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from core import model as M
+from core import stats
 
 
 def score(examples: pd.DataFrame, probs: np.ndarray, labels: list[str]) -> tuple[pd.DataFrame, float, dict]:
@@ -38,3 +39,13 @@ def evaluate_parts(loaded: M.Loaded, parts: dict[str, pd.DataFrame], progress: b
         out[name] = score(parts[name], probs[start:end], loaded.labels)
         start = end
     return out
+
+
+def traffic_estimate(loaded: M.Loaded, gate_results: pd.DataFrame, probe: pd.DataFrame,
+                     progress: bool = False) -> dict | None:
+    """The version's expected accuracy on traffic (stats.traffic_estimate) from its gate-row results
+    (confidence, correct) and the traffic probe's texts; None without a probe."""
+    if probe.empty or gate_results.empty:
+        return None
+    confidence = M.predict_proba(loaded, probe["text"].tolist(), progress=progress).max(1)
+    return stats.traffic_estimate(gate_results["confidence"], gate_results["correct"], confidence)

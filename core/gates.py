@@ -19,11 +19,20 @@ AUTO_APPROVE_ACTOR = "auto-approve"
 TRAFFIC_LABELERS = frozenset({"self_label", "human_review", "feedback"})
 
 
-def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.DataFrame | None) -> dict:
+def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.DataFrame | None,
+                     traffic: dict | None = None) -> dict:
     """candidate/production: per-row results on the gate part of the held-out set (example_id, label,
-    predicted, correct), rows nothing else in the cycle used. Passing is necessary, never sufficient."""
+    predicted, correct), rows nothing else in the cycle used. Passing is necessary, never sufficient.
+
+    traffic: {"candidate": estimate, "production": estimate} on traffic (stats.traffic_estimate), where
+    the workspace has a traffic probe. It is the figure a gate shows as the candidate's accuracy, since the
+    held-out rows can be easier than traffic; the decision compares the two models on the same gate rows,
+    where that difference in difficulty cancels."""
     cand = stats.estimate(candidate["correct"].astype(bool))
+    traffic = traffic or {}
     checks = {"rows": "gate", "n": cand["n"], "candidate": cand, "candidate_accuracy": cand["accuracy"],
+              "traffic": {"candidate": traffic.get("candidate"), "production": traffic.get("production")},
+              "estimate": traffic.get("candidate") or cand,
               "min_gain": cfg.min_gain, "max_recall_drop": cfg.max_recall_drop,
               "forgetting_alpha": cfg.forgetting_alpha, "reasons": []}
     if production is None:

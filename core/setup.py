@@ -59,7 +59,7 @@ def init_workspace(root: Path, labeled: Path, unlabeled: Path | None = None, hel
         Store(ws.db).start_audit_key()  # before the first entry, so the whole log is keyed
         Store(ws.db).load_datasets(labels, parts, "cli", {
             "labels": len(labels), "rows": {split: len(frame) for split, _, _, frame in parts},
-            "base_model": config.model.base_model}, config.data.selection_fraction, config.data.seed)
+            "base_model": config.model.base_model}, config.data)
         if probes is not None:
             Store(ws.db).add_guardrails(probes, "cli", str(Path(guardrails).resolve()))
         audit_config(ws, "cli")

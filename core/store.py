@@ -129,6 +129,13 @@ MIGRATIONS: list[str] = [
         text VARCHAR NOT NULL, score DOUBLE, uncertainty DOUBLE, density DOUBLE, suggestions JSON,
         status VARCHAR NOT NULL, label VARCHAR, answered_by VARCHAR, answered_at TIMESTAMP, created_at TIMESTAMP);
     """,
+    # v12: the traffic probe: unlabeled rows set aside at init that nothing trains on or labels, whose
+    # confidences carry the gate's held-out accuracy over to traffic (stats.traffic_estimate); an
+    # evaluation's detail holds that estimate and its interval
+    """
+    CREATE TABLE traffic_probe(example_id BIGINT PRIMARY KEY);
+    ALTER TABLE evaluations ADD COLUMN detail JSON;
+    """,
 ]
 HELDOUT_PARTS = ("selection", "gate")
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -261,11 +268,16 @@ class Store:
                 raise SchemaError(f"workspace schema v{current} is newer than this Evolab (v{SCHEMA_VERSION})")
             for version in range(current, SCHEMA_VERSION):
                 con.execute(MIGRATIONS[version])
-            if 0 < current < 8:  # a workspace made before the held-out set had parts gets them now
+            if 0 < current < 12:
                 from core.config import DataConfig
 
                 defaults = DataConfig()
-                self._assign_heldout_parts(con, defaults.selection_fraction, defaults.seed)
+                if current < 8:  # a workspace made before the held-out set had parts gets them now
+                    self._assign_heldout_parts(con, defaults.selection_fraction, defaults.seed)
+                # a probe only where nothing has trained on the pool yet: rows a version learned from would
+                # read as easy traffic
+                if not con.execute("SELECT count(*) FROM synthetic_samples").fetchone()[0]:
+                    self._assign_traffic_probe(con, defaults)
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
             con.execute("COMMIT")
         finally:
@@ -507,8 +519,9 @@ class Store:
 
     # -- datasets -----------------------------------------------------------------------------
     def load_datasets(self, labels: list[str], parts: list[tuple[str, str, str, pd.DataFrame]],
-                      actor: str, detail: dict, selection_fraction: float, seed: int) -> None:
-        """Store the label space and every split at once: parts are (split, source, sha256, frame)."""
+                      actor: str, detail: dict, drawing) -> None:
+        """Store the label space and every split at once: parts are (split, source, sha256, frame); drawing
+        (config.data) says how the held-out set's parts and the traffic probe are drawn."""
         with self._tx() as con:
             if con.execute("SELECT count(*) FROM examples").fetchone()[0]:
                 raise StoreConflict("this workspace already holds data")
@@ -531,8 +544,9 @@ class Store:
                 con.execute("INSERT INTO examples SELECT id, dataset_id, split, text, label, row_num FROM rows_df")
                 con.unregister("rows_df")
                 next_id += len(frame)
-            self._assign_heldout_parts(con, selection_fraction, seed)
-            self._audit(con, actor, "data_loaded", "workspace", detail)
+            self._assign_heldout_parts(con, drawing.selection_fraction, drawing.seed)
+            probe = self._assign_traffic_probe(con, drawing)
+            self._audit(con, actor, "data_loaded", "workspace", {**detail, "traffic_probe": probe})
 
     @staticmethod
     def _assign_heldout_parts(con, selection_fraction: float, seed: int) -> None:
@@ -544,6 +558,24 @@ class Store:
             "row_number() OVER (PARTITION BY label ORDER BY md5(concat(?, ':', id))) AS rn "
             "FROM examples WHERE split = 'heldout') WHERE id NOT IN (SELECT example_id FROM heldout_parts)",
             [selection_fraction, str(seed)])
+
+    @staticmethod
+    def _assign_traffic_probe(con, drawing) -> int:
+        """Set aside a seeded share of the unlabeled split (capped) as the traffic probe, once; a pool
+        smaller than drawing.probe_min_pool keeps every row for curation and gets no probe."""
+        pool = con.execute("SELECT count(*) FROM examples WHERE split = 'unlabeled'").fetchone()[0]
+        size = min(drawing.probe_max_rows, int(pool * drawing.probe_fraction))
+        if pool < drawing.probe_min_pool or size < 1:
+            return 0
+        con.execute("INSERT INTO traffic_probe SELECT id FROM examples WHERE split = 'unlabeled' "
+                    "AND id NOT IN (SELECT example_id FROM traffic_probe) "
+                    "ORDER BY md5(concat(?, ':probe:', id)) LIMIT ?", [str(drawing.seed), size])
+        return size
+
+    def traffic_probe(self) -> pd.DataFrame:
+        """The probe's rows (id, text): unlabeled traffic no curation, training or label request reads."""
+        return self._read("SELECT x.id, x.text FROM examples x JOIN traffic_probe p ON p.example_id = x.id "
+                          "ORDER BY x.id")
 
     def heldout(self, part: str) -> pd.DataFrame:
         """One part of the held-out set: id, text, label."""
@@ -918,8 +950,11 @@ class Store:
             "GROUP BY text ORDER BY min(\"at\"), text")
 
     def unlabeled_pool(self) -> pd.DataFrame:
-        """What curation may self-label: the unlabeled split, then logged production traffic."""
-        pool, traffic = self.examples("unlabeled"), self.production_texts()
+        """What curation may self-label: the unlabeled split less the traffic probe, then logged production
+        traffic."""
+        pool = self._read("SELECT id, text, label FROM examples WHERE split = 'unlabeled' "
+                          "AND id NOT IN (SELECT example_id FROM traffic_probe) ORDER BY id")
+        traffic = self.production_texts()
         if traffic.empty or pool.empty:
             return pool if traffic.empty else traffic
         return pd.concat([pool, traffic], ignore_index=True)
@@ -1057,9 +1092,15 @@ class Store:
 
     # -- evaluation ---------------------------------------------------------------------------
     def save_evaluation(self, version: str, scored: dict[str, tuple[pd.DataFrame, float, dict]],
-                        cycle_id: int | None = None, next_stage: str | None = None) -> None:
-        """A version's evaluation on each part of the held-out set ({part: (results, accuracy, per_class)})."""
+                        cycle_id: int | None = None, next_stage: str | None = None,
+                        traffic: dict | None = None) -> None:
+        """A version's evaluation on each part of the held-out set ({part: (results, accuracy, per_class)}),
+        and its estimate on traffic (stats.traffic_estimate), kept as split 'traffic'."""
         with self._tx() as con:
+            if traffic is not None:
+                con.execute("INSERT OR REPLACE INTO evaluations (version, split, accuracy, n, per_class, \"at\", "
+                            "detail) VALUES (?, 'traffic', ?, ?, '{}', ?, ?)",
+                            [version, traffic["accuracy"], traffic["n"], utcnow(), _json(traffic)])
             for split, (results, accuracy, per_class) in scored.items():
                 con.execute("DELETE FROM eval_results WHERE version = ? AND example_id IN (SELECT unnest(?))",
                             [version, results["example_id"].tolist()])
@@ -1067,8 +1108,9 @@ class Store:
                 con.execute("INSERT INTO eval_results SELECT version, example_id, predicted, confidence, correct "
                             "FROM eval_df")
                 con.unregister("eval_df")
-                con.execute("INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
-                            [version, split, accuracy, len(results), _json(per_class), utcnow()])
+                con.execute("INSERT OR REPLACE INTO evaluations (version, split, accuracy, n, per_class, \"at\") "
+                            "VALUES (?, ?, ?, ?, ?, ?)", [version, split, accuracy, len(results), _json(per_class),
+                                                          utcnow()])
             if cycle_id is not None and next_stage:
                 self._set_stage(con, cycle_id, next_stage)
 
@@ -1076,6 +1118,7 @@ class Store:
         row = _first(self._read("SELECT * FROM evaluations WHERE version = ? AND split = ?", [version, split]))
         if row:
             row["per_class"] = json.loads(row["per_class"])
+            row["detail"] = json.loads(row["detail"]) if row.get("detail") else None
         return row
 
     def evaluations(self) -> pd.DataFrame:

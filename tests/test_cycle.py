@@ -17,8 +17,11 @@ def test_baseline_then_evolve_autonomously(baseline_ws):
     assert {"diagnose", "curate", "data_review", "train", "evaluate", "drift", "gate"} <= stages
     assert store.drift_report(cid)["report"]["verdict"] == "pass"
     samples = store.samples(cid)
-    # every pool row is a sample with a reason
-    assert (samples["generator"] == "self_label").sum() == len(store.examples("unlabeled"))
+    # every pool row is a sample with a reason; the traffic probe's rows are in no sample
+    probe = store.traffic_probe()
+    assert len(probe) == 10
+    assert (samples["generator"] == "self_label").sum() == len(store.unlabeled_pool()) == 30
+    assert not samples["text"].isin(probe["text"]).any()
     assert samples["reason"].str.len().gt(0).all()
     assert not store.diagnoses(cid).empty
     version = store.version("v2")
@@ -26,6 +29,11 @@ def test_baseline_then_evolve_autonomously(baseline_ws):
     assert version["lineage"]["rows_by_source"]["seed"] == len(store.examples("seed"))  # replay of the seed
     gate = store.gate_for(cid, "promotion")
     assert gate["automatic"] and gate["decided_by"] == gates.AUTO_ACTOR and gate["policy"] == "auto"
+    # the figure the gate shows is the candidate's expected accuracy on traffic, with its interval
+    traffic = store.evaluation("v2", "traffic")["detail"]
+    assert traffic["n"] == 10 and traffic["ci_low"] <= traffic["accuracy"] <= traffic["ci_high"]
+    assert gate["checks"]["estimate"] == gate["checks"]["traffic"]["candidate"] == traffic
+    assert gate["checks"]["traffic"]["production"] == store.evaluation("v1", "traffic")["detail"]
     expected = "v2" if gate["status"] == "approved" else "v1"
     assert store.alias("production") == expected
     assert not store.metrics(f"cycle_{cid}").empty

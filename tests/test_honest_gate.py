@@ -93,6 +93,47 @@ def test_wilson_and_paired_gain_agree_with_known_values():
 
 
 # -- data review ----------------------------------------------------------------------------------------------
+def _answers(rng, n, ease, noise=0.3):
+    """n answers of a model whose confidence rises with a row's latent ease and which is right when the
+    ease (plus noise) is positive: easier rows, more confident and more often right."""
+    ease = rng.normal(ease, 1.0, n)
+    return 1 / (1 + np.exp(-3 * ease)), ease + rng.normal(0, noise, n) > 0
+
+
+def test_the_traffic_estimate_covers_harder_traffic_where_the_gate_rows_miss_it():
+    """Gate rows easier than traffic (the Banking77 case): their own accuracy reads ~5 points high and its
+    interval misses traffic's accuracy nearly always; the estimate from the probe's confidences covers it."""
+    rng = np.random.default_rng(3)
+    misses = covers = 0
+    for _ in range(20):
+        gate_conf, gate_ok = _answers(rng, 300, 1.9)
+        probe_conf, _ = _answers(rng, 500, 1.3)
+        truth = _answers(rng, 50_000, 1.3)[1].mean()
+        est = stats.traffic_estimate(gate_conf, gate_ok, probe_conf, resamples=400)
+        held = stats.estimate(gate_ok)
+        misses += not held["ci_low"] <= truth <= held["ci_high"]
+        covers += est["ci_low"] <= truth <= est["ci_high"]
+        assert est["n"] == 500 and est["gate_rows"] == 300 and est["ci_low"] <= est["accuracy"] <= est["ci_high"]
+    assert misses >= 18 and covers >= 15, (misses, covers)
+    with pytest.raises(ValueError, match="needs gate rows and probe rows"):
+        stats.traffic_estimate([0.9], [True], [])
+
+
+def test_the_traffic_probe_is_drawn_once_and_kept_from_curation(tmp_path, tiny_csvs):
+    from tests.conftest import make_workspace
+
+    config = fast_config()
+    config.data.probe_min_pool, config.data.probe_fraction, config.data.probe_max_rows = 20, 0.5, 15
+    ws = make_workspace(tmp_path / "w", tiny_csvs, config)
+    probe, pool = ws.store.traffic_probe(), ws.store.unlabeled_pool()
+    assert len(probe) == 15 and len(pool) == 25 and set(probe["id"]).isdisjoint(pool["id"])
+    assert set(probe["id"]) | set(pool["id"]) == set(ws.store.examples("unlabeled")["id"])
+    again = make_workspace(tmp_path / "again", tiny_csvs, config).store.traffic_probe()
+    assert again["text"].tolist() == probe["text"].tolist()  # seeded: the same rows every time
+    config.data.probe_min_pool = 41  # the tiny pool has 40 rows: all of them stay with curation
+    assert make_workspace(tmp_path / "small", tiny_csvs, config).store.traffic_probe().empty
+
+
 def _samples(labels, generators, knn_top):
     return pd.DataFrame({"status": "kept", "label": labels, "generator": generators,
                          "scores": [json.dumps({"model": 0.9, "knn": 0.5, "knn_top": t}) for t in knn_top]})
@@ -237,7 +278,8 @@ def test_a_workspace_from_before_the_split_gets_stored_parts_and_its_old_config_
     from core.workspace import open_workspace
 
     con = duckdb.connect(str(baseline_ws.db))
-    for sql in ("DROP TABLE label_requests", "DROP TABLE heldout_parts", "DROP TABLE auth_failures",
+    for sql in ("DROP TABLE traffic_probe", "ALTER TABLE evaluations DROP COLUMN detail",
+                "DROP TABLE label_requests", "DROP TABLE heldout_parts", "DROP TABLE auth_failures",
                 "DROP TABLE api_tokens", "ALTER TABLE gates DROP COLUMN override",
                 "ALTER TABLE cycles DROP COLUMN tries"):  # back to v7
         con.execute(sql)

@@ -20,7 +20,7 @@ def _assert_consistent(ws, cid):
     assert c["status"] in ("done", "rejected"), c
     samples = store.samples(cid)
     assert samples["id"].is_unique
-    assert (samples["generator"] == "self_label").sum() == len(store.examples("unlabeled"))  # once each
+    assert (samples["generator"] == "self_label").sum() == len(store.unlabeled_pool())  # once each
     versions = store.versions()
     assert versions["version"].is_unique and len(versions) == 2  # baseline + exactly one candidate
     assert sorted(p.name for p in ws.models.iterdir()) == ["v1", "v2"]  # no orphan folders
