@@ -134,7 +134,8 @@ st.plotly_chart(lineage_figure(lineage), key="lineage_chart")
 st.subheader("Versions")
 table = unpack_json(versions, "rows_by_source", prefix="from:")
 sources = [c for c in table.columns if c.startswith("from:")]
-table[sources] = table[sources].fillna(0).astype(int)  # a source a version did not use gave it no rows
+known = versions["rows_by_source"] != "{}"  # an old lineage does not say; one that does gave 0 rows from the rest
+table.loc[known, sources] = table.loc[known, sources].fillna(0)
 table["aliases"] = table["version"].map(dict(zip(lineage["version"], lineage["aliases"])))
 show(table.sort_values("num", ascending=False),
      {"version": "Version", "aliases": "Aliases now", "created_at": "Created", "cycle_id": "Cycle",

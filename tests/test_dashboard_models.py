@@ -89,3 +89,25 @@ def test_models_draws_the_lineage_with_aliases_and_a_versions_recall(monkeypatch
     worst = min(ws.store.evaluation("v1")["per_class"].items(), key=lambda kv: (kv[1]["recall"], kv[0]))
     assert recall["Class"].iloc[0] == worst[0]
     assert "No drift report for v1" in "\n".join(c.value for c in at.caption)
+
+
+def test_a_branch_gets_its_own_row_and_an_unevaluated_version_reads(monkeypatch, pending_ws):
+    """v3 trained from v1 beside v2 (registered straight in the store: no training), not evaluated yet and
+    with an old lineage that lacks rows_by_source: a second row in the graph, '–' and words, never an error."""
+    ws, _ = pending_ws
+    ws.store.register_version("v3", 3, None, "v1", "bundled:all-MiniLM-L6-v2", "models/v3", {}, {"parent": "v1"},
+                              "engine")
+    at = open_page(monkeypatch, ws.root, "models")
+    assert unreadable(at) == []
+    lineage = spec(at)
+    nodes = next(t for t in lineage["data"] if t.get("name") == "versions")
+    rows = dict(zip(array(nodes["x"]), array(nodes["y"])))
+    assert rows[1] == rows[2] != rows[3]
+    arrows = sorted((a["x"], a["ax"]) for a in lineage["layout"]["annotations"] if a.get("showarrow"))
+    assert arrows == [(1, 2), (1, 3)]
+    assert "candidate" in dict(zip(array(nodes["x"]), nodes["text"]))[3]
+    versions = at.dataframe[0].value.set_index("Version")
+    assert versions.loc["v3", "From seed"] == "–" and versions.loc["v1", "From synthetic"] == "0"
+    assert at.selectbox(key="detail_version").value == "v3"
+    shown = "\n".join(c.value for c in at.caption)
+    assert "Not evaluated on the gate rows yet" in shown and "No drift report for v3" in shown
