@@ -399,3 +399,84 @@ def scaffold_overview(ws: str) -> dict:
 @_cached
 def scaffold_trial(ws: str, cycle_id: int) -> dict | None:
     return _store(ws).scaffold_trial(int(cycle_id))
+
+
+# -- models page: lineage and version detail ---------------------------------------------------------------------
+GATE_NAMES = {"promotion": "promotion", "data_review": "data review", "drift_review": "drift review",
+              "scaffold_adoption": "scaffold adoption"}
+
+
+def _gate_words(gate: dict) -> str:
+    """One gate as a person says it: 'promotion gate 3: approved by alice (2026-11-27 01:30:28 UTC)'."""
+    from app.tables import is_empty, when
+
+    name = GATE_NAMES.get(gate["kind"], str(gate["kind"]).replace("_", " "))
+    words = f"{name} gate {int(gate['id'])}: {gate['status']}"
+    if gate["status"] == "pending":
+        return words + f" (policy {gate['policy']})"
+    if not is_empty(gate.get("decided_by")):
+        words += f" by {gate['decided_by']}"
+    if gate.get("override") is True:
+        words += " overriding failed checks"
+    if not is_empty(gate.get("decided_at")):
+        words += f" ({when(gate['decided_at'])} UTC)"
+    return words
+
+
+@_cached
+def lineage(ws: str) -> pd.DataFrame:
+    """One row per version, oldest first, for the lineage graph: its parent, the cycle that trained it (kind,
+    status) and that cycle's gates in words, the aliases on it now, whether it was ever production, and its
+    gate estimate with the number of rows behind it."""
+    store = _store(ws)
+    columns = ["version", "num", "created_at", "parent_version", "cycle_id", "cycle_kind", "cycle_status", "gates",
+               "aliases", "was_production", "gate_accuracy", "gate_n"]
+    frame = store.versions()
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    cycles_by_id = store.cycles().set_index("id")
+    gates = store.gates()
+    on_version: dict[str, list[str]] = {}
+    for row in store.aliases().itertuples():
+        if isinstance(row.version, str):
+            on_version.setdefault(row.version, []).append(row.name)
+    history = store.alias_history()
+    ever_production = set(history.loc[history["name"] == "production", "version"].dropna())
+    evals = store.evaluations().query("split == 'gate'").set_index("version")
+    rows = []
+    for v in frame.itertuples():
+        cid = None if pd.isna(v.cycle_id) else int(v.cycle_id)
+        cyc = cycles_by_id.loc[cid] if cid is not None and cid in cycles_by_id.index else None
+        its_gates = gates[gates["cycle_id"] == cid].to_dict("records") if cid is not None else []
+        rows.append({
+            "version": v.version, "num": int(v.num), "created_at": v.created_at,
+            "parent_version": v.parent_version if isinstance(v.parent_version, str) else None,
+            "cycle_id": cid, "cycle_kind": None if cyc is None else cyc["kind"],
+            "cycle_status": None if cyc is None else cyc["status"],
+            "gates": [_gate_words(g) for g in its_gates],
+            "aliases": sorted(on_version.get(v.version, [])),
+            "was_production": v.version in ever_production,
+            "gate_accuracy": evals["accuracy"].get(v.version), "gate_n": evals["n"].get(v.version)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+@_cached
+def version_detail(ws: str, version: str) -> dict | None:
+    """What one version was made of and how it did: its lineage (training rows by source, steps, LoRA layers),
+    per-class results on the gate rows (worst recall first), and the drift report of the cycle that trained
+    it (None for a baseline, which had nothing to compare with)."""
+    store = _store(ws)
+    row = store.version(version)
+    if row is None:
+        return None
+    evaluation_ = store.evaluation(version)
+    per_class = pd.DataFrame(
+        [{"label": label, **values} for label, values in ((evaluation_ or {}).get("per_class") or {}).items()],
+        columns=["label", "recall", "precision", "support"])
+    per_class = per_class.sort_values(["recall", "label"], na_position="last").reset_index(drop=True)
+    cycle_id = row["cycle_id"]
+    drift = store.drift_report(int(cycle_id)) if cycle_id is not None and not pd.isna(cycle_id) else None
+    return {"version": version, "cycle_id": cycle_id, "parent": row["parent_version"], "lineage": row["lineage"],
+            "rows_by_source": dict(row["lineage"].get("rows_by_source") or {}), "per_class": per_class,
+            "accuracy": (evaluation_ or {}).get("accuracy"), "n": (evaluation_ or {}).get("n"),
+            "drift": drift}

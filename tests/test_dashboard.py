@@ -147,7 +147,7 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
         recall = at.dataframe[1].value
         assert {"production_recall", "candidate_recall", "change"} <= set(recall.columns) and len(recall) == 4
     elif page == "models":
-        assert set(at.dataframe[0].value["version"]) == {"v1", "v2"} and "production v1" in shown
+        assert set(at.dataframe[0].value["Version"]) == {"v1", "v2"} and "production v1" in shown
         # v2 was never production: nothing to roll back to, so no rollback form at all
         assert "No version to roll back to" in shown and "Roll back" not in buttons(at)
     elif page == "audit":
@@ -195,9 +195,9 @@ def test_training_marks_the_doctors_interventions(monkeypatch, pending):
     ws, _ = pending
     ws.store.record_train_event("cycle_2", 3, "lr_cut", "loss plateaued: learning rate halved")
     at = open_page(monkeypatch, ws.root, "training")
-    assert list(at.dataframe[0].value["kind"]) == ["lr_cut"]
+    assert list(at.dataframe[0].value["Intervention"]) == ["Lr cut"]  # a kind without a name of its own: in words
     figure = at.get("plotly_chart")[0].proto.spec
-    assert '"lr_cut"' in figure and '"val_acc"' in figure
+    assert '"Lr cut"' in figure and '"Validation accuracy"' in figure
 
 
 def test_approve_through_the_form(monkeypatch, pending):
