@@ -55,7 +55,7 @@ def _interval(low, high) -> str:
 
 st.subheader("Archive and lineage")
 archive = pd.DataFrame(info["archive"])
-archive["origin"] = [f"{op or 'mutation'} of {parent}" if not tables.is_empty(parent) else
+archive["origin"] = [f"from {parent}: {op or 'mutated'}" if not tables.is_empty(parent) else
                      "built-in" if sid in BUILTINS else "added by hand"
                      for sid, parent, op in zip(archive["id"], archive["parent"], archive["operator"])]
 tables.show(archive.sort_values("num"),

@@ -102,6 +102,8 @@ def test_scaffold_tables_are_readable(monkeypatch, pending_ws):
     store.abandon_cycle(2, "test", "a scaffold cycle needs the model cycle closed")
     ids = archive.ensure_builtins(store, "test")
     first, second = sorted(ids.values())[:2]
+    child, _ = archive.add(store, {"steps": [{"type": "classify"}, {"type": "retrieve"}]}, "engine", first,
+                           "insert retrieve at 2", cycle_id=2)
     store.save_scaffold_eval(first, "v1", "search", {"n": 40, "accuracy": 0.8, "coverage": 1.0,
                                                      "selective_accuracy": 0.8, "guardrail_pass": 1.0})
     cid = store.create_scaffold_cycle("ab_test", "v1", 4, first, second, "engine")
@@ -113,6 +115,7 @@ def test_scaffold_tables_are_readable(monkeypatch, pending_ws):
     assert unreadable(at) == []
     archive_table, trials, adoptions = (d.value for d in at.dataframe)
     assert "80.00%" in set(archive_table["Search accuracy"]) and "–" in set(archive_table["Search accuracy"])
-    assert set(archive_table["Made by"]) == {"built-in"}
+    made_by = dict(zip(archive_table["Scaffold"], archive_table["Made by"]))
+    assert made_by[child] == f"from {first}: insert retrieve at 2" and made_by[first] == "built-in"
     assert trials["Gain"].iloc[0] == "+2.50 pts" and trials["95% CI of the gain"].iloc[0] == "-1.00 to +6.00 pts"
     assert adoptions["Scaffold"].iloc[0] == second and "Times are UTC." in texts(at)
