@@ -481,6 +481,7 @@ def version_detail(ws: str, version: str) -> dict | None:
             "accuracy": (evaluation_ or {}).get("accuracy"), "n": (evaluation_ or {}).get("n"),
             "drift": drift}
 
+
 # -- diagnosis page: error map and finding trends ---
 FINDING_KINDS = {"confusion_pair": "Confused pair", "weak_class": "Weak class", "error_cluster": "Error cluster",
                  "production_error": "Production error", "gate_rejection": "Gate rejection"}
