@@ -136,8 +136,7 @@ def status_dict(ws) -> dict:
     cycles = store.cycles()
     evals = {}
     if len(store.versions()):
-        frame = store.evaluations()
-        evals = {r["version"]: stats.stored_estimate(r) for r in frame[frame["split"] == "gate"].to_dict("records")}
+        evals = stats.shown_estimates(store.evaluations())
     return {
         "workspace": str(ws.root),
         "production": store.alias("production"),
@@ -154,7 +153,11 @@ def status_dict(ws) -> dict:
 
 
 def _estimate(est: dict) -> str:
-    return f"{est['accuracy']:.4f} (95% CI {est['ci_low']:.4f}-{est['ci_high']:.4f}, {est['n']} gate rows)"
+    """An estimate with its interval and what it rests on: on traffic (the probe's rows, carried over from
+    the gate rows) or on the gate rows alone."""
+    rows = (f"on traffic, {est['n']} probe rows and {est['gate_rows']} gate rows" if est.get("basis") == "traffic"
+            or "gate_rows" in est else f"{est['n']} gate rows")
+    return f"{est['accuracy']:.4f} (95% CI {est['ci_low']:.4f}-{est['ci_high']:.4f}, {rows})"
 
 
 def cmd_status(args) -> int:
@@ -195,8 +198,9 @@ def cmd_gates(args) -> int:
               + (f"  by {g['decided_by']}" if g["decided_by"] else "")
               + ("  OVERRIDE: approved although its checks failed" if g.get("override") else ""))
         if g["kind"] == "promotion" and isinstance(checks.get("candidate"), dict):
-            print("    " + "; ".join(f"{name} {_estimate(checks[name])}" for name in ("candidate", "production")
-                                     if checks.get(name)))
+            traffic = checks.get("traffic") or {}
+            print("    " + "; ".join(f"{name} {_estimate(traffic.get(name) or checks[name])}"
+                                     for name in ("candidate", "production") if checks.get(name)))
         print(f"    {'; '.join(checks.get('reasons', []))}")
     return 0
 

@@ -82,6 +82,23 @@ def traffic_estimate(gate_confidence, gate_correct, probe_confidence, level: flo
             "resamples": resamples}
 
 
+def shown_estimates(evaluations) -> dict[str, dict]:
+    """Per version, the estimate people are shown, from the store's evaluation rows (version, split,
+    accuracy, n, detail): on traffic where the version has one, else on the gate rows. `basis` says which."""
+    import json
+
+    out: dict[str, dict] = {}
+    rows = evaluations.to_dict("records") if hasattr(evaluations, "to_dict") else list(evaluations)
+    for row in rows:
+        if row["split"] == "gate" and row["version"] not in out and (est := stored_estimate(row)):
+            out[row["version"]] = {**est, "basis": "gate rows"}
+    for row in rows:
+        detail = row.get("detail")
+        if row["split"] == "traffic" and isinstance(detail, str) and detail:
+            out[row["version"]] = {**json.loads(detail), "basis": "traffic"}
+    return out
+
+
 def paired_gain(production, candidate, level: float = LEVEL) -> dict:
     """candidate - production accuracy on the same rows. Agresti-Min adds half a row to each discordant
     cell, which keeps the interval honest when few rows differ."""
