@@ -399,3 +399,19 @@ def scaffold_overview(ws: str) -> dict:
 @_cached
 def scaffold_trial(ws: str, cycle_id: int) -> dict | None:
     return _store(ws).scaffold_trial(int(cycle_id))
+
+
+# -- review pages ---------------------------------------------------------------------------------------------
+CHAIN_CASES = {"intact": "intact", "altered": "an entry was altered", "deleted": "entries were deleted",
+               "reordered": "entries were reordered", "truncated": "entries were cut from the end",
+               "unverifiable": "it cannot be checked without its key"}
+
+
+@_cached
+def audit_chain(ws: str) -> dict:
+    """The audit chain's verdict for people: audit_check's fields plus what kind of damage, and since which entry
+    the log is sealed with the workspace's key (None: plain hashes, a log from before keys)."""
+    report = audit.verify(_store(ws))
+    return {"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq,
+            "problem": report.problem, "case": CHAIN_CASES.get(report.case, report.case),
+            "keyed_from": report.keyed_from}
