@@ -35,12 +35,20 @@ shown = shown.sort_values("seq", ascending=False).reset_index(drop=True)
 details = [json.loads(d) if not tables.is_empty(d) else {} for d in shown["detail"]]
 
 
+def words(value):
+    """A detail's keys as words (`failures_in_window` → `failures in window`), nested ones too."""
+    if isinstance(value, dict):
+        return {str(k).replace("_", " "): words(v) for k, v in value.items()}
+    return [words(v) for v in value] if isinstance(value, list) else value
+
+
 def shorten(detail: dict) -> str:
-    line = tables.text(detail)
+    line = tables.text(words(detail))
     return line if len(line) <= DETAIL_SHOWN else line[:DETAIL_SHOWN - 1] + "…"
 
 
-table = shown.assign(action=shown["action"].str.replace("_", " "), detail=[shorten(d) for d in details])
+table = shown.assign(action=shown["action"].str.replace("_", " "), detail=[shorten(d) for d in details],
+                     subject=shown["subject"].str.replace(":", " ", n=1))  # "gate:3" reads "gate 3"
 st.caption(f"{len(shown):,} of {len(log):,} entries, newest first. Select a row to read its whole detail.")
 event = tables.show(table, {"seq": "Seq", "at": "At", "actor": "Actor", "action": "Action", "subject": "Target",
                             "detail": "Detail"}, {"seq": "text", "at": "time"},
@@ -54,7 +62,7 @@ if picked:
         st.markdown(f"**Entry {entry['seq']}** · {tables.when(entry['at'])} · {entry['actor']} · "
                     f"{entry['action'].replace('_', ' ')} · {entry['subject']}")
         if detail:
-            rows = pd.DataFrame([(k.replace("_", " ").capitalize(), v) for k, v in detail.items()],
+            rows = pd.DataFrame([(k.capitalize(), v) for k, v in words(detail).items()],
                                 columns=["field", "value"])
             tables.show(rows, {"field": "Field", "value": "Value"}, {"value": "text"},
                         column_config={"Value": st.column_config.TextColumn(width="large")})

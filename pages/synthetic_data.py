@@ -124,9 +124,9 @@ def show_yield(report: dict, cycle: int) -> None:
 
 
 # The table's headings; a sample's scores (JSON) are spread into one column per score, per page of rows only.
-SAMPLE_COLUMNS = {"id": "Sample", "cycle_id": "Cycle", "generator": "Generator", "status": "Status",
-                  "label": "Label", "confidence": "Verifier score", "difficulty": "Difficulty", "reason": "Reason",
-                  "text": "Text"}
+SAMPLE_COLUMNS = {"id": "Sample", "cycle_id": "Cycle", "status": "Status", "label": "Label", "text": "Text",
+                  "reason": "Reason", "generator": "Generator", "confidence": "Verifier score",
+                  "difficulty": "Difficulty"}
 SAMPLE_TAIL = {"parent_id": "Written from", "created_at": "Created at"}
 SAMPLE_FORMATS = {"id": "text", "cycle_id": "text", "confidence": "number", "difficulty": "count",
                   "parent_id": "text", "created_at": "time"}
@@ -203,7 +203,7 @@ pages = max(1, -(-total // page_size))
 st.caption(f"{total:,} matching samples · page {page} of {pages}")
 table, headings = sample_table(rows)
 event = tables.show(table, headings, SAMPLE_FORMATS, on_select="rerun", selection_mode="single-row",
-                    key="samples_table", row_height=56,
+                    key="samples_table",
                     column_config={"Text": st.column_config.TextColumn(width="large"),
                                    "Reason": st.column_config.TextColumn(width="medium")})
 st.pagination(pages, default=page, key=key)

@@ -43,6 +43,9 @@ def test_review_pages_show_no_store_column_and_no_empty_marker(monkeypatch, pend
         log = table_with(at, "Seq", "At", "Actor", "Action", "Target", "Detail")
         assert "gate opened" in set(log["Action"]) and list(log["Seq"])[:1] == [str(len(log))]  # newest first
         assert "Chain verified" in at.success[0].value
+        select_row(at, "audit_table", 0)  # the newest entry, whole: one row per field of its detail
+        assert f"Entry {len(log)}" in texts(at) and len(table_with(at, "Field", "Value"))
+        assert unreadable(at) == []
 
 
 def test_a_selected_sample_shows_its_whole_text(monkeypatch, pending_ws):
