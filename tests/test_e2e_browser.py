@@ -212,8 +212,15 @@ def is_png(path: Path) -> bool:
 
 
 def sign_out(driver) -> None:
+    """Sign out and wait until the signed-in page is gone: on a loaded machine its sidebar can outlive the
+    sign-in form's title for a moment, until the run that draws the form ends."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
     click_button(driver, "Sign out")
     wait_page(driver, SIGN_IN_TITLE)
+    WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: buttons(d) == {"Sign in"}, "the signed-in page stayed after signing out")
 
 
 def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
