@@ -602,3 +602,19 @@ def confused_pairs(ws: str, version: str) -> pd.DataFrame:
             for t in matrix.index for p in matrix.columns if t != p and matrix.loc[t, p] > 0]
     frame = pd.DataFrame(rows, columns=["label", "predicted", "n", "share"])
     return frame.sort_values(["n", "label"], ascending=[False, True]).reset_index(drop=True)
+
+
+# -- review pages ---------------------------------------------------------------------------------------------
+CHAIN_CASES = {"intact": "intact", "altered": "an entry was altered", "deleted": "entries were deleted",
+               "reordered": "entries were reordered", "truncated": "entries were cut from the end",
+               "unverifiable": "it cannot be checked without its key"}
+
+
+@_cached
+def audit_chain(ws: str) -> dict:
+    """The audit chain's verdict for people: audit_check's fields plus what kind of damage, and since which entry
+    the log is sealed with the workspace's key (None: plain hashes, a log from before keys)."""
+    report = audit.verify(_store(ws))
+    return {"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq,
+            "problem": report.problem, "case": CHAIN_CASES.get(report.case, report.case),
+            "keyed_from": report.keyed_from}

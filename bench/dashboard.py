@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         filter_s, _ = timed(at.run)
         assert not at.exception, [e.value for e in at.exception]
         caption_kept = next(c.value for c in at.caption if "matching samples" in c.value)
-        assert set(at.dataframe[0].value["status"]) == {"kept"}
+        assert set(at.dataframe[0].value["Status"]) == {"kept"}
 
         def verdict(value: float, target: float) -> str:
             return "OK" if value <= target else "OVER TARGET"

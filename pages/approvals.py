@@ -7,13 +7,14 @@ the separate override control, which needs a written reason.
 import pandas as pd
 import streamlit as st
 
-from app import nav, queries, session
+from app import nav, queries, session, tables
 from core import actions
 from core.auth import AuthError
 from core.store import StoreConflict
 
 ws = queries.workspace_path()
 st.title("Approvals")
+st.caption(tables.TIMES_ARE_UTC)
 
 
 def decide(gate_id: int, approved: bool, override: bool = False) -> None:
@@ -37,11 +38,31 @@ def decide(gate_id: int, approved: bool, override: bool = False) -> None:
 
 
 def _interval(est: dict | None) -> str:
-    return "-" if not est else f"{est['accuracy']:.4f}"
+    return tables.EMPTY if not est else f"{est['accuracy']:.4f}"
 
 
 def _ci(est: dict | None) -> str | None:
     return None if not est else f"95% CI {est['ci_low']:.4f}-{est['ci_high']:.4f} on {est['n']} gate rows"
+
+
+def change(value) -> str:
+    """A difference of two rates, signed, in percentage points."""
+    return tables.EMPTY if tables.is_empty(value) else f"{100 * float(value):+.1f} pts"
+
+
+def kind_name(kind: str) -> str:
+    return GATE_KINDS.get(kind, str(kind).replace("_", " "))
+
+
+GATE_KINDS = {"promotion": "promotion", "data_review": "data review", "drift_review": "drift review",
+              "scaffold_adoption": "scaffold adoption"}
+FORGETTING = {"label": "Class", "forgotten": "Forgotten", "n": "Gate rows", "broken": "Broken", "fixed": "Fixed",
+              "recall_production": "Recall before", "recall_candidate": "Recall after", "p_adjusted": "Adjusted p",
+              "flipped_to": "Now predicted as"}
+RECALL = {"label": "Class", "support": "Support", "production_recall": "Production recall",
+          "candidate_recall": "Candidate recall", "change": "Change"}
+FLIPPED = {"text": "Text", "label": "True label", "production": "Production said", "candidate": "Candidate says"}
+GUARDRAIL_FAILURES = {"text": "Probe", "expected": "Expected", "candidate": "Candidate says", "note": "Note"}
 
 
 def promotion_evidence(gate: dict, checks: dict) -> None:
@@ -52,7 +73,7 @@ def promotion_evidence(gate: dict, checks: dict) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric(f"Candidate {gate['candidate'] or ''}", _interval(cand), help=_ci(cand))
     c2.metric(f"Production {gate['production'] or ''}", _interval(prod), help=_ci(prod))
-    c3.metric("Gain", "-" if gain is None else f"{gain:+.4f}",
+    c3.metric("Gain", tables.EMPTY if gain is None else f"{gain:+.4f}",
               help=(f"95% CI {detail['ci_low']:+.4f} to {detail['ci_high']:+.4f}; " if detail else "")
               + f"must beat {checks['min_gain']:+.4f}")
     st.caption("Estimates come from the gate part of the held-out set: rows no training, checkpoint choice or "
@@ -64,72 +85,87 @@ def promotion_evidence(gate: dict, checks: dict) -> None:
                     f"out and its recall drops by more than {forgetting['max_recall_drop']:.2f}. "
                     f"{forgetting['broken']} of production's {forgetting['production_right']} correct gate answers "
                     "broke in all.")
-        shown = forgetting.get("flagged", []) + forgetting.get("closest", [])
-        if shown:
-            st.dataframe(pd.DataFrame([{"class": r["label"], "forgotten": r["forgotten"], "gate rows": r["n"],
-                                        "broken": r["broken"], "fixed": r["fixed"],
-                                        "recall before": r["recall_production"], "recall after": r["recall_candidate"],
-                                        "adjusted p": r["p_adjusted"],
-                                        "flipped to": ", ".join(f"{k} x{v}" for k, v in r["flipped_to"].items())}
-                                       for r in shown]), hide_index=True,
-                         column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                        for c in ("recall before", "recall after", "adjusted p")})
-    st.markdown("**Per-class recall on the gate rows, production → candidate**")
-    st.dataframe(queries.recall_comparison(ws, gate["candidate"], gate["production"]), hide_index=True,
-                 column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in ("production_recall", "candidate_recall", "change")})
+        shown = pd.DataFrame(forgetting.get("flagged", []) + forgetting.get("closest", []))
+        if len(shown):
+            shown["p_adjusted"] = shown["p_adjusted"].map(lambda p: f"{p:.3f}")
+            shown["flipped_to"] = shown["flipped_to"].map(lambda d: ", ".join(f"{k} ×{v}" for k, v in d.items()))
+            tables.show(shown, FORGETTING, {"recall_production": "percent", "recall_candidate": "percent"})
+    st.markdown(f"**Per-class recall on the gate rows**: production {gate['production'] or ''} → candidate "
+                f"{gate['candidate'] or ''}, worst change first")
+    recall = queries.recall_comparison(ws, gate["candidate"], gate["production"]).assign(
+        change=lambda f: f["change"].map(change))
+    tables.show(recall, RECALL, {"support": "count", "production_recall": "percent", "candidate_recall": "percent"})
+    report = queries.drift_report(ws, gate["cycle_id"])
+    if report:  # the drift check of the same cycle: which answers the promotion would change
+        held = report.get("heldout", {})
+        with st.expander(f"Drift: {held.get('flip_rate', 0.0):.0%} of held-out answers change "
+                         f"({held.get('flips_fixed', 0)} fixed, {held.get('flips_broken', 0)} broken)"):
+            drift_tables(report)
+    samples_link(gate)
+
+
+def samples_link(gate: dict) -> None:
+    """To the Synthetic data page, filtered to this gate's cycle (the page reads `cycle` once)."""
+    st.page_link(nav.path("synthetic_data"), label=f"Read the samples of cycle {gate['cycle_id']}",
+                 icon=":material/dataset:", query_params={"cycle": int(gate["cycle_id"])})
 
 
 def data_review_evidence(gate: dict, checks: dict) -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Kept samples", f"{checks.get('kept', 0):,}", help=f"of {checks.get('generated', 0):,} generated")
     noise, shift = checks.get("label_noise"), checks.get("class_shift")
-    c2.metric("Estimated label noise", "-" if noise is None else f"{noise:.1%}",
+    c2.metric("Estimated label noise", tables.EMPTY if noise is None else f"{noise:.1%}",
               help=f"limit {checks.get('max_label_noise', 1):.0%}: kept samples whose label the kNN view does "
                    "not rank first")
-    c3.metric("Class-mix shift", "-" if shift is None else f"{shift:.2f}",
+    c3.metric("Class-mix shift", tables.EMPTY if shift is None else f"{shift:.2f}",
               help=f"limit {checks.get('max_class_shift', 1):.2f}: total variation from the seed's class mix")
     shares = checks.get("generator_shares") or {}
     top = max(shares.items(), key=lambda kv: kv[1]) if shares else None
-    c4.metric("Largest generator share", "-" if top is None else f"{top[1]:.0%}",
+    c4.metric("Largest generator share", tables.EMPTY if top is None else f"{top[1]:.0%}",
               help=None if top is None else f"{top[0]}; limit {checks.get('max_generator_share', 1):.0%} "
                                             "(traffic labelers excepted)")
     executed = (queries.yield_report(ws, gate["cycle_id"]) or {}).get("sandbox")
     if executed:  # an execution check verified this curation: what it ran and why it dropped what it dropped
         st.markdown(f"**Executed** by {executed['check']}: {executed['executed']:,} candidates, "
                     f"{executed['confirmed']:,} confirmed by their execution, {executed.get('kept', 0):,} of them kept")
-        st.dataframe(pd.DataFrame([{"Dropped because": why, "Samples": n} for why, n in
-                                   sorted(executed["dropped_by"].items(), key=lambda kv: -kv[1])]), hide_index=True)
-    st.page_link(nav.path("synthetic_data"), label=f"Read the samples of cycle {gate['cycle_id']}",
-                 icon=":material/dataset:")
+        dropped = pd.DataFrame(sorted(executed["dropped_by"].items(), key=lambda kv: -kv[1]), columns=["why", "n"])
+        tables.show(dropped, {"why": "Dropped because", "n": "Samples"}, {"n": "count"})
+    samples_link(gate)
+
+
+def drift_tables(report: dict) -> None:
+    held, guard = report.get("heldout", {}), report.get("guardrails") or {}
+    if held.get("flipped"):
+        st.markdown("**Held-out predictions that flipped**")
+        tables.show(pd.DataFrame(held["flipped"]), FLIPPED, column_config={
+            "Text": st.column_config.TextColumn(width="large")})
+    if guard.get("failures"):
+        st.markdown("**Guardrail probes the candidate fails**")
+        tables.show(pd.DataFrame(guard["failures"]), GUARDRAIL_FAILURES, column_config={
+            "Probe": st.column_config.TextColumn(width="large")})
 
 
 def drift_evidence(gate: dict, checks: dict) -> None:
     report = queries.drift_report(ws, gate["cycle_id"]) or {}
     held, guard = report.get("heldout", {}), report.get("guardrails") or {}
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Held-out flip rate", f"{held.get('flip_rate', 0.0):.3f}",
+    c1.metric("Held-out flip rate", f"{held.get('flip_rate', 0.0):.1%}",
               help=f"{held.get('flips_fixed', 0)} fixed, {held.get('flips_broken', 0)} broken")
     c2.metric("KL divergence", f"{held.get('kl', 0.0):.3f}")
     c3.metric("Calibration error change", f"{held.get('ece_change', 0.0):+.3f}")
-    c4.metric("Guardrails passed", f"{guard['pass_rate_candidate']:.0%}" if guard else "-")
-    if held.get("flipped"):
-        st.markdown("**Held-out predictions that flipped**")
-        st.dataframe(held["flipped"], hide_index=True)
-    if guard.get("failures"):
-        st.markdown("**Guardrail probes the candidate fails**")
-        st.dataframe(guard["failures"], hide_index=True)
+    c4.metric("Guardrails passed", f"{guard['pass_rate_candidate']:.0%}" if guard else tables.EMPTY)
+    drift_tables(report)
 
 
 def scaffold_evidence(gate: dict, checks: dict) -> None:
     if "gain" not in checks:  # not written by a scaffold A/B test: show what there is
-        st.json(checks, expanded=False)
+        checks_table(checks)
         return
     result = (queries.scaffold_trial(ws, gate["cycle_id"]) or {}).get("result") or {}
     prod, cand = result.get("production", {}), result.get("candidate", {})
 
     def acc(m: dict) -> str:
-        return "-" if m.get("accuracy") is None else f"{m['accuracy']:.4f}"
+        return tables.EMPTY if m.get("accuracy") is None else f"{m['accuracy']:.4f}"
 
     c1, c2, c3, c4 = st.columns(4)
     c1.metric(f"Candidate scaffold {checks.get('candidate', '')}", acc(cand),
@@ -139,13 +175,22 @@ def scaffold_evidence(gate: dict, checks: dict) -> None:
     c3.metric("Gain", f"{checks['gain']:+.4f}",
               help=f"{1 - checks['alpha']:.0%} paired bootstrap CI [{checks['ci_low']:+.4f}, {checks['ci_high']:+.4f}]")
     c4.metric("McNemar p", f"{checks['p_value']:.4f}", help=f"decided by {checks['test']} at alpha {checks['alpha']:g}")
-    st.markdown(f"**{checks['n']} paired held-out examples** on model {checks.get('model_version', '-')}: "
+    st.markdown(f"**{checks['n']} paired held-out examples** on model {checks.get('model_version', tables.EMPTY)}: "
                 f"{checks['candidate_only']} only the candidate got right, {checks['production_only']} only "
                 f"production; accuracy difference CI [{checks['ci_low']:+.4f}, {checks['ci_high']:+.4f}]")
     guard_p, guard_c = checks.get("guardrail_production"), checks.get("guardrail_candidate")
     st.caption("Guardrails: none defined" if guard_p is None else
                f"Guardrails passed: production {guard_p:.0%}, candidate {guard_c:.0%}")
     st.page_link(nav.path("scaffolds"), label="Archive and lineage in Scaffolds", icon=":material/account_tree:")
+
+
+def checks_table(checks: dict) -> None:
+    """Checks of a shape this page does not know: one row per recorded check, its value in words."""
+    rows = [(key.replace("_", " ").capitalize(), value) for key, value in checks.items()
+            if key not in ("passed", "reasons")]
+    if rows:
+        tables.show(pd.DataFrame(rows, columns=["check", "value"]), {"check": "Check", "value": "Value"},
+                    {"value": "text"})
 
 
 EVIDENCE = {"promotion": promotion_evidence, "data_review": data_review_evidence, "drift_review": drift_evidence,
@@ -167,14 +212,16 @@ for gate in pending:
     gid, checks = int(gate["id"]), gate["checks"]
     # approving it is an override: core.actions refuses a plain approval of these
     needs_override = gate["kind"] in actions.HARD_GATES and not checks.get("passed", True)
-    st.subheader(f"Gate {gid} · cycle {gate['cycle_id']} · {gate['kind']}")
-    st.caption(f"policy {gate['policy']} · opened {queries.when(gate['created_at'])} · rejected "
-               f"automatically if undecided by {queries.when(gate['deadline'])}")
+    st.subheader(f"Gate {gid} · cycle {gate['cycle_id']} · {kind_name(gate['kind'])}")
+    st.caption(f"policy {gate['policy']} · opened {tables.when(gate['created_at'])} · rejected "
+               f"automatically if undecided by {tables.when(gate['deadline'])}")
     (st.success if checks.get("passed") else st.error)(
         ("Checks passed: " if checks.get("passed") else "Checks failed: ") + "; ".join(checks.get("reasons", [])))
     if gate["kind"] in EVIDENCE:
         EVIDENCE[gate["kind"]](gate, checks)
-    else:  # a gate kind this page does not know yet: show its checks as they are
+    else:  # a gate kind this page does not know yet: its checks, one row each
+        checks_table(checks)
+    with st.expander("All checks as recorded (JSON)"):  # for an auditor comparing with the store
         st.json(checks, expanded=False)
 
     if who:
@@ -200,4 +247,9 @@ history = queries.decided_gates(ws)
 if history.empty:
     st.caption("No gate has been decided yet.")
 else:
-    st.dataframe(history, hide_index=True)
+    history = history.assign(kind=history["kind"].map(kind_name))
+    tables.show(history, {"id": "Gate", "cycle_id": "Cycle", "kind": "Kind", "status": "Decision",
+                          "policy": "Policy", "decided_by": "Decided by", "decided_at": "Decided at",
+                          "automatic": "Automatic", "comment": "Comment"},
+                {"id": "text", "cycle_id": "text", "decided_at": "time", "automatic": "text"},
+                column_config={"Comment": st.column_config.TextColumn(width="large")})

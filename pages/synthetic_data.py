@@ -4,16 +4,19 @@ Filtering and paging run in DuckDB (app/queries.sample_page); only one page of r
 Reviewing and exporting are the signed-in approver's (core.actions); a viewer reads only. The label queue (the
 human budget) comes first: an approver or a labeler answers each text with one click.
 """
+import json
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app import queries, session
+from app import queries, session, tables
 from core.auth import AuthError
 from core.store import StoreConflict
 
 ws = queries.workspace_path()
 st.title("Synthetic data")
+st.caption(tables.TIMES_ARE_UTC)
 QUEUE_SHOWN = 10  # requests shown at once; answering one brings the next
 
 
@@ -83,16 +86,24 @@ LEVELS = ["0 easy", "1", "2", "3 hard"]
 def show_yield(report: dict, cycle: int) -> None:
     """What curation was asked for against what it produced and kept, and the difficulty it achieved."""
     with st.expander(f"Yield of cycle {cycle}: {report.get('summary', '')}", expanded=False):
-        per = pd.DataFrame([{"Generator": g, "Generated": v.get("generated", 0), "Kept": v.get("kept", 0),
-                             "Note": v.get("note", "–")} for g, v in report["per_generator"].items()])
-        st.dataframe(per, hide_index=True)
+        per = pd.DataFrame([{"generator": g, **v} for g, v in report["per_generator"].items()],
+                           columns=["generator", "generated", "kept", "note"])
+        generated, kept = per["generated"].fillna(0).sum(), per["kept"].fillna(0).sum()
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Generated", f"{int(generated):,}")
+        m2.metric("Kept", f"{int(kept):,}")
+        m3.metric("Kept of generated", tables.percent(kept / generated, 0) if generated else tables.EMPTY)
+        tables.show(per, {"generator": "Generator", "generated": "Generated", "kept": "Kept", "note": "Note"},
+                    {"generated": "count", "kept": "count"})
         asks = report.get("asks") or {}
         if asks:
             st.caption("The diagnosis' asks: samples asked for, produced by the generators and kept")
-            st.dataframe(pd.DataFrame([{"Asked for": k.split(":", 1)[1].replace("->", " → "),
-                                        "Kind": "confused pair" if k.startswith("pair:") else "class",
-                                        "Asked": v["asked"], "Produced": v["produced"], "Kept": v["kept"]}
-                                       for k, v in asks.items()]), hide_index=True)
+            tables.show(pd.DataFrame([{"what": k.split(":", 1)[1].replace("->", " → "),
+                                       "kind": "confused pair" if k.startswith("pair:") else "class",
+                                       "asked": v["asked"], "produced": v["produced"], "kept": v["kept"]}
+                                      for k, v in asks.items()]),
+                        {"what": "Asked for", "kind": "Kind", "asked": "Asked", "produced": "Produced",
+                         "kept": "Kept"}, {"asked": "count", "produced": "count", "kept": "count"})
         mix = report.get("difficulty") or {}
         if mix.get("requested"):
             frame = pd.DataFrame({"Level": LEVELS * 3,
@@ -106,14 +117,72 @@ def show_yield(report: dict, cycle: int) -> None:
         if sandbox:
             st.caption(f"Executed by {sandbox['check']}: {sandbox['executed']:,} candidates, "
                        f"{sandbox['confirmed']:,} confirmed, {sandbox.get('kept', 0):,} kept "
-                       f"({sandbox.get('checks_per_s') or '-'} checks/s); why execution dropped the rest:")
-            st.dataframe(pd.DataFrame([{"Reason": why, "Samples": n} for why, n in
-                                       sorted(sandbox["dropped_by"].items(), key=lambda kv: -kv[1])]),
-                         hide_index=True)
+                       f"({sandbox.get('checks_per_s') or tables.EMPTY} checks/s); why execution dropped the rest:")
+            dropped = pd.DataFrame(sorted(sandbox["dropped_by"].items(), key=lambda kv: -kv[1]),
+                                   columns=["why", "n"])
+            tables.show(dropped, {"why": "Reason", "n": "Samples"}, {"n": "count"})
 
 
+# The table's headings; a sample's scores (JSON) are spread into one column per score, per page of rows only.
+SAMPLE_COLUMNS = {"id": "Sample", "cycle_id": "Cycle", "status": "Status", "label": "Label", "text": "Text",
+                  "reason": "Reason", "generator": "Generator", "confidence": "Verifier score",
+                  "difficulty": "Difficulty"}
+SAMPLE_TAIL = {"parent_id": "Written from", "created_at": "Created at"}
+SAMPLE_FORMATS = {"id": "text", "cycle_id": "text", "confidence": "number", "difficulty": "count",
+                  "parent_id": "text", "created_at": "time"}
+SCORES = {"model": "Model score", "knn": "kNN agreement", "knn_top": "kNN ranks it first",
+          "consistency": "Consistency", "margin": "Margin", "teacher": "Teacher", "target": "Written toward",
+          "level": "Written at level"}
+
+
+def score_heading(key: str) -> str:
+    return SCORES.get(key) or f"{key.replace('_', ' ').capitalize()} (score)"
+
+
+def sample_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The page's rows with their scores spread into columns (execution evidence stays for the panel), and the
+    headings to show them under."""
+    scores = [json.loads(s) if not tables.is_empty(s) else {} for s in rows["scores"]]
+    keys: list[str] = []
+    for d in scores:
+        keys += [k for k in d if k not in keys and not isinstance(d[k], dict)]
+    frame = rows.assign(difficulty=rows["difficulty"].where(rows["difficulty"] >= 0),  # -1: never scored
+                        **{f"score {k}": [d.get(k) for d in scores] for k in keys})
+    headings = {**SAMPLE_COLUMNS, **{f"score {k}": score_heading(k) for k in keys}, **SAMPLE_TAIL}
+    return frame, headings
+
+
+def sample_panel(row: pd.Series) -> None:
+    """One sample whole: its text, where it came from, why it was kept or dropped, every score."""
+    with st.container(border=True):
+        st.markdown(f"**Sample {row['id']}** · cycle {row['cycle_id']} · {row['generator']} · label "
+                    f"**{row['label']}** · {row['status']}")
+        show_text(row["text"])
+        st.caption(f"{tables.text(row['reason'])} · written from {tables.text(row['parent_id'])} · "
+                   f"created {tables.when(row['created_at'])}")
+        executed, other = queries.execution_evidence(row["scores"])
+        numbers = dict([(k, v) for k, v in other.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)][:6])  # one row of metrics
+        for col, (k, v) in zip(st.columns(len(numbers)) if numbers else [], numbers.items()):
+            col.metric(score_heading(k), tables.number(v, 3))
+        rest = {score_heading(k): v for k, v in other.items() if k not in numbers}
+        if rest:
+            st.caption(" · ".join(f"{k}: {tables.text(v)}" for k, v in rest.items()))
+        if executed:
+            st.markdown(f"**Execution** ({'confirms its label' if executed['keep'] else 'does not confirm it'}): "
+                        f"{executed['reason']}")
+            evidence = executed.get("evidence") or {}
+            if evidence:
+                tables.show(pd.DataFrame([(k.replace("_", " ").capitalize(), v) for k, v in evidence.items()],
+                                         columns=["what", "value"]), {"what": "Evidence", "value": "Value"},
+                            {"value": "text"}, column_config={"Value": st.column_config.TextColumn(width="large")})
+
+
+asked_cycle = st.query_params.pop("cycle", None)  # a link from a gate (Approvals) opens its cycle, once
+if asked_cycle is not None and asked_cycle.isdigit() and int(asked_cycle) in facets["cycle_id"]:
+    st.session_state["samples_cycle"] = int(asked_cycle)
 c1, c2, c3, c4 = st.columns(4)
-cycle_id = c1.selectbox("Cycle", [None, *facets["cycle_id"]], format_func=every)
+cycle_id = c1.selectbox("Cycle", [None, *facets["cycle_id"]], format_func=every, key="samples_cycle")
 generator = c2.selectbox("Generator", [None, *facets["generator"]], format_func=every)
 status = c3.selectbox("Status", [None, *facets["status"]], format_func=every)
 label = c4.selectbox("Label", [None, *facets["label"]], format_func=every)
@@ -132,9 +201,11 @@ rows, total, page = queries.sample_page(ws, **filters, page=st.session_state.get
 
 pages = max(1, -(-total // page_size))
 st.caption(f"{total:,} matching samples · page {page} of {pages}")
-st.dataframe(rows, hide_index=True, column_config={
-    "confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
-    "text": st.column_config.TextColumn(width="large")})
+table, headings = sample_table(rows)
+event = tables.show(table, headings, SAMPLE_FORMATS, on_select="rerun", selection_mode="single-row",
+                    key="samples_table",
+                    column_config={"Text": st.column_config.TextColumn(width="large"),
+                                   "Reason": st.column_config.TextColumn(width="medium")})
 st.pagination(pages, default=page, key=key)
 
 # The yield of the chosen cycle (the latest without a choice): asked vs produced, requested vs achieved mix.
@@ -143,19 +214,11 @@ report = queries.yield_report(ws, shown_cycle)
 if report:
     show_yield(report, shown_cycle)
 
-if len(rows):
-    with st.expander("One sample with its evidence", expanded=False):
-        pick = st.selectbox("Sample on this page", rows["id"].tolist(), key="detail_id")
-        row = rows[rows["id"] == pick].iloc[0]
-        show_text(row["text"])
-        st.caption(f"{row['generator']} · label {row['label']} · {row['status']}: {row['reason'] or '–'}")
-        executed, other = queries.execution_evidence(row["scores"])
-        if executed:
-            st.markdown(f"**Execution** ({'confirms its label' if executed['keep'] else 'does not confirm it'}): "
-                        f"{executed['reason']}")
-            st.json(executed.get("evidence") or {}, expanded=False)
-        if other:
-            st.json(other, expanded=False)
+picked = [i for i in event.selection.rows if i < len(rows)]
+if picked:
+    sample_panel(rows.iloc[picked[0]])
+elif len(rows):
+    st.caption("Select a row (the box at its left) to read the whole sample with its scores and evidence.")
 
 st.subheader("Review")
 st.caption("A person's decision wins over every verifier, in this cycle and later ones, and is audited.")

@@ -1,16 +1,19 @@
 """End to end in a real browser: `python -m core ui` served, headless Chromium driven by Selenium.
 
-Sign-in comes first and refuses a wrong password with the one generic message; a signed-in approver visits
-every page and approves a pending promotion gate without typing the password again; sign-out returns to the
-sign-in form; the engine resumes and production moves to the candidate; a viewer then sees every page
-without a control that decides, reviews, rolls back or exports, where the approver sees them. Every page is
-screenshotted (EVOLAB_SCREENSHOTS or tmp_path). A Streamlit session lives in one browser tab's connection,
-so the test moves between pages through the sidebar, as a person does; loading a URL starts a new session.
+Sign-in comes first and refuses a wrong password with the one generic message. Then an approver's journey on
+a workspace with two cycles: the overview says a gate waits, the gate's evidence on Approvals, its cycle's
+samples through the gate's link, back to approve it without typing the password again; the engine resumes and
+the overview shows the new production version. The approver then visits the other pages; sign-out returns to
+the sign-in form; a viewer sees every page without a control that decides, reviews, rolls back or exports,
+where the approver sees them. Every page is screenshotted as a PNG (EVOLAB_SCREENSHOTS or tmp_path). A
+Streamlit session lives in one browser tab's connection, so the test moves between pages through the sidebar
+and the pages' links, as a person does; loading a URL starts a new session.
 Needs Debian's chromium and chromium-driver (`.ci/run` installs them); without them the test fails.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -168,9 +171,56 @@ def signed_in_as(driver, name: str, role: str) -> None:
         and "Sign out" in buttons(d), f"the sidebar never said {name} ({role}) was signed in")
 
 
+def visit(driver, name: str, shots: Path, shot: str | None = None) -> Path:
+    """Go to a page through the sidebar, check it rendered whole, and screenshot it."""
+    go(driver, name)
+    return check_and_shoot(driver, name, shots / f"{shot or name}.png")
+
+
+def check_and_shoot(driver, name: str, path: Path) -> Path:
+    from selenium.webdriver.common.by import By
+
+    errors = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    assert not errors, f"{name}: {errors[0].text[:2000]}"
+    assert "Sign out" in buttons(driver), name
+    assert driver.save_screenshot(str(path)), path
+    return path
+
+
+def shows_version(driver, version: str) -> bool:
+    """The Production metric names this version (alone or with more words around it)."""
+    return re.search(rf"\b{version}\b", metric(driver, "Production")) is not None
+
+
+def metric(driver, label: str) -> str:
+    """The value of the first st.metric whose label starts with `label` ("" when none)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        for m in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
+            labels = m.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]')
+            if labels and labels[0].text.strip().startswith(label):
+                return m.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
+    except StaleElementReferenceException:  # a rerun replaced the metric while it was read
+        pass
+    return ""
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def sign_out(driver) -> None:
+    """Sign out and wait until the signed-in page is gone: on a loaded machine its sidebar can outlive the
+    sign-in form's title for a moment, until the run that draws the form ends."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
     click_button(driver, "Sign out")
     wait_page(driver, SIGN_IN_TITLE)
+    WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: buttons(d) == {"Sign in"}, "the signed-in page stayed after signing out")
 
 
 def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
@@ -186,6 +236,8 @@ def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
     shutil.copytree(template, root)
     shots = Path(os.environ.get("EVOLAB_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
+    for name in nav.PAGES:  # a page's screenshot from an earlier run must not pass for this run's
+        (shots / f"{name}.png").unlink(missing_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "core", "ui", "--workspace", str(root), "--port", str(port),
@@ -214,25 +266,34 @@ def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
         assert alerts(driver) == [REFUSED] and buttons(driver) == {"Sign in"}
         driver.save_screenshot(str(shots / "sign_in_refused.png"))
 
-        # The approver signs in; every page renders (no exception box) and is screenshotted.
+        # The approver's journey. Signed in, the overview: production is the baseline, a gate waits.
         sign_in(driver, APPROVER, PASSWORD)
         signed_in_as(driver, APPROVER, "approver")
-        for name in nav.PAGES:
-            go(driver, name)
-            errors = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
-            assert not errors, f"{name}: {errors[0].text[:2000]}"
-            assert "Sign out" in buttons(driver), name
-            shot = shots / f"{name}.png"
-            assert driver.save_screenshot(str(shot)), shot
-            if name == "synthetic_data":
-                assert {"Apply", "Prepare export of the kept samples matching the filters"} <= buttons(driver)
-        for name in nav.PAGES:
-            shot = shots / f"{name}.png"
-            assert shot.is_file() and shot.stat().st_size > 0, shot
+        wait_page(driver, nav.PAGES["overview"][1])
+        check_and_shoot(driver, "overview", shots / "overview.png")
+        assert shows_version(driver, "v1"), metric(driver, "Production")
 
-        # Approve the gate: a comment and one click, no name or password to type again.
-        go(driver, "approvals")
+        # The pending gate's evidence: its checks, the recall of every class, the decision form.
+        visit(driver, "approvals", shots)
+        cycle = store.gate(gate_id)["cycle_id"]
+        source = driver.page_source
+        assert f"Gate {gate_id}" in source and "Checks passed" in source and "Per-class recall" in source
+        assert len(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')) >= 2  # guard, recall
         assert {"Approve", "Reject"} <= buttons(driver)
+
+        # Its samples, through the gate's own link: the Synthetic data page opens on the gate's cycle.
+        link = f"Read the samples of cycle {cycle}"
+        wait.until(lambda d: d.find_elements(By.XPATH, f'//a[@data-testid="stPageLink-NavLink"][contains(., "{link}")]'),
+                   "the gate has no link to its samples")[0].click()
+        wait_page(driver, nav.PAGES["synthetic_data"][1])
+        check_and_shoot(driver, "synthetic_data", shots / "synthetic_data.png")
+        n = len(store.samples(cycle_id=cycle))
+        assert f"{n:,} matching samples" in driver.page_source and driver.find_elements(
+            By.CSS_SELECTOR, '[data-testid="stDataFrame"]')
+        assert {"Apply", "Prepare export of the kept samples matching the filters"} <= buttons(driver)
+
+        # Back to approve it: a comment and one click, no name or password to type again.
+        go(driver, "approvals")
         assert not driver.find_elements(By.CSS_SELECTOR, 'input[type="password"]')
         type_into(driver, 'textarea[aria-label="Comment"]', "approved from the browser test")
         click_button(driver, "Approve")
@@ -245,14 +306,30 @@ def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
                    "the page never confirmed the decision")
         driver.save_screenshot(str(shots / "approvals_decided.png"))
 
+        # The engine acts on the decision (an `evolve --wait` would; here `resume`): the overview shows the
+        # promotion. Reads are cached for a moment, so come back until the new version shows.
+        result = run_cli("resume", "--workspace", str(root), "--quiet", check=True)
+        assert result.returncode == 0 and store.alias("production") == "v2"
+        deadline = time.monotonic() + UI_TIMEOUT
+        while True:
+            go(driver, "overview")
+            if shows_version(driver, "v2") or time.monotonic() > deadline:
+                break
+            go(driver, "audit")
+        assert shows_version(driver, "v2"), metric(driver, "Production")
+        check_and_shoot(driver, "overview", shots / "overview_promoted.png")
+
+        # The other pages render (no exception box) and are screenshotted: every page in the menu has one.
+        for name in nav.PAGES:
+            if name not in ("overview", "approvals", "synthetic_data"):  # the journey's pages have theirs
+                visit(driver, name, shots)
+        for name in nav.PAGES:
+            assert is_png(shots / f"{name}.png"), shots / f"{name}.png"
+        assert is_png(shots / "overview_promoted.png") and is_png(shots / "approvals_decided.png")
+
         # Sign-out returns to the sign-in form.
         sign_out(driver)
         assert buttons(driver) == {"Sign in"} and f"Gate {gate_id}" not in driver.page_source
-
-        # The engine acts on the decision: production moves to v2, so v1 becomes a rollback target.
-        result = run_cli("resume", "--workspace", str(root), "--quiet", check=True)
-        assert result.returncode == 0
-        assert store.alias("production") == "v2"
 
         # A viewer reads every page and finds no control that acts.
         sign_in(driver, VIEWER, VIEWER_PASSWORD)
