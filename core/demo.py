@@ -41,7 +41,8 @@ def serve_dashboard(root: Path, port: int = 8501, host: str = "127.0.0.1") -> in
                            "--server.address", host, "--server.headless", "true",
                            "--browser.gatherUsageStats", "false",
                            # a product, not a dev server: no Deploy button, no developer menu
-                           "--client.toolbarMode", "viewer", "--", "--workspace", str(root)])
+                           "--client.toolbarMode", "viewer", "--", "--workspace", str(Path(root).resolve())],
+                          cwd=UI.parents[1])  # the repository root: Streamlit reads .streamlit/config.toml (themes) there
     try:
         return ui.wait()
     finally:

@@ -38,11 +38,16 @@ def decide(gate_id: int, approved: bool, override: bool = False) -> None:
 
 
 def _interval(est: dict | None) -> str:
-    return tables.EMPTY if not est else f"{est['accuracy']:.4f}"
+    return tables.EMPTY if not est else tables.percent(est["accuracy"])
 
 
 def _ci(est: dict | None) -> str | None:
-    return None if not est else f"95% CI {est['ci_low']:.4f}-{est['ci_high']:.4f} on {est['n']} gate rows"
+    """What the figure rests on: on traffic, the probe's and the gate's rows; else the gate rows alone."""
+    if not est:
+        return None
+    rows = (f"{est['n']} traffic probe rows and {est['gate_rows']} gate rows" if "gate_rows" in est
+            else f"{est['n']} gate rows")
+    return f"95% CI {tables.percent(est['ci_low'])} to {tables.percent(est['ci_high'])}, from {rows}"
 
 
 def change(value) -> str:
@@ -70,14 +75,22 @@ def promotion_evidence(gate: dict, checks: dict) -> None:
     if not isinstance(cand, dict):  # a gate from before gates had intervals
         cand = {"accuracy": checks["candidate_accuracy"], "ci_low": 0.0, "ci_high": 1.0, "n": 0}
     gain, detail = checks.get("gain"), checks.get("gain_detail") or {}
+    traffic = checks.get("traffic") or {}
+    shown_cand, shown_prod = traffic.get("candidate") or cand, traffic.get("production") or prod
+    where = "expected on traffic" if traffic.get("candidate") else "on the gate rows"
     c1, c2, c3 = st.columns(3)
-    c1.metric(f"Candidate {gate['candidate'] or ''}", _interval(cand), help=_ci(cand))
-    c2.metric(f"Production {gate['production'] or ''}", _interval(prod), help=_ci(prod))
-    c3.metric("Gain", tables.EMPTY if gain is None else f"{gain:+.4f}",
-              help=(f"95% CI {detail['ci_low']:+.4f} to {detail['ci_high']:+.4f}; " if detail else "")
-              + f"must beat {checks['min_gain']:+.4f}")
-    st.caption("Estimates come from the gate part of the held-out set: rows no training, checkpoint choice or "
-               "diagnosis has read.")
+    c1.metric(f"Candidate {gate['candidate'] or ''}, {where}", _interval(shown_cand), help=_ci(shown_cand))
+    c2.metric(f"Production {gate['production'] or ''}, {where}", _interval(shown_prod), help=_ci(shown_prod))
+    c3.metric("Gain on the gate rows", tables.EMPTY if gain is None else f"{100 * gain:+.2f} pts",
+              help=(f"95% CI {100 * detail['ci_low']:+.2f} to {100 * detail['ci_high']:+.2f} pts; " if detail else "")
+              + f"must beat {100 * checks['min_gain']:+.2f} pts")
+    st.caption(" · ".join(filter(None, [f"Candidate: {_ci(shown_cand)}" if _ci(shown_cand) else None,
+                                        f"production: {_ci(shown_prod)}" if _ci(shown_prod) else None])))
+    st.caption("The gate rows are the part of the held-out set no training, checkpoint choice or diagnosis has "
+               "read; the decision compares both models on them. "
+               + ("The figures above carry the gate rows' accuracy over to traffic through the confidences on "
+                  f"a probe of traffic nothing trains on (gate rows alone: candidate {_interval(cand)}, "
+                  f"production {_interval(prod)})." if traffic.get("candidate") else ""))
     forgetting = checks.get("forgetting") or {}
     if forgetting:
         st.markdown(f"**Forgetting guard**: {forgetting['test']}, alpha {forgetting['alpha']:g} over "
