@@ -164,19 +164,20 @@ def pending_counts(ws: str) -> dict[str, int]:
 
 @_cached
 def overview(ws: str) -> dict:
-    """Everything the overview's live part shows, in three reads (raises StoreBusy after BUSY_PATIENCE_S):
-    `timeline` (one row per cycle, newest first, with the columns `story` adds), `attention` (what waits for
-    a person: pending gates, label requests, samples to review, a failed or stuck cycle), the `production`
-    and `candidate` versions, and `read_at` (when it was read, UTC)."""
+    """Everything the overview shows, in four reads (raises StoreBusy after BUSY_PATIENCE_S): `timeline` (one
+    row per cycle, newest first, with the columns `story` adds), `attention` (what waits for a person: pending
+    gates, label requests, samples to review, a failed or stuck cycle), `traffic` (Store.production_summary),
+    the `production` and `candidate` versions, and `read_at` (when it was read, UTC)."""
     from core.store import utcnow
 
     store = _quick_store(ws)
     timeline = story(store.cycle_timeline())
     attention = store.attention()
     names = store.aliases().set_index("name")["version"]
+    traffic = store.production_summary()
     now = utcnow()
     attention.update(problems(timeline, now))
-    return {"timeline": timeline, "attention": attention, "read_at": now,
+    return {"timeline": timeline, "attention": attention, "traffic": traffic, "read_at": now,
             "production": _version(names.get("production")), "candidate": _version(names.get("candidate"))}
 
 
@@ -204,9 +205,9 @@ def _estimate_text(est: dict | None) -> str | None:
 def _stages_text(row: dict) -> str | None:
     from app.tables import duration
 
-    stages = row["stages"] if isinstance(row["stages"], (list, tuple)) or hasattr(row["stages"], "tolist") else []
-    parts = [f"{s['stage'].replace('_', ' ')} {duration(s['seconds'])}" for s in list(stages)]
-    if row["status"] in ("running", "waiting") and row["stage"] not in [s["stage"] for s in list(stages)]:
+    stages = [] if row["stages"] is None else list(row["stages"])  # a cycle with no stage run yet has none
+    parts = [f"{s['stage'].replace('_', ' ')} {duration(s['seconds'])}" for s in stages]
+    if row["status"] in ("running", "waiting") and row["stage"] not in [s["stage"] for s in stages]:
         parts.append(f"{row['stage'].replace('_', ' ')} ({'now' if row['status'] == 'running' else 'waiting'})")
     return " · ".join(parts) or None
 
@@ -255,6 +256,10 @@ def _decided_by(row: dict) -> str | None:
     return text
 
 
+def _missing(value) -> bool:
+    return value is None or (not isinstance(value, (list, dict)) and bool(pd.isna(value)))
+
+
 def _yes(value) -> bool:
     return value is not None and not pd.isna(value) and bool(value)
 
@@ -300,7 +305,8 @@ def story(frame: pd.DataFrame) -> pd.DataFrame:
 def problems(timeline: pd.DataFrame, now) -> dict:
     """A failed cycle (the newest cycle, when it failed: an older failure was followed by newer cycles) and the
     open running cycles that look stuck: the store has recorded no progress of theirs (stage change, stage
-    start or end, training metric) for STUCK_AFTER_S, or their current stage's last try raised."""
+    start or end, training metric) for STUCK_AFTER_S, or their current stage's last try raised (the engine
+    stopped, or retries it). Whether an engine process is alive is not in the store, so it is not guessed."""
     failed, stuck = None, []
     if not timeline.empty:
         newest = timeline.iloc[0]
@@ -308,9 +314,12 @@ def problems(timeline: pd.DataFrame, now) -> dict:
             failed = {"cycle_id": int(newest["cycle_id"]), "stage": newest["stage"], "error": newest["error"],
                       "at": newest["finished_at"]}
         for row in timeline[timeline["status"] == "running"].to_dict("records"):
-            idle = (now - pd.Timestamp(row["last_progress"]).to_pydatetime()).total_seconds() \
-                if row["last_progress"] is not None and not pd.isna(row["last_progress"]) else None
-            raised = row["error"] is not None and not pd.isna(row["error"])
+            idle = None if _missing(row["last_progress"]) else \
+                (now - pd.Timestamp(row["last_progress"]).to_pydatetime()).total_seconds()
+            # a stage that moves on never clears the error of an earlier try, but its end is recorded after
+            # the move: the error is the current stage's when it was noted after the last stage ended
+            raised = not _missing(row["error"]) and (_missing(row["last_stage_end"]) or
+                                                     pd.Timestamp(row["updated_at"]) > pd.Timestamp(row["last_stage_end"]))
             if raised or (idle is not None and idle > STUCK_AFTER_S):
                 stuck.append({"cycle_id": int(row["cycle_id"]), "stage": row["stage"], "idle_s": idle,
                               "error": row["error"] if raised else None})

@@ -660,8 +660,9 @@ class Store:
         they started (`stages`: a list of {stage, seconds}); the first finding of its diagnosis; samples
         generated and kept; its last gate (the one that decided it or waits: id, kind, status, decided_by,
         automatic, override, comment, deadline, the gain and reasons its checks recorded); the gate-part
-        estimate (accuracy, n) of its candidate and of the production it started from; and `last_progress`,
-        the newest time the store saw it move (stage change, stage start or end, a training metric)."""
+        estimate (accuracy, n) of its candidate and of the production it started from; `last_stage_end`; and
+        `last_progress`, the newest time the store saw it move (stage change, stage start or end, a training
+        metric, a stage's error)."""
         return self._read("""
             WITH runs AS (
                 SELECT cycle_id, list(struct_pack(stage := stage, seconds := seconds) ORDER BY started_at) AS stages,
@@ -692,7 +693,7 @@ class Store:
                    g.gate_id, g.gate_kind, g.gate_status, g.decided_by, g.decided_at, g.automatic, g.override,
                    g.gate_comment, g.gate_deadline, g.gate_gain, g.gate_reasons,
                    ce.accuracy AS candidate_accuracy, ce.n AS candidate_n,
-                   pe.accuracy AS production_accuracy, pe.n AS production_n,
+                   pe.accuracy AS production_accuracy, pe.n AS production_n, r.last_stage_end,
                    greatest(c.updated_at, r.last_stage_start, r.last_stage_end, m.last_metric) AS last_progress
             FROM cycles c
             LEFT JOIN runs r ON r.cycle_id = c.id

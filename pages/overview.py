@@ -32,7 +32,7 @@ def needs_a_person(attention: dict, read_at: datetime) -> None:
     for gate in gates:
         kind = queries.GATE_NAMES.get(gate["kind"], gate["kind"])
         versions = (f": candidate {gate['candidate']} against production {gate['production']}"
-                    if gate["candidate"] and gate["production"] else "")
+                    if not (tables.is_empty(gate["candidate"]) or tables.is_empty(gate["production"])) else "")
         left = (gate["deadline"] - read_at).total_seconds() if not tables.is_empty(gate["deadline"]) else None
         deadline = ("" if left is None else
                     f" Deadline {tables.when(gate['deadline'])} UTC "
@@ -101,6 +101,24 @@ def estimate_chart(timeline) -> None:
     st.plotly_chart(fig)
 
 
+def production_traffic(traffic: dict) -> None:
+    st.subheader("Production traffic")
+    if not traffic["predictions"]:
+        st.caption(f"No production traffic yet. Serve the production model with "
+                   f"`python -m core serve --workspace {ws}`; its predictions and people's corrections land here, "
+                   "feed curation, and rank first in the next diagnosis.")
+        return
+    t1, t2, t3, t4 = st.columns(4)
+    t1.metric("Requests", f"{traffic['predictions']:,}")
+    t2.metric("Feedback", f"{traffic['feedback']:,}")
+    t3.metric("Corrected errors", f"{traffic['corrected_errors']:,}")
+    t4.metric("Last request", f"{tables.when(traffic['last'])} UTC")
+    if len(traffic["corrected_pairs"]):
+        st.caption("Errors people corrected, by what was served and what it should have been:")
+        tables.show(traffic["corrected_pairs"].head(10), {"served": "Served", "corrected": "Corrected to",
+                                                          "n": "Times"})
+
+
 @st.fragment(run_every=queries.LIVE_REFRESH_S if live else None)
 def evolution(was_live: bool) -> None:
     try:
@@ -139,23 +157,7 @@ def evolution(was_live: bool) -> None:
     st.caption(f"Newest first. Estimates are accuracy on the gate part of the held-out set, with a 95% interval. "
                f"{tables.TIMES_ARE_UTC}")
     estimate_chart(timeline)
+    production_traffic(data["traffic"])
 
 
 evolution(live)
-
-st.subheader("Production traffic")
-traffic = queries.production_traffic(ws)
-if not traffic["predictions"]:
-    st.caption(f"No production traffic yet. Serve the production model with "
-               f"`python -m core serve --workspace {ws}`; its predictions and people's corrections land here, "
-               "feed curation, and rank first in the next diagnosis.")
-else:
-    t1, t2, t3, t4 = st.columns(4)
-    t1.metric("Requests", f"{traffic['predictions']:,}")
-    t2.metric("Feedback", f"{traffic['feedback']:,}")
-    t3.metric("Corrected errors", f"{traffic['corrected_errors']:,}")
-    t4.metric("Last request", f"{tables.when(traffic['last'])} UTC")
-    if len(traffic["corrected_pairs"]):
-        st.caption("Errors people corrected, by what was served and what it should have been:")
-        tables.show(traffic["corrected_pairs"].head(10), {"served": "Served", "corrected": "Corrected to",
-                                                          "n": "Times"})

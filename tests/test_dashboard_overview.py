@@ -3,9 +3,11 @@ with its stages, finding, samples, estimates, decision and gain, a pending-decis
 "updating…" instead of an error while the engine holds the store."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from app import queries
 from core import cycle
-from core.store import Store, StoreBusy
+from core.store import Store, StoreBusy, utcnow
 from tests.conftest import APPROVER, approve_as
 from tests.test_dashboard import open_page, texts, unreadable
 
@@ -82,6 +84,13 @@ def test_a_failed_then_a_stuck_cycle_need_a_person(monkeypatch, pending_ws):
     assert f"Cycle {cid} looks stuck at its diagnose stage: its last try raised" in at.error[0].value
     assert timeline(at).iloc[0]["Outcome"] == "▶️ running: diagnose"
     assert any("a cycle is running, read again every" in c.value for c in at.caption)
+
+    # the next try finished and the cycle moved on: the error of the earlier try no longer means stuck
+    ws.store.set_stage(cid, "curate")
+    ws.store.record_stage_run(cid, "diagnose", utcnow() - timedelta(seconds=1), 1.5, 100.0)
+    queries.clear()
+    at.run()
+    assert not at.error and timeline(at).iloc[0]["Stages"] == "diagnose 1.5 s · curate (now)"
 
 
 def test_a_busy_store_reads_updating_not_an_error(monkeypatch, pending_ws):
