@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from core import audit, stats
+from core.store import Store, utcnow
 from core.workspace import Workspace, open_workspace
 
 TTL_S = 2.0
@@ -150,9 +151,7 @@ GATE_NAMES = {"promotion": "promotion", "data_review": "data review", "drift_rev
               "scaffold_adoption": "scaffold adoption"}
 
 
-def _quick_store(ws: str):
-    from core.store import Store
-
+def _quick_store(ws: str) -> Store:
     return Store(Workspace(Path(ws)).db, patience_s=BUSY_PATIENCE_S)
 
 
@@ -168,8 +167,6 @@ def overview(ws: str) -> dict:
     row per cycle, newest first, with the columns `story` adds), `attention` (what waits for a person: pending
     gates, label requests, samples to review, a failed or stuck cycle), `traffic` (Store.production_summary),
     the `production` and `candidate` versions, and `read_at` (when it was read, UTC)."""
-    from core.store import utcnow
-
     store = _quick_store(ws)
     timeline = story(store.cycle_timeline())
     attention = store.attention()
@@ -318,8 +315,9 @@ def problems(timeline: pd.DataFrame, now) -> dict:
                 (now - pd.Timestamp(row["last_progress"]).to_pydatetime()).total_seconds()
             # a stage that moves on never clears the error of an earlier try, but its end is recorded after
             # the move: the error is the current stage's when it was noted after the last stage ended
-            raised = not _missing(row["error"]) and (_missing(row["last_stage_end"]) or
-                                                     pd.Timestamp(row["updated_at"]) > pd.Timestamp(row["last_stage_end"]))
+            ended = row["last_stage_end"]
+            raised = not _missing(row["error"]) and (_missing(ended) or
+                                                     pd.Timestamp(row["updated_at"]) > pd.Timestamp(ended))
             if raised or (idle is not None and idle > STUCK_AFTER_S):
                 stuck.append({"cycle_id": int(row["cycle_id"]), "stage": row["stage"], "idle_s": idle,
                               "error": row["error"] if raised else None})

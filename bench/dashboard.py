@@ -235,14 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Store.sample_page page 1 of 50, no filter      : {page_all:7.3f} s  ({n_all:,} matching)")
         print(f"Store.sample_page page 1 of 50, status = kept  : {page_kept:7.3f} s  ({n_kept:,} matching)")
         print(f"Store.sample_facets                            : {facets_s:7.3f} s")
-        print(f"Store.cycle_timeline ({n_cycles} cycles)             : {timeline_s:7.3f} s")
+        print(f"{f'Store.cycle_timeline ({n_cycles} cycles)':<47}: {timeline_s:7.3f} s")
         print(f"Store.attention                                : {attention_s:7.3f} s")
         print(f"Sign-in, landing on the overview (imports)     : {signin_s:7.3f} s")
         print(f"Synthetic data page, first render              : {first_s:7.3f} s  target <= {TARGET_FIRST} s "
               f"on 2 cores: {verdict(first_s, TARGET_FIRST)}   [{caption}]")
         print(f"Synthetic data page, filter status = kept      : {filter_s:7.3f} s  target <= {TARGET_FILTER} s "
               f"on 2 cores: {verdict(filter_s, TARGET_FILTER)}   [{caption_kept}]")
-        print(f"Overview, first render ({n_cycles} cycles)           : {overview_s:7.3f} s  target <= {TARGET_FIRST} s "
+        print(f"{f'Overview, first render ({n_cycles} cycles)':<47}: {overview_s:7.3f} s  target <= {TARGET_FIRST} s "
               f"on 2 cores: {verdict(overview_s, TARGET_FIRST)}   [{len(story)} rows, {rejected} rejected]")
         return 0
     finally:

@@ -93,6 +93,30 @@ def test_a_failed_then_a_stuck_cycle_need_a_person(monkeypatch, pending_ws):
     assert not at.error and timeline(at).iloc[0]["Stages"] == "diagnose 1.5 s · curate (now)"
 
 
+def test_samples_to_review_and_texts_to_label_wait_for_a_person(monkeypatch, pending_ws):
+    import pandas as pd
+
+    ws, gate_id = pending_ws
+    ws.store.fail_cycle(2, "closed for the test", "engine")
+    cid = ws.store.create_cycle("evolve", "curate", "v1", "engine")
+    samples = pd.DataFrame({"generator": "templates", "parent_id": None, "text": [f"text {i}" for i in range(5)],
+                            "label": "shipping_delay", "confidence": 0.9, "difficulty": 1, "scores": "{}",
+                            "status": ["kept", "kept", "kept", "dropped", "verified"], "reason": ""})
+    requests = pd.DataFrame({"example_id": [None, None], "text": ["where is it?", "why two charges?"],
+                             "score": 0.5, "uncertainty": 0.5, "density": 0.5, "suggestions": "[]"})
+    ws.store.save_samples(cid, samples, "data_review", requests)
+    ws.store.open_gate(cid, "data_review", "human", {"passed": True, "reasons": ["ok"]}, utcnow() + timedelta(hours=1))
+    kept = ws.store.samples(cid, status="kept")["id"].tolist()
+    ws.store.review_samples(kept[:1], "reject", APPROVER)  # a reviewed sample no longer waits
+    at = open_page(monkeypatch, ws.root)
+    shown = [i.value for i in at.info]
+    assert "2 kept samples nobody has reviewed wait before their cycle's data review gate." in shown
+    assert "2 texts curation asked people to label wait for an answer." in shown
+    links = [link.label for link in at.get("page_link")]
+    assert {"Decide in Approvals", "Review in Synthetic data", "Label in Synthetic data"} <= set(links)
+    assert "2 labels wanted" in badge(at) and "1 decision pending" in badge(at)
+
+
 def test_a_busy_store_reads_updating_not_an_error(monkeypatch, pending_ws):
     ws, _ = pending_ws
 
