@@ -715,6 +715,8 @@ class Store:
         """What waits for a person, in one transaction: the pending gates (soonest deadline first, with their
         cycle's candidate and production), the label requests waiting, and the kept samples nobody has
         reviewed of cycles whose data_review gate is pending."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"no workspace database at {self.path}")
         with self._tx(read_only=True) as con:
             gates = con.execute(
                 "SELECT g.id, g.cycle_id, g.kind, g.policy, g.created_at, g.deadline, "
