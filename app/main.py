@@ -77,6 +77,25 @@ if who is None:
 page = st.navigation([st.Page(script, title=title, icon=icon, default=(name == "overview"))
                       for name, (script, title, icon) in nav.PAGES.items()])
 st.sidebar.markdown(f"Signed in as **{who.name}** ({who.role})")
+
+
+def pending_badge() -> None:
+    """On every page: how many decisions wait for a person (gates, and texts waiting for a label)."""
+    try:
+        counts = queries.pending_counts(st.session_state["workspace"])
+    except StoreBusy:
+        st.sidebar.markdown(":gray-badge[:material/hourglass_top: updating…]")
+        return
+    gates, labels = counts["gates"], counts["label_requests"]
+    if not gates and not labels:
+        st.sidebar.markdown(":green-badge[:material/check: no decision pending]")
+        return
+    badges = [f":red-badge[:material/gavel: {gates} decision{'' if gates == 1 else 's'} pending]"] if gates else []
+    badges += [f":orange-badge[:material/label: {labels} label{'' if labels == 1 else 's'} wanted]"] if labels else []
+    st.sidebar.markdown(" ".join(badges))
+
+
+pending_badge()
 st.sidebar.button("Sign out", on_click=session.sign_out, icon=":material/logout:", key="sign_out")
 st.sidebar.caption(f"Workspace `{st.session_state['workspace']}`")
 if who.approver and session.stale():  # a viewer has no action to guard

@@ -686,6 +686,82 @@ class Store:
             return self._read("SELECT * FROM stage_runs ORDER BY cycle_id, started_at")
         return self._read("SELECT * FROM stage_runs WHERE cycle_id = ? ORDER BY started_at", [cycle_id])
 
+    # -- the dashboard's overview: every cycle's story, and what waits for a person, in a few reads --
+    def cycle_timeline(self) -> pd.DataFrame:
+        """One row per cycle, newest first, in one query: the cycle's own columns; its stages in the order
+        they started (`stages`: a list of {stage, seconds}); the first finding of its diagnosis; samples
+        generated and kept; its last gate (the one that decided it or waits: id, kind, status, decided_by,
+        automatic, override, comment, deadline, the gain and reasons its checks recorded); the gate-part
+        estimate (accuracy, n) of its candidate and of the production it started from; `last_stage_end`; and
+        `last_progress`, the newest time the store saw it move (stage change, stage start or end, a training
+        metric, a stage's error)."""
+        return self._read("""
+            WITH runs AS (
+                SELECT cycle_id, list(struct_pack(stage := stage, seconds := seconds) ORDER BY started_at) AS stages,
+                       max(started_at) AS last_stage_start,
+                       max(started_at + to_microseconds(CAST(round(seconds * 1e6) AS BIGINT))) AS last_stage_end
+                FROM stage_runs GROUP BY cycle_id),
+            samples AS (
+                SELECT cycle_id, count(*) AS generated,
+                       count(*) FILTER (WHERE status IN ('kept', 'approved')) AS kept
+                FROM synthetic_samples GROUP BY cycle_id),
+            findings AS (
+                SELECT cycle_id, kind AS finding_kind, subject AS finding_subject, action AS finding_action
+                FROM diagnoses QUALIFY row_number() OVER (PARTITION BY cycle_id ORDER BY rank) = 1),
+            last_gate AS (
+                SELECT cycle_id, id AS gate_id, kind AS gate_kind, status AS gate_status, decided_by, decided_at,
+                       automatic, override, comment AS gate_comment, deadline AS gate_deadline,
+                       TRY_CAST(checks->>'$.gain' AS DOUBLE) AS gate_gain, checks->'$.reasons' AS gate_reasons
+                FROM gates QUALIFY row_number() OVER (PARTITION BY cycle_id ORDER BY id DESC) = 1),
+            estimates AS (SELECT version, accuracy, n FROM evaluations WHERE split = 'gate'),
+            metrics AS (
+                SELECT run_id, max("at") AS last_metric FROM train_metrics
+                WHERE run_id IN (SELECT 'cycle_' || id FROM cycles WHERE status IN ('running', 'waiting'))
+                GROUP BY run_id)
+            SELECT c.id AS cycle_id, c.kind, c.status, c.stage, c.parent_version, c.candidate_version, c.error,
+                   c.tries, c.created_at, c.updated_at, c.finished_at, r.stages,
+                   coalesce(s.generated, 0) AS generated, coalesce(s.kept, 0) AS kept,
+                   f.finding_kind, f.finding_subject, f.finding_action,
+                   g.gate_id, g.gate_kind, g.gate_status, g.decided_by, g.decided_at, g.automatic, g.override,
+                   g.gate_comment, g.gate_deadline, g.gate_gain, g.gate_reasons,
+                   ce.accuracy AS candidate_accuracy, ce.n AS candidate_n,
+                   pe.accuracy AS production_accuracy, pe.n AS production_n, r.last_stage_end,
+                   greatest(c.updated_at, r.last_stage_start, r.last_stage_end, m.last_metric) AS last_progress
+            FROM cycles c
+            LEFT JOIN runs r ON r.cycle_id = c.id
+            LEFT JOIN samples s ON s.cycle_id = c.id
+            LEFT JOIN findings f ON f.cycle_id = c.id
+            LEFT JOIN last_gate g ON g.cycle_id = c.id
+            LEFT JOIN estimates ce ON ce.version = c.candidate_version
+            LEFT JOIN estimates pe ON pe.version = c.parent_version
+            LEFT JOIN metrics m ON m.run_id = 'cycle_' || c.id
+            ORDER BY c.id DESC""")
+
+    def pending_counts(self) -> dict[str, int]:
+        """How many gates wait for a decision and how many label requests for an answer (one cheap query)."""
+        row = self._read("SELECT (SELECT count(*) FROM gates WHERE status = 'pending') AS gates, "
+                         "(SELECT count(*) FROM label_requests WHERE status = 'pending') AS label_requests")
+        return {k: int(v) for k, v in row.iloc[0].items()}
+
+    def attention(self) -> dict:
+        """What waits for a person, in one transaction: the pending gates (soonest deadline first, with their
+        cycle's candidate and production), the label requests waiting, and the kept samples nobody has
+        reviewed of cycles whose data_review gate is pending."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"no workspace database at {self.path}")
+        with self._tx(read_only=True) as con:
+            gates = con.execute(
+                "SELECT g.id, g.cycle_id, g.kind, g.policy, g.created_at, g.deadline, "
+                "c.candidate_version AS candidate, c.parent_version AS production "
+                "FROM gates g LEFT JOIN cycles c ON c.id = g.cycle_id WHERE g.status = 'pending' "
+                "ORDER BY g.deadline NULLS LAST, g.id").df()
+            labels, samples = con.execute(
+                "SELECT (SELECT count(*) FROM label_requests WHERE status = 'pending'), "
+                "(SELECT count(*) FROM synthetic_samples s WHERE s.status IN ('kept', 'approved') "
+                " AND s.reviewed_by IS NULL AND s.cycle_id IN "
+                " (SELECT cycle_id FROM gates WHERE kind = 'data_review' AND status = 'pending'))").fetchone()
+        return {"gates": gates, "label_requests": int(labels), "samples_to_review": int(samples)}
+
     # -- stage outputs: each replaces the cycle's earlier output and advances the stage at once --
     def save_diagnosis(self, cycle_id: int, rows: pd.DataFrame, next_stage: str | None,
                        attributions: pd.DataFrame | None = None, internals: dict | None = None,

@@ -120,7 +120,7 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
         assert "Production v1" in shown and "Candidate v2" in shown
         assert f"gate {gate_id}" in at.warning[0].value
         assert at.get("page_link") and len(charts) == 1
-        assert list(at.dataframe[0].value["id"]) == [2, 1]
+        assert list(at.dataframe[0].value["Cycle"]) == ["2", "1"]
     elif page == "training":
         # the run's curves, and the comparison of the last two runs (the baseline's and cycle 2's)
         assert at.selectbox[0].value == "cycle_2" and len(charts) == 2
@@ -314,7 +314,7 @@ def test_overview_shows_production_traffic(monkeypatch, pending):
     shown = texts(at)
     assert "Requests 3" in shown and "Feedback 2" in shown and "Corrected errors 1" in shown
     pairs = at.dataframe[-1].value
-    assert pairs.to_dict("records") == [{"served": "shipping_delay", "corrected": "billing_question", "n": 1}]
+    assert pairs.to_dict("records") == [{"Served": "shipping_delay", "Corrected to": "billing_question", "Times": "1"}]
 
 
 # -- sign-in, roles, idle timeout, exposure -------------------------------------------------------------------
