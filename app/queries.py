@@ -108,13 +108,13 @@ def cycle(ws: str, cycle_id: int) -> dict | None:
 
 @_cached
 def evaluations(ws: str) -> pd.DataFrame:
-    """Every evaluated version's gate estimate (accuracy on the untouched gate rows) with its 95% interval,
-    oldest first."""
+    """Every evaluated version's shown estimate (stats.shown_estimates: on traffic where the workspace has
+    a probe, else on the untouched gate rows) with its 95% interval and basis, oldest first."""
     frame = _store(ws).evaluations()
+    shown = stats.shown_estimates(frame)
     frame = frame[frame["split"] == "gate"].reset_index(drop=True)
-    estimates = [stats.stored_estimate(row) for row in frame[["accuracy", "n"]].to_dict("records")]
-    frame["ci_low"] = [e["ci_low"] if e else None for e in estimates]
-    frame["ci_high"] = [e["ci_high"] if e else None for e in estimates]
+    for key in ("accuracy", "ci_low", "ci_high", "n", "basis"):
+        frame[key] = [shown.get(v, {}).get(key) for v in frame["version"]]
     return frame
 
 
@@ -138,8 +138,8 @@ def versions(ws: str) -> pd.DataFrame:
         rows_by_source=lineage.map(lambda d: json.dumps(d.get("rows_by_source", {}), sort_keys=True)),
         best_val_acc=lineage.map(lambda d: d.get("best_val_acc")),
         steps=lineage.map(lambda d: d.get("steps")))
-    accuracy = store.evaluations().query("split == 'gate'").set_index("version")["accuracy"]
-    frame["gate_accuracy"] = frame["version"].map(accuracy)
+    shown = stats.shown_estimates(store.evaluations())
+    frame["gate_accuracy"] = frame["version"].map(lambda v: shown.get(v, {}).get("accuracy"))
     return frame[columns]
 
 
@@ -186,7 +186,10 @@ def _points(value: float) -> str:
     return f"{100 * value:+.2f} pts"
 
 
-def _estimate(accuracy, n) -> dict | None:
+def _estimate(accuracy, n, traffic=None) -> dict | None:
+    """On traffic where the version has that estimate (its stored detail), else on the gate rows."""
+    if isinstance(traffic, str) and traffic:
+        return {**json.loads(traffic), "basis": "traffic"}
     if accuracy is None or pd.isna(accuracy) or n is None or pd.isna(n):
         return None
     return stats.stored_estimate({"accuracy": float(accuracy), "n": int(n)})
@@ -195,8 +198,9 @@ def _estimate(accuracy, n) -> dict | None:
 def _estimate_text(est: dict | None) -> str | None:
     if not est:
         return None
+    basis = "on traffic" if est.get("basis") == "traffic" else f"{est['n']} gate rows"
     return (f"{100 * est['accuracy']:.1f}% (95% CI {100 * est['ci_low']:.1f}–{100 * est['ci_high']:.1f}%, "
-            f"{est['n']} rows)")
+            f"{basis})")
 
 
 def _stages_text(row: dict) -> str | None:
@@ -264,7 +268,9 @@ def _yes(value) -> bool:
 def _net_gain(row: dict, candidate: dict | None, production: dict | None) -> str | None:
     if row["kind"] == "baseline" and row["status"] == "done":
         return "baseline"
-    gain = (candidate["accuracy"] - production["accuracy"]) if candidate and production else row["gate_gain"]
+    gain = row["gate_gain"]  # paired on the gate rows: the gate's own figure, steadier than two estimates' difference
+    if (gain is None or pd.isna(gain)) and candidate and production:
+        gain = candidate["accuracy"] - production["accuracy"]
     if gain is None or pd.isna(gain):
         return None
     if row["status"] == "done":
@@ -279,13 +285,13 @@ def story(frame: pd.DataFrame) -> pd.DataFrame:
     durations, first finding, samples generated → kept, candidate and production estimates with their 95%
     intervals (cand_*/prod_* hold the numbers, for the chart), who decided and the net gain."""
     extra = ["outcome", "why", "stages_text", "finding", "samples_text", "candidate_text", "production_text",
-             "decided", "net_gain", "cand_acc", "cand_low", "cand_high"]
+             "decided", "net_gain", "cand_acc", "cand_low", "cand_high", "prod_acc"]
     if frame.empty:
         return frame.assign(**{c: pd.Series(dtype=object) for c in extra})
     rows = []
     for row in frame.astype(object).where(frame.notna(), None).to_dict("records"):
-        cand = _estimate(row["candidate_accuracy"], row["candidate_n"])
-        prod = _estimate(row["production_accuracy"], row["production_n"])
+        cand = _estimate(row["candidate_accuracy"], row["candidate_n"], row.get("candidate_traffic"))
+        prod = _estimate(row["production_accuracy"], row["production_n"], row.get("production_traffic"))
         outcome, why = _outcome(row)
         finding = (f"{str(row['finding_kind']).replace('_', ' ')}: {row['finding_subject']}"
                    if row["finding_subject"] else None)
@@ -295,7 +301,7 @@ def story(frame: pd.DataFrame) -> pd.DataFrame:
                      "production_text": _estimate_text(prod), "decided": _decided_by(row),
                      "net_gain": _net_gain(row, cand, prod),
                      "cand_acc": cand["accuracy"] if cand else None, "cand_low": cand["ci_low"] if cand else None,
-                     "cand_high": cand["ci_high"] if cand else None})
+                     "cand_high": cand["ci_high"] if cand else None, "prod_acc": prod["accuracy"] if prod else None})
     return pd.concat([frame.reset_index(drop=True), pd.DataFrame(rows, columns=extra)], axis=1)
 
 
@@ -618,7 +624,7 @@ def lineage(ws: str) -> pd.DataFrame:
     gate estimate with the number of rows behind it."""
     store = _store(ws)
     columns = ["version", "num", "created_at", "parent_version", "cycle_id", "cycle_kind", "cycle_status", "gates",
-               "aliases", "was_production", "gate_accuracy", "gate_n"]
+               "aliases", "was_production", "gate_accuracy", "gate_n", "gate_basis"]
     frame = store.versions()
     if frame.empty:
         return pd.DataFrame(columns=columns)
@@ -630,7 +636,7 @@ def lineage(ws: str) -> pd.DataFrame:
             on_version.setdefault(row.version, []).append(row.name)
     history = store.alias_history()
     ever_production = set(history.loc[history["name"] == "production", "version"].dropna())
-    evals = store.evaluations().query("split == 'gate'").set_index("version")
+    shown = stats.shown_estimates(store.evaluations())
     rows = []
     for v in frame.itertuples():
         cid = None if pd.isna(v.cycle_id) else int(v.cycle_id)
@@ -644,7 +650,8 @@ def lineage(ws: str) -> pd.DataFrame:
             "gates": [_gate_words(g) for g in its_gates],
             "aliases": sorted(on_version.get(v.version, [])),
             "was_production": v.version in ever_production,
-            "gate_accuracy": evals["accuracy"].get(v.version), "gate_n": evals["n"].get(v.version)})
+            "gate_accuracy": shown.get(v.version, {}).get("accuracy"),
+            "gate_n": shown.get(v.version, {}).get("n"), "gate_basis": shown.get(v.version, {}).get("basis")})
     return pd.DataFrame(rows, columns=columns)
 
 

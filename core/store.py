@@ -714,6 +714,7 @@ class Store:
                        TRY_CAST(checks->>'$.gain' AS DOUBLE) AS gate_gain, checks->'$.reasons' AS gate_reasons
                 FROM gates QUALIFY row_number() OVER (PARTITION BY cycle_id ORDER BY id DESC) = 1),
             estimates AS (SELECT version, accuracy, n FROM evaluations WHERE split = 'gate'),
+            traffic AS (SELECT version, detail FROM evaluations WHERE split = 'traffic'),
             metrics AS (
                 SELECT run_id, max("at") AS last_metric FROM train_metrics
                 WHERE run_id IN (SELECT 'cycle_' || id FROM cycles WHERE status IN ('running', 'waiting'))
@@ -725,7 +726,8 @@ class Store:
                    g.gate_id, g.gate_kind, g.gate_status, g.decided_by, g.decided_at, g.automatic, g.override,
                    g.gate_comment, g.gate_deadline, g.gate_gain, g.gate_reasons,
                    ce.accuracy AS candidate_accuracy, ce.n AS candidate_n,
-                   pe.accuracy AS production_accuracy, pe.n AS production_n, r.last_stage_end,
+                   pe.accuracy AS production_accuracy, pe.n AS production_n,
+                   ct.detail AS candidate_traffic, pt.detail AS production_traffic, r.last_stage_end,
                    greatest(c.updated_at, r.last_stage_start, r.last_stage_end, m.last_metric) AS last_progress
             FROM cycles c
             LEFT JOIN runs r ON r.cycle_id = c.id
@@ -734,6 +736,8 @@ class Store:
             LEFT JOIN last_gate g ON g.cycle_id = c.id
             LEFT JOIN estimates ce ON ce.version = c.candidate_version
             LEFT JOIN estimates pe ON pe.version = c.parent_version
+            LEFT JOIN traffic ct ON ct.version = c.candidate_version
+            LEFT JOIN traffic pt ON pt.version = c.parent_version
             LEFT JOIN metrics m ON m.run_id = 'cycle_' || c.id
             ORDER BY c.id DESC""")
 

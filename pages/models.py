@@ -83,7 +83,9 @@ def node_hover(v) -> str:
                      + (f" from {parent(v)}" if parent(v) else ""))
     lines += v.gates or ["no gate"]
     if not is_empty(v.gate_accuracy):
-        lines.append(f"gate estimate {percent(v.gate_accuracy)} on {int(v.gate_n)} untouched rows")
+        lines.append(f"expected on traffic {percent(v.gate_accuracy)} ({int(v.gate_n)} probe rows)"
+                     if v.gate_basis == "traffic" else
+                     f"gate estimate {percent(v.gate_accuracy)} on {int(v.gate_n)} untouched rows")
     lines.append(f"created {when(v.created_at)} UTC")
     return "<br>".join(lines)
 

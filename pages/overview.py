@@ -69,7 +69,7 @@ def needs_a_person(attention: dict, read_at: datetime) -> None:
 
 
 def estimate_chart(timeline) -> None:
-    st.subheader("Gate estimate by cycle (95% interval)")
+    st.subheader("Candidate estimate by cycle (95% interval)")
     points = timeline.dropna(subset=["cand_acc"]).iloc[::-1]
     if points.empty:
         st.caption("No candidate has been evaluated yet.")
@@ -92,11 +92,11 @@ def estimate_chart(timeline) -> None:
             error_y={"type": "data", "symmetric": False, "array": (part["cand_high"] - part["cand_acc"]).astype(float),
                      "arrayminus": (part["cand_acc"] - part["cand_low"]).astype(float)},
             customdata=part["candidate_version"], hovertemplate="%{x} (%{customdata}): %{y:.4f}<extra></extra>"))
-    production = points["production_accuracy"].astype(float)
+    production = points["prod_acc"].astype(float)
     if production.notna().any():
         fig.add_trace(go.Scatter(x=x, y=production, mode="lines", line={"dash": "dot", "color": "gray"},
                                  name="production it started from", hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
-    fig.update_layout(xaxis_title="cycle", yaxis_title="gate estimate", height=340, margin={"t": 20, "b": 40},
+    fig.update_layout(xaxis_title="cycle", yaxis_title="expected accuracy", height=340, margin={"t": 20, "b": 40},
                       legend={"orientation": "h"})
     st.plotly_chart(fig)
 
@@ -144,8 +144,9 @@ def evolution(was_live: bool) -> None:
     prod_acc = made.get(production) if made is not None else None
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Production", production or tables.EMPTY)
-    c2.metric("Gate estimate", tables.percent(prod_acc, 1), help="production's accuracy on the held-out rows only "
-                                                                  "the gates read")
+    c2.metric("Production estimate", tables.percent(prod_acc, 1),
+              help="production's expected accuracy on traffic, carried over from the gate rows by a probe of "
+                   "traffic nothing trains on (on the gate rows alone where the workspace has no probe)")
     c3.metric("Candidate", candidate or tables.EMPTY)
     counts = timeline["status"].value_counts()
     c4.metric("Cycles", f"{len(timeline):,}", help=f"{counts.get('done', 0)} promoted, "
@@ -154,8 +155,9 @@ def evolution(was_live: bool) -> None:
 
     st.subheader("Cycles")
     tables.show(timeline, TIMELINE, {"cycle_id": "count", "created_at": "time", "finished_at": "time"})
-    st.caption(f"Newest first. Estimates are accuracy on the gate part of the held-out set, with a 95% interval. "
-               f"{tables.TIMES_ARE_UTC}")
+    st.caption(f"Newest first. Estimates are the expected accuracy on traffic with a 95% interval (on the gate "
+               f"part of the held-out set where the workspace has no traffic probe); the net gain is the gate's "
+               f"paired gain on the gate rows. {tables.TIMES_ARE_UTC}")
     estimate_chart(timeline)
     production_traffic(data["traffic"])
 

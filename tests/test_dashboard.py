@@ -105,7 +105,7 @@ def unreadable(at: AppTest) -> list[str]:
 def test_every_page_renders_on_an_empty_workspace(monkeypatch, workspace, page):
     auth.add_user(workspace.store, APPROVER, "approver", PASSWORD)
     at = open_page(monkeypatch, workspace.root, page)
-    assert at.title[0].value
+    assert at.title[0].value and unreadable(at) == []
     if page == "overview":
         assert f"python -m core evolve --workspace {workspace.root}" in at.info[0].value
 
@@ -152,6 +152,7 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
         assert "No version to roll back to" in shown and "Roll back" not in buttons(at)
     elif page == "audit":
         assert "Chain verified" in at.success[0].value and "gate opened" in set(at.dataframe[0].value["Action"])
+    assert unreadable(at) == []  # no store column name, no None or nan, on any page
 
 
 def test_synthetic_data_filters_and_pages_in_sql(monkeypatch, _pending_template):
