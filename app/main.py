@@ -6,6 +6,7 @@ Builds the navigation and the session's shared state (the workspace path, who is
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,5 +110,8 @@ if who.approver and session.stale():  # a viewer has no action to guard
         st.form_submit_button("Sign in again", on_click=submit, args=("confirm",), key="confirm_submit")
 try:
     page.run()
-except StoreBusy as err:  # the engine held the database past the Store's patience: say so, do not crash
-    st.warning(f"The workspace is busy, try again in a moment. ({err})")
+except StoreBusy:  # the engine held the database past the Store's patience: say so, do not crash, read again
+    st.info("Updating… the engine is writing to the workspace; this page reads it again in a few seconds.",
+            icon=":material/hourglass_top:")
+    time.sleep(queries.TTL_S)
+    st.rerun()
