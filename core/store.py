@@ -1041,13 +1041,14 @@ class Store:
 
     def production_feedback(self, version: str | None = None) -> pd.DataFrame:
         """People's corrections joined to what was served: prediction_id, text, served, label (the
-        corrected one), confidence, model_version, at. Feedback on held-out texts is left out, so a
-        correction never leaks the test set into training."""
+        corrected one), confidence, model_version, at. Feedback on held-out or traffic-probe texts is left
+        out, so a correction never leaks the rows that grade a model into its training."""
         where, params = ("AND p.model_version = ?", [version]) if version else ("", [])
         return self._read(
             "SELECT f.prediction_id, p.text, p.label AS served, f.label, p.confidence, p.model_version, "
             "p.scaffold_version, f.\"at\", f.actor FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
-            f"WHERE p.text NOT IN (SELECT text FROM examples WHERE split = 'heldout') {where} "
+            "WHERE p.text NOT IN (SELECT text FROM examples WHERE split = 'heldout' "
+            f"OR id IN (SELECT example_id FROM traffic_probe)) {where} "
             "ORDER BY f.\"at\", f.prediction_id", params)
 
     def production_summary(self) -> dict:

@@ -90,12 +90,13 @@ def test_predict_and_feedback_are_logged_and_feed_the_loop(served):
     ws, client, _ = served
     labels = set(ws.store.labels())
     held = ws.store.examples("heldout").iloc[0]
+    probe = ws.store.traffic_probe().iloc[0]  # rows that grade models: served, corrected, never trained on
     texts = ["my card payment was declined twice at checkout", "where is my parcel, it is a week late",
-             held["text"]]
+             held["text"], probe["text"]]
     r = client.post("/predict", json={"texts": texts})
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
-    assert len(preds) == 3 and len({p["id"] for p in preds}) == 3
+    assert len(preds) == 4 and len({p["id"] for p in preds}) == 4
     assert all(p["label"] in labels and 0 < p["confidence"] <= 1 for p in preds)
     assert {(p["model_version"], p["scaffold_version"]) for p in preds} == {("v1", "analyze_plan_execute")}
     # corrections right away: the ids are still in the buffer, not yet in the store
@@ -121,7 +122,8 @@ def test_predict_and_feedback_are_logged_and_feed_the_loop(served):
     pool = store.unlabeled_pool()["text"].tolist()
     assert texts[0] in pool and texts[1] in pool and held["text"] not in pool  # never a held-out text
     fb = store.production_feedback("v1")
-    assert set(fb["text"]) >= set(texts[:2]) and held["text"] not in set(fb["text"])
+    assert set(fb["text"]) >= set(texts[:2]) and not {held["text"], probe["text"]} & set(fb["text"])
+    assert probe["text"] not in pool
     assert (fb["served"] != fb["label"]).all()
     # who sent it is the token, not what the client says; the client's word is kept beside it
     assert set(fb.set_index("text").loc[texts[:2], "actor"]) == {"token:ops-bot (carol)"}
