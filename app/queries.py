@@ -224,17 +224,17 @@ def _outcome(row: dict) -> tuple[str, str | None]:
     """What became of the cycle, for a person, and why (the reason of a rejection, a failure, a wait)."""
     status, gate = row["status"], GATE_NAMES.get(row["gate_kind"], row["gate_kind"])
     if status == "done":
-        return ("✅ promoted" if row["kind"] != "scaffold" else "✅ adopted"), (row["gate_comment"] or None)
+        return ("✓ promoted" if row["kind"] != "scaffold" else "✓ adopted"), (row["gate_comment"] or None)
     if status == "rejected":
         why = row["gate_comment"] if row["gate_status"] == "rejected" else None
-        return "❌ rejected", why or row["error"] or "; ".join(_reasons(row["gate_reasons"])) or None
+        return "✗ rejected", why or row["error"] or "; ".join(_reasons(row["gate_reasons"])) or None
     if status == "failed":
-        return "⚠️ failed", row["error"]
+        return "⚠ failed", row["error"]
     if status == "abandoned":
-        return "⛔ abandoned", row["error"]
+        return "⊘ abandoned", row["error"]
     if status == "waiting" and row["gate_status"] == "pending":
-        return f"⏳ waiting at {gate} gate {int(row['gate_id'])}", "; ".join(_reasons(row["gate_reasons"])) or None
-    return f"▶️ running: {row['stage'].replace('_', ' ')}", row["error"]
+        return f"◷ waiting at {gate} gate {int(row['gate_id'])}", "; ".join(_reasons(row["gate_reasons"])) or None
+    return f"▸ running: {row['stage'].replace('_', ' ')}", row["error"]
 
 
 def _decided_by(row: dict) -> str | None:
@@ -680,7 +680,7 @@ def version_detail(ws: str, version: str) -> dict | None:
 # -- diagnosis page: error map and finding trends ---
 FINDING_KINDS = {"confusion_pair": "Confused pair", "weak_class": "Weak class", "error_cluster": "Error cluster",
                  "production_error": "Production error", "gate_rejection": "Gate rejection"}
-TREND_BADGES = {"new": "🆕 new", "persisting": "↻ persisting", "fixed": "✓ fixed"}
+TREND_BADGES = {"new": "● new", "persisting": "↻ persisting", "fixed": "✓ fixed"}
 CORRECT, UNCLUSTERED = "correct", "other errors"
 
 

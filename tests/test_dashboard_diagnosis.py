@@ -38,7 +38,7 @@ def test_pages_show_nothing_unreadable(monkeypatch, _pending_template, page):
     if page == "diagnosis":
         findings = at.dataframe[0].value
         assert list(findings.columns[:3]) == ["Rank", "Trend", "Type"]
-        assert set(findings["Trend"]) == {"🆕 new"}  # the baseline had no diagnosis: everything is new
+        assert set(findings["Trend"]) == {"● new"}  # the baseline had no diagnosis: everything is new
         assert "Confused pair" in set(findings["Type"])
 
 
@@ -66,7 +66,7 @@ def test_error_map_colours_each_cluster_and_opens_its_examples(monkeypatch, pend
     assert unreadable(at) == []
     table = at.dataframe[0].value
     assert dict(zip(table["Finding"], table["Trend"])) == {
-        "billed / renews": "🆕 new", "visa / secure": "↻ persisting", "account_access": "✓ fixed"}
+        "billed / renews": "● new", "visa / secure": "↻ persisting", "account_access": "✓ fixed"}
 
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     traces = {t["name"]: t for t in figure["data"]}

@@ -33,7 +33,7 @@ def test_overview_puts_the_pending_gate_first_and_tells_each_cycle(monkeypatch, 
     rows = timeline(at)
     assert list(rows["Cycle"]) == ["2", "1"] and list(rows["Kind"]) == ["evolve", "baseline"]
     waiting, baseline = rows.iloc[0], rows.iloc[1]
-    assert waiting["Outcome"] == f"⏳ waiting at promotion gate {gate_id}"
+    assert waiting["Outcome"] == f"◷ waiting at promotion gate {gate_id}"
     assert waiting["Stages"].startswith("diagnose ") and " · curate " in waiting["Stages"]
     finding = ws.store.diagnoses(2).iloc[0]
     assert waiting["First finding"].endswith(finding["subject"])
@@ -42,7 +42,7 @@ def test_overview_puts_the_pending_gate_first_and_tells_each_cycle(monkeypatch, 
     assert waiting["Samples generated → kept"] == f"{len(samples):,} → {kept:,} kept"
     assert "95% CI" in waiting["Candidate estimate"] and "95% CI" in waiting["Production estimate"]
     assert waiting["Decided by"] == "waiting for a person" and waiting["Net gain"].endswith("pts if promoted")
-    assert baseline["Outcome"] == "✅ promoted" and baseline["Net gain"] == "baseline"
+    assert baseline["Outcome"] == "✓ promoted" and baseline["Net gain"] == "baseline"
     assert baseline["Decided by"] == "automatic (the gate's policy)"
     assert any(c.value.startswith("Read at ") and c.value.endswith(" UTC") for c in at.caption)
     assert unreadable(at) == []
@@ -64,7 +64,7 @@ def test_a_rejected_cycle_reads_rejected_with_its_reason(monkeypatch, pending_ws
     assert cycle.resume(ws, progress=False).status == "rejected"
     at = open_page(monkeypatch, ws.root)
     row = timeline(at).iloc[0]
-    assert (row["Cycle"], row["Outcome"], row["Decided by"]) == ("2", "❌ rejected", APPROVER)
+    assert (row["Cycle"], row["Outcome"], row["Decided by"]) == ("2", "✗ rejected", APPROVER)
     assert row["Why"] == "the recall table worries me" and row["Net gain"].startswith("0 (not shipped")
     assert "Nothing needs a person right now." in [s.value for s in at.success]
     assert unreadable(at) == []
@@ -75,14 +75,14 @@ def test_a_failed_then_a_stuck_cycle_need_a_person(monkeypatch, pending_ws):
     ws.store.fail_cycle(2, "stage train failed 3 times; last error: train: RuntimeError: out of memory", "engine")
     at = open_page(monkeypatch, ws.root)
     assert "Cycle 2 failed at its gate stage" in at.error[0].value and "out of memory" in at.error[0].value
-    assert timeline(at).iloc[0]["Outcome"] == "⚠️ failed"
+    assert timeline(at).iloc[0]["Outcome"] == "⚠ failed"
 
     cid = ws.store.create_cycle("evolve", "diagnose", "v1", "engine")
     ws.store.note_stage_error(cid, "diagnose: ValueError: no findings")
     queries.clear()
     at.run()
     assert f"Cycle {cid} looks stuck at its diagnose stage: its last try raised" in at.error[0].value
-    assert timeline(at).iloc[0]["Outcome"] == "▶️ running: diagnose"
+    assert timeline(at).iloc[0]["Outcome"] == "▸ running: diagnose"
     assert any("a cycle is running, read again every" in c.value for c in at.caption)
 
     # the next try finished and the cycle moved on: the error of the earlier try no longer means stuck
