@@ -118,8 +118,9 @@ def lineage_figure(lineage) -> go.Figure:
         textposition="bottom center", hovertext=[node_hover(v) for v in lineage.itertuples()], hoverinfo="text",
         showlegend=False))
     depth = max(lane.values(), default=0)
-    fig.update_xaxes(tickvals=list(lineage["num"]), ticktext=list(lineage["version"]), showgrid=False,
-                     zeroline=False, range=[lineage["num"].min() - 0.6, lineage["num"].max() + 0.6])
+    # the nodes carry their version's name: tick labels under them would say it twice
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False,
+                     range=[lineage["num"].min() - 0.6, lineage["num"].max() + 0.6])
     fig.update_yaxes(visible=False, range=[-depth - 0.8, 0.5])
     fig.update_layout(height=180 + 70 * depth, margin={"t": 10, "b": 30, "l": 10, "r": 10}, hovermode="closest")
     return fig
