@@ -57,7 +57,7 @@ def test_a_v10_workspace_migrates(tmp_path):
     con.close()
     Store._migrated.discard(str(path.resolve()))
     store = Store(path)
-    assert store.migrate() == SCHEMA_VERSION == 11 and store.schema_version() == 11
+    assert store.migrate() == SCHEMA_VERSION == store.schema_version() > 10
     assert store.label_requests().empty and store.human_labels().empty
 
 

@@ -253,7 +253,7 @@ def test_search_archive_and_lineage_survive_a_kill(baseline_ws, capsys, monkeypa
     auth.add_user(store, APPROVER, "viewer", PASSWORD)  # the dashboard opens on sign-in
     at = open_page(monkeypatch, ws.root, "scaffolds")
     assert len(at.get("plotly_chart")) == 2  # the lineage over search scores, and the A/B gain with its CI
-    assert set(at.dataframe[0].value["id"]) == set(after["id"])
+    assert set(at.dataframe[0].value["Scaffold"]) == set(after["id"])
 
 
 def test_run_api_for_a_server(baseline_ws):
@@ -290,14 +290,14 @@ def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(baseline_ws, monkey
     at = open_page(monkeypatch, ws.root, "scaffolds")
     shown = texts(at)
     assert "Production scaffold" in shown and f"gate {outcome.gate_id}" in at.warning[0].value
-    assert S.DEFAULT in set(at.dataframe[0].value["id"]) and "crippled" in set(at.dataframe[0].value["name"])
+    assert S.DEFAULT in set(at.dataframe[0].value["Scaffold"]) and "crippled" in set(at.dataframe[0].value["Name"])
     trials = at.dataframe[1].value
-    assert trials["candidate"].iloc[0] == S.DEFAULT and trials["ci_low"].iloc[0] > 0
+    assert trials["Candidate"].iloc[0] == S.DEFAULT and trials["95% CI of the gain"].iloc[0].startswith("+")
     assert len(at.get("plotly_chart")) == 1  # the gain with its interval (a trial without search scores no lineage)
 
     at = open_page(monkeypatch, ws.root, "approvals")
     shown = texts(at)
-    assert f"Gate {outcome.gate_id} · cycle {outcome.cycle_id} · scaffold_adoption" in shown
+    assert f"Gate {outcome.gate_id} · cycle {outcome.cycle_id} · scaffold adoption" in shown
     assert f"Candidate scaffold {S.DEFAULT}" in shown and "McNemar p 0.0078" in shown
     assert "8 only the candidate got right, 0 only production" in shown
 
