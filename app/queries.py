@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app import tables
 from core import audit, stats
 from core.store import Store, utcnow
 from core.workspace import Workspace, open_workspace
@@ -50,11 +51,6 @@ def workspace(ws: str) -> Workspace:
 
 def _store(ws: str):
     return Workspace(Path(ws)).store
-
-
-def when(at) -> str:
-    """A stored UTC timestamp for people: minutes, no microseconds."""
-    return "-" if at is None or pd.isna(at) else f"{pd.Timestamp(at):%Y-%m-%d %H:%M} UTC"
 
 
 def clear() -> None:
@@ -147,8 +143,6 @@ def versions(ws: str) -> pd.DataFrame:
 BUSY_PATIENCE_S = 3.0  # the overview and the sidebar badge say "updating…" rather than wait for the engine
 STUCK_AFTER_S = 30 * 60  # an open, running cycle the store has seen no progress of for this long is stuck
 LIVE_REFRESH_S = 5
-GATE_NAMES = {"promotion": "promotion", "data_review": "data review", "drift_review": "drift review",
-              "scaffold_adoption": "scaffold adoption"}
 
 
 def _quick_store(ws: str) -> Store:
@@ -204,10 +198,8 @@ def _estimate_text(est: dict | None) -> str | None:
 
 
 def _stages_text(row: dict) -> str | None:
-    from app.tables import duration
-
     stages = [] if row["stages"] is None else list(row["stages"])  # a cycle with no stage run yet has none
-    parts = [f"{s['stage'].replace('_', ' ')} {duration(s['seconds'])}" for s in stages]
+    parts = [f"{s['stage'].replace('_', ' ')} {tables.duration(s['seconds'])}" for s in stages]
     if row["status"] in ("running", "waiting") and row["stage"] not in [s["stage"] for s in stages]:
         parts.append(f"{row['stage'].replace('_', ' ')} ({'now' if row['status'] == 'running' else 'waiting'})")
     return " · ".join(parts) or None
@@ -222,7 +214,7 @@ def _reasons(value) -> list[str]:
 
 def _outcome(row: dict) -> tuple[str, str | None]:
     """What became of the cycle, for a person, and why (the reason of a rejection, a failure, a wait)."""
-    status, gate = row["status"], GATE_NAMES.get(row["gate_kind"], row["gate_kind"])
+    status, gate = row["status"], tables.gate_name(row["gate_kind"])
     if status == "done":
         return ("✓ promoted" if row["kind"] != "scaffold" else "✓ adopted"), (row["gate_comment"] or None)
     if status == "rejected":
@@ -596,24 +588,20 @@ def scaffold_trial(ws: str, cycle_id: int) -> dict | None:
 
 
 # -- models page: lineage and version detail ---------------------------------------------------------------------
-GATE_NAMES = {"promotion": "promotion", "data_review": "data review", "drift_review": "drift review",
-              "scaffold_adoption": "scaffold adoption"}
 
 
 def _gate_words(gate: dict) -> str:
     """One gate as a person says it: 'promotion gate 3: approved by alice (2026-11-27 01:30:28 UTC)'."""
-    from app.tables import is_empty, when
-
-    name = GATE_NAMES.get(gate["kind"], str(gate["kind"]).replace("_", " "))
+    name = tables.gate_name(gate["kind"])
     words = f"{name} gate {int(gate['id'])}: {gate['status']}"
     if gate["status"] == "pending":
         return words + f" (policy {gate['policy']})"
-    if not is_empty(gate.get("decided_by")):
+    if not tables.is_empty(gate.get("decided_by")):
         words += f" by {gate['decided_by']}"
     if gate.get("override") is True:
         words += " overriding failed checks"
-    if not is_empty(gate.get("decided_at")):
-        words += f" ({when(gate['decided_at'])} UTC)"
+    if not tables.is_empty(gate.get("decided_at")):
+        words += f" ({tables.when(gate['decided_at'])} UTC)"
     return words
 
 

@@ -18,6 +18,11 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 TIMES_ARE_UTC = "Times are UTC."
 
 
+def gate_name(kind) -> str:
+    """A gate's kind in words: data_review -> "data review"."""
+    return str(kind).replace("_", " ")
+
+
 def is_empty(value) -> bool:
     if value is None or value is pd.NaT:
         return True

@@ -55,12 +55,6 @@ def change(value) -> str:
     return tables.EMPTY if tables.is_empty(value) else f"{100 * float(value):+.1f} pts"
 
 
-def kind_name(kind: str) -> str:
-    return GATE_KINDS.get(kind, str(kind).replace("_", " "))
-
-
-GATE_KINDS = {"promotion": "promotion", "data_review": "data review", "drift_review": "drift review",
-              "scaffold_adoption": "scaffold adoption"}
 FORGETTING = {"label": "Class", "forgotten": "Forgotten", "n": "Gate rows", "broken": "Broken", "fixed": "Fixed",
               "recall_production": "Recall before", "recall_candidate": "Recall after", "p_adjusted": "Adjusted p",
               "flipped_to": "Now predicted as"}
@@ -225,7 +219,7 @@ for gate in pending:
     gid, checks = int(gate["id"]), gate["checks"]
     # approving it is an override: core.actions refuses a plain approval of these
     needs_override = gate["kind"] in actions.HARD_GATES and not checks.get("passed", True)
-    st.subheader(f"Gate {gid} · cycle {gate['cycle_id']} · {kind_name(gate['kind'])}")
+    st.subheader(f"Gate {gid} · cycle {gate['cycle_id']} · {tables.gate_name(gate['kind'])}")
     st.caption(f"policy {gate['policy']} · opened {tables.when(gate['created_at'])} · rejected "
                f"automatically if undecided by {tables.when(gate['deadline'])}")
     (st.success if checks.get("passed") else st.error)(
@@ -260,7 +254,7 @@ history = queries.decided_gates(ws)
 if history.empty:
     st.caption("No gate has been decided yet.")
 else:
-    history = history.assign(kind=history["kind"].map(kind_name))
+    history = history.assign(kind=history["kind"].map(tables.gate_name))
     tables.show(history, {"id": "Gate", "cycle_id": "Cycle", "kind": "Kind", "status": "Decision",
                           "policy": "Policy", "decided_by": "Decided by", "decided_at": "Decided at",
                           "automatic": "Automatic", "comment": "Comment"},

@@ -30,7 +30,7 @@ def needs_a_person(attention: dict, read_at: datetime) -> None:
     st.subheader("Needs a person now")
     gates = attention["gates"].to_dict("records")
     for gate in gates:
-        kind = queries.GATE_NAMES.get(gate["kind"], gate["kind"])
+        kind = tables.gate_name(gate["kind"])
         versions = (f": candidate {gate['candidate']} against production {gate['production']}"
                     if not (tables.is_empty(gate["candidate"]) or tables.is_empty(gate["production"])) else "")
         left = (gate["deadline"] - read_at).total_seconds() if not tables.is_empty(gate["deadline"]) else None
