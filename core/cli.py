@@ -59,14 +59,8 @@ def cmd_init(args) -> int:
 
         if args.labeled or args.unlabeled or args.heldout:
             raise ValueError(f"--preset {args.preset} brings its own data: leave out --labeled/--unlabeled/--heldout")
-        from core.sandbox import LABELS
-        from core.setup import add_guardrails, read_guardrails
-
-        if args.guardrails:  # refused before the workspace is made, as without a preset
-            read_guardrails(Path(args.guardrails), LABELS, config)
-        ws, notes = init_preset(Path(args.workspace), args.preset, config, args.base_model)
-        if args.guardrails:
-            add_guardrails(ws, Path(args.guardrails))
+        ws, notes = init_preset(Path(args.workspace), args.preset, config, args.base_model,
+                                guardrails=Path(args.guardrails) if args.guardrails else None)
         for note in notes:
             print(note)
     elif not args.labeled:

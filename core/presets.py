@@ -72,9 +72,11 @@ def sql_migrations_config(config, backend: str) -> None:
     config.drift.max_flip_rate, config.drift.max_kl = 0.6, 2.0
 
 
-def init_preset(root: Path, name: str, config=None, base_model: str | None = None, adjust=None):
+def init_preset(root: Path, name: str, config=None, base_model: str | None = None, adjust=None,
+                guardrails: Path | None = None):
     """Create a workspace for a preset; returns (workspace, notes for the person who asked). adjust: called on
-    the preset's config before it is written (a benchmark's overrides), returning the config to use."""
+    the preset's config before it is written (a benchmark's overrides), returning the config to use;
+    guardrails: a probes CSV, checked and stored as init_workspace does without a preset."""
     from core.config import Config
     from core.setup import init_workspace
 
@@ -90,7 +92,8 @@ def init_preset(root: Path, name: str, config=None, base_model: str | None = Non
     with tempfile.TemporaryDirectory(prefix="evolab-preset-") as tmp:
         pool = Path(tmp) / "unlabeled.csv"
         pd.DataFrame({"text": sql_pool(POOL_SIZE, POOL_SEED, known)}).to_csv(pool, index=False)
-        ws = init_workspace(Path(root), seed, pool, held, base_model=base_model, config=config)
+        ws = init_workspace(Path(root), seed, pool, held, base_model=base_model, config=config,
+                            guardrails=guardrails)
     notes = [f"preset sql-migrations: execution verifier curate.sandbox = \"{backend}\""
              + (" (a throwaway PostgreSQL cluster per curation)" if backend == "local" else ""),
              f"unlabeled traffic: {POOL_SIZE} migrations written by the sql_migrations grammar, labels discarded"]

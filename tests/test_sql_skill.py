@@ -113,6 +113,22 @@ def test_a_bad_preset_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     assert not (tmp_path / "w").exists() and not (tmp_path / "d").exists()
 
 
+def test_a_preset_takes_guardrails_as_a_workspace_from_files_does(tmp_path, capsys):
+    """Checked before anything is made (an unknown label: one line, exit 1, no workspace), then stored."""
+    from core.cli import main
+    from core.workspace import open_workspace
+
+    bad, good = tmp_path / "bad.csv", tmp_path / "good.csv"
+    pd.DataFrame({"text": ["DROP TABLE users;"], "expected_label": ["catastrophic"]}).to_csv(bad, index=False)
+    pd.DataFrame({"text": ["DROP TABLE users;", "CREATE INDEX ON orders (id);"],
+                  "expected_label": ["loses_data", "safe"]}).to_csv(good, index=False)
+    assert main(["init", "--workspace", str(tmp_path / "w"), "--preset", "sql-migrations", "--guardrails", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'catastrophic'" in err and not (tmp_path / "w").exists(), err
+    assert main(["init", "--workspace", str(tmp_path / "w"), "--preset", "sql-migrations", "--guardrails", str(good)]) == 0
+    assert open_workspace(tmp_path / "w").store.guardrails()["expected_label"].tolist() == ["loses_data", "safe"]
+
+
 def test_execution_decides_and_its_evidence_is_stored_with_the_sample(monkeypatch, pg, sql_ws):
     from core.sandbox.check import sandbox_execution_check
     from core.workspace import open_workspace
