@@ -180,15 +180,6 @@ def _points(value: float) -> str:
     return f"{100 * value:+.2f} pts"
 
 
-def _estimate(accuracy, n, traffic=None) -> dict | None:
-    """On traffic where the version has that estimate (its stored detail), else on the gate rows."""
-    if isinstance(traffic, str) and traffic:
-        return {**json.loads(traffic), "basis": "traffic"}
-    if accuracy is None or pd.isna(accuracy) or n is None or pd.isna(n):
-        return None
-    return stats.stored_estimate({"accuracy": float(accuracy), "n": int(n)})
-
-
 def _estimate_text(est: dict | None) -> str | None:
     if not est:
         return None
@@ -249,10 +240,6 @@ def _decided_by(row: dict) -> str | None:
     return text
 
 
-def _missing(value) -> bool:
-    return value is None or (not isinstance(value, (list, dict)) and bool(pd.isna(value)))
-
-
 def _yes(value) -> bool:
     return value is not None and not pd.isna(value) and bool(value)
 
@@ -282,8 +269,8 @@ def story(frame: pd.DataFrame) -> pd.DataFrame:
         return frame.assign(**{c: pd.Series(dtype=object) for c in extra})
     rows = []
     for row in frame.astype(object).where(frame.notna(), None).to_dict("records"):
-        cand = _estimate(row["candidate_accuracy"], row["candidate_n"], row.get("candidate_traffic"))
-        prod = _estimate(row["production_accuracy"], row["production_n"], row.get("production_traffic"))
+        cand = stats.shown_estimate(row["candidate_accuracy"], row["candidate_n"], row.get("candidate_traffic"))
+        prod = stats.shown_estimate(row["production_accuracy"], row["production_n"], row.get("production_traffic"))
         outcome, why = _outcome(row)
         finding = (f"{str(row['finding_kind']).replace('_', ' ')}: {row['finding_subject']}"
                    if row["finding_subject"] else None)
@@ -309,12 +296,12 @@ def problems(timeline: pd.DataFrame, now) -> dict:
             failed = {"cycle_id": int(newest["cycle_id"]), "stage": newest["stage"], "error": newest["error"],
                       "at": newest["finished_at"]}
         for row in timeline[timeline["status"] == "running"].to_dict("records"):
-            idle = None if _missing(row["last_progress"]) else \
+            idle = None if tables.is_empty(row["last_progress"]) else \
                 (now - pd.Timestamp(row["last_progress"]).to_pydatetime()).total_seconds()
             # a stage that moves on never clears the error of an earlier try, but its end is recorded after
             # the move: the error is the current stage's when it was noted after the last stage ended
             ended = row["last_stage_end"]
-            raised = not _missing(row["error"]) and (_missing(ended) or
+            raised = not tables.is_empty(row["error"]) and (tables.is_empty(ended) or
                                                      pd.Timestamp(row["updated_at"]) > pd.Timestamp(ended))
             if raised or (idle is not None and idle > STUCK_AFTER_S):
                 stuck.append({"cycle_id": int(row["cycle_id"]), "stage": row["stage"], "idle_s": idle,

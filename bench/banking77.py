@@ -167,8 +167,7 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
         checks = (gate or {}).get("checks", {})
         est = checks.get("estimate") or checks.get("candidate")  # on traffic where there is a probe
         if not isinstance(est, dict):  # rejected before the promotion gate: its estimate is stored all the same
-            est = (store.evaluation(candidate, "traffic") or {}).get("detail") \
-                or stats.stored_estimate(store.evaluation(candidate, "gate"))
+            est = stats.shown_estimates(store.evaluations()).get(candidate)
         gate_est = est
     runs = store.stage_runs(outcome.cycle_id)
     seen = [str(s) for s in runs["stage"]]

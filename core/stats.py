@@ -82,20 +82,31 @@ def traffic_estimate(gate_confidence, gate_correct, probe_confidence, level: flo
             "resamples": resamples}
 
 
-def shown_estimates(evaluations) -> dict[str, dict]:
-    """Per version, the estimate people are shown, from the store's evaluation rows (version, split,
-    accuracy, n, detail): on traffic where the version has one, else on the gate rows. `basis` says which."""
+def shown_estimate(accuracy, n, traffic=None) -> dict | None:
+    """The estimate people are shown for one version: on traffic where it has that estimate (`traffic`, the
+    stored detail, JSON or a dict), else on its gate rows (accuracy, n); `basis` says which."""
     import json
 
-    out: dict[str, dict] = {}
+    if isinstance(traffic, str) and traffic:
+        traffic = json.loads(traffic)
+    if isinstance(traffic, dict) and traffic:
+        return {**traffic, "basis": "traffic"}
+    if accuracy is None or n is None or accuracy != accuracy or n != n:  # NULL or NaN: not evaluated
+        return None
+    est = stored_estimate({"accuracy": float(accuracy), "n": int(n)})
+    return {**est, "basis": "gate rows"} if est else None
+
+
+def shown_estimates(evaluations) -> dict[str, dict]:
+    """Per version, shown_estimate from the store's evaluation rows (version, split, accuracy, n, detail)."""
     rows = evaluations.to_dict("records") if hasattr(evaluations, "to_dict") else list(evaluations)
-    for row in rows:
-        if row["split"] == "gate" and row["version"] not in out and (est := stored_estimate(row)):
-            out[row["version"]] = {**est, "basis": "gate rows"}
-    for row in rows:
-        detail = row.get("detail")
-        if row["split"] == "traffic" and isinstance(detail, str) and detail:
-            out[row["version"]] = {**json.loads(detail), "basis": "traffic"}
+    gate = {r["version"]: r for r in rows if r["split"] == "gate"}
+    traffic = {r["version"]: r.get("detail") for r in rows if r["split"] == "traffic"}
+    out = {}
+    for version in {**gate, **traffic}:
+        row = gate.get(version, {})
+        if (est := shown_estimate(row.get("accuracy"), row.get("n"), traffic.get(version))) is not None:
+            out[version] = est
     return out
 
 
