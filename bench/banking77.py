@@ -52,11 +52,13 @@ class BenchError(Exception):
 
 
 # -- data ------------------------------------------------------------------------------------------
-def split_protocol(train_csv: Path, seed: int, dev_size: int, pool_labels: bool = False):
+def split_protocol(train_csv: Path, seed: int, dev_size: int, pool_labels: bool = False, near_seed: bool = False):
     """Return (seed, heldout, pool, dev) frames following the protocol.
 
     The pool has text only, as the engine gets it; pool_labels keeps its labels for analyses that
-    score teachers against the truth (bench/teacher_ceiling.py).
+    score teachers against the truth (bench/teacher_ceiling.py). near_seed: the held-out rows are drawn
+    from the pool rows nearest the seed instead (near_seed_heldout), the protocol's own held-out rows
+    going back to the pool; the dev test set is the same either way.
     """
     import numpy as np
     import pandas as pd
@@ -77,8 +79,37 @@ def split_protocol(train_csv: Path, seed: int, dev_size: int, pool_labels: bool 
     is_dev = np.zeros(len(traffic), dtype=bool)
     is_dev[dev_idx] = True
     dev_df = traffic[is_dev].reset_index(drop=True)
-    pool_df = traffic[~is_dev][["text", "label"] if pool_labels else ["text"]].reset_index(drop=True)
+    pool_df = traffic[~is_dev].reset_index(drop=True)
+    if near_seed:
+        held_df, pool_df = near_seed_heldout(seed_df, pd.concat([held_df, pool_df], ignore_index=True), seed)
+    pool_df = pool_df[["text", "label"] if pool_labels else ["text"]].reset_index(drop=True)
     return seed_df, held_df, pool_df, dev_df
+
+
+def near_seed_heldout(seed_df, pool_df, seed: int, per_class: int = HELDOUT_PER_CLASS):
+    """Held-out rows that sit closer to the seed than traffic does, as on a domain whose held-out file was
+    written beside its seed: per intent, per_class rows drawn at random from the third of its pool rows
+    nearest its seed rows (cosine similarity to the nearest seed row of that intent, in the default
+    encoder's mean-pooled embeddings), removed from the pool. Returns (heldout, pool)."""
+    import numpy as np
+    import pandas as pd
+
+    from core import model as M
+    from core.config import ModelConfig
+
+    tokenizer, encoder = M.load_base(ModelConfig().base_model)
+    seed_emb = M.embed_texts(tokenizer, encoder, seed_df["text"].tolist(), 64)
+    pool_emb = M.embed_texts(tokenizer, encoder, pool_df["text"].tolist(), 64)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in sorted(seed_df["label"].unique()):
+        rows = np.flatnonzero(pool_df["label"].to_numpy() == label)
+        near = (pool_emb[rows] @ seed_emb[seed_df["label"].to_numpy() == label].T).max(1)
+        third = rows[np.argsort(-near, kind="stable")[:max(per_class, len(rows) // 3)]]
+        chosen.extend(rng.choice(third, size=min(per_class, len(third)), replace=False).tolist())
+    taken = np.zeros(len(pool_df), dtype=bool)
+    taken[chosen] = True
+    return pool_df[taken].reset_index(drop=True), pool_df[~taken].reset_index(drop=True)
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -190,6 +221,9 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
         if len(diagnosis) else []
     dev_acc, dev_s = scorer(production)
     cand_dev, cand_s = scorer(candidate)  # also for a rejected candidate: was the gate right?
+    parent_dev = scorer(cyc.get("parent_version"))[0]
+    promotion = next((g for g in gates.to_dict("records") if g["kind"] == "promotion"), None)
+    checks = json.loads(promotion["checks"]) if promotion else {}
     own, kids = rss_mb()
     return {
         "cycle": index, "cycle_id": int(outcome.cycle_id), "kind": cyc["kind"], "status": outcome.status,
@@ -198,7 +232,9 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
         "gate_estimate": gate_est, "gate_covers_truth": None if gate_est is None or cand_dev is None
         else bool(gate_est["ci_low"] <= cand_dev <= gate_est["ci_high"]),
         "samples": per_gen, "pool_labels": pool_label_accuracy(samples, truth), "stage_s": stage_s, "cycle_s": seconds, "dev_scoring_s": dev_s + cand_s,
-        "gates": gate_list, "lessons_applied": lessons_applied,
+        "gates": gate_list, "lessons_applied": lessons_applied, "parent_dev_acc": parent_dev,
+        "decided_on": checks.get("decided_on"), "gate_gain": checks.get("gain"),
+        "traffic_gain": checks.get("traffic_gain"), "resemblance": checks.get("resemblance"),
         "rejection_keys": sorted({f["key"] for f in cycle_rejection(store, int(outcome.cycle_id))}),
         "peak_rss_mb": {"self": round(own, 1), "children": round(kids, 1)},
     }
@@ -224,9 +260,11 @@ class Oracle:
         self.who = auth.authenticate(ws.store, ORACLE, password, "bench:oracle")
         self.spent = 0
 
-    def answer(self) -> int:
-        self.spent += answer_requests(self.ws, self.who, self.truth)
-        return self.spent
+    def answer(self, purpose: str = "train") -> int:
+        spent = answer_requests(self.ws, self.who, self.truth, purpose)
+        if purpose == "train":
+            self.spent += spent
+        return spent
 
     def note(self, record: dict, base: float | None) -> str:
         """The labels spent before this cycle began (the ones it trained on) and dev-test gain per label."""
@@ -239,13 +277,15 @@ class Oracle:
                 f"{'-' if per is None else f'{100 * per:+.4f}pp'}")
 
 
-def answer_requests(ws, who, truth: dict[str, str]) -> int:
-    """Answer every pending label request whose text has a true label (skip the others); how many labels were
-    spent. Only requested texts are looked up in `truth`."""
+def answer_requests(ws, who, truth: dict[str, str], purpose: str = "train") -> int:
+    """Answer every pending label request of this purpose (`train`: the human budget; `evaluate`: traffic
+    labels that grade candidates) whose text has a true label (skip the others); how many labels were spent.
+    Only requested texts are looked up in `truth`."""
     from core import actions
 
     spent = 0
-    for request in ws.store.label_requests(status="pending").itertuples():
+    queue = ws.store.label_requests(status="pending")
+    for request in queue[queue["purpose"] == purpose].itertuples():
         label = truth.get(request.text)
         actions.answer_label_request(ws, who, int(request.id), label, skip=label is None)
         spent += label is not None
@@ -296,6 +336,79 @@ def row_line(r: dict) -> str:
              _sec(r["cycle_s"]), f"{r['peak_rss_mb']['self']:.0f}", f"{r['peak_rss_mb']['children']:.0f}", samples]
     return "  ".join(f"{c:<{w}}" if i in (2, 3, 4) or w == 0 else f"{c:>{w}}"
                      for i, (c, (_, w)) in enumerate(zip(cells, COLS)))
+
+
+def gain_line(r: dict) -> str:
+    """What decided the promotion gate against the truth: the paired gain it used (traffic labels or gate rows),
+    the other one, and the dev-test gain of the candidate over the production it was compared with."""
+    dev = None if r["candidate_dev_acc"] is None or r["parent_dev_acc"] is None else \
+        r["candidate_dev_acc"] - r["parent_dev_acc"]
+    t = r["traffic_gain"]
+    res = r["resemblance"] or {}
+    return (f"decided on {r['decided_on'] or '-'}: gain {_pp(r['gate_gain'])}; traffic labels "
+            + (f"{_pp(t['gain'])} ({_pp(t['ci_low'])} to {_pp(t['ci_high'])}, {t['labeled']} labeled of "
+               f"{t['disagreements']} disagreements)" if t else "-")
+            + f"; dev-test gain {_pp(dev)}"
+            + (f"; held-out rows resemble traffic {res['resemblance']:.2f} (seed-proximity AUC {res['auc']:.2f})"
+               if res.get("resemblance") is not None else ""))
+
+
+def _pp(x) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}pp"
+
+
+def version_table(ws, scorer, rows: list[dict]) -> list[dict]:
+    """Every version at the end of the run: the estimate people are shown (with every traffic label answered by
+    then), its dev-test accuracy, and whether it was promoted."""
+    from core import stats
+
+    store = ws.store
+    shown = stats.shown_estimates(store.evaluations())
+    history = store.alias_history()
+    promoted = set(history.loc[history["name"] == "production", "version"].dropna())
+    out = []
+    for v in store.versions()["version"]:
+        est = shown.get(v)
+        out.append({"version": v, "estimate": est, "dev_acc": scorer(v)[0], "promoted": v in promoted})
+    return out
+
+
+def print_versions(table: list[dict], rows: list[dict]) -> None:
+    print()
+    print("== versions " + "=" * 69)
+    print(f"{'version':<8}  {'shown':>8}  {'95% interval':>15}  {'basis':<40}  {'dev_test':>8}  {'error':>8}  promoted")
+    for t in table:
+        est = t["estimate"] or {}
+        err = None if not est or t["dev_acc"] is None else est["accuracy"] - t["dev_acc"]
+        print(f"{t['version']:<8}  {_pct(est.get('accuracy')):>8}  {_ci(est or None):>15}  "
+              f"{(est.get('method') or est.get('basis') or '-')[:40]:<40}  {_pct(t['dev_acc']):>8}  {_pp(err):>8}  "
+              f"{'yes' if t['promoted'] else 'no'}")
+    scored = [t for t in table if t["dev_acc"] is not None]
+    ranked = [t for t in scored if t["estimate"]]
+    errors = [abs(t["estimate"]["accuracy"] - t["dev_acc"]) for t in ranked]
+    if errors:
+        print(f"estimate error: largest {100 * max(errors):.2f}pp, mean {100 * sum(errors) / len(errors):.2f}pp over "
+              f"{len(errors)} versions")
+    pairs = [(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1:] if abs(a["dev_acc"] - b["dev_acc"]) >= 0.005]
+    wrong = [(a, b) for a, b in pairs if (a["estimate"]["accuracy"] - b["estimate"]["accuracy"])
+             * (a["dev_acc"] - b["dev_acc"]) <= 0]
+    print(f"order: {len(pairs) - len(wrong)} of {len(pairs)} version pairs at least 0.5pp apart on the dev test are "
+          f"shown in the right order" + ("".join(f"; wrong: {a['version']}/{b['version']}" for a, b in wrong)))
+    best = max(scored, key=lambda t: t["dev_acc"])
+    final = rows[-1]
+    print(f"best version by dev test {best['version']} {_pct(best['dev_acc'])}; production {final['production']} "
+          f"{_pct(final['dev_acc'])} ({_pp(final['dev_acc'] - best['dev_acc'])})")
+    missed = [r for r in rows if r["status"] == "rejected" and r["candidate_dev_acc"] is not None
+              and r["parent_dev_acc"] is not None and r["candidate_dev_acc"] - r["parent_dev_acc"] >= 0.01]
+    print(f"candidates at least 1pp better than production on the dev test that were rejected: {len(missed)}"
+          + "".join(f" ({r['candidate']}, {_pp(r['candidate_dev_acc'] - r['parent_dev_acc'])})" for r in missed))
+    signs = [(r, r["traffic_gain"]["gain"], r["candidate_dev_acc"] - r["parent_dev_acc"]) for r in rows
+             if r["traffic_gain"] and r["candidate_dev_acc"] is not None and r["parent_dev_acc"] is not None
+             and abs(r["candidate_dev_acc"] - r["parent_dev_acc"]) > 0.01]
+    if signs:
+        right = sum(g * d > 0 for _, g, d in signs)
+        print(f"traffic-label gain has the dev-test gain's sign for {right} of {len(signs)} candidates whose dev-test "
+              f"gain is beyond ±1pp")
 
 
 def print_summary(rows: list[dict], meta: dict) -> None:
@@ -366,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle-budget", type=int, default=0, metavar="N",
                    help="ask for N human labels per cycle (curate.ask_humans_per_cycle) and answer them from the "
                         "pool's true labels; prints accuracy per human label spent")
+    p.add_argument("--oracle-eval-budget", type=int, default=0, metavar="N",
+                   help="traffic labels that grade candidates (gates.traffic_labels_per_cycle = N): the oracle answers "
+                        "each cycle's draw of probe rows from the pool's true labels before its gate decides")
+    p.add_argument("--near-seed", action="store_true",
+                   help="held-out rows drawn from the third of each intent's pool rows nearest its seed rows, so "
+                        "they are easier than traffic (near_seed_heldout); the dev test set is unchanged")
     p.add_argument("--quiet", action="store_true", help="no engine progress on stderr")
     return p
 
@@ -388,9 +507,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.oracle_budget < 0:
             raise BenchError("--oracle-budget must be 0 or more")
+        if args.oracle_eval_budget < 0:
+            raise BenchError("--oracle-eval-budget must be 0 or more")
         budget = [f"curate.ask_humans_per_cycle={args.oracle_budget}"] if args.oracle_budget else []
+        # Without the eval oracle nobody labels traffic: the gate decides from the held-out rows alone.
+        budget += [f"gates.traffic_labels_per_cycle={args.oracle_eval_budget}",
+                   f"gates.traffic_labels_wait_hours={24 if args.oracle_eval_budget else 0}"]
         config = build_config(args.overrides + budget, autonomous=args.policy == "auto")
-        seed_df, held_df, pool_df, dev_df = split_protocol(train_csv, args.seed, args.dev_size, pool_labels=True)
+        seed_df, held_df, pool_df, dev_df = split_protocol(train_csv, args.seed, args.dev_size, pool_labels=True,
+                                                             near_seed=args.near_seed)
     except (BenchError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -443,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.overrides:
             print(f"config overrides: {', '.join(args.overrides)}", flush=True)
         scorer = DevScorer(ws, dev_df)
-        oracle = Oracle(ws, pool_df) if args.oracle_budget else None
+        oracle = Oracle(ws, pool_df) if args.oracle_budget or args.oracle_eval_budget else None
         printed_header = False
         # One evolve call per cycle; the first call also runs the baseline (reported as cycle 0).
         for _ in range(max(args.cycles, 1)):
@@ -458,8 +583,16 @@ def main(argv: list[str] | None = None) -> int:
                     cid = cycle.start_cycle(ws)
                     on_outcome(cycle.run_cycle(ws, cid, progress=not args.quiet))
                 else:
-                    cycle.evolve(ws, cycles=1, progress=not args.quiet,
-                                 on_outcome=on_outcome)
+                    outcomes = cycle.evolve(ws, cycles=1, progress=not args.quiet)
+                    # A cycle waiting for traffic labels (no gate): the oracle answers its draw, the cycle goes on.
+                    while oracle and args.oracle_eval_budget and outcomes[-1].status == "waiting" \
+                            and outcomes[-1].gate_id is None:
+                        answered = oracle.answer("evaluate")
+                        print(f"      oracle answered {answered} traffic labels for cycle {outcomes[-1].cycle_id}",
+                              flush=True)
+                        outcomes = outcomes[:-1] + [cycle.resume(ws, progress=not args.quiet)]
+                    for outcome in outcomes:
+                        on_outcome(outcome)
             finally:
                 previous = t_call
                 for outcome, at, production in marks:
@@ -475,9 +608,11 @@ def main(argv: list[str] | None = None) -> int:
                     for g in record["gates"]:
                         if g["status"] == "rejected":
                             print(f"      {g['kind']} gate rejected by {g['by']}: {g['comment']}", flush=True)
-                    if oracle:
+                    if record["traffic_gain"] or record["decided_on"]:
+                        print("      " + gain_line(record), flush=True)
+                    if oracle and args.oracle_budget:
                         print(oracle.note(record, rows[0]["dev_acc"]), flush=True)
-            if oracle:  # this cycle's requests, answered: they count from the next cycle
+            if oracle and args.oracle_budget:  # this cycle's requests, answered: they count from the next cycle
                 oracle.answer()
             if marks and marks[-1][0].status == "waiting":
                 meta["error"] = (f"cycle {marks[-1][0].cycle_id} is waiting at a human gate; stopping "
@@ -503,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "human_labels_spent": rows[-1].get("human_labels_spent"),
                                   "gain_per_human_label": rows[-1].get("gain_per_human_label")}
             print_summary(rows, meta)
+            if rows:
+                meta["versions"] = version_table(ws, scorer, rows)
+                print_versions(meta["versions"], rows)
             if meta.get("oracle"):
                 o = meta["oracle"]
                 per = o["gain_per_human_label"]

@@ -90,6 +90,11 @@ def review_samples(ws: Workspace, who: Principal, ids: list[int] | None, action:
     return store.review_samples(ids, action, who.name, label=label if action == "relabel" else None, comment=comment)
 
 
+# What an answer is for: a `train` request's label is trained on, an `evaluate` one (a traffic-probe row) grades.
+LABEL_USE = {"train": "it counts as seed from the next cycle",
+             "evaluate": "it grades candidates on traffic and is never trained on"}
+
+
 def answer_label_request(ws: Workspace, who: Principal, request_id: int, label: str | None = None,
                          skip: bool = False) -> dict:
     """A person's label for a text curation asked about (or a skip): an approver or a labeler. It counts as
@@ -176,4 +181,6 @@ def make_autonomous(config) -> None:
     """The recorded autonomous mode: every gate decides by its own checks (`init --policy auto`)."""
     for name in ("data_review", "drift_review", "promotion", "scaffold_adoption"):
         getattr(config.gates, name).policy = "auto"
+    # Nobody is waited for: traffic labels are still asked for, and count from whenever a person answers.
+    config.gates.traffic_labels_wait_hours = 0.0
 

@@ -98,7 +98,9 @@ def cmd_evolve(args) -> int:
         from core.gates import expire_if_due
 
         gate_id = outcomes[-1].gate_id
-        while expire_if_due(ws.store, ws.store.gate(gate_id))["status"] == "pending":
+        if gate_id is None:  # waiting for traffic labels: the stage looks again when evolve goes on
+            time.sleep(args.poll)
+        while gate_id is not None and expire_if_due(ws.store, ws.store.gate(gate_id))["status"] == "pending":
             time.sleep(args.poll)
         args.cycles = max(1, args.cycles - sum(o.status in ("done", "rejected") for o in outcomes))
 
@@ -418,8 +420,8 @@ def cmd_label(args, ws) -> int:
                   f"{ws.root} --id N --label L --by NAME` (or --skip)")
             for r in rows:
                 hints = ", ".join(f"{h['label']} {h['p']:.2f}" for h in r["suggestions"])
-                print(f"{r['id']:>5}  cycle {r['cycle_id']:<3} score {r['score']:.3f}  {r['text'][:90]!r}  "
-                      f"[{hints}]")
+                why = "grades" if r["purpose"] == "evaluate" else f"score {r['score']:.3f}"
+                print(f"{r['id']:>5}  cycle {r['cycle_id']:<3} {why:<11}  {r['text'][:90]!r}  [{hints}]")
         return 0
     if not args.by:
         raise ValueError("samples label --id N needs --by NAME (a labeler or an approver)")
@@ -431,7 +433,7 @@ def cmd_label(args, ws) -> int:
     who = _principal(ws, args.by, f"label_request:{args.id}")
     done = actions.answer_label_request(ws, who, args.id, args.label, skip=args.skip)
     print(f"label request {done['id']} " + ("skipped" if args.skip else f"labeled {done['label']}")
-          + f" by {who.name}" + ("" if args.skip else "; it counts as seed from the next cycle"))
+          + f" by {who.name}" + ("" if args.skip else "; " + actions.LABEL_USE[done["purpose"]]))
     return 0
 
 

@@ -34,8 +34,8 @@ class DataConfig(_Section):
     # labels. The held-out rows are drawn apart from traffic and can be easier (on Banking77 they read 3-4
     # points high); the probe's confidences carry the gate rows' accuracy over to traffic. A pool under
     # probe_min_pool rows keeps every row for curation.
-    probe_fraction: float = Field(0.1, ge=0, lt=1)
-    probe_max_rows: int = Field(500, ge=0)
+    probe_fraction: float = Field(0.15, ge=0, lt=1)
+    probe_max_rows: int = Field(1000, ge=0)
     probe_min_pool: int = Field(200, ge=0)
     seed: int = Field(0, ge=0)
 
@@ -261,6 +261,11 @@ class GatesConfig(_Section):
     # The forgetting guard's significance: a class is forgotten only when its broken answers stand out at
     # this family-wise level across all the classes (Holm), and its recall also drops by max_recall_drop.
     forgetting_alpha: float = Field(0.05, gt=0, lt=0.5)
+    # Labels from traffic where they decide (core/traffic.py): probe rows a cycle asks people to label,
+    # where candidate and production disagree first; never trained on. 0 asks nobody.
+    traffic_labels_per_cycle: int = Field(40, ge=0, le=10_000)
+    # How long a cycle waits for those answers before its gate decides with the labels it has (0: no wait).
+    traffic_labels_wait_hours: float = Field(24.0, ge=0)
     data_review: GateConfig = GateConfig(policy="auto_under_thresholds")
     promotion: GateConfig = GateConfig(policy="human")
     drift_review: GateConfig = GateConfig(policy="human")

@@ -18,11 +18,11 @@ from typing import Callable
 
 import pandas as pd
 
-from core import atomic, curate, diagnose, drift, gates, lessons, model as M, registry, stats
+from core import atomic, curate, diagnose, drift, gates, lessons, model as M, registry, stats, traffic
 from core.curate import ask, views
 from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
-from core.evaluate import evaluate_parts, traffic_estimate
+from core.evaluate import evaluate_parts, probe_predictions
 from core.faults import crash_point
 from core.store import END_STATUSES, HELDOUT_PARTS, StoreConflict, utcnow
 from core.train import TrainSpec, train
@@ -66,20 +66,22 @@ def heldout_parts(store) -> dict:
 
 def evaluate_version(ws: Workspace, version: str, progress: bool = False, cycle_id: int | None = None,
                      next_stage: str | None = None) -> dict:
-    """Score the version on both parts of the held-out set and estimate its accuracy on traffic (the
-    probe); stored together. Returns {part: (results, accuracy, per_class)} and "traffic": estimate|None."""
+    """Score the version on both parts of the held-out set and predict the traffic probe, stored together;
+    then every version's estimate on traffic is brought up to date (core/traffic.py). Returns {part:
+    (results, accuracy, per_class)} and "traffic": this version's estimate or None."""
     store = ws.store
     loaded = registry.load(ws, version)
     scored = evaluate_parts(loaded, heldout_parts(store), progress)
-    traffic = traffic_estimate(loaded, scored["gate"][0], store.traffic_probe(), progress) if "gate" in scored else None
-    store.save_evaluation(version, scored, cycle_id=cycle_id, next_stage=next_stage, traffic=traffic)
-    return {**scored, "traffic": traffic}
+    probe = probe_predictions(loaded, store.traffic_probe(), progress)
+    store.save_evaluation(version, scored, cycle_id=cycle_id, next_stage=next_stage, probe=probe)
+    return {**scored, "traffic": traffic.refresh(store).get(version)}
 
 
 def ensure_evaluated(ws: Workspace, version: str, progress: bool = False) -> None:
-    """The version's results on both parts of the held-out set, computed once and stored."""
+    """The version's results on both parts of the held-out set and on the probe, computed once and stored."""
     store = ws.store
-    if all(store.evaluation(version, part) is not None for part in HELDOUT_PARTS):
+    if all(store.evaluation(version, part) is not None for part in HELDOUT_PARTS) and \
+            (store.traffic_probe().empty or not store.probe_predictions(version).empty):
         return
     evaluate_version(ws, version, progress)
 
@@ -341,6 +343,37 @@ def stage_drift_review(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Ou
     return _gate_stage(ws, cycle, ctx, "drift_review", checks, step, hard=False)
 
 
+def stage_traffic_labels(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
+    """Ask people to label the probe rows that decide between candidate and production (core/traffic.py), then
+    wait for the answers up to `gates.traffic_labels_wait_hours` (0: never wait; answers given later still
+    count for every later gate and estimate)."""
+    store, cfg = ws.store, ws.config().gates
+    design = store.traffic_design(cycle["id"])
+    if design is None:
+        if not cfg.traffic_labels_per_cycle or store.traffic_probe().empty:
+            store.set_stage(cycle["id"], step.next)
+            return None
+        ensure_evaluated(ws, cycle["parent_version"])  # production scored before probe predictions were kept
+        drawn, plan, requests = traffic.plan(store, cycle["id"], cycle["candidate_version"], cycle["parent_version"],
+                                             cfg.traffic_labels_per_cycle)
+        store.save_traffic_design(cycle["id"], plan, requests, None)
+        _say(ctx["progress"], f"  traffic labels: {len(drawn)} probe rows asked of people ({plan['disagreements']} "
+                              f"of {plan['probe']} rows where candidate and production disagree)")
+        design = store.traffic_design(cycle["id"])
+    asked = store.label_requests(status="pending", cycle_id=cycle["id"])
+    pending = int((asked["purpose"] == "evaluate").sum())
+    waited_h = (utcnow() - design["created_at"]).total_seconds() / 3600
+    if pending and waited_h < cfg.traffic_labels_wait_hours:
+        store.set_cycle_waiting(cycle["id"], True)
+        return Outcome(cycle["id"], "waiting", cycle["stage"], None,
+                       f"cycle {cycle['id']} waits for {pending} traffic labels (they grade the candidate and are "
+                       f"never trained on): answer with `python -m core samples label --workspace {ws.root}`, then "
+                       f"`python -m core resume --workspace {ws.root}`; after {cfg.traffic_labels_wait_hours:g} h "
+                       f"the gate decides with the labels it has")
+    store.set_stage(cycle["id"], step.next)
+    return None
+
+
 def stage_gate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
     store, cfg = ws.store, ws.config()
     candidate = store.eval_results(cycle["candidate_version"], "gate")
@@ -348,10 +381,12 @@ def stage_gate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | 
     if cycle["parent_version"]:
         ensure_evaluated(ws, cycle["parent_version"])  # a version from before the held-out set had parts
         production = store.eval_results(cycle["parent_version"], "gate")
-    traffic = {"candidate": (store.evaluation(cycle["candidate_version"], "traffic") or {}).get("detail"),
-               "production": (store.evaluation(cycle["parent_version"], "traffic") or {}).get("detail")
-               if cycle["parent_version"] else None}
-    checks = gates.promotion_checks(cfg.gates, candidate, production, traffic)
+    shown = traffic.refresh(store)  # with every traffic label answered by now
+    evidence = {"candidate": shown.get(cycle["candidate_version"]),
+                "production": shown.get(cycle["parent_version"]) if cycle["parent_version"] else None,
+                "gain": traffic.gain(store, cycle["id"]) if cycle["parent_version"] else None,
+                "resemblance": traffic.resemblance(ws) if cycle["parent_version"] else None}
+    checks = gates.promotion_checks(cfg.gates, candidate, production, evidence)
     return _gate_stage(ws, cycle, ctx, "promotion", checks, step)
 
 
@@ -380,8 +415,9 @@ FLOWS: dict[str, dict[str, Stage]] = {
         "data_review": Stage(stage_data_review, "train", otherwise="rejected"),
         "train": Stage(stage_train, "evaluate"),
         "evaluate": Stage(stage_evaluate, "drift"),
-        "drift": Stage(stage_drift, "gate", otherwise="drift_review"),
-        "drift_review": Stage(stage_drift_review, "gate", otherwise="rejected"),
+        "drift": Stage(stage_drift, "traffic_labels", otherwise="drift_review"),
+        "drift_review": Stage(stage_drift_review, "traffic_labels", otherwise="rejected"),
+        "traffic_labels": Stage(stage_traffic_labels, "gate"),
         "gate": Stage(stage_gate, "promote", otherwise="rejected"),
         "promote": Stage(stage_promote, "done"),
     },

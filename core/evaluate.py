@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 
 from core import model as M
-from core import stats
 
 
 def score(examples: pd.DataFrame, probs: np.ndarray, labels: list[str]) -> tuple[pd.DataFrame, float, dict]:
@@ -41,11 +40,12 @@ def evaluate_parts(loaded: M.Loaded, parts: dict[str, pd.DataFrame], progress: b
     return out
 
 
-def traffic_estimate(loaded: M.Loaded, gate_results: pd.DataFrame, probe: pd.DataFrame,
-                     progress: bool = False) -> dict | None:
-    """The version's expected accuracy on traffic (stats.traffic_estimate) from its gate-row results
-    (confidence, correct) and the traffic probe's texts; None without a probe."""
-    if probe.empty or gate_results.empty:
-        return None
-    confidence = M.predict_proba(loaded, probe["text"].tolist(), progress=progress).max(1)
-    return stats.traffic_estimate(gate_results["confidence"], gate_results["correct"], confidence)
+def probe_predictions(loaded: M.Loaded, probe: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+    """The version's answer and confidence on each traffic-probe row (example_id, predicted, confidence)."""
+    if probe.empty:
+        return pd.DataFrame({"example_id": pd.Series(dtype="int64"), "predicted": pd.Series(dtype=str),
+                             "confidence": pd.Series(dtype=float)})
+    probs = M.predict_proba(loaded, probe["text"].tolist(), progress=progress)
+    return pd.DataFrame({"example_id": probe["id"].to_numpy(),
+                         "predicted": np.asarray(loaded.labels, dtype=object)[probs.argmax(1)],
+                         "confidence": probs.max(1).astype(float)})

@@ -182,3 +182,79 @@ def forgetting_test(truth, production_pred, candidate_pred, alpha: float, max_dr
             "production_right": total_right, "broken": total_broken,
             "flagged": [r for r in ranked if r["forgotten"]],
             "closest": [r for r in ranked if not r["forgotten"]][:shown]}
+
+
+# -- labels from traffic: a cycle draws probe rows to label (core/traffic.py) -------------------------
+def sampled_gain(z_known, z_drawn, unlabeled: int, n: int, level: float = LEVEL) -> dict:
+    """candidate - production accuracy on the n probe rows, from labels drawn where the two disagree.
+
+    Where the two models agree they are both right or both wrong, so only the disagreement rows carry the
+    gain: z = correct(candidate) - correct(production) is -1, 0 or 1 there. z_known: the disagreement rows
+    labeled before this cycle's draw (each counts once); z_drawn: those drawn at random, without replacement,
+    from the `unlabeled` others, and answered (each stands for unlabeled / len(z_drawn) rows, the
+    Horvitz-Thompson weight of a simple random sample). The variance adds the draw's (finite-population
+    corrected) to the probe's own as a sample of traffic."""
+    z_known, z_drawn = np.asarray(z_known, float), np.asarray(z_drawn, float)
+    m = len(z_drawn)
+    if unlabeled and not m:
+        raise ValueError("unlabeled disagreement rows remain and none of them was labeled")
+    weight = unlabeled / m if m else 0.0
+    total = z_known.sum() + weight * z_drawn.sum()
+    gain = total / n
+    second = (np.square(z_known).sum() + weight * np.square(z_drawn).sum()) / n  # E[z^2] over the probe
+    var_probe = max(second - gain ** 2, 0.0) / n
+    spread = z_drawn.var(ddof=1) if m > 1 else 1.0  # one draw says nothing of the spread: assume the widest
+    var_draw = (unlabeled ** 2) * (1 - m / unlabeled) * spread / m / n ** 2 if unlabeled else 0.0
+    half = _z(level) * math.sqrt(var_probe + var_draw)
+    return {"gain": float(gain), "ci_low": float(max(-1.0, gain - half)), "ci_high": float(min(1.0, gain + half)),
+            "n": int(n), "labeled": int(len(z_known) + m), "known": int(len(z_known)), "drawn": int(m),
+            "disagreements": int(len(z_known) + unlabeled), "level": level,
+            "method": "disagreement rows labeled, Horvitz-Thompson"}
+
+
+def assisted_accuracy(predicted_correct, labeled_correct, labeled_predicted, labeled_pi,
+                      level: float = LEVEL) -> dict:
+    """A version's accuracy on the probe: the label-free per-row prediction of its correctness averaged over
+    every probe row, corrected by the labeled rows' residuals (correct - predicted), each weighted by 1/pi,
+    its probability of having been labeled (a difference estimator: unbiased whatever the prediction is
+    worth, and tighter the better it is)."""
+    s = np.asarray(predicted_correct, float)
+    n = len(s)
+    c, p, pi = (np.asarray(a, float) for a in (labeled_correct, labeled_predicted, labeled_pi))
+    residual = c - p
+    value = float(s.mean() + (residual / pi).sum() / n)
+    value_c = min(max(value, 0.0), 1.0)
+    var = value_c * (1 - value_c) / n + float((((1 - pi) / pi ** 2) * residual ** 2).sum()) / n ** 2
+    half = _z(level) * math.sqrt(var)
+    return {"accuracy": value_c, "ci_low": max(0.0, value - half), "ci_high": min(1.0, value + half),
+            "n": int(n), "labeled": int(len(c)), "label_free": float(s.mean()), "level": level}
+
+
+def label_free_rows(gate_confidence, gate_correct, probe_confidence, level: float = LEVEL,
+                    resamples: int = 400, seed: int = 0) -> dict:
+    """Per probe row, how likely the version is right there, from nothing but labeled gate rows and its own
+    confidence: correctness against confidence fitted on the gate rows (isotonic, so it only assumes that
+    surer is likelier right), read at each probe row's confidence. Its mean is the label-free estimate on
+    traffic, with a percentile bootstrap interval that redraws the gate rows and the probe rows together.
+    Where the gate rows are easier than traffic in ways confidence does not show, it reads high: traffic labels
+    correct it (assisted_accuracy)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    conf, correct = np.asarray(gate_confidence, float), np.asarray(gate_correct, float)
+    probe = np.asarray(probe_confidence, float)
+    if not len(conf) or not len(probe):
+        raise ValueError("a traffic estimate needs gate rows and probe rows")
+
+    def fit(c, ok):
+        return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(c, ok)
+
+    per_row = fit(conf, correct).predict(probe)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(resamples)
+    for b in range(resamples):
+        g = rng.integers(0, len(conf), len(conf))
+        draws[b] = fit(conf[g], correct[g]).predict(probe[rng.integers(0, len(probe), len(probe))]).mean()
+    value = float(per_row.mean())
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2]) if resamples else (value, value)
+    return {"per_row": per_row, "accuracy": value, "ci_low": float(min(low, value)),
+            "ci_high": float(max(high, value)), "method": "gate rows' accuracy by confidence, read on the probe"}

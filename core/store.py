@@ -136,6 +136,17 @@ MIGRATIONS: list[str] = [
     CREATE TABLE traffic_probe(example_id BIGINT PRIMARY KEY);
     ALTER TABLE evaluations ADD COLUMN detail JSON;
     """,
+    # v13: labels from traffic where they decide (core/traffic.py): a label request is asked to train
+    # (`train`, the human budget) or to grade (`evaluate`: a probe row, never trained on); each version's
+    # predictions on the probe; each cycle's draw of probe rows, with the probabilities that keep the
+    # traffic estimates unbiased
+    """
+    ALTER TABLE label_requests ADD COLUMN purpose VARCHAR DEFAULT 'train';
+    CREATE TABLE probe_predictions(version VARCHAR, example_id BIGINT, predicted VARCHAR, confidence DOUBLE,
+        PRIMARY KEY(version, example_id));
+    CREATE TABLE traffic_designs(cycle_id INTEGER PRIMARY KEY, candidate VARCHAR, production VARCHAR,
+        budget INTEGER, pi_disagree DOUBLE, pi_agree DOUBLE, detail JSON, created_at TIMESTAMP);
+    """,
 ]
 HELDOUT_PARTS = ("selection", "gate")
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -916,23 +927,57 @@ class Store:
     # -- the human budget: texts curation asks a person to label, and their answers -------------
     LABEL_REQUEST_COLUMNS = ["example_id", "text", "score", "uncertainty", "density", "suggestions"]
 
-    def _save_label_requests(self, con, cycle_id: int, requests: pd.DataFrame | None) -> None:
+    def _save_label_requests(self, con, cycle_id: int, requests: pd.DataFrame | None, purpose: str = "train") -> None:
         # New ids start above every id before the delete, so a rerun never reuses a key in one transaction.
         start = con.execute("SELECT coalesce(max(id), 0) + 1 FROM label_requests").fetchone()[0]
-        con.execute("DELETE FROM label_requests WHERE cycle_id = ? AND status = 'pending'", [cycle_id])
+        con.execute("DELETE FROM label_requests WHERE cycle_id = ? AND status = 'pending' AND purpose = ?",
+                    [cycle_id, purpose])
         if requests is None or not len(requests):
             return
         asked = {r[0] for r in con.execute("SELECT text FROM label_requests").fetchall()}
         frame = requests[~requests["text"].isin(asked)][self.LABEL_REQUEST_COLUMNS].drop_duplicates("text")
         if not len(frame):
             return
-        frame = frame.assign(id=range(start, start + len(frame)), cycle_id=cycle_id, created_at=utcnow())
+        frame = frame.assign(id=range(start, start + len(frame)), cycle_id=cycle_id, created_at=utcnow(),
+                             purpose=purpose)
         _register(con, "requests_df", frame)
         con.execute("INSERT INTO label_requests SELECT id, cycle_id, example_id, text, score, uncertainty, density, "
-                    "suggestions, 'pending', NULL, NULL, NULL, created_at FROM requests_df")
+                    "suggestions, 'pending', NULL, NULL, NULL, created_at, purpose FROM requests_df")
         con.unregister("requests_df")
         self._audit(con, "engine", "labels_requested", f"cycle:{cycle_id}",
-                    {"count": len(frame), "ids": frame["id"].astype(int).tolist()})
+                    {"count": len(frame), "purpose": purpose, "ids": frame["id"].astype(int).tolist()})
+
+    def save_traffic_design(self, cycle_id: int, design: dict, requests: pd.DataFrame,
+                            next_stage: str | None) -> None:
+        """A cycle's draw of probe rows to label (core/traffic.py) with its requests, in one transaction. An
+        earlier cycle's evaluation requests still pending are withdrawn: their draw is over, and a person's
+        budget goes to the rows this candidate is graded on."""
+        with self._tx() as con:
+            if con.execute("SELECT 1 FROM traffic_designs WHERE cycle_id = ?", [cycle_id]).fetchone():
+                raise StoreConflict(f"cycle {cycle_id} already drew its traffic labels")
+            con.execute("UPDATE label_requests SET status = 'withdrawn' WHERE purpose = 'evaluate' "
+                        "AND status = 'pending' AND cycle_id <> ?", [cycle_id])
+            con.execute("INSERT INTO traffic_designs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [cycle_id, design["candidate"], design["production"], design["budget"],
+                         design["pi_disagree"], design["pi_agree"], _json(design), utcnow()])
+            self._save_label_requests(con, cycle_id, requests, purpose="evaluate")
+            if next_stage:
+                self._set_stage(con, cycle_id, next_stage)
+
+    def traffic_designs(self) -> pd.DataFrame:
+        return self._read("SELECT * FROM traffic_designs ORDER BY cycle_id")
+
+    def traffic_design(self, cycle_id: int) -> dict | None:
+        row = _first(self._read("SELECT * FROM traffic_designs WHERE cycle_id = ?", [cycle_id]))
+        if row:
+            row["detail"] = json.loads(row["detail"] or "{}")
+        return row
+
+    def traffic_labels(self) -> pd.DataFrame:
+        """Probe rows people labeled to grade models (example_id, text, label, cycle_id, answered_at): never
+        trained on. Skipped and withdrawn requests are not labels."""
+        return self._read("SELECT example_id, text, label, cycle_id, answered_at FROM label_requests "
+                          "WHERE purpose = 'evaluate' AND status = 'answered' ORDER BY answered_at, id")
 
     def label_requests(self, status: str | None = None, cycle_id: int | None = None) -> pd.DataFrame:
         """The labeling queue (every request when status is None), best-scored first within a cycle."""
@@ -949,8 +994,8 @@ class Store:
         """A person's label for one requested text (or a skip), once; refused whole for an unknown request or
         label or a request already answered. Audited in the same transaction."""
         with self._tx() as con:
-            row = con.execute("SELECT status, cycle_id, text, label, answered_by FROM label_requests WHERE id = ?",
-                              [int(request_id)]).fetchone()
+            row = con.execute("SELECT status, cycle_id, text, label, answered_by, purpose FROM label_requests "
+                              "WHERE id = ?", [int(request_id)]).fetchone()
             if row is None:
                 raise KeyError(f"no label request {request_id}")
             if row[0] != "pending":
@@ -966,8 +1011,9 @@ class Store:
             con.execute("UPDATE label_requests SET status = ?, label = ?, answered_by = ?, answered_at = ? "
                         "WHERE id = ?", [status, label, by, utcnow(), int(request_id)])
             self._audit(con, by, "label_skipped" if skip else "label_answered", f"label_request:{request_id}",
-                        {"cycle": row[1], "label": label, "text": row[2][:200]})
-            return {"id": int(request_id), "status": status, "label": label, "cycle_id": row[1], "by": by}
+                        {"cycle": row[1], "label": label, "purpose": row[5], "text": row[2][:200]})
+            return {"id": int(request_id), "status": status, "label": label, "cycle_id": row[1], "by": by,
+                    "purpose": row[5]}
 
     def human_labels(self, before_cycle: int | None = None) -> pd.DataFrame:
         """People's answers (id = the pool example's id, text, label, answered_by), never a held-out text;
@@ -975,9 +1021,12 @@ class Store:
         where, params = "", []
         if before_cycle is not None:
             where, params = ("AND r.answered_at < (SELECT created_at FROM cycles WHERE id = ?)", [before_cycle])
+        # A probe row's label grades models (purpose `evaluate`): it never counts as seed.
         return self._read(
             "SELECT r.example_id AS id, r.text, r.label, r.answered_by FROM label_requests r "
-            "WHERE r.status = 'answered' AND r.text NOT IN (SELECT text FROM examples WHERE split = 'heldout') "
+            "WHERE r.status = 'answered' AND r.purpose = 'train' "
+            "AND r.text NOT IN (SELECT text FROM examples WHERE split = 'heldout') "
+            "AND r.text NOT IN (SELECT x.text FROM examples x JOIN traffic_probe p ON p.example_id = x.id) "
             f"{where} ORDER BY r.answered_at, r.id", params)
 
     def seed_examples(self, before_cycle: int | None = None) -> pd.DataFrame:
@@ -1174,10 +1223,17 @@ class Store:
     # -- evaluation ---------------------------------------------------------------------------
     def save_evaluation(self, version: str, scored: dict[str, tuple[pd.DataFrame, float, dict]],
                         cycle_id: int | None = None, next_stage: str | None = None,
-                        traffic: dict | None = None) -> None:
+                        traffic: dict | None = None, probe: pd.DataFrame | None = None) -> None:
         """A version's evaluation on each part of the held-out set ({part: (results, accuracy, per_class)}),
-        and its estimate on traffic (stats.traffic_estimate), kept as split 'traffic'."""
+        its predictions on the traffic probe (example_id, predicted, confidence) and its estimate on traffic
+        (core/traffic.py), kept as split 'traffic'."""
         with self._tx() as con:
+            if probe is not None:
+                con.execute("DELETE FROM probe_predictions WHERE version = ?", [version])
+                _register(con, "probe_df", probe[["example_id", "predicted", "confidence"]].assign(version=version))
+                con.execute("INSERT INTO probe_predictions SELECT version, example_id, predicted, confidence "
+                            "FROM probe_df")
+                con.unregister("probe_df")
             if traffic is not None:
                 con.execute("INSERT OR REPLACE INTO evaluations (version, split, accuracy, n, per_class, \"at\", "
                             "detail) VALUES (?, 'traffic', ?, ?, '{}', ?, ?)",
@@ -1194,6 +1250,19 @@ class Store:
                                                           utcnow()])
             if cycle_id is not None and next_stage:
                 self._set_stage(con, cycle_id, next_stage)
+
+    def save_traffic_estimates(self, estimates: dict[str, dict]) -> None:
+        """Every version's estimate on traffic, recomputed as traffic labels arrive ({version: estimate})."""
+        with self._tx() as con:
+            for version, est in estimates.items():
+                con.execute("INSERT OR REPLACE INTO evaluations (version, split, accuracy, n, per_class, \"at\", "
+                            "detail) VALUES (?, 'traffic', ?, ?, '{}', ?, ?)",
+                            [version, est["accuracy"], est["n"], utcnow(), _json(est)])
+
+    def probe_predictions(self, version: str | None = None) -> pd.DataFrame:
+        """Versions' predictions on the traffic probe (version, example_id, predicted, confidence)."""
+        clause, params = _where_equal(version=version)
+        return self._read(f"SELECT * FROM probe_predictions {clause} ORDER BY version, example_id", params)
 
     def evaluation(self, version: str, split: str = "gate") -> dict | None:
         row = _first(self._read("SELECT * FROM evaluations WHERE version = ? AND split = ?", [version, split]))

@@ -12,6 +12,7 @@ import streamlit as st
 
 from app import queries, session, tables
 from core.auth import AuthError
+from core.actions import LABEL_USE
 from core.store import StoreConflict
 
 ws = queries.workspace_path()
@@ -30,7 +31,7 @@ def answer(request_id: int, label: str | None = None, skip: bool = False) -> Non
         st.session_state["label_message"] = ("error", str(err.args[0] if err.args else err))
     else:
         st.session_state["label_message"] = ("success", f"request {done['id']} " + (
-            "skipped" if skip else f"labeled {done['label']}: it counts as seed from the next cycle"))
+            "skipped" if skip else f"labeled {done['label']}: " + LABEL_USE[done["purpose"]]))
 
 
 SQL = queries.is_sql(ws)
@@ -51,15 +52,19 @@ if message:
 if len(queue):
     st.subheader(f"Label queue: {len(queue):,} texts wait for a person")
     st.caption("The pool texts where the model's views disagree most (uncertainty × density, "
-               "`curate.ask_humans_per_cycle` per cycle). A label counts as seed from the next cycle and wins over "
-               "the teacher's; it is audited.")
+               "`curate.ask_humans_per_cycle` per cycle): a label counts as seed from the next cycle and wins over "
+               "the teacher's. Traffic labels (`gates.traffic_labels_per_cycle`): probe rows where candidate and "
+               "production disagree, drawn at random; they grade the candidate and are never trained on. Every "
+               "answer is audited.")
     labeler = session.labeler()
     all_labels = queries.labels(ws)
     for r in queue.head(QUEUE_SHOWN).itertuples():
         with st.container(border=True):
             show_text(r.text)
-            st.caption(f"request {r.id} · cycle {r.cycle_id} · score {r.score:.3f} (uncertainty {r.uncertainty:.2f} "
-                       f"× density {r.density:.2f}) · suggested: "
+            why = ("traffic label: it grades candidate against production, never trained on"
+                   if r.purpose == "evaluate" else f"score {r.score:.3f} (uncertainty {r.uncertainty:.2f} × density "
+                                                   f"{r.density:.2f})")
+            st.caption(f"request {r.id} · cycle {r.cycle_id} · {why} · suggested: "
                        + ", ".join(f"{h['label']} {h['p']:.0%}" for h in r.suggestions))
             if labeler:
                 cols = st.columns(len(r.suggestions) + 3)

@@ -50,6 +50,8 @@ def fast_config(autonomous: bool = True):
     config.curate.max_per_class = 10
     # a traffic probe of 10 of the tiny pool's 40 rows, so every cycle in the tests estimates on traffic
     config.data.probe_min_pool, config.data.probe_fraction = 20, 0.25
+    # Nobody labels traffic unless a test says so (tests/test_traffic_labels.py), so a gate opens at once.
+    config.gates.traffic_labels_per_cycle = 0
     # Tiny data makes every retrain flip many predictions; drift tests set their own thresholds.
     config.drift.max_flip_rate, config.drift.max_kl, config.drift.max_ece_increase = 1.0, 100.0, 1.0
     return config

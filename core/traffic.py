@@ -1,0 +1,192 @@
+"""Labels from traffic where they decide: which traffic-probe rows a cycle asks people to label, and what
+the labels say about the candidate's gain and about every version's accuracy on traffic.
+
+The probe is traffic nothing trains on (core/store.py `traffic_probe`). After a candidate is scored, its
+cycle draws at most `gates.traffic_labels_per_cycle` probe rows for the label queue: rows where the candidate
+and production disagree first (only they can move the paired gain), at random within that stratum, any budget
+left at random among the rows where they agree. Each stratum's probability of being drawn is stored with the
+cycle (`traffic_designs`), so the gain (stats.sampled_gain) and each version's accuracy
+(stats.assisted_accuracy) stay unbiased however the rows were chosen. Labeled rows accumulate across cycles
+into a gate set drawn from traffic; they are never trained on (purpose `evaluate`).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from core import stats
+
+
+def predictions(store, version: str) -> pd.DataFrame:
+    """A version's probe predictions indexed by example id (predicted, confidence)."""
+    return store.probe_predictions(version).set_index("example_id")[["predicted", "confidence"]]
+
+
+def _excluded(store) -> set[int]:
+    """Probe rows never drawn again: labeled already, or skipped by a person (a skip is an answer)."""
+    asked = store.label_requests()
+    asked = asked[(asked["purpose"] == "evaluate") & asked["status"].isin(["answered", "skipped"])]
+    return set(asked["example_id"].astype(int))
+
+
+def draw(candidate: pd.Series, production: pd.Series, excluded: set[int], budget: int, seed: int) -> tuple[list, dict]:
+    """Which probe rows to ask about (predicted labels indexed by example id): disagreements first, each
+    stratum a simple random sample of its rows not labeled yet. Returns (example ids, design)."""
+    ids = candidate.index.to_numpy()
+    disagree = candidate.to_numpy() != production.reindex(candidate.index).to_numpy()
+    open_ = ~np.isin(ids, list(excluded))
+    pool_d, pool_a = ids[disagree & open_], ids[~disagree & open_]
+    m_d = min(budget, len(pool_d))
+    m_a = min(budget - m_d, len(pool_a))
+    rng = np.random.default_rng(seed)
+    drawn = [*rng.choice(pool_d, m_d, replace=False).tolist(), *rng.choice(pool_a, m_a, replace=False).tolist()]
+    design = {"budget": int(budget), "probe": int(len(ids)), "disagreements": int(disagree.sum()),
+              "unlabeled_disagreements": int(len(pool_d)), "unlabeled_agreements": int(len(pool_a)),
+              "pi_disagree": m_d / len(pool_d) if len(pool_d) else 0.0,
+              "pi_agree": m_a / len(pool_a) if len(pool_a) else 0.0, "seed": int(seed)}
+    return [int(i) for i in drawn], design
+
+
+def requests_for(store, drawn: list[int], candidate: pd.DataFrame, production: pd.DataFrame,
+                 seed: int) -> pd.DataFrame:
+    """Label requests for the drawn rows. The suggestions are the two models' answers in a random order, so
+    the queue does not say which one is the candidate."""
+    probe = store.traffic_probe().set_index("id")
+    rng = np.random.default_rng(seed + 1)
+    rows = []
+    for i in drawn:
+        hints = [{"label": str(frame.at[i, "predicted"]), "p": float(frame.at[i, "confidence"])}
+                 for frame in (candidate, production)]
+        if hints[0]["label"] == hints[1]["label"]:
+            hints = hints[:1]
+        elif rng.random() < 0.5:
+            hints.reverse()
+        rows.append({"example_id": i, "text": probe.at[i, "text"], "score": None, "uncertainty": None,
+                     "density": None, "suggestions": json.dumps(hints)})
+    return pd.DataFrame(rows, columns=["example_id", "text", "score", "uncertainty", "density", "suggestions"])
+
+
+def plan(store, cycle_id: int, candidate: str, production: str, budget: int) -> tuple[list[int], dict, pd.DataFrame]:
+    """This cycle's draw: (example ids, design, label requests)."""
+    cand, prod = predictions(store, candidate), predictions(store, production)
+    drawn, design = draw(cand["predicted"], prod["predicted"], _excluded(store), budget, seed=cycle_id)
+    design.update(candidate=candidate, production=production)
+    return drawn, design, requests_for(store, drawn, cand, prod, cycle_id)
+
+
+def _labels(store) -> pd.Series:
+    labels = store.traffic_labels()
+    return labels.drop_duplicates("example_id", keep="last").set_index("example_id")["label"]
+
+
+def gain(store, cycle_id: int) -> dict | None:
+    """The candidate's paired gain over production on traffic from the cycle's draw and every earlier label
+    (stats.sampled_gain); None when the cycle drew nothing or nobody has answered what it needs."""
+    design = store.traffic_design(cycle_id)
+    if design is None:
+        return None
+    cand, prod = predictions(store, design["candidate"]), predictions(store, design["production"])
+    labels = _labels(store)
+    disagree = cand["predicted"] != prod["predicted"].reindex(cand.index)
+    rows = cand.index[disagree.to_numpy()]
+    labeled = rows[rows.isin(labels.index)]
+    truth = labels.reindex(labeled)
+    z = (cand.loc[labeled, "predicted"] == truth).astype(int) - (prod.loc[labeled, "predicted"] == truth).astype(int)
+    asked = store.label_requests(cycle_id=cycle_id)
+    mine = set(asked.loc[asked["purpose"] == "evaluate", "example_id"].astype(int))
+    drawn = z[z.index.isin(mine)]
+    unlabeled = int(design["detail"]["unlabeled_disagreements"])
+    if unlabeled and drawn.empty:
+        return None
+    out = stats.sampled_gain(z[~z.index.isin(mine)].to_numpy(), drawn.to_numpy(), unlabeled, len(cand))
+    out["requested"] = len(mine)
+    return out
+
+
+def inclusion(store, example_ids) -> pd.Series:
+    """Each labeled row's probability of having been drawn by now: 1 - prod over cycles of (1 - the probability
+    of its stratum in that cycle), the stratum read from that cycle's two versions' probe predictions."""
+    designs = store.traffic_designs()
+    miss = pd.Series(1.0, index=pd.Index(example_ids, dtype="int64"))
+    preds = store.probe_predictions()
+    for d in designs.itertuples():
+        cand = preds[preds["version"] == d.candidate].set_index("example_id")["predicted"]
+        prod = preds[preds["version"] == d.production].set_index("example_id")["predicted"]
+        disagree = (cand.reindex(miss.index) != prod.reindex(miss.index)).to_numpy()
+        miss *= np.where(disagree, 1 - d.pi_disagree, 1 - d.pi_agree)
+    return 1.0 - miss
+
+
+def version_estimate(store, version: str, labels: pd.Series | None = None, pi: pd.Series | None = None,
+                     interval: list | None = None) -> dict | None:
+    """A version's accuracy on traffic: the label-free per-row estimate (stats.label_free_rows) over the probe,
+    corrected by the traffic labels people gave (stats.assisted_accuracy); None without a probe. interval: the
+    label-free estimate's bootstrap interval when it was computed before (it depends on nothing that changes)."""
+    preds = store.probe_predictions(version)
+    gate = store.eval_results(version, "gate")
+    if preds.empty or gate.empty:
+        return None
+    rows = stats.label_free_rows(gate["confidence"], gate["correct"], preds["confidence"],
+                                 resamples=0 if interval else 400)
+    interval = interval or [rows["ci_low"], rows["ci_high"]]
+    labels = _labels(store) if labels is None else labels
+    labels = labels[labels.index.isin(preds["example_id"])]
+    pi = inclusion(store, labels.index) if pi is None else pi.reindex(labels.index)
+    by_id = pd.Series(rows["per_row"], index=preds["example_id"].to_numpy())
+    correct = (preds.set_index("example_id")["predicted"].reindex(labels.index) == labels).to_numpy()
+    est = stats.assisted_accuracy(rows["per_row"], correct, by_id.reindex(labels.index).to_numpy(), pi.to_numpy())
+    if not len(labels):  # label-free: the interval is the estimator's own
+        est.update(ci_low=interval[0], ci_high=interval[1])
+    return {**est, "label_free_interval": interval, "gate_rows": int(len(gate)),
+            "gate_accuracy": float(gate["correct"].mean()),
+            "method": rows["method"] + (f", corrected by {len(labels)} traffic labels" if len(labels) else "")}
+
+
+def refresh(store) -> dict[str, dict]:
+    """Every version's estimate on traffic, recomputed with the traffic labels answered by now, and stored."""
+    if store.traffic_probe().empty:
+        return {}
+    labels = _labels(store)
+    pi = inclusion(store, labels.index)
+    stored = store.evaluations()
+    stored = stored[stored["split"] == "traffic"]
+    before = {r.version: json.loads(r.detail).get("label_free_interval") for r in stored.itertuples() if r.detail}
+    versions = store.probe_predictions()["version"].unique().tolist()
+    estimates = {v: e for v in versions if (e := version_estimate(store, v, labels, pi, before.get(v))) is not None}
+    store.save_traffic_estimates(estimates)
+    return estimates
+
+
+def resemblance(ws) -> dict | None:
+    """How much the held-out rows look like traffic, measured where they can differ unseen: nearness to the
+    labeled seed (cosine similarity to the nearest seed row, in the base encoder's embeddings, a frozen view
+    the same for every version). `auc` is the chance that a held-out row sits nearer the seed than a probe
+    row (0.5: alike); `resemblance` = 1 - 2|auc - 0.5|, 1 when alike, 0 when every held-out row is nearer.
+    Rows near the seed are easy for a seed-only model, so they hide what a candidate learned from traffic.
+    (A classifier between held-out and probe embeddings was tried first: on a held-out set drawn from the
+    third of traffic nearest the seed its cross-validated AUC stayed at 0.36, blind to what this sees.)"""
+    from sklearn.metrics import roc_auc_score
+
+    from core.config import ConfigError
+    from core.curate import views
+
+    store = ws.store
+    probe = store.traffic_probe()
+    held = pd.concat([store.heldout(part) for part in ("selection", "gate")], ignore_index=True)
+    seed = store.seed_examples()
+    if len(probe) < 10 or len(held) < 10 or seed.empty:
+        return None
+    try:
+        view = views.for_config(ws.config().model.base_model, ws.root)
+    except ConfigError:  # a base model that is no local folder: nothing to measure with, the gate rows decide
+        return None
+    anchors = view.embed(seed["text"].tolist())
+    near_held = (view.embed(held["text"].tolist()) @ anchors.T).max(1)
+    near_probe = (view.embed(probe["text"].tolist()) @ anchors.T).max(1)
+    auc = float(roc_auc_score(np.r_[np.ones(len(near_held)), np.zeros(len(near_probe))], np.r_[near_held, near_probe]))
+    return {"resemblance": 1.0 - 2.0 * abs(auc - 0.5), "auc": auc,
+            "seed_proximity": {"heldout": float(near_held.mean()), "probe": float(near_probe.mean())},
+            "heldout_rows": int(len(held)), "probe_rows": int(len(probe)),
+            "method": "held-out vs probe rows' similarity to the nearest seed row (base encoder), ROC AUC"}

@@ -1,0 +1,134 @@
+"""Labels from traffic where they decide (issue 25): the draw, its unbiased estimates, and the gate that uses them."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core import stats, traffic
+
+
+def _population(rng, n=500, disagree=0.12, cand_better=0.65):
+    """A probe of n rows: production and candidate correctness, disagreeing on a share of rows, where the
+    candidate is the one right (or both wrong) as often as cand_better says."""
+    prod = rng.random(n) < 0.84
+    cand = prod.copy()
+    dis = rng.random(n) < disagree
+    for i in np.flatnonzero(dis):
+        u = rng.random()
+        cand[i], prod[i] = (True, False) if u < cand_better else ((False, True) if u < 0.95 else (False, False))
+    return prod, cand, dis
+
+
+def test_the_disagreement_sampled_gain_is_unbiased_on_a_simulated_population():
+    """Mean over 4,000 draws of 20 labels (of ~60 disagreement rows, 10 labeled before) within 0.25pp of the
+    probe's true gain, and its 95% interval covers the truth at least 90% of the time."""
+    rng = np.random.default_rng(7)
+    prod, cand, dis = _population(rng)
+    z = cand.astype(int) - prod.astype(int)
+    truth = z.mean()
+    rows = np.flatnonzero(dis)
+    known = rows[:10]
+    others = rows[10:]
+    draws, covered = [], 0
+    for _ in range(4000):
+        drawn = rng.choice(others, 20, replace=False)
+        est = stats.sampled_gain(z[known], z[drawn], len(others), len(z))
+        draws.append(est["gain"])
+        covered += est["ci_low"] <= truth <= est["ci_high"]
+    assert truth > 0.03
+    assert abs(np.mean(draws) - truth) < 0.0025, (np.mean(draws), truth)
+    assert covered / 4000 >= 0.9
+
+
+def test_every_disagreement_labeled_gives_the_exact_gain():
+    rng = np.random.default_rng(3)
+    prod, cand, dis = _population(rng)
+    z = cand.astype(int) - prod.astype(int)
+    est = stats.sampled_gain(z[dis], [], 0, len(z))
+    assert est["gain"] == z.mean()
+    assert est["drawn"] == 0 and est["labeled"] == dis.sum()
+
+
+def test_the_assisted_accuracy_is_unbiased_whatever_the_label_free_guess():
+    """A label-free guess 6 points too high, corrected by 40 rows drawn with unequal probabilities (disagreement
+    rows ten times likelier), lands on the truth on average."""
+    rng = np.random.default_rng(11)
+    n = 500
+    correct = rng.random(n) < 0.82
+    guess = np.clip(0.9 + 0.05 * correct + rng.normal(0, 0.05, n), 0, 1)  # ~0.94: far too high
+    stratum = rng.random(n) < 0.1
+    pi = np.where(stratum, 0.4, 0.04)
+    values = []
+    for _ in range(3000):
+        drawn = rng.random(n) < pi
+        est = stats.assisted_accuracy(guess, correct[drawn], guess[drawn], pi[drawn])
+        values.append(est["accuracy"])
+    assert guess.mean() - correct.mean() > 0.04
+    assert abs(np.mean(values) - correct.mean()) < 0.004, (np.mean(values), correct.mean())
+
+
+def test_the_draw_asks_about_disagreements_first_and_records_their_probability():
+    ids = pd.Index(range(100, 200))
+    cand = pd.Series(["a"] * 100, index=ids)
+    prod = cand.copy()
+    prod.iloc[:30] = "b"  # 30 disagreements, 5 of them labeled before
+    labeled = set(range(100, 105))
+    drawn, design = traffic.draw(cand, prod, labeled, budget=10, seed=1)
+    assert len(drawn) == 10 and all(100 <= i < 130 for i in drawn) and not set(drawn) & labeled
+    assert design["pi_disagree"] == 10 / 25 and design["pi_agree"] == 0.0
+    drawn, design = traffic.draw(cand, prod, labeled, budget=40, seed=1)  # budget beyond the stratum
+    assert sum(i < 130 for i in drawn) == 25 and len(drawn) == 40
+    assert design["pi_disagree"] == 1.0 and design["pi_agree"] == 15 / 70
+
+
+def test_traffic_labels_decide_the_gate_grade_every_version_and_never_train(weak_baseline_ws, capsys):
+    """A cycle draws every probe row (budget above the probe's 10), disagreements first, and waits; a person's
+    labels then say production was right wherever the two disagree, so the gate rejects on traffic labels
+    although the candidate wins on the gate rows; each version's estimate is its exact accuracy on the labeled
+    probe; the labels never reach the seed or a training set."""
+    from core import actions, auth, cycle
+    from core.cli import main
+    from tests.conftest import APPROVER, PASSWORD
+
+    ws, store = weak_baseline_ws, weak_baseline_ws.store
+    auth.add_user(store, APPROVER, "approver", PASSWORD)
+    config = ws.config()
+    config.gates.traffic_labels_per_cycle, config.gates.traffic_labels_wait_hours = 40, 24.0
+    config.train.epochs = 1
+    ws.save_config(config)
+    probe = store.traffic_probe()
+
+    waiting = cycle.evolve(ws, cycles=1, progress=False)[-1]
+    assert waiting.status == "waiting" and waiting.gate_id is None and "traffic labels" in waiting.message
+    asked = store.label_requests(status="pending", cycle_id=waiting.cycle_id)
+    assert (asked["purpose"] == "evaluate").all() and set(asked["example_id"]) == set(probe["id"])
+    c = store.cycle(waiting.cycle_id)
+    cand = traffic.predictions(store, c["candidate_version"])["predicted"]
+    prod = traffic.predictions(store, c["parent_version"])["predicted"]
+    disagree = set(cand.index[cand != prod.reindex(cand.index)])
+    assert disagree, "the weak baseline and the candidate must disagree somewhere on the probe"
+    assert store.gate_for(waiting.cycle_id, "promotion") is None  # no promotion gate before the labels are in
+    assert main(["samples", "label", "--workspace", str(ws.root)]) == 0
+    assert "grades" in capsys.readouterr().out
+
+    who = auth.authenticate(store, APPROVER, PASSWORD, "test")
+    for r in asked.itertuples():  # production's answer is the truth everywhere
+        done = actions.answer_label_request(ws, who, int(r.id), prod[int(r.example_id)])
+        assert done["purpose"] == "evaluate"
+    outcome = cycle.resume(ws, progress=False)
+    assert outcome.status == "rejected"
+    checks = store.gate_for(waiting.cycle_id, "promotion")["checks"]
+    assert checks["decided_on"] == "traffic labels"
+    assert checks["traffic_gain"]["gain"] == -len(disagree) / len(probe) and checks["traffic_gain"]["drawn"] == len(disagree)
+    assert any("accuracy gain on traffic labels" in r for r in checks["reasons"])
+    for version, predicted in ((c["parent_version"], prod), (c["candidate_version"], cand)):
+        est = store.evaluation(version, "traffic")["detail"]
+        assert est["labeled"] == len(probe) and f"corrected by {len(probe)} traffic labels" in est["method"]
+        truth = prod.reindex(predicted.index)
+        assert abs(est["accuracy"] - float((predicted == truth).mean())) < 1e-9
+    # graded, never trained on: not seed, not in the next training set
+    assert not set(store.seed_examples()["text"]) & set(probe["text"])
+    nxt = cycle.evolve(ws, cycles=1, progress=False)[-1]
+    import pandas as pd
+    train = pd.read_parquet(ws.checkpoints / f"cycle_{nxt.cycle_id}" / "train.parquet")
+    assert not set(train["text"]) & set(probe["text"])
