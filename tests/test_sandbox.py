@@ -304,24 +304,109 @@ def test_outcome_precedence_is_decided_from_evidence_only():
     assert Outcome(None, "x", escape=True).verdict("safe")["keep"] is False
 
 
-def test_a_cluster_whose_owner_was_killed_is_stopped_and_removed_by_the_next_start():
-    """kill -9 runs no cleanup at all; the next sandbox to start sweeps what the dead process left running."""
+def test_a_cluster_whose_owner_was_killed_stops_with_it_and_is_removed_by_the_next_start():
+    """kill -9 runs no cleanup at all: the kernel stops the server with its owner (started from the main
+    thread), and the next sandbox to start removes the folder the dead process left."""
     import signal
     import subprocess
 
     from conftest import ROOT
-    from core.sandbox.postgres import find_bindir, sweep_orphans
+    from core.sandbox.postgres import sweep_orphans
 
     proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom core.sandbox.postgres import LocalCluster\n"
                              "c = LocalCluster().start()\nprint(c.root, flush=True)\ntime.sleep(120)\n"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     root = Path(proc.stdout.readline().strip())
     assert root.is_dir() and _processes_under(root)
-    assert sweep_orphans(find_bindir()) == []  # its owner is alive: not touched
+    assert root not in sweep_orphans()  # its owner is alive: not touched
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert root.is_dir() and _processes_under(root), "the server outlives its killed owner"
-    assert root in sweep_orphans(find_bindir())
+    deadline = time.time() + 10
+    while _processes_under(root) and time.time() < deadline:
+        time.sleep(0.1)
+    assert root.is_dir() and not _processes_under(root), "the server outlives its killed owner"
+    assert root in sweep_orphans()
+    assert not root.exists()
+
+
+# -- issue 26: the sandbox's own walls -------------------------------------------------------------------------
+def test_the_orphan_sweep_signals_no_process_a_forged_folder_names():
+    """Another local user plants a cluster-looking folder whose postmaster.pid names a process of the server's
+    user; a stale pid file in our own folder names a pid now reused by something else. Neither is signalled."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from core.sandbox.postgres import private_parent, server_user, sweep_orphans
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    victim = subprocess.Popen(["sleep", "60"], **server_user())  # a process the server's user may signal
+    forged = Path(tempfile.mkdtemp(prefix="evolab-pg-"))
+    try:
+        (forged / "data").mkdir()
+        (forged / "owner.pid").write_text(str(dead.pid))
+        (forged / "data" / "PG_VERSION").write_text("15\n")
+        (forged / "data" / "postmaster.pid").write_text(f"{victim.pid}\n{forged / 'data'}\n")
+        for path in (forged, forged / "data"):
+            path.chmod(0o755)
+        if os.geteuid() == 0:  # planted by someone else: `nobody`
+            for path in (forged, forged / "data", forged / "owner.pid", forged / "data" / "PG_VERSION",
+                         forged / "data" / "postmaster.pid"):
+                os.chown(path, 65534, 65534)
+        sweep_orphans()
+        time.sleep(0.5)
+        assert victim.poll() is None, "the sweep signalled a process named by a forged postmaster.pid"
+        assert forged.exists()  # not in the private parent: not the sweep's to judge
+
+        # A folder of our own whose owner died and whose postmaster.pid names a pid reused by another process.
+        stale = Path(tempfile.mkdtemp(prefix="cluster-", dir=private_parent()))
+        (stale / "data").mkdir()
+        (stale / "owner.pid").write_text(str(dead.pid))
+        (stale / "data" / "postmaster.pid").write_text(f"{victim.pid}\n{stale / 'data'}\n")
+        if os.geteuid() == 0:
+            os.chown(stale, server_user()["user"], server_user()["group"])
+        assert stale in sweep_orphans()
+        time.sleep(0.5)
+        assert victim.poll() is None, "the sweep signalled a pid that is not that cluster's postmaster"
+        assert not stale.exists()
+    finally:
+        victim.kill()
+        victim.wait()
+        shutil.rmtree(forged, ignore_errors=True)
+
+
+def test_an_orphaned_cluster_accepts_no_connection_without_its_password():
+    """Started where the postmaster cannot be tied to its parent's life (a worker thread), a cluster outlives a
+    kill -9 of its owner: it must not be open to whoever reaches its socket until the next sweep."""
+    import signal
+    import subprocess
+
+    import psycopg
+    import pytest
+
+    from conftest import ROOT
+    from core.sandbox.postgres import sweep_orphans
+
+    proc = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                             "from core.sandbox.postgres import LocalCluster\n"
+                             "box = {}\n"
+                             "t = threading.Thread(target=lambda: box.update(c=LocalCluster().start()))\n"
+                             "t.start(); t.join()\n"
+                             "print(box['c'].root, box['c'].port, flush=True)\ntime.sleep(120)\n"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    root, port = proc.stdout.readline().split()
+    root = Path(root)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    try:
+        assert _processes_under(root), "started from a thread, the server outlives its killed owner"
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(host=str(root), port=port, user="evolab_admin", dbname="postgres",
+                            connect_timeout=5).close()
+    finally:
+        assert root in sweep_orphans()
     deadline = time.time() + 10
     while _processes_under(root) and time.time() < deadline:
         time.sleep(0.1)
