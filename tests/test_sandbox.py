@@ -330,6 +330,28 @@ def test_a_cluster_whose_owner_was_killed_stops_with_it_and_is_removed_by_the_ne
 
 
 # -- issue 26: the sandbox's own walls -------------------------------------------------------------------------
+SHADOWS = {
+    "postgres": ["CREATE SCHEMA shadow;\nCREATE TABLE shadow.events AS SELECT * FROM public.events;\n"
+                 "DELETE FROM public.events;\nSET search_path = shadow, public;",
+                 "CREATE TEMP TABLE events AS SELECT * FROM public.events;\nDELETE FROM public.events;"],
+    "duckdb": ["CREATE SCHEMA shadow;\nCREATE TABLE shadow.events AS SELECT * FROM events;\nDELETE FROM events;\n"
+               "SET search_path = 'shadow,main';",
+               "CREATE TEMP TABLE copy AS SELECT * FROM events;\nDELETE FROM events;\n"
+               "CREATE TEMP TABLE events AS SELECT * FROM copy;"],
+}
+
+
+def test_data_loss_behind_a_shadow_table_is_measured_on_the_real_table(pg):
+    """A copy in another schema (or a temp table) put in front of the emptied table by search_path: every
+    measurement names its schema, so the emptied table is what gets counted."""
+    for o in pg.check_many(SHADOWS["postgres"]):
+        assert o.label == "loses_data" and "events: 2500 of 2500 rows gone" in o.reason, o
+    with open_sandbox(None, workers=1) as duck:
+        for sql in SHADOWS["duckdb"]:
+            o = duck.check(sql)
+            assert o.label == "loses_data" and "events: 2500 of 2500 rows gone" in o.reason, (sql, o)
+
+
 def test_the_orphan_sweep_signals_no_process_a_forged_folder_names():
     """Another local user plants a cluster-looking folder whose postmaster.pid names a process of the server's
     user; a stale pid file in our own folder names a pid now reused by something else. Neither is signalled."""

@@ -12,7 +12,9 @@ Measured per statement inside the migration's transaction (read before it ends):
 on pre-existing relations (pg_locks) and how many tuples it has read from each table (pg_stat_xact_user_tables),
 so "read the whole of orders while holding ShareLock on it" is observed, not assumed. Then: relfilenode per
 table (a rewrite gives new storage), row/non-null/distinct counts of the tables it touched, and the
-application queries.
+application queries. Every query the sandbox runs in a clone names its schema (pg_catalog, public) or runs under
+a search_path it sets itself: a migration that puts a copy in front of a table it emptied (another schema on its
+search_path, a temp table) must not get the copy measured.
 """
 from __future__ import annotations
 
@@ -495,7 +497,8 @@ class PostgresSandbox:
     @property
     def _sequence_reset(self):
         return S.SQL("SELECT {}").format(S.SQL(", ").join(
-            S.SQL("setval({}, {}, {})").format(S.Literal(seq), S.Literal(value), S.Literal(called))
+            S.SQL("pg_catalog.setval({}, {}, {})").format(S.Literal(f"public.{seq}"), S.Literal(value),
+                                                           S.Literal(called))
             for seq, (value, called) in self.base.sequences.items()))
 
     # -- one check -------------------------------------------------------------------------------------------
@@ -558,7 +561,7 @@ class PostgresSandbox:
         unobserved = 0
         n = len(scr.statements)
         _autocommit(conn, True)
-        size0 = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        size0 = _size(conn)
         try:
             for alone, stmts in _segments(scr):
                 if alone:  # CREATE INDEX CONCURRENTLY, VACUUM ...: PostgreSQL refuses them in a transaction
@@ -585,7 +588,7 @@ class PostgresSandbox:
                     read = read_now
                 # Deferred constraints would be checked at COMMIT: check them now, inside the transaction.
                 conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+                size = _size(conn)
                 if size - size0 > self.max_growth:
                     conn.rollback()
                     return contained(f"grew the database by {(size - size0) >> 20} MB, over the limit",
@@ -605,6 +608,9 @@ class PostgresSandbox:
                            locks=sorted(f"{t}: {m}" for t, ms in locks.items() for m in ms))
         _autocommit(conn, False)  # commit=False: still inside the migration's transaction
         try:
+            # The migration may have put its own schema or pg_temp in front: measure under our search_path (the
+            # application queries too; their tables are public's), every table named with its schema besides.
+            conn.execute("SET search_path = pg_catalog, public, pg_temp")
             # Tables the migration took no lock on cannot have changed; a statement run outside a transaction
             # was not observed, so then every table is counted again.
             touched = set(base.tables) if unobserved else set(locks) & set(base.tables)
@@ -684,14 +690,21 @@ def _segments(scr) -> list[tuple[bool, list[str]]]:
     return out
 
 
+# Runs between the migration's statements, under whatever search_path it set: every relation, function, type and
+# operator is named with its schema, so nothing the migration created can stand in for them.
+OBSERVE = (
+    "SELECT 'l', l.relation::pg_catalog.int8, l.mode, 0::pg_catalog.int8 FROM pg_catalog.pg_locks l "
+    "WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.granted "
+    "AND l.locktype OPERATOR(pg_catalog.=) 'relation' "
+    "AND l.relation OPERATOR(pg_catalog.=) ANY(%(o)s::pg_catalog.oid[]) "
+    "UNION ALL SELECT 's', s.relid::pg_catalog.int8, '', s.seq_tup_read FROM pg_catalog.pg_stat_xact_user_tables s "
+    "WHERE s.relid OPERATOR(pg_catalog.=) ANY(%(o)s::pg_catalog.oid[])")
+
+
 def _observe(conn, oids: list[int]) -> tuple[dict[int, set[str]], dict[int, int]]:
     """The locks this backend holds on the base relations and the tuples it has read from each, so far in
     this transaction (one round trip)."""
-    rows = conn.execute(
-        "SELECT 'l', relation::oid::int8, mode, 0 FROM pg_locks WHERE pid = pg_backend_pid() AND granted "
-        "AND locktype = 'relation' AND relation = ANY(%(o)s::oid[]) "
-        "UNION ALL SELECT 's', relid::int8, '', seq_tup_read FROM pg_stat_xact_user_tables "
-        "WHERE relid = ANY(%(o)s::oid[])", {"o": oids}).fetchall()
+    rows = conn.execute(OBSERVE, {"o": oids}).fetchall()
     held: dict[int, set[str]] = {}
     read: dict[int, int] = {}
     for kind, oid, mode, tuples in rows:
@@ -702,18 +715,25 @@ def _observe(conn, oids: list[int]) -> tuple[dict[int, set[str]], dict[int, int]
     return held, read
 
 
-CATALOG = ("SELECT c.oid::int8, c.relname, c.relfilenode::int8, c.relkind FROM pg_class c "
+def _size(conn) -> int:
+    return conn.execute("SELECT pg_catalog.pg_database_size(pg_catalog.current_database())").fetchone()[0]
+
+
+CATALOG = ("SELECT c.oid::int8, c.relname, c.relfilenode::int8, c.relkind FROM pg_catalog.pg_class c "
            "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')")
-COLUMNS = ("SELECT attrelid::int8, attnum, attname FROM pg_attribute WHERE attrelid = ANY(%s::oid[]) AND attnum > 0 "
-           "AND NOT attisdropped ORDER BY attnum")
+COLUMNS = ("SELECT attrelid::int8, attnum, attname FROM pg_catalog.pg_attribute WHERE attrelid = ANY(%s::oid[]) "
+           "AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
 
 
 def _count(conn, table: str, columns: list[str]) -> tuple[int, list[tuple[int, int]]]:
-    parts = [S.SQL("count(*)")]
+    """Rows, and non-null and distinct values per column, of public's table: the functions named with their
+    schema, since a public count(sometype) would be an exact match that beats pg_catalog's count("any")."""
+    parts = [S.SQL("pg_catalog.count(*)")]
     for col in columns:
-        parts += [S.SQL("count({})").format(S.Identifier(col)),
-                  S.SQL("count(DISTINCT {}::text)").format(S.Identifier(col))]
-    row = conn.execute(S.SQL("SELECT {} FROM {}").format(S.SQL(", ").join(parts), S.Identifier(table))).fetchone()
+        parts += [S.SQL("pg_catalog.count({})").format(S.Identifier(col)),
+                  S.SQL("pg_catalog.count(DISTINCT {}::pg_catalog.text)").format(S.Identifier(col))]
+    row = conn.execute(S.SQL("SELECT {} FROM {}").format(S.SQL(", ").join(parts),
+                                                         S.Identifier("public", table))).fetchone()
     return row[0], [(row[1 + 2 * i], row[2 + 2 * i]) for i in range(len(columns))]
 
 
