@@ -330,6 +330,50 @@ def test_a_cluster_whose_owner_was_killed_stops_with_it_and_is_removed_by_the_ne
 
 
 # -- issue 26: the sandbox's own walls -------------------------------------------------------------------------
+SWALLOW = "FOR i IN 1..3 LOOP BEGIN PERFORM pg_sleep(4); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;"
+LIMITS_OFF = [
+    # the statement timeout switched off (through the settings view; by a dynamic SET no parser sees), then a
+    # sleep in the next statement: the changed setting is seen after the statement that changed it
+    "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout';\nSELECT pg_sleep(10);",
+    "DO $$ BEGIN EXECUTE 'SET statement' || '_timeout = 0'; END $$;\nSELECT pg_sleep(10);",
+    # the same inside one statement that also swallows the cancel its timer sends (the name hidden from the
+    # screen): only the watchdog's wall clock, then terminating the backend, ends it
+    "DO $$ BEGIN UPDATE pg_settings SET setting = '0' WHERE name = 'statement' || '_timeout';\n" + SWALLOW + " END $$;",
+    "DO $$ BEGIN EXECUTE 'SET statement' || '_timeout = 0';\n" + SWALLOW + " END $$;",
+    # more memory than a backend may have: a local cluster bounds each backend's address space to 1 GB, which
+    # already holds ~150 MB of shared memory and libraries
+    "SELECT length(repeat('x', 1000000000));",
+]
+
+
+def test_a_migration_that_switches_its_limits_off_is_stopped_from_outside_and_contained(pg):
+    outcomes = pg.check_many(LIMITS_OFF)
+    for sql, o in zip(LIMITS_OFF, outcomes):
+        assert o.escape and o.label is None and o.reason, (sql, o)
+        assert o.seconds < 8, (sql, o.seconds, o.reason)  # the wall-clock limit is 3 s here, plus 1 s of grace
+        assert o.verdict("safe")["keep"] is False
+    assert all("changed a sandbox limit: statement_timeout" in o.reason for o in outcomes[:2]), outcomes[:2]
+    assert all("wall-clock" in o.reason for o in outcomes[2:4]), outcomes[2:4]
+    assert "resource limit" in outcomes[4].reason
+    assert [o.label for o in pg.check_many(PLANTED["safe"][:1] + PLANTED["fails"][:1])] == ["safe", "fails"]
+
+
+def test_a_migration_writing_past_the_size_limit_is_stopped_while_its_statement_runs(pg):
+    from core.sandbox.postgres import PostgresSandbox
+
+    # A generous statement timeout, so only the size limit can stop it; ~120 MB written, then a long sleep in
+    # the same statement: a size checked after the statement would come only after the sleep.
+    small = PostgresSandbox(pg.dsn, workers=1, statement_timeout_ms=20000, max_growth_mb=16)
+    try:
+        outcome = small.check("DO $$ BEGIN CREATE TABLE ballast AS SELECT repeat('x', 1000) AS s "
+                              "FROM generate_series(1, 100000); PERFORM pg_sleep(8); END $$;")
+        assert outcome.escape and outcome.seconds < 5, (outcome.seconds, outcome.reason)
+        assert outcome.label is None and "past the 16 MB limit while running" in outcome.reason, outcome
+        assert small.check(PLANTED["safe"][0]).label == "safe"
+    finally:
+        small.close()
+
+
 SHADOWS = {
     "postgres": ["CREATE SCHEMA shadow;\nCREATE TABLE shadow.events AS SELECT * FROM public.events;\n"
                  "DELETE FROM public.events;\nSET search_path = shadow, public;",

@@ -8,6 +8,13 @@ transaction is measured inside its transaction and rolled back, in a clone the w
 (its own COMMITs, CONCURRENTLY, VACUUM) gets a fresh clone that is dropped after the check (see
 PostgresSandbox).
 
+Every executed text is hostile (texts from traffic reach execution in the SQL skill), so no limit relies on the
+session obeying it: a session can switch its statement timeout off (a dynamic SET, UPDATE pg_settings). A
+watchdog thread with its own admin connection cancels, then terminates, a check that runs past its wall-clock
+limit, and terminates one whose clone grows past the size limit while a statement runs; a limit setting found
+changed after any statement contains the migration; a local cluster bounds each backend's address space and
+temp files where no session can change them. Anything stopped this way is contained, never labelled.
+
 Measured per statement inside the migration's transaction (read before it ends): the locks the backend holds
 on pre-existing relations (pg_locks) and how many tuples it has read from each table (pg_stat_xact_user_tables),
 so "read the whole of orders while holding ShareLock on it" is observed, not assumed. Then: relfilenode per
@@ -21,6 +28,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import itertools
+import json
 import os
 import pwd
 import resource
@@ -47,6 +55,8 @@ from core.sandbox.outcome import WRITE_BLOCKING, Outcome, contained, decide
 from core.sandbox.safety import screen
 
 BACKEND = "postgres"
+POLL_S = 0.05  # how often the watchdog looks: what a statement writes in this long is the overshoot past the size limit
+GRACE_S = 1.0  # between cancelling a check past its deadline and terminating its session
 # SQLSTATEs that mean a sandbox wall stopped the migration, not that the migration failed on the data:
 # 57014 statement timeout, 55P03 lock timeout, 25P03 idle timeout, 53/54 resource limits, 42501 a privilege
 # outside the clone (the role owns everything inside it), 57P0x the server ended the session.
@@ -333,7 +343,19 @@ class Clone:
     """A database cloned from the template, the login role that owns it, and that role's session."""
     name: str
     conn: psycopg.Connection
+    pinned: str = "{}"  # JSON {setting: value} of the limits in PINNED as the session started
     checks: int = 0
+
+
+@dataclass
+class Watch:
+    """One check in progress, as the watchdog sees it."""
+    pid: int  # the clone session's backend
+    dbname: str
+    size0: int  # the clone's size when the check started
+    deadline: float  # time.monotonic()
+    tripped: str | None = None  # why the watchdog stopped it
+    cancelled: float = 0.0  # when it was cancelled: terminated GRACE_S later if still running
 
 
 class PostgresSandbox:
@@ -352,11 +374,14 @@ class PostgresSandbox:
     """
 
     def __init__(self, dsn: str, *, workers: int = 2, statement_timeout_ms: int = 2000,
-                 max_growth_mb: int = 64, strategy: str = "FILE_COPY", mode: str = "rollback",
-                 recycle_after: int = 200, cluster: LocalCluster | None = None):
+                 wall_clock_ms: int | None = None, max_growth_mb: int = 64, strategy: str = "FILE_COPY",
+                 mode: str = "rollback", recycle_after: int = 200, cluster: LocalCluster | None = None):
         self.dsn = dsn
         self.workers = max(1, workers)
         self.timeout_ms = statement_timeout_ms
+        # A whole check (migration and measurement), enforced from outside the session whatever it sets.
+        self.wall_s = (wall_clock_ms or 3 * statement_timeout_ms) / 1000
+        self.max_growth_mb = max_growth_mb
         self.max_growth = max_growth_mb * 1024 * 1024
         self.strategy = strategy  # FILE_COPY: measured a little faster than WAL_LOG for this small template
         self.mode = mode
@@ -373,6 +398,10 @@ class PostgresSandbox:
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self.base = self._build()
+        self._watches: list[Watch] = []
+        self._stopping = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch_loop, name="sandbox-watchdog", daemon=True)
+        self._watchdog.start()
 
     @classmethod
     def local(cls, **kw) -> "PostgresSandbox":
@@ -449,8 +478,13 @@ class PostgresSandbox:
                 ident, S.Identifier(self.base_name), ident, S.SQL(self.strategy)))
             admin.execute(S.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
             options = (f"-c statement_timeout={self.timeout_ms} -c lock_timeout={self.timeout_ms} -c timezone=UTC "
-                       f"-c idle_in_transaction_session_timeout={10 * self.timeout_ms}")
-            clone = Clone(name, self._connect(name, name, password, options=options, autocommit=True))
+                       f"-c idle_in_transaction_session_timeout={10 * self.timeout_ms} -c work_mem=4MB "
+                       "-c maintenance_work_mem=64MB -c temp_buffers=8MB -c hash_mem_multiplier=2")
+            conn = self._connect(name, name, password, options=options, autocommit=True)
+            # The limits as the session starts, before any migration: a later value that differs was changed.
+            pinned = conn.execute("SELECT name, setting FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
+                                  [list(PINNED)]).fetchall()
+            clone = Clone(name, conn, json.dumps(dict(pinned)))
         except BaseException:
             self._drop(name)
             raise
@@ -537,8 +571,9 @@ class PostgresSandbox:
             clone = self._worker_clone()
             clone.checks += 1
             try:
-                out = self._run(clone.conn, scr, commit=False)
-                self._reset(clone)
+                out = self._run(clone, scr, commit=False)
+                if not out.escape:
+                    self._reset(clone)
             except BaseException:
                 self._retire(clone)
                 raise
@@ -547,11 +582,31 @@ class PostgresSandbox:
             return out
         clone = self._new_clone()
         try:
-            return self._run(clone.conn, scr, commit=True)
+            return self._run(clone, scr, commit=True)
         finally:
             self._retire(clone)
 
-    def _run(self, conn: psycopg.Connection, scr, *, commit: bool) -> Outcome:
+    def _run(self, clone: Clone, scr, *, commit: bool) -> Outcome:
+        """Run and measure under the watchdog; whatever the session reports, a check the watchdog had to stop is
+        contained (a PL/pgSQL handler can swallow a cancel and carry on as if nothing happened)."""
+        conn = clone.conn
+        _autocommit(conn, True)
+        size0 = _size(conn)
+        watch = Watch(conn.info.backend_pid, clone.name, size0, time.monotonic() + self.wall_s)
+        with self._lock:
+            self._watches.append(watch)
+        try:
+            out = self._execute(conn, scr, clone.pinned, size0, commit=commit)
+        finally:
+            with self._lock:  # under the lock: the watchdog acts only on a check still registered
+                self._watches.remove(watch)
+        if watch.tripped:
+            _rollback(conn)
+            return contained(f"stopped from outside the session: {watch.tripped}", backend=BACKEND,
+                             statements=len(scr.statements))
+        return out
+
+    def _execute(self, conn: psycopg.Connection, scr, pinned: str, size0: int, *, commit: bool) -> Outcome:
         """Run and measure. commit=False: one transaction, measured and then rolled back (the caller resets)."""
         base = self.base
         oids = [t["oid"] for t in base.tables.values()] + list(base.views.values())
@@ -560,8 +615,6 @@ class PostgresSandbox:
         blocking: list[str] = []
         unobserved = 0
         n = len(scr.statements)
-        _autocommit(conn, True)
-        size0 = _size(conn)
         try:
             for alone, stmts in _segments(scr):
                 if alone:  # CREATE INDEX CONCURRENTLY, VACUUM ...: PostgreSQL refuses them in a transaction
@@ -572,10 +625,14 @@ class PostgresSandbox:
                 _autocommit(conn, False)
                 # The counters include reads of earlier transactions not yet flushed to the shared stats:
                 # the baseline is read inside this transaction, where no flush happens.
-                _, read = _observe(conn, oids)
+                _, read, _ = _observe(conn, oids, pinned)
                 for stmt in stmts:
                     conn.execute(stmt)
-                    held, read_now = _observe(conn, oids)
+                    held, read_now, changed = _observe(conn, oids, pinned)
+                    if changed:
+                        conn.rollback()
+                        return contained(f"changed a sandbox limit: {', '.join(sorted(changed))}",
+                                         backend=BACKEND, statements=n)
                     for oid, modes in held.items():
                         locks.setdefault(by_oid[oid], set()).update(modes)
                     for oid, tuples in read_now.items():
@@ -591,8 +648,8 @@ class PostgresSandbox:
                 size = _size(conn)
                 if size - size0 > self.max_growth:
                     conn.rollback()
-                    return contained(f"grew the database by {(size - size0) >> 20} MB, over the limit",
-                                     backend=BACKEND, statements=n)
+                    return contained(f"grew the database by {(size - size0) >> 20} MB, over the "
+                                     f"{self.max_growth_mb} MB limit", backend=BACKEND, statements=n)
                 if commit:
                     conn.commit()
         except psycopg.Error as e:
@@ -628,6 +685,41 @@ class PostgresSandbox:
                        locks=sorted(f"{t}: {m}" for t, ms in locks.items() for m in ms), blocking_scans=blocking,
                        backend=BACKEND, statements=n)
 
+    # -- the watchdog -----------------------------------------------------------------------------------------
+    def _watch_loop(self) -> None:
+        """Every POLL_S, from its own admin connection (never inside a clone): terminate a check whose clone
+        grew past the size limit, cancel one past its wall-clock deadline and terminate it GRACE_S later if it is
+        still running. A session cannot switch any of this off."""
+        conn = None
+        while not self._stopping.wait(POLL_S):
+            with self._lock:
+                if not self._watches:
+                    continue
+                names = [w.dbname for w in self._watches]
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.dsn, autocommit=True)
+                sizes = dict(conn.execute("SELECT d, pg_database_size(d) FROM unnest(%s::text[]) AS d",
+                                          [names]).fetchall())
+                now = time.monotonic()
+                with self._lock:  # a check that ended meanwhile is no longer listed: its session is not touched
+                    for w in self._watches:
+                        if w.tripped is None and sizes.get(w.dbname, 0) - w.size0 > self.max_growth:
+                            w.tripped = f"grew the database past the {self.max_growth_mb} MB limit while running"
+                            conn.execute("SELECT pg_terminate_backend(%s)", [w.pid])
+                        elif w.tripped is None and now > w.deadline:
+                            w.tripped, w.cancelled = f"ran past the wall-clock limit ({self.wall_s:g} s)", now
+                            conn.execute("SELECT pg_cancel_backend(%s)", [w.pid])
+                        elif w.cancelled and now > w.cancelled + GRACE_S:
+                            w.cancelled = 0.0
+                            conn.execute("SELECT pg_terminate_backend(%s)", [w.pid])
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()  # a clone dropped between the listing and the size query, a lost connection
+                conn = None
+        if conn is not None:
+            conn.close()
+
     # -- cleanup ---------------------------------------------------------------------------------------------
     def leftovers(self) -> dict[str, list[str]]:
         """Clone databases and roles of this sandbox that exist now (besides the template and its owner)."""
@@ -645,6 +737,8 @@ class PostgresSandbox:
         try:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+            self._stopping.set()
+            self._watchdog.join()
             for clone in list(self._clones):
                 clone.conn.close()
             admin = self._admin()
@@ -690,6 +784,11 @@ def _segments(scr) -> list[tuple[bool, list[str]]]:
     return out
 
 
+# Settings that are sandbox limits but that any session may change: a value that differs from the session's
+# starting one after a statement contains the migration (what changes them inside one statement meets the
+# watchdog instead).
+PINNED = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "work_mem",
+          "maintenance_work_mem", "temp_buffers", "hash_mem_multiplier", "temp_file_limit")
 # Runs between the migration's statements, under whatever search_path it set: every relation, function, type and
 # operator is named with its schema, so nothing the migration created can stand in for them.
 OBSERVE = (
@@ -698,21 +797,28 @@ OBSERVE = (
     "AND l.locktype OPERATOR(pg_catalog.=) 'relation' "
     "AND l.relation OPERATOR(pg_catalog.=) ANY(%(o)s::pg_catalog.oid[]) "
     "UNION ALL SELECT 's', s.relid::pg_catalog.int8, '', s.seq_tup_read FROM pg_catalog.pg_stat_xact_user_tables s "
-    "WHERE s.relid OPERATOR(pg_catalog.=) ANY(%(o)s::pg_catalog.oid[])")
+    "WHERE s.relid OPERATOR(pg_catalog.=) ANY(%(o)s::pg_catalog.oid[]) "
+    "UNION ALL SELECT 'g', 0, g.name, 0 FROM pg_catalog.pg_settings g "
+    "JOIN pg_catalog.jsonb_each_text(%(p)s::pg_catalog.jsonb) AS p(name, value) "
+    "ON g.name OPERATOR(pg_catalog.=) p.name "
+    "WHERE g.setting OPERATOR(pg_catalog.<>) p.value")
 
 
-def _observe(conn, oids: list[int]) -> tuple[dict[int, set[str]], dict[int, int]]:
-    """The locks this backend holds on the base relations and the tuples it has read from each, so far in
-    this transaction (one round trip)."""
-    rows = conn.execute(OBSERVE, {"o": oids}).fetchall()
+def _observe(conn, oids: list[int], pinned: str) -> tuple[dict[int, set[str]], dict[int, int], list[str]]:
+    """The locks this backend holds on the base relations, the tuples it has read from each so far in this
+    transaction, and the pinned limits whose value changed (one round trip)."""
+    rows = conn.execute(OBSERVE, {"o": oids, "p": pinned}).fetchall()
     held: dict[int, set[str]] = {}
     read: dict[int, int] = {}
-    for kind, oid, mode, tuples in rows:
+    changed: list[str] = []
+    for kind, oid, name, tuples in rows:
         if kind == "l":
-            held.setdefault(oid, set()).add(mode)
-        else:
+            held.setdefault(oid, set()).add(name)
+        elif kind == "s":
             read[oid] = tuples
-    return held, read
+        else:
+            changed.append(name)
+    return held, read, changed
 
 
 def _size(conn) -> int:
