@@ -304,24 +304,175 @@ def test_outcome_precedence_is_decided_from_evidence_only():
     assert Outcome(None, "x", escape=True).verdict("safe")["keep"] is False
 
 
-def test_a_cluster_whose_owner_was_killed_is_stopped_and_removed_by_the_next_start():
-    """kill -9 runs no cleanup at all; the next sandbox to start sweeps what the dead process left running."""
+def test_a_cluster_whose_owner_was_killed_stops_with_it_and_is_removed_by_the_next_start():
+    """kill -9 runs no cleanup at all: the kernel stops the server with its owner (started from the main
+    thread), and the next sandbox to start removes the folder the dead process left."""
     import signal
     import subprocess
 
     from conftest import ROOT
-    from core.sandbox.postgres import find_bindir, sweep_orphans
+    from core.sandbox.postgres import sweep_orphans
 
     proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom core.sandbox.postgres import LocalCluster\n"
                              "c = LocalCluster().start()\nprint(c.root, flush=True)\ntime.sleep(120)\n"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     root = Path(proc.stdout.readline().strip())
     assert root.is_dir() and _processes_under(root)
-    assert sweep_orphans(find_bindir()) == []  # its owner is alive: not touched
+    assert root not in sweep_orphans()  # its owner is alive: not touched
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert root.is_dir() and _processes_under(root), "the server outlives its killed owner"
-    assert root in sweep_orphans(find_bindir())
+    deadline = time.time() + 10
+    while _processes_under(root) and time.time() < deadline:
+        time.sleep(0.1)
+    assert root.is_dir() and not _processes_under(root), "the server outlives its killed owner"
+    assert root in sweep_orphans()
+    assert not root.exists()
+
+
+# -- issue 26: the sandbox's own walls -------------------------------------------------------------------------
+SWALLOW = "FOR i IN 1..3 LOOP BEGIN PERFORM pg_sleep(4); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;"
+LIMITS_OFF = [
+    # the statement timeout switched off (through the settings view; by a dynamic SET no parser sees), then a
+    # sleep in the next statement: the changed setting is seen after the statement that changed it
+    "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout';\nSELECT pg_sleep(10);",
+    "DO $$ BEGIN EXECUTE 'SET statement' || '_timeout = 0'; END $$;\nSELECT pg_sleep(10);",
+    # the same inside one statement that also swallows the cancel its timer sends (the name hidden from the
+    # screen): only the watchdog's wall clock, then terminating the backend, ends it
+    "DO $$ BEGIN UPDATE pg_settings SET setting = '0' WHERE name = 'statement' || '_timeout';\n" + SWALLOW + " END $$;",
+    "DO $$ BEGIN EXECUTE 'SET statement' || '_timeout = 0';\n" + SWALLOW + " END $$;",
+    # more memory than a backend may have: a local cluster bounds each backend's address space to 1 GB, which
+    # already holds ~150 MB of shared memory and libraries
+    "SELECT length(repeat('x', 1000000000));",
+]
+
+
+def test_a_migration_that_switches_its_limits_off_is_stopped_from_outside_and_contained(pg):
+    outcomes = pg.check_many(LIMITS_OFF)
+    for sql, o in zip(LIMITS_OFF, outcomes):
+        assert o.escape and o.label is None and o.reason, (sql, o)
+        assert o.seconds < 8, (sql, o.seconds, o.reason)  # the wall-clock limit is 3 s here, plus 1 s of grace
+        assert o.verdict("safe")["keep"] is False
+    assert all("changed a sandbox limit: statement_timeout" in o.reason for o in outcomes[:2]), outcomes[:2]
+    assert all("wall-clock" in o.reason for o in outcomes[2:4]), outcomes[2:4]
+    assert "resource limit" in outcomes[4].reason
+    assert [o.label for o in pg.check_many(PLANTED["safe"][:1] + PLANTED["fails"][:1])] == ["safe", "fails"]
+
+
+def test_a_migration_writing_past_the_size_limit_is_stopped_while_its_statement_runs(pg):
+    from core.sandbox.postgres import PostgresSandbox
+
+    # A generous statement timeout, so only the size limit can stop it; ~120 MB written, then a long sleep in
+    # the same statement: a size checked after the statement would come only after the sleep.
+    small = PostgresSandbox(pg.dsn, workers=1, statement_timeout_ms=20000, max_growth_mb=16)
+    try:
+        outcome = small.check("DO $$ BEGIN CREATE TABLE ballast AS SELECT repeat('x', 1000) AS s "
+                              "FROM generate_series(1, 100000); PERFORM pg_sleep(8); END $$;")
+        assert outcome.escape and outcome.seconds < 5, (outcome.seconds, outcome.reason)
+        assert outcome.label is None and "past the 16 MB limit while running" in outcome.reason, outcome
+        assert small.check(PLANTED["safe"][0]).label == "safe"
+    finally:
+        small.close()
+
+
+SHADOWS = {
+    "postgres": ["CREATE SCHEMA shadow;\nCREATE TABLE shadow.events AS SELECT * FROM public.events;\n"
+                 "DELETE FROM public.events;\nSET search_path = shadow, public;",
+                 "CREATE TEMP TABLE events AS SELECT * FROM public.events;\nDELETE FROM public.events;"],
+    "duckdb": ["CREATE SCHEMA shadow;\nCREATE TABLE shadow.events AS SELECT * FROM events;\nDELETE FROM events;\n"
+               "SET search_path = 'shadow,main';",
+               "CREATE TEMP TABLE copy AS SELECT * FROM events;\nDELETE FROM events;\n"
+               "CREATE TEMP TABLE events AS SELECT * FROM copy;"],
+}
+
+
+def test_data_loss_behind_a_shadow_table_is_measured_on_the_real_table(pg):
+    """A copy in another schema (or a temp table) put in front of the emptied table by search_path: every
+    measurement names its schema, so the emptied table is what gets counted."""
+    for o in pg.check_many(SHADOWS["postgres"]):
+        assert o.label == "loses_data" and "events: 2500 of 2500 rows gone" in o.reason, o
+    with open_sandbox(None, workers=1) as duck:
+        for sql in SHADOWS["duckdb"]:
+            o = duck.check(sql)
+            assert o.label == "loses_data" and "events: 2500 of 2500 rows gone" in o.reason, (sql, o)
+
+
+def test_the_orphan_sweep_signals_no_process_a_forged_folder_names():
+    """Another local user plants a cluster-looking folder whose postmaster.pid names a process of the server's
+    user; a stale pid file in our own folder names a pid now reused by something else. Neither is signalled."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from core.sandbox.postgres import private_parent, server_user, sweep_orphans
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    victim = subprocess.Popen(["sleep", "60"], **server_user())  # a process the server's user may signal
+    forged = Path(tempfile.mkdtemp(prefix="evolab-pg-"))
+    try:
+        (forged / "data").mkdir()
+        (forged / "owner.pid").write_text(str(dead.pid))
+        (forged / "data" / "PG_VERSION").write_text("15\n")
+        (forged / "data" / "postmaster.pid").write_text(f"{victim.pid}\n{forged / 'data'}\n")
+        for path in (forged, forged / "data"):
+            path.chmod(0o755)
+        if os.geteuid() == 0:  # planted by someone else: `nobody`
+            for path in (forged, forged / "data", forged / "owner.pid", forged / "data" / "PG_VERSION",
+                         forged / "data" / "postmaster.pid"):
+                os.chown(path, 65534, 65534)
+        sweep_orphans()
+        time.sleep(0.5)
+        assert victim.poll() is None, "the sweep signalled a process named by a forged postmaster.pid"
+        assert forged.exists()  # not in the private parent: not the sweep's to judge
+
+        # A folder of our own whose owner died and whose postmaster.pid names a pid reused by another process.
+        stale = Path(tempfile.mkdtemp(prefix="cluster-", dir=private_parent()))
+        (stale / "data").mkdir()
+        (stale / "owner.pid").write_text(str(dead.pid))
+        (stale / "data" / "postmaster.pid").write_text(f"{victim.pid}\n{stale / 'data'}\n")
+        if os.geteuid() == 0:
+            os.chown(stale, server_user()["user"], server_user()["group"])
+        assert stale in sweep_orphans()
+        time.sleep(0.5)
+        assert victim.poll() is None, "the sweep signalled a pid that is not that cluster's postmaster"
+        assert not stale.exists()
+    finally:
+        victim.kill()
+        victim.wait()
+        shutil.rmtree(forged, ignore_errors=True)
+
+
+def test_an_orphaned_cluster_accepts_no_connection_without_its_password():
+    """Started where the postmaster cannot be tied to its parent's life (a worker thread), a cluster outlives a
+    kill -9 of its owner: it must not be open to whoever reaches its socket until the next sweep."""
+    import signal
+    import subprocess
+
+    import psycopg
+    import pytest
+
+    from conftest import ROOT
+    from core.sandbox.postgres import sweep_orphans
+
+    proc = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                             "from core.sandbox.postgres import LocalCluster\n"
+                             "box = {}\n"
+                             "t = threading.Thread(target=lambda: box.update(c=LocalCluster().start()))\n"
+                             "t.start(); t.join()\n"
+                             "print(box['c'].root, box['c'].port, flush=True)\ntime.sleep(120)\n"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    root, port = proc.stdout.readline().split()
+    root = Path(root)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    try:
+        assert _processes_under(root), "started from a thread, the server outlives its killed owner"
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(host=str(root), port=port, user="evolab_admin", dbname="postgres",
+                            connect_timeout=5).close()
+    finally:
+        assert root in sweep_orphans()
     deadline = time.time() + 10
     while _processes_under(root) and time.time() < deadline:
         time.sleep(0.1)

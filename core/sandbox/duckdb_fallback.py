@@ -8,7 +8,10 @@ not `fails`, because PostgreSQL would run them. Its copy of the base schema has 
 indexes, since DuckDB cannot alter a table that one depends on; a foreign-key failure is not observable here.
 
 Each check copies a prepared database file and opens it with file access, extensions and configuration
-changes switched off, under a time limit (DuckDB has no statement_timeout: a timer interrupts it).
+changes switched off, under a time limit (DuckDB has no statement_timeout: a timer interrupts it). The migration
+commits in one session; the measuring happens in a new one, so nothing of the migration's session (temp tables in
+front of the real ones, its search_path) is seen, and every table and function it reads is named with its
+catalog and schema (a macro in main can stand in for count() or duckdb_tables()).
 """
 from __future__ import annotations
 
@@ -71,9 +74,9 @@ class DuckDBSandbox:
         if broken:
             raise RuntimeError(f"the DuckDB base schema breaks its own application queries: {broken}")
         base = {}
-        for oid, name in conn.execute("SELECT table_oid, table_name FROM duckdb_tables()").fetchall():
+        for name, oid in _tables(conn, "base").items():
             cols = _columns(conn, oid)
-            rows, values = _count(conn, name, list(cols.values()))
+            rows, values = _count(conn, "base", name, list(cols.values()))
             base[name] = {"oid": oid, "rows": rows,
                           "columns": {i: (c, *v) for (i, c), v in zip(cols.items(), values)}}
         conn.close()
@@ -105,30 +108,47 @@ class DuckDBSandbox:
             self._n += 1
             path = self.root / f"clone{self._n}.duckdb"
         shutil.copyfile(self.base_file, path)
-        conn = duckdb.connect(str(path))
         try:
-            for setting in LOCKDOWN:
-                conn.execute(setting)
-            return self._run(conn, scr)
+            return self._run(path, scr)
         finally:
-            conn.close()
             path.unlink(missing_ok=True)
             Path(str(path) + ".wal").unlink(missing_ok=True)
 
-    def _run(self, conn, scr) -> Outcome:
+    def _session(self, path: Path, work):
+        """work(conn, catalog) in a new locked-down session on the clone, interrupted past the time limit."""
+        conn = duckdb.connect(str(path))
+        timer = threading.Timer(self.timeout_s, conn.interrupt)
+        try:
+            for setting in LOCKDOWN:
+                conn.execute(setting)
+            timer.start()
+            return work(conn, path.stem)  # DuckDB names a file's catalog after the file
+        finally:
+            timer.cancel()
+            conn.close()
+
+    def _run(self, path: Path, scr) -> Outcome:
         n = len(scr.statements)
         unknown = dict(rewritten=None, locks=None, blocking_scans=None, backend=BACKEND, statements=n)
-        timer = threading.Timer(self.timeout_s, conn.interrupt)
-        timer.start()
-        try:
-            # DuckDB's oids are not stored in the file: read this clone's before the migration runs.
-            oids = dict(conn.execute("SELECT table_name, table_oid FROM duckdb_tables()").fetchall())
+
+        def migrate(conn, catalog) -> dict[str, str | None]:
+            """Each base table's name after the migration (None: gone), followed by name, else by oid (a rename
+            keeps it). DuckDB assigns oids anew whenever a file is opened: only this session can compare them."""
+            before = _tables(conn, catalog)
             conn.execute("BEGIN")
             for stmt in scr.statements:
                 conn.execute(stmt)
             conn.execute("COMMIT")
-            counts, dropped = self._after(conn, oids, scr.relations)
-            broken = _app_queries(conn)
+            after = _tables(conn, catalog)
+            by_oid = {oid: name for name, oid in after.items()}
+            return {name: name if name in after else by_oid.get(oid) for name, oid in before.items()}
+
+        def measure(conn, catalog):
+            return (*self._after(conn, catalog, renamed, scr.relations), _app_queries(conn))
+
+        try:
+            renamed = self._session(path, migrate)
+            counts, dropped, broken = self._session(path, measure)
         except duckdb.InterruptException as e:
             return contained("stopped: ran past the time limit", backend=BACKEND, error=str(e)[:300], statements=n)
         except duckdb.PermissionException as e:
@@ -145,23 +165,20 @@ class DuckDBSandbox:
             label, reason = decide(error=str(e), sqlstate=state, counts={}, dropped=[], broken_queries=[],
                                    rewritten=None, blocking_scans=None)
             return Outcome(label, reason, sqlstate=state, error=str(e)[:300], **unknown)
-        finally:
-            timer.cancel()
         label, reason = decide(error=None, sqlstate=None, counts=counts, dropped=dropped, broken_queries=broken,
                                rewritten=None, blocking_scans=None)
         if label is None:
             reason = f"safe or rewrites_table, unverifiable: {UNOBSERVABLE}"
         return Outcome(label, reason, counts=counts, broken_queries=broken, **unknown)
 
-    def _after(self, conn, oids: dict[str, int], mentioned: set[str]):
-        """Like the PostgreSQL sandbox: follow each table by name, else by oid (a rename keeps it); columns by
-        name, else by position when that position holds a new name. DuckDB has no foreign keys, triggers or
+    def _after(self, conn, catalog: str, renamed: dict[str, str | None], mentioned: set[str]):
+        """Like the PostgreSQL sandbox: each table by its name after the migration (renamed: see _run); columns
+        by name, else by position when that position holds a new name. DuckDB has no foreign keys, triggers or
         procedural code here, so only the tables the migration names can have changed: only those are counted."""
-        tables = {name: oid for oid, name in conn.execute("SELECT table_oid, table_name FROM duckdb_tables()").fetchall()}
-        by_oid = {oid: name for name, oid in tables.items()}
+        tables = _tables(conn, catalog)
         counts, dropped = {}, []
         for name, t in self.base.items():
-            now = name if name in tables else by_oid.get(oids.get(name))
+            now = renamed.get(name)
             if now is None:
                 if t["rows"]:
                     dropped.append(f"{name}: table with {t['rows']} rows dropped")
@@ -174,7 +191,7 @@ class DuckDBSandbox:
             old = {c for c, _, _ in t["columns"].values()}
             follow |= {i: cols[i] for i in t["columns"] if i not in follow and i in cols and cols[i] not in old}
             present = list(dict.fromkeys(follow.values()))
-            rows, values = _count(conn, now, present)
+            rows, values = _count(conn, catalog, now, present)
             got = dict(zip(present, values))
             columns = {}
             for i, (col, non_null, distinct) in t["columns"].items():
@@ -194,8 +211,14 @@ class DuckDBSandbox:
         self.close()
 
 
+def _tables(conn, catalog: str) -> dict[str, int]:
+    """name -> oid of the tables in the clone's own main schema (not another schema's or a temp copy)."""
+    return dict(conn.execute("SELECT table_name, table_oid FROM system.main.duckdb_tables() "
+                             "WHERE database_name = ? AND schema_name = 'main'", [catalog]).fetchall())
+
+
 def _columns(conn, oid: int) -> dict[int, str]:
-    rows = conn.execute("SELECT column_index, column_name FROM duckdb_columns() WHERE table_oid = ? "
+    rows = conn.execute("SELECT column_index, column_name FROM system.main.duckdb_columns() WHERE table_oid = ? "
                         "ORDER BY column_index", [oid]).fetchall()
     return dict(rows)
 
@@ -204,9 +227,11 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _count(conn, table: str, columns: list[str]):
-    parts = ["count(*)"] + [p for c in columns for p in (f"count({_quote(c)})", f"count(DISTINCT {_quote(c)}::text)")]
-    row = conn.execute(f"SELECT {', '.join(parts)} FROM {_quote(table)}").fetchone()
+def _count(conn, catalog: str, table: str, columns: list[str]):
+    count = "system.main.count"
+    parts = [f"{count}(*)"] + [p for c in columns
+                               for p in (f"{count}({_quote(c)})", f"{count}(DISTINCT {_quote(c)}::text)")]
+    row = conn.execute(f"SELECT {', '.join(parts)} FROM {_quote(catalog)}.main.{_quote(table)}").fetchone()
     return row[0], [(row[1 + 2 * i], row[2 + 2 * i]) for i in range(len(columns))]
 
 
