@@ -777,7 +777,11 @@ def confused_pairs(ws: str, version: str) -> pd.DataFrame:
 # -- review pages ---------------------------------------------------------------------------------------------
 CHAIN_CASES = {"intact": "intact", "altered": "an entry was altered", "deleted": "entries were deleted",
                "reordered": "entries were reordered", "truncated": "entries were cut from the end",
-               "unverifiable": "it cannot be checked without its key"}
+               "unverifiable": "it cannot be checked without its key",
+               "downgraded": "its key identity was removed to pass it off as unkeyed",
+               "rekeyed": "it names another key than the one it was keyed with",
+               "redirected": "its workspace id points the key lookup elsewhere",
+               "unkeyed": "it is not keyed, so it could have been rewritten"}
 
 
 @_cached

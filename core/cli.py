@@ -598,14 +598,16 @@ def cmd_audit(args) -> int:
     if args.action == "verify":
         if bool(args.workspace) == bool(args.file):
             raise ValueError("audit verify needs --workspace W or --file FILE.jsonl (one of them)")
-        report = audit.verify_file(Path(args.file)) if args.file else audit.verify(_ws(args).store)
+        report = (audit.verify_file(Path(args.file), args.accept_legacy) if args.file
+                  else audit.verify(_ws(args).store, args.accept_legacy))
         if not report.ok:
             print(f"audit log {report.case.upper()} at entry {report.first_bad_seq}: {report.problem}",
                   file=sys.stderr)
             return EXIT_ERROR
         if report.keyed_from is None:
-            print(f"audit log intact but UNKEYED: {report.entries} entries chained with plain SHA-256, which anyone "
-                  f"who can write the database could recompute (keyed from the next entry on)")
+            print(f"audit log intact but UNKEYED, accepted as asked (--accept-legacy): {report.entries} entries "
+                  f"chained with plain SHA-256, which anyone who can write the database could recompute (a "
+                  f"workspace's log is keyed from its next entry on)")
         else:
             plain = f"entries before {report.keyed_from} plain SHA-256, " if report.keyed_from > 1 else ""
             print(f"audit log intact: {report.entries} entries, chain verified ({plain}keyed with {report.key_path})")
@@ -787,6 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["verify", "list", "export"])
     p.add_argument("--workspace")
     p.add_argument("--file", help="verify: an exported copy (FILE.jsonl) instead of a workspace")
+    p.add_argument("--accept-legacy", action="store_true",
+                   help="verify: accept a log from before audit keys (plain SHA-256); without it an unkeyed log "
+                        "fails, and a log that was ever keyed fails unkeyed whatever this says")
     p.add_argument("--out", help="export: the FILE.jsonl to write")
 
     p = add("serve", cmd_serve, "serve the production model over HTTP (predict, feedback, metrics)")

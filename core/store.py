@@ -303,16 +303,39 @@ class Store:
 
     @staticmethod
     def _audit_keying(con) -> tuple[str, int] | None:
-        """(workspace id, first keyed seq), or None for a log from before keys."""
-        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from')")
-                    .fetchall())
-        if "audit_keyed_from" in meta and "workspace_id" not in meta:
-            # Keying it afresh would launder whatever happened to the log; refuse until the id is put back.
+        """(workspace id, first keyed seq), or None for a log from before keys. Refuses (no entry written) a log
+        whose key identity was tampered with: keying it afresh would launder whatever happened to it."""
+        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from', "
+                                "'audit_key_check')").fetchall())
+        workspace_id, marker = meta.get("workspace_id"), auditkey.read_marker(Store._database(con))
+        if "audit_keyed_from" in meta and workspace_id is None:
             raise auditkey.AuditKeyError("the audit log is keyed but the database lost its workspace id, so its "
                                          "key cannot be found; no entry is written")
-        if "workspace_id" not in meta:
+        if workspace_id is None:
+            if marker is not None:
+                raise auditkey.AuditKeyError(f"this workspace was keyed as {marker} but its database no longer says "
+                                             "so (the audit log was downgraded); no entry is written")
             return None
-        return meta["workspace_id"], int(meta.get("audit_keyed_from", 1))
+        if not auditkey.well_formed(workspace_id):
+            raise auditkey.AuditKeyError(f"the audit log's workspace id {workspace_id!r} is not an Evolab workspace "
+                                         "id (it would redirect the key lookup); no entry is written")
+        if marker is not None and marker != workspace_id:
+            raise auditkey.AuditKeyError(f"this workspace was keyed as {marker} but its database names {workspace_id} "
+                                         "(the audit log was re-keyed); no entry is written")
+        if marker is None:
+            # A copy at a new place, or a log keyed before markers: its marker is written once the database's
+            # key check proves the id names this log's key (a copied id with another key would not match).
+            key = auditkey.cached_key(workspace_id)
+            if meta.get("audit_key_check") != auditkey.key_check(key, workspace_id):
+                raise auditkey.AuditKeyError(f"the key at {auditkey.key_path(workspace_id)} does not match this "
+                                             "audit log's key check; no entry is written")
+            auditkey.write_marker(Store._database(con), workspace_id)
+        return workspace_id, int(meta.get("audit_keyed_from", 1))
+
+    @staticmethod
+    def _database(con) -> Path:
+        return Path(con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+                    .fetchone()[0])
 
     @staticmethod
     def _start_keying(con) -> tuple[str, int]:
@@ -326,6 +349,7 @@ class Store:
             ["audit_key_check", auditkey.key_check(key, workspace_id)]])
         # A keyed log always has a sealed head, even before its first entry, so emptying it shows.
         Store._set_head(con, key, last, last_hash, last + 1)
+        auditkey.write_marker(Store._database(con), workspace_id)
         return workspace_id, last + 1
 
     @staticmethod
@@ -350,11 +374,10 @@ class Store:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)",
                     [f"{head}:{auditkey.head_mac(key, head, keyed_from)}"])
 
-    def start_audit_key(self) -> Path:
-        """Give a new workspace its id and audit key before its first entry, so its whole log is keyed."""
+    def start_audit_key(self) -> str:
+        """Give a new workspace its id and audit key before its first entry, so its whole log is keyed; its id."""
         with self._tx() as con:
-            workspace_id = (Store._audit_keying(con) or Store._start_keying(con))[0]
-        return auditkey.key_path(workspace_id)
+            return (Store._audit_keying(con) or Store._start_keying(con))[0]
 
     def audit(self, actor: str, action: str, subject: str, detail: dict | None = None) -> None:
         with self._tx() as con:
