@@ -168,8 +168,22 @@ def config_set(ws: Workspace, who: Principal, key: str, value: str) -> tuple:
 
         check_lora_layers(config.model)
     new = flatten(config.model_dump())[key]
-    ws.save_config(config, actor=who.name)
+    # only this key is vouched for: a governed hand edit elsewhere in the file stays held
+    ws.save_config(config, actor=who.name, accept=frozenset({key}))
     return old, new
+
+
+def accept_config(ws: Workspace, who: Principal) -> dict:
+    """Accept the hand edits of governed keys in config.toml (workspace.GOVERNED_PREFIXES), so the engine
+    runs again; audited as `config_accepted` with each key's old and new value. {key: {"from", "to"}}"""
+    from core.workspace import audit_config, held_config
+
+    auth.require_role(ws.store, who, "config:accept")
+    held = held_config(ws)
+    if not held:
+        raise ValueError("no hand edit of config.toml waits for an approver")
+    audit_config(ws, who.name, accept=frozenset(held), action="config_accepted")
+    return held
 
 
 def make_autonomous(config) -> None:

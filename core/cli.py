@@ -247,8 +247,10 @@ def cmd_decide(args) -> int:
 def cmd_predict(args) -> int:
     from core import atomic, registry, scaffolds
     from core.setup import read_predict_input
+    from core.workspace import require_accepted_config
 
     ws = _ws(args)
+    require_accepted_config(ws, "cli")  # a hand-set LLM endpoint would get the key named by api_key_env
     config = ws.config()
     frame = read_predict_input(Path(args.input), args.text_col, config)
     loaded = registry.load_alias(ws, "production")
@@ -331,8 +333,10 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from core.serve.app import Service, create_app
+    from core.workspace import require_accepted_config
 
     ws = _ws(args)
+    require_accepted_config(ws, "cli")  # serve.predict_requires_token and the scaffold's LLM are governed
     cfg = ws.config().serve
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     service = Service(ws, cfg).start()
@@ -584,6 +588,17 @@ def cmd_config(args) -> int:
             if not args.key or key == args.key:
                 print(f"{key} = {json.dumps(value)}")
         return 0
+    if args.action == "accept":
+        if not args.by:
+            raise ValueError("config accept needs --by APPROVER")
+        from core.workspace import held_config
+
+        if not held_config(ws):  # refused before asking for a password
+            raise ValueError("no hand edit of config.toml waits for an approver")
+        accepted = actions.accept_config(ws, _principal(ws, args.by, "config:accept"))
+        for key, change in accepted.items():
+            print(f"{key}: {json.dumps(change['from'])} -> {json.dumps(change['to'])} (accepted, audited)")
+        return 0
     if not args.key or args.value is None or not args.by:
         raise ValueError("config set needs KEY VALUE and --by APPROVER")
     who = _principal(ws, args.by, f"config:{args.key}")
@@ -778,12 +793,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", required=True)
     p.add_argument("--by", help="an approver's name")
 
-    p = add("config", cmd_config, "read config.toml, or set one key as an approver (audited)")
-    p.add_argument("action", choices=["get", "set"])
+    p = add("config", cmd_config, "read config.toml, set one key as an approver (audited), or accept hand "
+                                  "edits of keys that govern oversight, execution or secrets")
+    p.add_argument("action", choices=["get", "set", "accept"])
     p.add_argument("key", nargs="?")
     p.add_argument("value", nargs="?")
     p.add_argument("--workspace", required=True)
-    p.add_argument("--by", help="set: an approver's name")
+    p.add_argument("--by", help="set, accept: an approver's name")
 
     p = add("audit", cmd_audit, "show the audit log, verify its keyed chain, or export it")
     p.add_argument("action", choices=["verify", "list", "export"])

@@ -406,10 +406,24 @@ class Store:
         df = self._read("SELECT value FROM meta WHERE key = 'config_snapshot'")
         return None if df.empty else json.loads(df.iloc[0, 0])
 
-    def record_config(self, snapshot: dict, changes: dict, actor: str) -> None:
+    def config_held(self) -> dict:
+        """The hand edits of governed keys last recorded as held (workspace.audit_config)."""
+        df = self._read("SELECT value FROM meta WHERE key = 'config_held'")
+        return {} if df.empty else json.loads(df.iloc[0, 0])
+
+    def record_config(self, snapshot: dict, changes: dict, actor: str, action: str = "config_changed",
+                      held: dict | None = None) -> None:
+        """The accepted config (snapshot) and what changed, audited as `action`; `held`: governed keys edited
+        by hand and not accepted, audited as `config_change_held` (kept in meta, so audited once)."""
         with self._tx() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('config_snapshot', ?)", [_json(snapshot)])
-            self._audit(con, actor, "config_changed", "config.toml", changes)
+            if changes:
+                self._audit(con, actor, action, "config.toml", changes)
+            if held:
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('config_held', ?)", [_json(held)])
+                self._audit(con, actor, "config_change_held", "config.toml", held)
+            else:
+                con.execute("DELETE FROM meta WHERE key = 'config_held'")
 
     # -- guardrail probes and drift ---------------------------------------------------------------
     def add_guardrails(self, probes: pd.DataFrame, actor: str, source: str) -> int:

@@ -227,3 +227,59 @@ def test_feedback_is_verified_like_any_generator(baseline_ws):
     review = store.gate_for(outcome.cycle_id, "data_review")["checks"]
     assert review["generator_shares"].get("feedback", 0) > 0  # counted in the data review
 
+
+
+# -- issue 26.5: a hand edit of a key that governs oversight, execution or secrets waits for an approver -------
+def _hand_edit(ws, **sections):
+    """config.toml rewritten directly, as anyone who can write the workspace folder can."""
+    from core import atomic
+    from core.config import dump_config
+
+    config = ws.config()
+    for dotted, value in sections.items():
+        *path, leaf = dotted.split("__")
+        node = config
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, leaf, value)
+    atomic.write_text(ws.config_path, dump_config(config))
+
+
+@pytest.mark.parametrize("edit", [
+    {"gates__promotion__policy": "auto"},
+    {"curate__sandbox_callable": "os:system"},
+    {"scaffolds__llm__api_key_env": "AWS_SECRET_ACCESS_KEY", "scaffolds__llm__base_url": "http://evil.example/v1"}])
+def test_a_governed_hand_edit_stops_the_engine_until_an_approver_accepts_it(tmp_path, tiny_csvs, monkeypatch,
+                                                                            capsys, edit):
+    ws = make_workspace(tmp_path / "ws", tiny_csvs, fast_config(autonomous=False))
+    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    auth.add_user(ws.store, "victor", "viewer", "victor-secret")
+    _hand_edit(ws, train__epochs=3, **edit)  # epochs governs nothing: recorded, never held
+    keys = sorted(k.replace("__", ".") for k in edit)
+
+    code, out, err = _cli(monkeypatch, capsys, "resume", "--workspace", ws.root, "--quiet", password=None)
+    assert code == 1 and err.count("\n") == 1 and "edited by hand" in err and all(k in err for k in keys), err
+    entries = ws.store.audit_entries()
+    changed = json.loads(entries[entries["action"] == "config_changed"].iloc[-1]["detail"])
+    assert changed == {"train.epochs": {"from": 2, "to": 3}}
+    held = entries[entries["action"] == "config_change_held"]
+    assert len(held) == 1 and sorted(json.loads(held.iloc[0]["detail"])) == keys
+    with pytest.raises(Exception, match="edited by hand"):
+        cycle.evolve(ws, cycles=1, progress=False)
+    assert len(ws.store.audit_entries()[lambda f: f["action"] == "config_change_held"]) == 1  # not once a start
+    assert ws.store.cycles().empty  # nothing ran
+
+    # an approver setting another key does not launder the edit; a viewer cannot accept it
+    assert _cli(monkeypatch, capsys, "config", "set", "train.epochs", "4", "--workspace", ws.root, "--by",
+                APPROVER)[0] == 0
+    assert _cli(monkeypatch, capsys, "resume", "--workspace", ws.root, "--quiet")[0] == 1
+    code, _, err = _cli(monkeypatch, capsys, "config", "accept", "--workspace", ws.root, "--by", "victor",
+                        password="victor-secret")
+    assert code == 1 and "not an approver" in err
+    code, out, _ = _cli(monkeypatch, capsys, "config", "accept", "--workspace", ws.root, "--by", APPROVER)
+    assert code == 0 and all(k in out for k in keys)
+    entry = ws.store.audit_entries().iloc[-1]
+    assert entry["action"] == "config_accepted" and entry["actor"] == APPROVER
+    assert sorted(json.loads(entry["detail"])) == keys
+    code, out, _ = _cli(monkeypatch, capsys, "resume", "--workspace", ws.root, "--quiet")
+    assert code == 0 and "nothing to resume" in out
