@@ -501,12 +501,10 @@ def export_bytes(ws: str, who, filters: dict, fmt: str) -> bytes:
     import tempfile
 
     from core import actions
-    from core.curate.export import export_samples
 
-    actions.require_reader_export(workspace(ws), who, f"samples.{fmt}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"samples.{fmt}"
-        export_samples(_store(ws), out, **filters)
+        actions.export_samples(workspace(ws), who, out, filters, destination=f"dashboard download (.{fmt})")
         return out.read_bytes()
 
 

@@ -278,9 +278,12 @@ def cmd_scaffolds(args) -> int:
     ws = _ws(args)
     store = ws.store
     if args.action == "add":
-        if not args.file:
-            raise ValueError("scaffolds add needs --file SCAFFOLD.json")
-        sid, new = archive.add(store, Path(args.file).read_text(encoding="utf-8"), "cli")
+        if not args.file or not args.by:
+            raise ValueError("scaffolds add needs --file SCAFFOLD.json and --by APPROVER")
+        from core import actions
+
+        raw = Path(args.file).read_text(encoding="utf-8")
+        sid, new = actions.add_scaffold(ws, _principal(ws, args.by, "scaffold:add"), raw)
         print(f"scaffold {sid} {'added' if new else 'already exists (same steps)'}; "
               f"A/B test it with `python -m core scaffolds trial --workspace {ws.root} --candidate {sid}`")
         return 0
@@ -457,15 +460,14 @@ def cmd_samples(args) -> int:
             with __import__("pandas").option_context("display.max_colwidth", 60, "display.width", 200):
                 print(page[cols].to_string(index=False))
         return 0
-    if args.action == "export":
-        if not args.out:
-            raise ValueError("samples export needs --out FILE.parquet or FILE.jsonl")
-        from core.curate.export import export_samples
-
-        n = export_samples(store, Path(args.out), **filters)
-        print(f"{n:,} samples -> {args.out}")
-        return 0
     from core import actions
+
+    if args.action == "export":
+        if not args.out or not args.by:
+            raise ValueError("samples export needs --out FILE.parquet or FILE.jsonl and --by APPROVER")
+        n = actions.export_samples(ws, _principal(ws, args.by, "export:samples"), Path(args.out), filters)
+        print(f"{n:,} samples -> {args.out} (audited)")
+        return 0
 
     ids = [int(i) for i in args.ids.split(",")] if args.ids else \
         store.sample_query(**filters)["id"].astype(int).tolist() if args.all_matching else []
@@ -480,13 +482,14 @@ def cmd_samples(args) -> int:
 
 
 def cmd_guardrails(args) -> int:
-    from core.setup import add_guardrails
+    from core import actions
 
     ws = _ws(args)
     if args.action == "add":
-        if not args.file:
-            raise ValueError("guardrails add needs --file PROBES.csv (text,expected_label[,note])")
-        print(f"{add_guardrails(ws, Path(args.file)):,} guardrail probes added")
+        if not args.file or not args.by:
+            raise ValueError("guardrails add needs --file PROBES.csv (text,expected_label[,note]) and --by APPROVER")
+        added = actions.add_guardrails(ws, _principal(ws, args.by, "guardrails"), Path(args.file))
+        print(f"{added:,} guardrail probes added (audited)")
     else:
         probes = ws.store.guardrails()
         print("no guardrail probes yet" if probes.empty else
@@ -728,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="search: new scaffolds to evaluate (default scaffolds.budget)")
     p.add_argument("--candidate", help="trial: the scaffold id to A/B test against production")
     p.add_argument("--file", help="add: a scaffold JSON file")
+    p.add_argument("--by", help="add: an approver's name")
     p.add_argument("--auto-approve", action="store_true",
                    help="decide the scaffold_adoption gate automatically by its checks (audited)")
     p.add_argument("--quiet", action="store_true")
@@ -773,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["add", "list"])
     p.add_argument("--workspace", required=True)
     p.add_argument("--file")
+    p.add_argument("--by", help="add: an approver's name (guardrails feed the drift gate)")
 
     p = add("drift", cmd_drift, "show a candidate's drift report")
     p.add_argument("--workspace", required=True)

@@ -283,3 +283,35 @@ def test_a_governed_hand_edit_stops_the_engine_until_an_approver_accepts_it(tmp_
     assert sorted(json.loads(entry["detail"])) == keys
     code, out, _ = _cli(monkeypatch, capsys, "resume", "--workspace", ws.root, "--quiet")
     assert code == 0 and "nothing to resume" in out
+
+
+# -- issue 26.6: guardrails add, samples export and scaffolds add go through core/actions.py ------------------
+def test_guardrails_exports_and_scaffolds_need_an_approver_and_are_audited(workspace, tmp_path, monkeypatch,
+                                                                         capsys):
+    ws = workspace
+    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    auth.add_user(ws.store, "victor", "viewer", "victor-secret")
+    probes = tmp_path / "g.csv"
+    probes.write_text("text,expected_label\nmy card was charged twice,billing_question\n")
+    scaffold = tmp_path / "s.json"
+    scaffold.write_text('{"name": "mine", "steps": [{"type": "classify"}, {"type": "retrieve", "k": 5}]}')
+    out = tmp_path / "kept.jsonl"
+    commands = {"guardrails_added": ["guardrails", "add", "--file", probes],
+                "samples_exported": ["samples", "export", "--out", out],
+                "scaffold_added": ["scaffolds", "add", "--file", scaffold]}
+    for action, args in commands.items():
+        base = [*args, "--workspace", ws.root]
+        code, _, err = _cli(monkeypatch, capsys, *base, password=None)
+        assert code == 1 and "--by" in err, (action, err)  # no credential, no write
+        code, _, err = _cli(monkeypatch, capsys, *base, "--by", "victor", password="victor-secret")
+        assert code == 1 and "'victor' is a viewer, not an approver" in err, (action, err)
+        assert action not in ws.store.audit_entries()["action"].tolist()
+        assert ws.store.guardrails().empty and not out.exists() and "mine" not in set(ws.store.scaffolds()["name"])
+    for action, args in commands.items():
+        code, _, err = _cli(monkeypatch, capsys, *args, "--workspace", ws.root, "--by", APPROVER)
+        assert code == 0, (action, err)
+        entry = ws.store.audit_entries().iloc[-1]
+        assert (entry["action"], entry["actor"]) == (action, APPROVER)
+    assert len(ws.store.guardrails()) == 1 and out.exists() and "mine" in set(ws.store.scaffolds()["name"])
+    assert json.loads(ws.store.audit_entries().query("action == 'samples_exported'").iloc[0]["detail"])["to"] == \
+        str(out.resolve())
