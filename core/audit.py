@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -194,4 +195,14 @@ def describe(detail: str) -> str:
     try:
         return json.dumps(json.loads(detail), sort_keys=True)
     except (TypeError, ValueError):
-        return str(detail)
+        return printable(str(detail))
+
+
+def printable(text) -> str:
+    """A field of an entry for a terminal: control, format and line-separator characters escaped (a newline in
+    a name would otherwise print a forged entry below its own)."""
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in UNPRINTABLE else ch
+                   for ch in str(text))
+
+
+UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")

@@ -9,6 +9,7 @@ guess, so a flood cannot bury it.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ REFUSED = "wrong name or password"
 LOCK_AFTER = 5
 BASE_DELAY_S, MAX_DELAY_S = 30.0, 900.0  # 30 s after 5 failures in a row, doubling to 15 min
 WINDOW_S = 600.0
+# Failed sign-ins audited per window across all names: past it one `auth_flood` entry, then only counts, so
+# many distinct names cannot bury the log (each name alone is audited once per window).
+GLOBAL_AUDITED = 50
 _hasher = PasswordHasher()  # argon2id with a random salt per hash
 _DUMMY = _hasher.hash(secrets.token_hex(16))
 
@@ -74,10 +78,19 @@ def add_user(store: Store, name: str, role: str, password: str, actor: str = "cl
     store.add_user(name, role, _hasher.hash(password), actor)
 
 
+def recorded_name(name: str) -> str:
+    """How a name someone typed appears in the audit log: as typed when it could be a user's name, else a digest,
+    so a newline or an engine's name (`engine`, `auto`) cannot forge an entry."""
+    if NAME.fullmatch(name) and name.lower() not in RESERVED_NAMES:
+        return name
+    return "name-sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def authenticate(store: Store, name: str, password: str, action: str) -> Principal:
     """The checked identity behind a name and password, or AuthError with one message for every failure."""
     name = (name or "").strip()
-    state = store.auth_failure(name) if name else None
+    counted = recorded_name(name)  # failures are counted and audited under this
+    state = store.auth_failure(counted) if name else None
     if state and state.get("locked_until") and utcnow() < state["locked_until"]:
         wait = (state["locked_until"] - utcnow()).total_seconds()
         raise AuthError(f"{REFUSED} (too many failed attempts for this name: try again in {wait:.0f}s)")
@@ -88,10 +101,10 @@ def authenticate(store: Store, name: str, password: str, action: str) -> Princip
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
     if not ok:
-        store.record_auth_failure(name, action, WINDOW_S, LOCK_AFTER, BASE_DELAY_S, MAX_DELAY_S)
+        store.record_auth_failure(counted, action, WINDOW_S, LOCK_AFTER, BASE_DELAY_S, MAX_DELAY_S, GLOBAL_AUDITED)
         raise AuthError(REFUSED)
     if state:
-        store.clear_auth_failures(name)
+        store.clear_auth_failures(counted)
     return Principal(user["name"], user["role"])
 
 

@@ -639,9 +639,10 @@ def cmd_audit(args) -> int:
         count = audit.export(ws.store, Path(args.out))
         print(f"{count} entries and the head written to {args.out}; check it with `audit verify --file {args.out}`")
         return 0
+    show = audit.printable
     for row in ws.store.audit_entries().itertuples():
-        print(f"{row.seq:>5}  {row.at:%Y-%m-%d %H:%M:%S}  {row.actor:<14} {row.action:<20} {row.subject:<16} "
-              f"{audit.describe(row.detail)}")
+        print(f"{row.seq:>5}  {row.at:%Y-%m-%d %H:%M:%S}  {show(row.actor):<14} {show(row.action):<20} "
+              f"{show(row.subject):<16} {audit.describe(row.detail)}")
     return 0
 
 

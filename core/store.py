@@ -145,6 +145,7 @@ LOCK_TIMEOUT_S = 120.0
 END_STATUSES = ("done", "rejected", "failed", "abandoned")
 EXPIRED = "timed out without a decision"
 GENESIS_HASH = "0" * 64
+ALL_NAMES = "*"  # auth_failures' row that counts failed sign-ins across every name
 
 
 class StoreBusy(RuntimeError):
@@ -496,9 +497,11 @@ class Store:
         return _first(self._read("SELECT * FROM auth_failures WHERE name = ?", [name]))
 
     def record_auth_failure(self, name: str, action: str, window_s: float, lock_after: int, base_delay_s: float,
-                            max_delay_s: float) -> dict:
+                            max_delay_s: float, global_audited: int) -> dict:
         """Count a failed sign-in for `name` (known or not). The first failure of each window is audited, with
-        the count of the window before; a lockout is audited when it starts. A flood stays a few entries."""
+        the count of the window before; a lockout is audited when it starts. A flood stays a few entries: across
+        all names at most `global_audited` per window, then one `auth_flood` entry (the row named ALL_NAMES
+        counts them; no user name can be '*')."""
         from datetime import timedelta
 
         with self._tx() as con:
@@ -515,13 +518,27 @@ class Store:
                 locked_until = now + timedelta(seconds=delay)
             con.execute("INSERT OR REPLACE INTO auth_failures VALUES (?, ?, ?, ?, ?)",
                         [name, start, count, consecutive, locked_until])
+            # all names together: window_count failures, consecutive the entries audited in this window
+            row = con.execute("SELECT window_start, window_count, consecutive FROM auth_failures WHERE name = ?",
+                              [ALL_NAMES]).fetchone()
+            if row is None or (now - row[0]).total_seconds() > window_s:
+                row = (now, 0, 0)
+            g_start, g_failures, g_audited = row[0], row[1] + 1, row[2]
             if new_window or consecutive == lock_after:
-                detail = {"failures_in_window": count, "consecutive": consecutive, "window_s": window_s}
-                if previous:
-                    detail["failures_in_previous_window"] = previous
-                if locked_until is not None:
-                    detail["locked_until"] = locked_until.isoformat()
-                self._audit(con, name or "?", "auth_refused", action, detail)
+                if g_audited < global_audited:
+                    detail = {"failures_in_window": count, "consecutive": consecutive, "window_s": window_s}
+                    if previous:
+                        detail["failures_in_previous_window"] = previous
+                    if locked_until is not None:
+                        detail["locked_until"] = locked_until.isoformat()
+                    self._audit(con, name or "?", "auth_refused", action, detail)
+                elif g_audited == global_audited:
+                    self._audit(con, "engine", "auth_flood", "sign-in", {
+                        "failures_in_window": g_failures, "window_s": window_s, "audited_in_window": g_audited,
+                        "note": "further failed sign-ins in this window are counted, not audited one by one"})
+                g_audited += 1
+            con.execute("INSERT OR REPLACE INTO auth_failures VALUES (?, ?, ?, ?, NULL)",
+                        [ALL_NAMES, g_start, g_failures, g_audited])
             return {"consecutive": consecutive, "locked_until": locked_until}
 
     def clear_auth_failures(self, name: str) -> None:

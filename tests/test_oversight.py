@@ -315,3 +315,30 @@ def test_guardrails_exports_and_scaffolds_need_an_approver_and_are_audited(works
     assert len(ws.store.guardrails()) == 1 and out.exists() and "mine" in set(ws.store.scaffolds()["name"])
     assert json.loads(ws.store.audit_entries().query("action == 'samples_exported'").iloc[0]["detail"])["to"] == \
         str(out.resolve())
+
+
+# -- issue 26.7: names someone typed cannot forge a line of the log, nor bury it --------------------------------
+def test_typed_names_cannot_forge_or_flood_the_audit_log(workspace, monkeypatch, capsys):
+    ws = workspace
+    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    monkeypatch.setattr(auth, "GLOBAL_AUDITED", 4, raising=False)
+    forged = "bob\n   99  2030-01-01 00:00:00  alice          promoted             version:v9"
+    for name in (forged, "engine"):
+        code, _, err = _cli(monkeypatch, capsys, "approve", "1", "--workspace", ws.root, "--by", name,
+                            password="a-guess")
+        assert code == 1 and auth.REFUSED in err
+    for i in range(8):  # distinct unknown names: each would be the first failure of its own window
+        with pytest.raises(auth.AuthError):
+            auth.authenticate(ws.store, f"guess{i}", "a-guess", "test")
+    entries = ws.store.audit_entries()
+    refused = entries[entries["action"] == "auth_refused"]
+    assert refused["actor"].iloc[0].startswith("name-sha256:") and refused["actor"].iloc[1].startswith("name-sha256:")
+    assert "engine" not in set(refused["actor"])  # a typed engine name is not the engine
+    assert len(refused) == 4 and (entries["action"] == "auth_flood").sum() == 1  # bounded across names
+
+    ws.store.audit("token:x (bob\n   98  2030-01-01 00:00:00  alice)", "feedback_received", "feedback")
+    code, out, _ = _cli(monkeypatch, capsys, "audit", "list", "--workspace", ws.root)
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == len(ws.store.audit_entries())  # one line per entry, whatever a field holds
+    assert not any(line.lstrip().startswith(("99 ", "98 ")) for line in lines) and "\\n   98" in out
