@@ -338,6 +338,12 @@ def cmd_serve(args) -> int:
     from core.serve.app import Service, create_app
     from core.workspace import require_accepted_config
 
+    from core.demo import exposure_warning
+
+    warning = exposure_warning(args.host, "the server", "/feedback needs an API token (/predict only with "
+                                                        "serve.predict_requires_token), but tokens and texts")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     ws = _ws(args)
     require_accepted_config(ws, "cli")  # serve.predict_requires_token and the scaffold's LLM are governed
     cfg = ws.config().serve
@@ -569,7 +575,7 @@ def cmd_tokens(args) -> int:
     if args.action == "add":
         token = actions.add_token(ws, who, args.name)
         print(token)
-        print(f"token '{args.name}': shown once, only its salted hash is kept; send it as "
+        print(f"token '{args.name}': shown once, only its public id and a keyed hash of its secret are kept; send it as "
               "`Authorization: Bearer TOKEN`", file=sys.stderr)
     else:
         actions.revoke_token(ws, who, args.name)

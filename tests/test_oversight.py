@@ -113,13 +113,12 @@ def test_failed_checks_need_an_override_with_a_reason(baseline_ws, monkeypatch, 
     config.gates.data_review.policy = "auto"
     ws.save_config(config)
     auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
-    # a human gate whose checks failed is rejected at once by the engine; open one by hand to decide
+    # issue 26.8: a human gate whose checks failed waits for a person (it was rejected at once, so the
+    # documented override could never be used)
     outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
     gate = ws.store.gate_for(outcome.cycle_id, "promotion")
-    assert gate["status"] == "rejected" and not gate["checks"]["passed"]
-    con = duckdb.connect(str(ws.db))  # as if a person reopened it: the engine itself never does
-    con.execute("UPDATE gates SET status = 'pending', decided_by = NULL, decided_at = NULL WHERE id = ?", [gate["id"]])
-    con.close()
+    assert outcome.status == "waiting" and gate["status"] == "pending" and not gate["checks"]["passed"]
+    assert "--override" in outcome.message
     root, gid = ws.root, gate["id"]
     code, _, err = _cli(monkeypatch, capsys, "approve", "--workspace", root, gid, "--by", APPROVER)
     assert code == 1 and "checks failed" in err and "--override" in err
@@ -134,6 +133,7 @@ def test_failed_checks_need_an_override_with_a_reason(baseline_ws, monkeypatch, 
     assert entry["action"] == "gate_overridden" and json.loads(entry["detail"])["override"] is True
     code, out, _ = _cli(monkeypatch, capsys, "gates", "--workspace", root)
     assert code == 0 and "OVERRIDE: approved although its checks failed" in out
+    assert cycle.resume(ws, progress=False).status == "done" and ws.store.alias("production") == "v2"  # overridden in
 
 
 # -- 6: rollback only to a version that has been production -----------------------------------------------------
