@@ -501,12 +501,10 @@ def export_bytes(ws: str, who, filters: dict, fmt: str) -> bytes:
     import tempfile
 
     from core import actions
-    from core.curate.export import export_samples
 
-    actions.require_reader_export(workspace(ws), who, f"samples.{fmt}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"samples.{fmt}"
-        export_samples(_store(ws), out, **filters)
+        actions.export_samples(workspace(ws), who, out, filters, destination=f"dashboard download (.{fmt})")
         return out.read_bytes()
 
 
@@ -777,7 +775,11 @@ def confused_pairs(ws: str, version: str) -> pd.DataFrame:
 # -- review pages ---------------------------------------------------------------------------------------------
 CHAIN_CASES = {"intact": "intact", "altered": "an entry was altered", "deleted": "entries were deleted",
                "reordered": "entries were reordered", "truncated": "entries were cut from the end",
-               "unverifiable": "it cannot be checked without its key"}
+               "unverifiable": "it cannot be checked without its key",
+               "downgraded": "its key identity was removed to pass it off as unkeyed",
+               "rekeyed": "it names another key than the one it was keyed with",
+               "redirected": "its workspace id points the key lookup elsewhere",
+               "unkeyed": "it is not keyed, so it could have been rewritten"}
 
 
 @_cached

@@ -7,6 +7,7 @@ dashboard keeps one for a signed-in session. Actions that change what ships or w
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 from core import auth
 from core.auth import AuthError, Principal
@@ -105,9 +106,32 @@ def answer_label_request(ws: Workspace, who: Principal, request_id: int, label: 
     return ws.store.answer_label_request(request_id, None if skip else label.strip(), who.name, skip=skip)
 
 
-def require_reader_export(ws: Workspace, who: Principal, what: str) -> None:
-    """Exports leave the workspace with its data: approvers only."""
-    auth.require_role(ws.store, who, f"export:{what}")
+def export_samples(ws: Workspace, who: Principal, out: Path, filters: dict, destination: str | None = None) -> int:
+    """Kept samples (or those the filters match) to .parquet or .jsonl. Exports leave the workspace with its
+    data: approvers only, audited with how many, which filters and where to (`destination`, else the file)."""
+    from core.curate.export import export_samples as write
+
+    auth.require_role(ws.store, who, "export:samples")
+    out = Path(out)
+    chosen = {k: v for k, v in filters.items() if v is not None and v != ""}
+    return write(ws.store, out, lambda count: ws.store.audit(who.name, "samples_exported", "samples", {
+        "count": count, "filters": chosen, "to": destination or str(out.resolve())}), **filters)
+
+
+def add_guardrails(ws: Workspace, who: Principal, path: Path) -> int:
+    """Must-hold probes from a CSV: they feed the drift gate, so adding them needs an approver."""
+    from core.setup import add_guardrails as store_probes
+
+    auth.require_role(ws.store, who, "guardrails")
+    return store_probes(ws, Path(path), actor=who.name)
+
+
+def add_scaffold(ws: Workspace, who: Principal, raw: str) -> tuple[str, bool]:
+    """A person's scaffold in the archive, where a trial can adopt it: an approver. (id, new?)"""
+    from core.scaffolds import archive
+
+    auth.require_role(ws.store, who, "scaffold:add")
+    return archive.add(ws.store, raw, who.name)
 
 
 # -- users ------------------------------------------------------------------------------------------------
@@ -173,8 +197,22 @@ def config_set(ws: Workspace, who: Principal, key: str, value: str) -> tuple:
 
         check_lora_layers(config.model)
     new = flatten(config.model_dump())[key]
-    ws.save_config(config, actor=who.name)
+    # only this key is vouched for: a governed hand edit elsewhere in the file stays held
+    ws.save_config(config, actor=who.name, accept=frozenset({key}))
     return old, new
+
+
+def accept_config(ws: Workspace, who: Principal) -> dict:
+    """Accept the hand edits of governed keys in config.toml (workspace.GOVERNED_PREFIXES), so the engine
+    runs again; audited as `config_accepted` with each key's old and new value. {key: {"from", "to"}}"""
+    from core.workspace import audit_config, held_config
+
+    auth.require_role(ws.store, who, "config:accept")
+    held = held_config(ws)
+    if not held:
+        raise ValueError("no hand edit of config.toml waits for an approver")
+    audit_config(ws, who.name, accept=frozenset(held), action="config_accepted")
+    return held
 
 
 def make_autonomous(config) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,11 @@ from pathlib import Path
 from core import atomic, auditkey
 from core.store import GENESIS_HASH, Store, entry_hash, entry_mac
 
-CASES = ("intact", "altered", "deleted", "reordered", "truncated", "unverifiable")
+# downgraded: a keyed log made to look as if from before keys; rekeyed: it names another key than the one it
+# was keyed with; redirected: its workspace id is not an id (a path to a key its writer chose); unkeyed: a log
+# from before keys, which anyone who can write the database could have rewritten (accepted only on request).
+CASES = ("intact", "altered", "deleted", "reordered", "truncated", "unverifiable", "downgraded", "rekeyed",
+         "redirected", "unkeyed")
 ENTRY_FIELDS = ("seq", "at", "actor", "action", "subject", "detail", "prev_hash", "hash")
 
 
@@ -36,13 +41,37 @@ class ChainReport:
     key_path: str | None = None
 
 
-def verify_log(log: AuditLog) -> ChainReport:
-    n, keyed_from = len(log.entries), log.keyed_from
-    path = auditkey.key_path(log.workspace_id) if keyed_from is not None else None
+def verify_log(log: AuditLog, accept_legacy: bool = False, marker: str | None = None) -> ChainReport:
+    """marker: the id the workspace was keyed with, from beside the keys (auditkey.read_marker); None where
+    there is none (an export read elsewhere). accept_legacy: accept a log from before keys, whose plain chain
+    proves nothing against someone who can write the database; a log that was ever keyed never passes unkeyed."""
+    n, keyed_from, workspace_id = len(log.entries), log.keyed_from, log.workspace_id
+    path = None
 
     def broken(case: str, seq: int | None, problem: str) -> ChainReport:
         return ChainReport(False, n, seq, problem, case, keyed_from, str(path) if path else None)
 
+    if workspace_id is not None and not auditkey.well_formed(workspace_id):
+        return broken("redirected", keyed_from or 1, f"the log's workspace id {workspace_id!r} is not an Evolab "
+                                                     f"workspace id (32 hex digits): it would read the key from a "
+                                                     f"file its writer chose")
+    if marker is not None and (workspace_id is None or keyed_from is None):
+        return broken("downgraded", 1, f"this workspace was keyed as {marker} (recorded beside its key), but its "
+                                       f"log now claims to be unkeyed: its key identity was removed")
+    if marker is not None and workspace_id != marker:
+        return broken("rekeyed", keyed_from, f"this workspace was keyed as {marker} (recorded beside its key), but "
+                                             f"its log names {workspace_id}: it was re-keyed")
+    if keyed_from is None:
+        keyed = next((e["seq"] for e in log.entries if e["action"] == "audit_keyed"), None)
+        if workspace_id is not None or keyed is not None:
+            why = "names a workspace id" if workspace_id is not None else f"records its keying at entry {keyed}"
+            return broken("downgraded", keyed or 1, f"the log {why} but says it is unkeyed: its key identity was "
+                                                    f"removed")
+        if not accept_legacy:
+            return broken("unkeyed", 1, f"the log is not keyed: its {n} entries are chained with plain SHA-256, "
+                                        f"which anyone who can write the database could recompute (accept a log "
+                                        f"from before audit keys with --accept-legacy)")
+    path = auditkey.key_path(workspace_id) if keyed_from is not None else None
     key = b""
     if keyed_from is not None:
         if path is None:
@@ -116,8 +145,8 @@ def from_store(store: Store) -> AuditLog:
                     int(keyed_from) if keyed_from is not None else None, meta.get("audit_key_check"))
 
 
-def verify(store: Store) -> ChainReport:
-    return verify_log(from_store(store))
+def verify(store: Store, accept_legacy: bool = False) -> ChainReport:
+    return verify_log(from_store(store), accept_legacy, auditkey.read_marker(store.path))
 
 
 def export(store: Store, out: Path) -> int:
@@ -158,12 +187,22 @@ def read_export(path: Path) -> AuditLog:
     return AuditLog(entries, head, ident.get("workspace_id"), ident.get("keyed_from"), ident.get("key_check"))
 
 
-def verify_file(path: Path) -> ChainReport:
-    return verify_log(read_export(path))
+def verify_file(path: Path, accept_legacy: bool = False) -> ChainReport:
+    return verify_log(read_export(path), accept_legacy)
 
 
 def describe(detail: str) -> str:
     try:
         return json.dumps(json.loads(detail), sort_keys=True)
     except (TypeError, ValueError):
-        return str(detail)
+        return printable(str(detail))
+
+
+def printable(text) -> str:
+    """A field of an entry for a terminal: control, format and line-separator characters escaped (a newline in
+    a name would otherwise print a forged entry below its own)."""
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in UNPRINTABLE else ch
+                   for ch in str(text))
+
+
+UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")

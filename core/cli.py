@@ -249,8 +249,10 @@ def cmd_decide(args) -> int:
 def cmd_predict(args) -> int:
     from core import atomic, registry, scaffolds
     from core.setup import read_predict_input
+    from core.workspace import require_accepted_config
 
     ws = _ws(args)
+    require_accepted_config(ws, "cli")  # a hand-set LLM endpoint would get the key named by api_key_env
     config = ws.config()
     frame = read_predict_input(Path(args.input), args.text_col, config)
     loaded = registry.load_alias(ws, "production")
@@ -278,9 +280,12 @@ def cmd_scaffolds(args) -> int:
     ws = _ws(args)
     store = ws.store
     if args.action == "add":
-        if not args.file:
-            raise ValueError("scaffolds add needs --file SCAFFOLD.json")
-        sid, new = archive.add(store, Path(args.file).read_text(encoding="utf-8"), "cli")
+        if not args.file or not args.by:
+            raise ValueError("scaffolds add needs --file SCAFFOLD.json and --by APPROVER")
+        from core import actions
+
+        raw = Path(args.file).read_text(encoding="utf-8")
+        sid, new = actions.add_scaffold(ws, _principal(ws, args.by, "scaffold:add"), raw)
         print(f"scaffold {sid} {'added' if new else 'already exists (same steps)'}; "
               f"A/B test it with `python -m core scaffolds trial --workspace {ws.root} --candidate {sid}`")
         return 0
@@ -333,8 +338,16 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from core.serve.app import Service, create_app
+    from core.workspace import require_accepted_config
 
+    from core.demo import exposure_warning
+
+    warning = exposure_warning(args.host, "the server", "/feedback needs an API token (/predict only with "
+                                                        "serve.predict_requires_token), but tokens and texts")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     ws = _ws(args)
+    require_accepted_config(ws, "cli")  # serve.predict_requires_token and the scaffold's LLM are governed
     cfg = ws.config().serve
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     service = Service(ws, cfg).start()
@@ -455,15 +468,14 @@ def cmd_samples(args) -> int:
             with __import__("pandas").option_context("display.max_colwidth", 60, "display.width", 200):
                 print(page[cols].to_string(index=False))
         return 0
-    if args.action == "export":
-        if not args.out:
-            raise ValueError("samples export needs --out FILE.parquet or FILE.jsonl")
-        from core.curate.export import export_samples
-
-        n = export_samples(store, Path(args.out), **filters)
-        print(f"{n:,} samples -> {args.out}")
-        return 0
     from core import actions
+
+    if args.action == "export":
+        if not args.out or not args.by:
+            raise ValueError("samples export needs --out FILE.parquet or FILE.jsonl and --by APPROVER")
+        n = actions.export_samples(ws, _principal(ws, args.by, "export:samples"), Path(args.out), filters)
+        print(f"{n:,} samples -> {args.out} (audited)")
+        return 0
 
     ids = [int(i) for i in args.ids.split(",")] if args.ids else \
         store.sample_query(**filters)["id"].astype(int).tolist() if args.all_matching else []
@@ -478,13 +490,14 @@ def cmd_samples(args) -> int:
 
 
 def cmd_guardrails(args) -> int:
-    from core.setup import add_guardrails
+    from core import actions
 
     ws = _ws(args)
     if args.action == "add":
-        if not args.file:
-            raise ValueError("guardrails add needs --file PROBES.csv (text,expected_label[,note])")
-        print(f"{add_guardrails(ws, Path(args.file)):,} guardrail probes added")
+        if not args.file or not args.by:
+            raise ValueError("guardrails add needs --file PROBES.csv (text,expected_label[,note]) and --by APPROVER")
+        added = actions.add_guardrails(ws, _principal(ws, args.by, "guardrails"), Path(args.file))
+        print(f"{added:,} guardrail probes added (audited)")
     else:
         probes = ws.store.guardrails()
         print("no guardrail probes yet" if probes.empty else
@@ -564,7 +577,7 @@ def cmd_tokens(args) -> int:
     if args.action == "add":
         token = actions.add_token(ws, who, args.name)
         print(token)
-        print(f"token '{args.name}': shown once, only its salted hash is kept; send it as "
+        print(f"token '{args.name}': shown once, only its public id and a keyed hash of its secret are kept; send it as "
               "`Authorization: Bearer TOKEN`", file=sys.stderr)
     else:
         actions.revoke_token(ws, who, args.name)
@@ -586,6 +599,17 @@ def cmd_config(args) -> int:
             if not args.key or key == args.key:
                 print(f"{key} = {json.dumps(value)}")
         return 0
+    if args.action == "accept":
+        if not args.by:
+            raise ValueError("config accept needs --by APPROVER")
+        from core.workspace import held_config
+
+        if not held_config(ws):  # refused before asking for a password
+            raise ValueError("no hand edit of config.toml waits for an approver")
+        accepted = actions.accept_config(ws, _principal(ws, args.by, "config:accept"))
+        for key, change in accepted.items():
+            print(f"{key}: {json.dumps(change['from'])} -> {json.dumps(change['to'])} (accepted, audited)")
+        return 0
     if not args.key or args.value is None or not args.by:
         raise ValueError("config set needs KEY VALUE and --by APPROVER")
     who = _principal(ws, args.by, f"config:{args.key}")
@@ -600,14 +624,16 @@ def cmd_audit(args) -> int:
     if args.action == "verify":
         if bool(args.workspace) == bool(args.file):
             raise ValueError("audit verify needs --workspace W or --file FILE.jsonl (one of them)")
-        report = audit.verify_file(Path(args.file)) if args.file else audit.verify(_ws(args).store)
+        report = (audit.verify_file(Path(args.file), args.accept_legacy) if args.file
+                  else audit.verify(_ws(args).store, args.accept_legacy))
         if not report.ok:
             print(f"audit log {report.case.upper()} at entry {report.first_bad_seq}: {report.problem}",
                   file=sys.stderr)
             return EXIT_ERROR
         if report.keyed_from is None:
-            print(f"audit log intact but UNKEYED: {report.entries} entries chained with plain SHA-256, which anyone "
-                  f"who can write the database could recompute (keyed from the next entry on)")
+            print(f"audit log intact but UNKEYED, accepted as asked (--accept-legacy): {report.entries} entries "
+                  f"chained with plain SHA-256, which anyone who can write the database could recompute (a "
+                  f"workspace's log is keyed from its next entry on)")
         else:
             plain = f"entries before {report.keyed_from} plain SHA-256, " if report.keyed_from > 1 else ""
             print(f"audit log intact: {report.entries} entries, chain verified ({plain}keyed with {report.key_path})")
@@ -621,9 +647,10 @@ def cmd_audit(args) -> int:
         count = audit.export(ws.store, Path(args.out))
         print(f"{count} entries and the head written to {args.out}; check it with `audit verify --file {args.out}`")
         return 0
+    show = audit.printable
     for row in ws.store.audit_entries().itertuples():
-        print(f"{row.seq:>5}  {row.at:%Y-%m-%d %H:%M:%S}  {row.actor:<14} {row.action:<20} {row.subject:<16} "
-              f"{audit.describe(row.detail)}")
+        print(f"{row.seq:>5}  {row.at:%Y-%m-%d %H:%M:%S}  {show(row.actor):<14} {show(row.action):<20} "
+              f"{show(row.subject):<16} {audit.describe(row.detail)}")
     return 0
 
 
@@ -713,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="search: new scaffolds to evaluate (default scaffolds.budget)")
     p.add_argument("--candidate", help="trial: the scaffold id to A/B test against production")
     p.add_argument("--file", help="add: a scaffold JSON file")
+    p.add_argument("--by", help="add: an approver's name")
     p.add_argument("--auto-approve", action="store_true",
                    help="decide the scaffold_adoption gate automatically by its checks (audited)")
     p.add_argument("--quiet", action="store_true")
@@ -758,6 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["add", "list"])
     p.add_argument("--workspace", required=True)
     p.add_argument("--file")
+    p.add_argument("--by", help="add: an approver's name (guardrails feed the drift gate)")
 
     p = add("drift", cmd_drift, "show a candidate's drift report")
     p.add_argument("--workspace", required=True)
@@ -778,17 +807,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", required=True)
     p.add_argument("--by", help="an approver's name")
 
-    p = add("config", cmd_config, "read config.toml, or set one key as an approver (audited)")
-    p.add_argument("action", choices=["get", "set"])
+    p = add("config", cmd_config, "read config.toml, set one key as an approver (audited), or accept hand "
+                                  "edits of keys that govern oversight, execution or secrets")
+    p.add_argument("action", choices=["get", "set", "accept"])
     p.add_argument("key", nargs="?")
     p.add_argument("value", nargs="?")
     p.add_argument("--workspace", required=True)
-    p.add_argument("--by", help="set: an approver's name")
+    p.add_argument("--by", help="set, accept: an approver's name")
 
     p = add("audit", cmd_audit, "show the audit log, verify its keyed chain, or export it")
     p.add_argument("action", choices=["verify", "list", "export"])
     p.add_argument("--workspace")
     p.add_argument("--file", help="verify: an exported copy (FILE.jsonl) instead of a workspace")
+    p.add_argument("--accept-legacy", action="store_true",
+                   help="verify: accept a log from before audit keys (plain SHA-256); without it an unkeyed log "
+                        "fails, and a log that was ever keyed fails unkeyed whatever this says")
     p.add_argument("--out", help="export: the FILE.jsonl to write")
 
     p = add("serve", cmd_serve, "serve the production model over HTTP (predict, feedback, metrics)")

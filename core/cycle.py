@@ -26,7 +26,7 @@ from core.evaluate import evaluate_parts, probe_predictions
 from core.faults import crash_point
 from core.store import END_STATUSES, HELDOUT_PARTS, StoreConflict, utcnow
 from core.train import TrainSpec, train
-from core.workspace import Workspace, audit_config, engine_lock
+from core.workspace import Workspace, engine_lock, require_accepted_config
 
 ENGINE = "engine"
 
@@ -501,9 +501,10 @@ def start_cycle(ws: Workspace) -> int:
 
 
 def begin_engine(ws: Workspace) -> None:
-    """What an engine does first, holding the lock: record hand edits to config.toml since the last run and
-    remove the temporaries of a writer that was killed (only the engine writes models/ and checkpoints/)."""
-    audit_config(ws, ENGINE)
+    """What an engine does first, holding the lock: record hand edits to config.toml since the last run (and
+    stop while a governed one waits for an approver) and remove the temporaries of a writer that was killed
+    (only the engine writes models/ and checkpoints/)."""
+    require_accepted_config(ws, ENGINE)
     M.check_lora_layers(ws.config().model)  # a hand-edited config.toml is refused before a cycle starts
     for folder in (ws.models, ws.checkpoints):
         atomic.sweep(folder)

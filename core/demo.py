@@ -19,16 +19,17 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
-def exposure_warning(host: str) -> str | None:
-    """One line for stderr when the dashboard will be reachable from other machines (not a loopback address)."""
+def exposure_warning(host: str, what: str = "the dashboard",
+                     guard: str = "sign-in protects it, but passwords and data") -> str | None:
+    """One line for stderr when `what` will be reachable from other machines (not a loopback address)."""
     name = host.strip().strip("[]").lower()
     try:
         if name == "localhost" or ipaddress.ip_address(name).is_loopback:
             return None
     except ValueError:  # a host name other than localhost: it may resolve to anything
         pass
-    return (f"warning: the dashboard listens on {host}, so it is reachable from the network; sign-in protects it, "
-            "but passwords and data travel in clear text: put a TLS proxy in front of it")
+    return (f"warning: {what} listens on {host}, so it is reachable from the network; {guard} travel in clear "
+            "text: put a TLS proxy in front of it")
 
 
 def serve_dashboard(root: Path, port: int = 8501, host: str = "127.0.0.1") -> int:

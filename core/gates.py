@@ -170,14 +170,15 @@ class Verdict:
 
 
 def automatic_verdict(gate: GateConfig, checks: dict, auto_approve: bool, hard: bool = True) -> Verdict:
-    """hard: failed checks reject at once (promotion). Not hard (data_review, drift_review): a failed check is
-    what the gate is for, so a person decides under `human` and `auto_under_thresholds` (a failed check is
-    outside the thresholds), while `auto` rejects. `auto_approve` (`--auto-approve`) decides only gates an
-    automatic policy governs: a `human` gate waits for a person whatever the flag."""
+    """hard: under an automatic policy failed checks reject at once (promotion). Not hard (data_review,
+    drift_review): a failed check is what the gate is for, so a person decides under `auto_under_thresholds`
+    (a failed check is outside the thresholds), while `auto` rejects. A `human` gate always waits for a person,
+    failed checks too: they reject, or override with a written reason (actions.decide_gate). `auto_approve`
+    (`--auto-approve`) decides only gates an automatic policy governs."""
     if gate.policy == "human":
-        if not checks["passed"] and hard:
-            return Verdict("reject", AUTO_ACTOR, "checks failed: " + "; ".join(checks["reasons"]))
-        return Verdict("wait", "", HUMAN_WAIT + (AUTO_APPROVE_REFUSED if auto_approve else ""))
+        failed = "" if checks["passed"] else (f"; its checks failed ({'; '.join(checks['reasons'])}), so approving "
+                                              f"it needs --override and a --comment giving the reason")
+        return Verdict("wait", "", HUMAN_WAIT + failed + (AUTO_APPROVE_REFUSED if auto_approve else ""))
     if not checks["passed"]:
         if hard or auto_approve or gate.policy == "auto":
             return Verdict("reject", AUTO_ACTOR, "checks failed: " + "; ".join(checks["reasons"]))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core import auditkey
 from core import data as D
 from core.config import Config
 from core.store import Store
@@ -56,14 +57,20 @@ def init_workspace(root: Path, labeled: Path, unlabeled: Path | None = None, hel
         parts.append(("unlabeled", pool.source, pool.sha256, pool.frame))
     with staging(Path(root)) as ws:
         ws.save_config(config)
-        Store(ws.db).start_audit_key()  # before the first entry, so the whole log is keyed
+        workspace_id = Store(ws.db).start_audit_key()  # before the first entry, so the whole log is keyed
         Store(ws.db).load_datasets(labels, parts, "cli", {
             "labels": len(labels), "rows": {split: len(frame) for split, _, _, frame in parts},
             "base_model": config.model.base_model}, config.data)
         if probes is not None:
             Store(ws.db).add_guardrails(probes, "cli", str(Path(guardrails).resolve()))
         audit_config(ws, "cli")
-    return Workspace(Path(root))
+        staged = ws.db
+    # The marker names where the workspace lives now, not the staging folder it was built in. A marker left by
+    # an earlier workspace at this path is replaced: staging refused to build over one that still exists.
+    final = Workspace(Path(root))
+    auditkey.write_marker(final.db, workspace_id, replace=True)
+    auditkey.forget_marker(staged)
+    return final
 
 
 def read_predict_input(path: Path, text_col: str, config: Config) -> pd.DataFrame:
@@ -86,6 +93,7 @@ def read_guardrails(path: Path, labels: list[str], config: Config) -> pd.DataFra
                          "note": notes})
 
 
-def add_guardrails(ws: Workspace, path: Path, actor: str = "cli") -> int:
+def add_guardrails(ws: Workspace, path: Path, actor: str) -> int:
+    """Low level: no credential check. core.actions.add_guardrails is the guarded path every caller uses."""
     probes = read_guardrails(path, ws.store.labels(), ws.config())
     return ws.store.add_guardrails(probes, actor, str(Path(path).resolve()))

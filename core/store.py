@@ -156,6 +156,7 @@ LOCK_TIMEOUT_S = 120.0
 END_STATUSES = ("done", "rejected", "failed", "abandoned")
 EXPIRED = "timed out without a decision"
 GENESIS_HASH = "0" * 64
+ALL_NAMES = "*"  # auth_failures' row that counts failed sign-ins across every name
 
 
 class StoreBusy(RuntimeError):
@@ -314,16 +315,39 @@ class Store:
 
     @staticmethod
     def _audit_keying(con) -> tuple[str, int] | None:
-        """(workspace id, first keyed seq), or None for a log from before keys."""
-        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from')")
-                    .fetchall())
-        if "audit_keyed_from" in meta and "workspace_id" not in meta:
-            # Keying it afresh would launder whatever happened to the log; refuse until the id is put back.
+        """(workspace id, first keyed seq), or None for a log from before keys. Refuses (no entry written) a log
+        whose key identity was tampered with: keying it afresh would launder whatever happened to it."""
+        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from', "
+                                "'audit_key_check')").fetchall())
+        workspace_id, marker = meta.get("workspace_id"), auditkey.read_marker(Store._database(con))
+        if "audit_keyed_from" in meta and workspace_id is None:
             raise auditkey.AuditKeyError("the audit log is keyed but the database lost its workspace id, so its "
                                          "key cannot be found; no entry is written")
-        if "workspace_id" not in meta:
+        if workspace_id is None:
+            if marker is not None:
+                raise auditkey.AuditKeyError(f"this workspace was keyed as {marker} but its database no longer says "
+                                             "so (the audit log was downgraded); no entry is written")
             return None
-        return meta["workspace_id"], int(meta.get("audit_keyed_from", 1))
+        if not auditkey.well_formed(workspace_id):
+            raise auditkey.AuditKeyError(f"the audit log's workspace id {workspace_id!r} is not an Evolab workspace "
+                                         "id (it would redirect the key lookup); no entry is written")
+        if marker is not None and marker != workspace_id:
+            raise auditkey.AuditKeyError(f"this workspace was keyed as {marker} but its database names {workspace_id} "
+                                         "(the audit log was re-keyed); no entry is written")
+        if marker is None:
+            # A copy at a new place, or a log keyed before markers: its marker is written once the database's
+            # key check proves the id names this log's key (a copied id with another key would not match).
+            key = auditkey.cached_key(workspace_id)
+            if meta.get("audit_key_check") != auditkey.key_check(key, workspace_id):
+                raise auditkey.AuditKeyError(f"the key at {auditkey.key_path(workspace_id)} does not match this "
+                                             "audit log's key check; no entry is written")
+            auditkey.write_marker(Store._database(con), workspace_id)
+        return workspace_id, int(meta.get("audit_keyed_from", 1))
+
+    @staticmethod
+    def _database(con) -> Path:
+        return Path(con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+                    .fetchone()[0])
 
     @staticmethod
     def _start_keying(con) -> tuple[str, int]:
@@ -337,6 +361,7 @@ class Store:
             ["audit_key_check", auditkey.key_check(key, workspace_id)]])
         # A keyed log always has a sealed head, even before its first entry, so emptying it shows.
         Store._set_head(con, key, last, last_hash, last + 1)
+        auditkey.write_marker(Store._database(con), workspace_id)
         return workspace_id, last + 1
 
     @staticmethod
@@ -361,11 +386,10 @@ class Store:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)",
                     [f"{head}:{auditkey.head_mac(key, head, keyed_from)}"])
 
-    def start_audit_key(self) -> Path:
-        """Give a new workspace its id and audit key before its first entry, so its whole log is keyed."""
+    def start_audit_key(self) -> str:
+        """Give a new workspace its id and audit key before its first entry, so its whole log is keyed; its id."""
         with self._tx() as con:
-            workspace_id = (Store._audit_keying(con) or Store._start_keying(con))[0]
-        return auditkey.key_path(workspace_id)
+            return (Store._audit_keying(con) or Store._start_keying(con))[0]
 
     def audit(self, actor: str, action: str, subject: str, detail: dict | None = None) -> None:
         with self._tx() as con:
@@ -394,10 +418,24 @@ class Store:
         df = self._read("SELECT value FROM meta WHERE key = 'config_snapshot'")
         return None if df.empty else json.loads(df.iloc[0, 0])
 
-    def record_config(self, snapshot: dict, changes: dict, actor: str) -> None:
+    def config_held(self) -> dict:
+        """The hand edits of governed keys last recorded as held (workspace.audit_config)."""
+        df = self._read("SELECT value FROM meta WHERE key = 'config_held'")
+        return {} if df.empty else json.loads(df.iloc[0, 0])
+
+    def record_config(self, snapshot: dict, changes: dict, actor: str, action: str = "config_changed",
+                      held: dict | None = None) -> None:
+        """The accepted config (snapshot) and what changed, audited as `action`; `held`: governed keys edited
+        by hand and not accepted, audited as `config_change_held` (kept in meta, so audited once)."""
         with self._tx() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('config_snapshot', ?)", [_json(snapshot)])
-            self._audit(con, actor, "config_changed", "config.toml", changes)
+            if changes:
+                self._audit(con, actor, action, "config.toml", changes)
+            if held:
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('config_held', ?)", [_json(held)])
+                self._audit(con, actor, "config_change_held", "config.toml", held)
+            else:
+                con.execute("DELETE FROM meta WHERE key = 'config_held'")
 
     # -- guardrail probes and drift ---------------------------------------------------------------
     def add_guardrails(self, probes: pd.DataFrame, actor: str, source: str) -> int:
@@ -470,9 +508,11 @@ class Store:
         return _first(self._read("SELECT * FROM auth_failures WHERE name = ?", [name]))
 
     def record_auth_failure(self, name: str, action: str, window_s: float, lock_after: int, base_delay_s: float,
-                            max_delay_s: float) -> dict:
+                            max_delay_s: float, global_audited: int) -> dict:
         """Count a failed sign-in for `name` (known or not). The first failure of each window is audited, with
-        the count of the window before; a lockout is audited when it starts. A flood stays a few entries."""
+        the count of the window before; a lockout is audited when it starts. A flood stays a few entries: across
+        all names at most `global_audited` per window, then one `auth_flood` entry (the row named ALL_NAMES
+        counts them; no user name can be '*')."""
         from datetime import timedelta
 
         with self._tx() as con:
@@ -489,13 +529,27 @@ class Store:
                 locked_until = now + timedelta(seconds=delay)
             con.execute("INSERT OR REPLACE INTO auth_failures VALUES (?, ?, ?, ?, ?)",
                         [name, start, count, consecutive, locked_until])
+            # all names together: window_count failures, consecutive the entries audited in this window
+            row = con.execute("SELECT window_start, window_count, consecutive FROM auth_failures WHERE name = ?",
+                              [ALL_NAMES]).fetchone()
+            if row is None or (now - row[0]).total_seconds() > window_s:
+                row = (now, 0, 0)
+            g_start, g_failures, g_audited = row[0], row[1] + 1, row[2]
             if new_window or consecutive == lock_after:
-                detail = {"failures_in_window": count, "consecutive": consecutive, "window_s": window_s}
-                if previous:
-                    detail["failures_in_previous_window"] = previous
-                if locked_until is not None:
-                    detail["locked_until"] = locked_until.isoformat()
-                self._audit(con, name or "?", "auth_refused", action, detail)
+                if g_audited < global_audited:
+                    detail = {"failures_in_window": count, "consecutive": consecutive, "window_s": window_s}
+                    if previous:
+                        detail["failures_in_previous_window"] = previous
+                    if locked_until is not None:
+                        detail["locked_until"] = locked_until.isoformat()
+                    self._audit(con, name or "?", "auth_refused", action, detail)
+                elif g_audited == global_audited:
+                    self._audit(con, "engine", "auth_flood", "sign-in", {
+                        "failures_in_window": g_failures, "window_s": window_s, "audited_in_window": g_audited,
+                        "note": "further failed sign-ins in this window are counted, not audited one by one"})
+                g_audited += 1
+            con.execute("INSERT OR REPLACE INTO auth_failures VALUES (?, ?, ?, ?, NULL)",
+                        [ALL_NAMES, g_start, g_failures, g_audited])
             return {"consecutive": consecutive, "locked_until": locked_until}
 
     def clear_auth_failures(self, name: str) -> None:

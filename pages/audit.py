@@ -16,9 +16,9 @@ DETAIL_SHOWN = 140  # characters of an entry's detail in the table; the panel be
 
 check = queries.audit_chain(ws)
 if check["ok"]:
+    # an unkeyed log never verifies here (audit.verify accepts one only when asked), so ok means keyed
     sealed = ("sealed with this workspace's key (HMAC-SHA256)" if check["keyed_from"] == 1 else
-              f"sealed with this workspace's key from entry {check['keyed_from']} on" if check["keyed_from"]
-              else "plain SHA-256 hashes (a log from before audit keys)")
+              f"sealed with this workspace's key from entry {check['keyed_from']} on")
     st.success(f"Chain verified: {check['entries']:,} entries, none altered or deleted; {sealed}.",
                icon=":material/verified:")
 else:

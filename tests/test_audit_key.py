@@ -206,19 +206,30 @@ def test_chain_rewritten_with_plain_hashes_fools_the_old_verify_not_the_new(ws, 
     assert code == 1 and "ALTERED at entry 1" in out
 
 
+def _as_older_evolab_wrote_it(ws):
+    """The workspace as an Evolab from before keys left it: no key identity in the database, no marker beside
+    the keys, a plain SHA-256 chain."""
+    _sql(ws, "DELETE FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from', 'audit_key_check')")
+    auditkey.forget_marker(ws.db)
+    _rewrite_plain(ws)
+
+
 def test_a_log_from_before_keys_is_keyed_from_its_next_entry(ws, capsys):
     old_id = _meta(ws)["workspace_id"]
-    _sql(ws, "DELETE FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from', 'audit_key_check')")
-    _rewrite_plain(ws)  # now exactly what an older Evolab wrote
+    _as_older_evolab_wrote_it(ws)
     n = len(ws.store.audit_entries())
     report = audit.verify(ws.store)
-    assert report.ok and report.keyed_from is None
+    assert (report.ok, report.case) == (False, "unkeyed")  # accepted only when asked
     code, out = _cli_verify(capsys, "--workspace", str(ws.root))
+    assert code == 1 and "UNKEYED" in out and "--accept-legacy" in out
+    assert audit.verify(ws.store, accept_legacy=True).ok
+    code, out = _cli_verify(capsys, "--workspace", str(ws.root), "--accept-legacy")
     assert code == 0 and "UNKEYED" in out
 
     ws.store.audit("alice", "note", "after the upgrade")
     meta = _meta(ws)
     assert meta["workspace_id"] != old_id and meta["audit_keyed_from"] == str(n + 1)
+    assert auditkey.read_marker(ws.db) == meta["workspace_id"]  # from now on it can never verify unkeyed
     path = _key_file(ws)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     entries = ws.store.audit_entries()
@@ -234,6 +245,86 @@ def test_a_log_from_before_keys_is_keyed_from_its_next_entry(ws, capsys):
     assert audit.verify(ws.store).ok
     _sql(ws, "UPDATE audit_log SET detail = '{}' WHERE seq = 1")  # the plain part is still checked
     assert (audit.verify(ws.store).case, audit.verify(ws.store).first_bad_seq) == ("altered", 1)
+
+
+def _rewrite_keyed(ws, workspace_id, key, actors=None):
+    """Re-key the whole log under `key` as `workspace_id`: the chain, the key check and a sealed head, all
+    consistent; what the attacker of a re-keyed or redirected log writes."""
+    con = duckdb.connect(str(ws.db))
+    rows = con.execute("SELECT seq, \"at\", actor, action, subject, detail FROM audit_log ORDER BY seq").fetchall()
+    prev = GENESIS_HASH
+    for seq, at, actor, action, subject, detail in rows:
+        actor = (actors or {}).get(seq, actor)
+        digest = entry_mac(key, prev, at, actor, action, subject, detail)
+        con.execute("UPDATE audit_log SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?", [actor, prev, digest, seq])
+        prev = digest
+    head = f"{rows[-1][0]}:{prev}"
+    con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+        ["workspace_id", workspace_id], ["audit_keyed_from", "1"],
+        ["audit_key_check", auditkey.key_check(key, workspace_id)],
+        ["audit_head", f"{head}:{auditkey.head_mac(key, head, 1)}"]])
+    con.close()
+
+
+@pytest.mark.parametrize("attack", ["downgraded", "rekeyed", "redirected"])
+def test_a_keyed_log_never_verifies_once_its_key_identity_is_tampered_with(ws, capsys, monkeypatch, attack):
+    """Issue 26.1: each forgery below is consistent from end to end (the old verify said intact, exit 0, and the
+    next entry re-keyed a downgraded log in silence); now verify names it and no entry is written over it."""
+    before = len(ws.store.audit_entries())
+    if attack == "downgraded":  # the key's rows deleted, entry 3 rewritten, a plain chain recomputed
+        _sql(ws, "DELETE FROM meta WHERE key IN ('workspace_id', 'audit_keyed_from', 'audit_key_check')")
+        _rewrite_plain(ws, actors={3: "mallory"})
+    elif attack == "rekeyed":  # a fresh id with a key of the attacker's making (as the silent re-key made one)
+        new_id = auditkey.new_workspace_id()
+        auditkey.create_key(new_id)
+        _rewrite_keyed(ws, new_id, auditkey.read_key(auditkey.key_path(new_id)), actors={3: "mallory"})
+    else:  # the id is a path: the key is read from a file the attacker wrote inside the workspace
+        key = secrets.token_bytes(32)
+        (ws.root / "forged.key").write_text(key.hex() + "\n")
+        _rewrite_keyed(ws, str(ws.root / "forged"), key, actors={3: "mallory"})
+
+    report = audit.verify(ws.store)
+    assert (report.ok, report.case) == (False, attack), report
+    for flags in ([], ["--accept-legacy"]):  # accepting legacy logs never accepts a log that was keyed
+        code, out = _cli_verify(capsys, "--workspace", str(ws.root), *flags)
+        assert code == 1 and f"audit log {attack.upper()}" in out, out
+    monkeypatch.setattr(auditkey, "_cache", {})  # a fresh process: nothing read yet
+    with pytest.raises(auditkey.AuditKeyError):
+        ws.store.audit("alice", "note", "after the forgery")
+    assert len(ws.store.audit_entries()) == before and audit.verify(ws.store).case == attack
+
+
+def test_an_export_with_its_key_identity_removed_fails(ws, tmp_path, capsys):
+    """Issue 26.1: an exported copy edited to `keyed_from: null` (and its chain recomputed plain) passed
+    `verify --file`; a copy naming a workspace id, or recording its keying, never verifies unkeyed, and a copy
+    with no trace of a key fails unless legacy logs are accepted by name."""
+    import json
+    from datetime import datetime
+
+    out = tmp_path / "audit.jsonl"
+    assert main(["audit", "export", "--workspace", str(ws.root), "--out", str(out)]) == 0
+    lines = [json.loads(t) for t in out.read_text().splitlines()]
+
+    def stripped(name, **ident):
+        prev, body = GENESIS_HASH, []
+        for line in lines[1:-1]:
+            line = {**line, "actor": "mallory" if line["seq"] == 3 else line["actor"], "prev_hash": prev}
+            line["hash"] = prev = entry_hash(prev, datetime.fromisoformat(line["at"]), line["actor"], line["action"],
+                                             line["subject"], line["detail"])
+            body.append(line)
+        path = tmp_path / name
+        rows = [{**lines[0], "keyed_from": None, **ident}, *body, {"record": "head", "head": f"{len(body)}:{prev}"}]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    capsys.readouterr()
+    with_id = stripped("with-id.jsonl")
+    for flags in ([], ["--accept-legacy"]):
+        code, text = _cli_verify(capsys, "--file", str(with_id), *flags)
+        assert code == 1 and "audit log DOWNGRADED" in text, text
+    bare = stripped("bare.jsonl", workspace_id=None, key_check=None)
+    code, text = _cli_verify(capsys, "--file", str(bare))
+    assert code == 1 and "audit log UNKEYED" in text and "--accept-legacy" in text
 
 
 def test_export_and_verify_the_copy_elsewhere(ws, tmp_path, capsys, monkeypatch):

@@ -135,6 +135,6 @@ def test_human_review_wins_and_rejections_are_never_trained_on(baseline_ws, monk
     for suffix in ("parquet", "jsonl"):
         out = tmp_path / f"kept.{suffix}"
         assert main(["samples", "export", "--workspace", root, "--cycle", str(outcome.cycle_id),
-                     "--out", str(out)]) == 0
+                     "--out", str(out), "--by", "alice"]) == 0
         frame = pd.read_parquet(out) if suffix == "parquet" else pd.read_json(out, lines=True)
         assert set(frame["status"]) <= {"kept", "approved"} and len(frame) > 0

@@ -25,7 +25,7 @@ def _plant_harm(ws, tmp_path, monkeypatch, policy):
     probes = tmp_path / "guardrails.csv"
     pd.DataFrame({"text": passing, "expected_label": "account_access",
                   "note": "hacked accounts must reach the access team"}).to_csv(probes, index=False)
-    add_guardrails(ws, probes)
+    add_guardrails(ws, probes, "test")
     config = ws.config()
     config.gates.drift_review.policy = policy
     config.drift.max_guardrail_drop = 0.0
@@ -74,10 +74,12 @@ def test_harmful_candidate_waits_under_human_and_is_never_promoted(baseline_ws, 
     assert "FAIL" in out and "guardrail" in out
 
 
-def test_guardrails_with_unknown_labels_are_refused(baseline_ws, tmp_path, capsys):
+def test_guardrails_with_unknown_labels_are_refused(baseline_ws, tmp_path, capsys, monkeypatch):
     path = tmp_path / "g.csv"
     path.write_text("text,expected_label,note\nmy card was stolen,lost_or_stolen,route to fraud\n")
-    assert main(["guardrails", "add", "--workspace", str(baseline_ws.root), "--file", str(path)]) == 1
+    auth.add_user(baseline_ws.store, "alice", "approver", "alice-secret")
+    monkeypatch.setenv("EVOLAB_PASSWORD", "alice-secret")
+    assert main(["guardrails", "add", "--workspace", str(baseline_ws.root), "--file", str(path), "--by", "alice"]) == 1
     assert "'lost_or_stolen'" in capsys.readouterr().err
     assert baseline_ws.store.guardrails().empty
 

@@ -113,13 +113,12 @@ def test_failed_checks_need_an_override_with_a_reason(baseline_ws, monkeypatch, 
     config.gates.data_review.policy = "auto"
     ws.save_config(config)
     auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
-    # a human gate whose checks failed is rejected at once by the engine; open one by hand to decide
+    # issue 26.8: a human gate whose checks failed waits for a person (it was rejected at once, so the
+    # documented override could never be used)
     outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
     gate = ws.store.gate_for(outcome.cycle_id, "promotion")
-    assert gate["status"] == "rejected" and not gate["checks"]["passed"]
-    con = duckdb.connect(str(ws.db))  # as if a person reopened it: the engine itself never does
-    con.execute("UPDATE gates SET status = 'pending', decided_by = NULL, decided_at = NULL WHERE id = ?", [gate["id"]])
-    con.close()
+    assert outcome.status == "waiting" and gate["status"] == "pending" and not gate["checks"]["passed"]
+    assert "--override" in outcome.message
     root, gid = ws.root, gate["id"]
     code, _, err = _cli(monkeypatch, capsys, "approve", "--workspace", root, gid, "--by", APPROVER)
     assert code == 1 and "checks failed" in err and "--override" in err
@@ -134,6 +133,7 @@ def test_failed_checks_need_an_override_with_a_reason(baseline_ws, monkeypatch, 
     assert entry["action"] == "gate_overridden" and json.loads(entry["detail"])["override"] is True
     code, out, _ = _cli(monkeypatch, capsys, "gates", "--workspace", root)
     assert code == 0 and "OVERRIDE: approved although its checks failed" in out
+    assert cycle.resume(ws, progress=False).status == "done" and ws.store.alias("production") == "v2"  # overridden in
 
 
 # -- 6: rollback only to a version that has been production -----------------------------------------------------
@@ -227,3 +227,118 @@ def test_feedback_is_verified_like_any_generator(baseline_ws):
     review = store.gate_for(outcome.cycle_id, "data_review")["checks"]
     assert review["generator_shares"].get("feedback", 0) > 0  # counted in the data review
 
+
+
+# -- issue 26.5: a hand edit of a key that governs oversight, execution or secrets waits for an approver -------
+def _hand_edit(ws, **sections):
+    """config.toml rewritten directly, as anyone who can write the workspace folder can."""
+    from core import atomic
+    from core.config import dump_config
+
+    config = ws.config()
+    for dotted, value in sections.items():
+        *path, leaf = dotted.split("__")
+        node = config
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, leaf, value)
+    atomic.write_text(ws.config_path, dump_config(config))
+
+
+@pytest.mark.parametrize("edit", [
+    {"gates__promotion__policy": "auto"},
+    {"curate__sandbox_callable": "os:system"},
+    {"scaffolds__llm__api_key_env": "AWS_SECRET_ACCESS_KEY", "scaffolds__llm__base_url": "http://evil.example/v1"}])
+def test_a_governed_hand_edit_stops_the_engine_until_an_approver_accepts_it(tmp_path, tiny_csvs, monkeypatch,
+                                                                            capsys, edit):
+    ws = make_workspace(tmp_path / "ws", tiny_csvs, fast_config(autonomous=False))
+    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    auth.add_user(ws.store, "victor", "viewer", "victor-secret")
+    _hand_edit(ws, train__epochs=3, **edit)  # epochs governs nothing: recorded, never held
+    keys = sorted(k.replace("__", ".") for k in edit)
+
+    code, out, err = _cli(monkeypatch, capsys, "resume", "--workspace", ws.root, "--quiet", password=None)
+    assert code == 1 and err.count("\n") == 1 and "edited by hand" in err and all(k in err for k in keys), err
+    entries = ws.store.audit_entries()
+    changed = json.loads(entries[entries["action"] == "config_changed"].iloc[-1]["detail"])
+    assert changed == {"train.epochs": {"from": 2, "to": 3}}
+    held = entries[entries["action"] == "config_change_held"]
+    assert len(held) == 1 and sorted(json.loads(held.iloc[0]["detail"])) == keys
+    with pytest.raises(Exception, match="edited by hand"):
+        cycle.evolve(ws, cycles=1, progress=False)
+    assert len(ws.store.audit_entries()[lambda f: f["action"] == "config_change_held"]) == 1  # not once a start
+    assert ws.store.cycles().empty  # nothing ran
+
+    # an approver setting another key does not launder the edit; a viewer cannot accept it
+    assert _cli(monkeypatch, capsys, "config", "set", "train.epochs", "4", "--workspace", ws.root, "--by",
+                APPROVER)[0] == 0
+    assert _cli(monkeypatch, capsys, "resume", "--workspace", ws.root, "--quiet")[0] == 1
+    code, _, err = _cli(monkeypatch, capsys, "config", "accept", "--workspace", ws.root, "--by", "victor",
+                        password="victor-secret")
+    assert code == 1 and "not an approver" in err
+    code, out, _ = _cli(monkeypatch, capsys, "config", "accept", "--workspace", ws.root, "--by", APPROVER)
+    assert code == 0 and all(k in out for k in keys)
+    entry = ws.store.audit_entries().iloc[-1]
+    assert entry["action"] == "config_accepted" and entry["actor"] == APPROVER
+    assert sorted(json.loads(entry["detail"])) == keys
+    code, out, _ = _cli(monkeypatch, capsys, "resume", "--workspace", ws.root, "--quiet")
+    assert code == 0 and "nothing to resume" in out
+
+
+# -- issue 26.6: guardrails add, samples export and scaffolds add go through core/actions.py ------------------
+def test_guardrails_exports_and_scaffolds_need_an_approver_and_are_audited(workspace, tmp_path, monkeypatch,
+                                                                         capsys):
+    ws = workspace
+    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    auth.add_user(ws.store, "victor", "viewer", "victor-secret")
+    probes = tmp_path / "g.csv"
+    probes.write_text("text,expected_label\nmy card was charged twice,billing_question\n")
+    scaffold = tmp_path / "s.json"
+    scaffold.write_text('{"name": "mine", "steps": [{"type": "classify"}, {"type": "retrieve", "k": 5}]}')
+    out = tmp_path / "kept.jsonl"
+    commands = {"guardrails_added": ["guardrails", "add", "--file", probes],
+                "samples_exported": ["samples", "export", "--out", out],
+                "scaffold_added": ["scaffolds", "add", "--file", scaffold]}
+    for action, args in commands.items():
+        base = [*args, "--workspace", ws.root]
+        code, _, err = _cli(monkeypatch, capsys, *base, password=None)
+        assert code == 1 and "--by" in err, (action, err)  # no credential, no write
+        code, _, err = _cli(monkeypatch, capsys, *base, "--by", "victor", password="victor-secret")
+        assert code == 1 and "'victor' is a viewer, not an approver" in err, (action, err)
+        assert action not in ws.store.audit_entries()["action"].tolist()
+        assert ws.store.guardrails().empty and not out.exists() and "mine" not in set(ws.store.scaffolds()["name"])
+    for action, args in commands.items():
+        code, _, err = _cli(monkeypatch, capsys, *args, "--workspace", ws.root, "--by", APPROVER)
+        assert code == 0, (action, err)
+        entry = ws.store.audit_entries().iloc[-1]
+        assert (entry["action"], entry["actor"]) == (action, APPROVER)
+    assert len(ws.store.guardrails()) == 1 and out.exists() and "mine" in set(ws.store.scaffolds()["name"])
+    assert json.loads(ws.store.audit_entries().query("action == 'samples_exported'").iloc[0]["detail"])["to"] == \
+        str(out.resolve())
+
+
+# -- issue 26.7: names someone typed cannot forge a line of the log, nor bury it --------------------------------
+def test_typed_names_cannot_forge_or_flood_the_audit_log(workspace, monkeypatch, capsys):
+    ws = workspace
+    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+    monkeypatch.setattr(auth, "GLOBAL_AUDITED", 4, raising=False)
+    forged = "bob\n   99  2030-01-01 00:00:00  alice          promoted             version:v9"
+    for name in (forged, "engine"):
+        code, _, err = _cli(monkeypatch, capsys, "approve", "1", "--workspace", ws.root, "--by", name,
+                            password="a-guess")
+        assert code == 1 and auth.REFUSED in err
+    for i in range(8):  # distinct unknown names: each would be the first failure of its own window
+        with pytest.raises(auth.AuthError):
+            auth.authenticate(ws.store, f"guess{i}", "a-guess", "test")
+    entries = ws.store.audit_entries()
+    refused = entries[entries["action"] == "auth_refused"]
+    assert refused["actor"].iloc[0].startswith("name-sha256:") and refused["actor"].iloc[1].startswith("name-sha256:")
+    assert "engine" not in set(refused["actor"])  # a typed engine name is not the engine
+    assert len(refused) == 4 and (entries["action"] == "auth_flood").sum() == 1  # bounded across names
+
+    ws.store.audit("token:x (bob\n   98  2030-01-01 00:00:00  alice)", "feedback_received", "feedback")
+    code, out, _ = _cli(monkeypatch, capsys, "audit", "list", "--workspace", ws.root)
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == len(ws.store.audit_entries())  # one line per entry, whatever a field holds
+    assert not any(line.lstrip().startswith(("99 ", "98 ")) for line in lines) and "\\n   98" in out

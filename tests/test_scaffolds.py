@@ -86,12 +86,16 @@ def test_mutations_give_valid_distinct_programs():
     assert {"insert", "remove", "swap", "llm"} <= seen  # structure, order and prompt text all mutate
 
 
-def test_cli_refuses_a_malformed_scaffold_file(workspace, tmp_path, capsys):
+def test_cli_refuses_a_malformed_scaffold_file(workspace, tmp_path, capsys, monkeypatch):
+    from core import auth
+
     bad = tmp_path / "bad.json"
     bad.write_text('{"steps": [{"type": "classify"}, {"type": "teleport"}]}')
-    assert main(["scaffolds", "add", "--workspace", str(workspace.root), "--file", str(bad)]) == 1
-    assert capsys.readouterr().err.strip() == "error: step 2: unknown step type 'teleport' (known: abstain, " \
-                                              "classify, llm, reflect, retrieve)"
+    auth.add_user(workspace.store, "alice", "approver", "alice-secret")
+    monkeypatch.setenv("EVOLAB_PASSWORD", "alice-secret")
+    assert main(["scaffolds", "add", "--workspace", str(workspace.root), "--file", str(bad), "--by", "alice"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: step 2: unknown step type 'teleport' " \
+                                                               "(known: abstain, classify, llm, reflect, retrieve)"
     assert main(["scaffolds", "trial", "--workspace", str(workspace.root), "--candidate", "s1"]) == 1
     assert "no production model yet" in capsys.readouterr().err
 
@@ -190,7 +194,7 @@ def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, 
     (tmp_path / "g.csv").write_text(f"text,expected_label,note\n{probe},{routed},declines must reach {routed}\n")
     from core.setup import add_guardrails
 
-    add_guardrails(ws, tmp_path / "g.csv")
+    add_guardrails(ws, tmp_path / "g.csv", "test")
     held = store.examples("heldout")
     wrong = next(label for label in store.labels() if label != routed)
     _ChatServer.answers = {**dict(zip(held["text"], held["label"])), probe: wrong}

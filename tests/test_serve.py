@@ -179,7 +179,7 @@ def test_feedback_needs_a_live_api_token(served):
         time.sleep(0.2)
     assert accepted >= 1 and _metric(client, "evolab_feedback_total") == before + accepted
     stored = ws.store.tokens()
-    assert second not in stored.to_string() and stored["token_hash"].str.startswith("$argon2id$").all()
+    assert second not in stored.to_string() and stored["token_hash"].str.startswith("hmac-sha256$").all()
 
 
 def test_an_adopted_scaffold_is_served_without_a_restart(served):
@@ -282,6 +282,42 @@ def test_promotion_and_rollback_swap_under_steady_load(pending_ws):
     logged = ws.store.production_summary()
     assert logged["predictions"] == len(seen)  # every request logged, flushed on shutdown
     assert set(logged["by_version"]["model_version"]) == {"v1", "v2"}
+
+
+def test_a_bearer_with_a_public_token_id_costs_no_slow_hash(workspace, monkeypatch):
+    """Issue 26.8: a bearer value starting with a token's public prefix made the server run argon2 (0.2 s,
+    64 MiB) per request before anyone was authenticated; a token is now found by its id and checked with one
+    HMAC of its high-entropy secret."""
+    from argon2 import PasswordHasher
+
+    from core.serve.tokens import TokenSet
+
+    real, slow = PasswordHasher.verify, []
+
+    def counting(self, *args, **kwargs):
+        slow.append(1)
+        return real(self, *args, **kwargs)
+
+    token = auth.new_token(workspace.store, "ops-bot", "test")
+    frame = workspace.store.tokens(active_only=True)
+    tokens = TokenSet(list(zip(frame["name"], frame["prefix"], frame["token_hash"])))
+    public = frame["prefix"].iloc[0]  # what `tokens list` shows anyone who can read the workspace
+    monkeypatch.setattr(PasswordHasher, "verify", counting)
+    guesses = [f"{public}_{'x' * 43}", f"{public}{token[len(public):-1]}", token[:len(public)] + "_guess"]
+    started = time.perf_counter()
+    assert [tokens.name_for(g) for g in guesses] == [None, None, None]
+    assert not slow and time.perf_counter() - started < 0.05
+    assert tokens.name_for(token) == "ops-bot" and not slow
+
+
+def test_serving_beyond_loopback_warns(capsys, tmp_path):
+    """Issue 26.8: `serve --host 0.0.0.0` said nothing about being reachable from the network."""
+    from core.cli import main
+
+    for host, warned in (("0.0.0.0", True), ("127.0.0.1", False), ("localhost", False)):
+        assert main(["serve", "--workspace", str(tmp_path / "none"), "--host", host]) == 1  # no workspace there
+        err = capsys.readouterr().err
+        assert ("warning: the server listens on" in err) == warned and "no Evolab workspace" in err
 
 
 def test_server_without_production_model_fails_in_one_line(workspace):

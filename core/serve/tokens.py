@@ -1,49 +1,39 @@
 """Which API token a request carries, without touching the store on the request path.
 
-The active tokens (name, prefix, salted hash) are read at start and re-read by a HotSwap whenever the set
-of active token names changes, so a revocation takes effect within `serve.poll_s`. A token's argon2 check
-is slow by design; a token seen once is remembered by its SHA-256 for as long as its name stays active.
+The active tokens (name, public part, keyed hash) are read at start and re-read by a HotSwap whenever the set
+of active token names changes, so a revocation takes effect within `serve.poll_s`. A request's token is found
+by its public id and checked with one HMAC (core.auth.token_matches): no slow hash runs for anyone unsigned.
 """
 from __future__ import annotations
 
-import hashlib
-import threading
+import logging
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-
-from core.auth import TOKEN_PREFIX
+from core.auth import TOKEN_HASH, split_token, token_matches
 from core.serve.swap import HotSwap, Keys
 from core.workspace import Workspace
 
-_hasher = PasswordHasher()
+log = logging.getLogger("evolab.serve")
 
 
 class TokenSet:
     def __init__(self, rows: list[tuple[str, str, str]]):
-        self.rows = rows  # (name, prefix, hash) of every active token
+        self.rows = rows  # (name, public part, hash) of every active token
         self.names = frozenset(name for name, _, _ in rows)
-        self._seen: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._by_id: dict[str, list[tuple[str, str]]] = {}
+        for name, public, token_hash in rows:
+            if not token_hash.startswith(TOKEN_HASH + "$"):
+                log.warning("API token '%s' was made before token ids and is no longer accepted: rotate it "
+                            "(`tokens add NAME-2`, move the client, `tokens revoke %s`)", name, name)
+                continue
+            self._by_id.setdefault(public, []).append((name, token_hash))
 
     def name_for(self, token: str | None) -> str | None:
-        if not token or not token.startswith(TOKEN_PREFIX):
+        parts = split_token(token)
+        if parts is None:
             return None
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        with self._lock:
-            if digest in self._seen:
-                return self._seen[digest]
-        for name, prefix, token_hash in self.rows:
-            if prefix != token[:len(prefix)]:
-                continue
-            try:
-                _hasher.verify(token_hash, token)
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
-                continue
-            with self._lock:
-                self._seen[digest] = name
-            return name
-        return None
+        public, secret = parts
+        return next((name for name, token_hash in self._by_id.get(public, ()) if token_matches(token_hash, secret)),
+                    None)
 
 
 class Tokens:
