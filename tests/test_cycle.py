@@ -114,7 +114,9 @@ def test_policies():
     # --auto-approve never decides a human gate, and the waiting message says so
     flagged = gates.automatic_verdict(GateConfig(policy="human"), passed, True)
     assert flagged.action == "wait" and "never decides a gate whose policy is human" in flagged.comment
-    assert gates.automatic_verdict(GateConfig(policy="human"), failed, True).action == "reject"
+    # a failed promotion under `human` waits for a person, who may override it with a reason (issue 26, point 8)
+    assert gates.automatic_verdict(GateConfig(policy="human"), failed, True).action == "wait"
+    assert gates.automatic_verdict(GateConfig(policy="auto"), failed, False).action == "reject"
     assert gates.automatic_verdict(GateConfig(policy="auto"), passed, False).action == "approve"
     under = GateConfig(policy="auto_under_thresholds")
     assert gates.automatic_verdict(under, passed, False).action == "wait"
