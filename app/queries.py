@@ -168,8 +168,11 @@ def overview(ws: str) -> dict:
     traffic = store.production_summary()
     now = utcnow()
     attention.update(problems(timeline, now))
+    from core import traffic as traffic_rows
+
     return {"timeline": timeline, "attention": attention, "traffic": traffic, "read_at": now,
-            "production": _version(names.get("production")), "candidate": _version(names.get("candidate"))}
+            "production": _version(names.get("production")), "candidate": _version(names.get("candidate")),
+            "resemblance": traffic_rows.latest_resemblance(store)}
 
 
 def _version(value) -> str | None:

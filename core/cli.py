@@ -126,7 +126,7 @@ def cmd_abandon(args) -> int:
 def status_dict(ws) -> dict:
     from core.scaffolds.archive import production as production_scaffold
 
-    from core import stats
+    from core import stats, traffic
 
     store = ws.store
     cycles = store.cycles()
@@ -145,6 +145,7 @@ def status_dict(ws) -> dict:
                     "error": r.error} for r in cycles.itertuples()],
         "pending_gates": [int(g) for g in store.gates("pending")["id"]],
         "versions": {v: evals.get(v) for v in store.versions()["version"]},
+        "heldout_resemblance": traffic.latest_resemblance(store),
     }
 
 
@@ -157,6 +158,8 @@ def _estimate(est: dict) -> str:
 
 
 def cmd_status(args) -> int:
+    from core import traffic
+
     info = status_dict(_ws(args))
     if args.json:
         _print_json(info)
@@ -167,6 +170,7 @@ def cmd_status(args) -> int:
     print(f"production  {prod or '-'}" + (f"  (gate estimate {_estimate(est)})" if est else ""))
     print(f"scaffold    {info['production_scaffold']}")
     print(f"candidate   {info['candidate'] or '-'}")
+    print(f"held-out    resembles traffic {traffic.describe(info['heldout_resemblance'])}")
     for c in info["cycles"]:
         est = c["candidate_gate_estimate"]
         print(f"cycle {c['id']:>3}  {c['kind']:<8} {c['status']:<8} stage={c['stage']:<8} "
@@ -197,6 +201,10 @@ def cmd_gates(args) -> int:
             traffic = checks.get("traffic") or {}
             print("    " + "; ".join(f"{name} {_estimate(traffic.get(name) or checks[name])}"
                                      for name in ("candidate", "production") if checks.get(name)))
+            if checks.get("resemblance"):
+                from core.traffic import describe
+
+                print(f"    held-out rows resemble traffic {describe(checks['resemblance'])}")
         print(f"    {'; '.join(checks.get('reasons', []))}")
     return 0
 

@@ -190,3 +190,29 @@ def resemblance(ws) -> dict | None:
             "seed_proximity": {"heldout": float(near_held.mean()), "probe": float(near_probe.mean())},
             "heldout_rows": int(len(held)), "probe_rows": int(len(probe)),
             "method": "held-out vs probe rows' similarity to the nearest seed row (base encoder), ROC AUC"}
+
+
+def latest_resemblance(store) -> dict | None:
+    """The resemblance the newest promotion gate measured (core/gates.py stores it with its checks), with the
+    gate's id; None before any."""
+    frame = store.gates()
+    frame = frame[frame["kind"] == "promotion"].sort_values("id", ascending=False)
+    for row in frame.itertuples():
+        found = json.loads(row.checks or "{}").get("resemblance")
+        if found:
+            return {**found, "gate": int(row.id)}
+    return None
+
+
+def describe(found: dict | None) -> str:
+    """One line for people: how much the held-out rows look like traffic, and what follows."""
+    if not found:
+        return "not measured yet (the first promotion gate with a production model and a traffic probe measures it)"
+    near = found["seed_proximity"]
+    text = (f"{found['resemblance']:.2f} (1 = alike): held-out rows sit {near['heldout']:.3f} from the seed, "
+            f"traffic {near['probe']:.3f} (cosine to the nearest seed row; AUC {found['auc']:.2f})")
+    if found["resemblance"] < 0.8:
+        text += ("; held-out rows nearer the seed reward a seed-only model, so without traffic labels the gate "
+                 "leans on the traffic estimates and every estimate may read high: label traffic "
+                 "(gates.traffic_labels_per_cycle) to correct them")
+    return text

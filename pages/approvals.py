@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app import nav, queries, session, tables
-from core import actions
+from core import actions, traffic as traffic_rows
 from core.auth import AuthError
 from core.store import StoreConflict
 
@@ -47,6 +47,8 @@ def _ci(est: dict | None) -> str | None:
         return None
     rows = (f"{est['n']} traffic probe rows and {est['gate_rows']} gate rows" if "gate_rows" in est
             else f"{est['n']} gate rows")
+    if est.get("labeled"):
+        rows += f", corrected by {est['labeled']} traffic labels"
     return f"95% CI {tables.percent(est['ci_low'])} to {tables.percent(est['ci_high'])}, from {rows}"
 
 
@@ -75,9 +77,23 @@ def promotion_evidence(gate: dict, checks: dict) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric(f"Candidate {gate['candidate'] or ''}, {where}", _interval(shown_cand), help=_ci(shown_cand))
     c2.metric(f"Production {gate['production'] or ''}, {where}", _interval(shown_prod), help=_ci(shown_prod))
-    c3.metric("Gain on the gate rows", tables.EMPTY if gain is None else f"{100 * gain:+.2f} pts",
-              help=(f"95% CI {100 * detail['ci_low']:+.2f} to {100 * detail['ci_high']:+.2f} pts; " if detail else "")
-              + f"must beat {100 * checks['min_gain']:+.2f} pts")
+    decided_on = checks.get("decided_on") or "gate rows"
+    deciding = checks.get("decision_gain") or detail
+    c3.metric(f"Gain on {decided_on}", tables.EMPTY if gain is None else f"{100 * gain:+.2f} pts",
+              help=(f"95% CI {100 * deciding['ci_low']:+.2f} to {100 * deciding['ci_high']:+.2f} pts; "
+                    if deciding else "") + f"must beat {100 * checks['min_gain']:+.2f} pts")
+    if checks.get("traffic_gain"):
+        t = checks["traffic_gain"]
+        st.caption(f"Decided on traffic labels: {t['labeled']} of the {t['disagreements']} probe rows where the two "
+                   f"models disagree were labeled by people (drawn at random, each weighted by its probability), of "
+                   f"{t['n']} probe rows; on the gate rows the gain is {change(detail.get('gain'))}.")
+    elif decided_on != "gate rows" and deciding:
+        st.caption(f"Decided on the gate rows blended with the traffic estimates: the held-out rows resemble traffic "
+                   f"{deciding['resemblance']:.2f}, so the gate rows' gain ({change(deciding['gate_rows_gain'])}) "
+                   f"counts {deciding['resemblance']:.2f} and the label-free traffic estimates' "
+                   f"({change(deciding['traffic_estimate_gain'])}) the rest.")
+    if checks.get("resemblance"):
+        st.caption("Held-out rows resemble traffic " + traffic_rows.describe(checks["resemblance"]))
     st.caption(" · ".join(filter(None, [f"Candidate: {_ci(shown_cand)}" if _ci(shown_cand) else None,
                                         f"production: {_ci(shown_prod)}" if _ci(shown_prod) else None])))
     st.caption("The gate rows are the part of the held-out set no training, checkpoint choice or diagnosis has "

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import nav, queries, tables
+from core import traffic
 from core.store import StoreBusy
 
 ws = queries.workspace_path()
@@ -142,7 +143,7 @@ def evolution(was_live: bool) -> None:
     production, candidate = data["production"], data["candidate"]
     made = timeline.set_index("candidate_version")["cand_acc"].dropna() if production else None
     prod_acc = made.get(production) if made is not None else None
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     c1.metric("Production", production or tables.EMPTY)
     c2.metric("Production estimate", tables.percent(prod_acc, 1),
               help="production's expected accuracy on traffic, carried over from the gate rows by a probe of "
@@ -152,6 +153,11 @@ def evolution(was_live: bool) -> None:
     c4.metric("Cycles", f"{len(timeline):,}", help=f"{counts.get('done', 0)} promoted, "
                                                    f"{counts.get('rejected', 0)} rejected, "
                                                    f"{counts.get('failed', 0)} failed")
+    found = data["resemblance"]
+    c5.metric("Held-out like traffic", tables.EMPTY if not found else f"{found['resemblance']:.2f}",
+              help="How much the held-out rows look like traffic (1 = alike): " + traffic.describe(found))
+    if found and found["resemblance"] < 0.8:
+        st.warning("Held-out rows look unlike traffic: " + traffic.describe(found), icon=":material/warning:")
 
     st.subheader("Cycles")
     tables.show(timeline, TIMELINE, {"cycle_id": "count", "created_at": "time", "finished_at": "time"})
