@@ -569,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"config overrides: {', '.join(args.overrides)}", flush=True)
         scorer = DevScorer(ws, dev_df)
         oracle = Oracle(ws, pool_df) if args.oracle_budget or args.oracle_eval_budget else None
+        eval_oracle = bool(oracle and args.oracle_eval_budget)
         printed_header = False
         # One evolve call per cycle; the first call also runs the baseline (reported as cycle 0).
         for _ in range(max(args.cycles, 1)):
@@ -576,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             t_call = time.perf_counter()
 
             def on_outcome(outcome, marks=marks):
+                if eval_oracle and outcome.status == "waiting" and outcome.gate_id is None:
+                    return  # waiting for traffic labels: the oracle answers below and the cycle goes on
                 marks.append((outcome, time.perf_counter(), ws.store.alias("production")))
 
             try:
@@ -583,16 +586,13 @@ def main(argv: list[str] | None = None) -> int:
                     cid = cycle.start_cycle(ws)
                     on_outcome(cycle.run_cycle(ws, cid, progress=not args.quiet))
                 else:
-                    outcomes = cycle.evolve(ws, cycles=1, progress=not args.quiet)
-                    # A cycle waiting for traffic labels (no gate): the oracle answers its draw, the cycle goes on.
-                    while oracle and args.oracle_eval_budget and outcomes[-1].status == "waiting" \
-                            and outcomes[-1].gate_id is None:
+                    outcomes = cycle.evolve(ws, cycles=1, progress=not args.quiet, on_outcome=on_outcome)
+                    while eval_oracle and outcomes[-1].status == "waiting" and outcomes[-1].gate_id is None:
                         answered = oracle.answer("evaluate")
                         print(f"      oracle answered {answered} traffic labels for cycle {outcomes[-1].cycle_id}",
                               flush=True)
-                        outcomes = outcomes[:-1] + [cycle.resume(ws, progress=not args.quiet)]
-                    for outcome in outcomes:
-                        on_outcome(outcome)
+                        outcomes = [cycle.resume(ws, progress=not args.quiet)]
+                        on_outcome(outcomes[-1])
             finally:
                 previous = t_call
                 for outcome, at, production in marks:

@@ -75,6 +75,9 @@ def run_demo(root: Path | None = None, cycles: int = 1, port: int = 8501, preset
         # promotion waits for a person in the approvals inbox.
         config.gates.promotion.policy = "auto_under_thresholds"
         config.gates.promotion.auto_min_gain = 1.0
+        # Each later cycle asks a person to label ten traffic rows where candidate and production disagree
+        # (the label queue, first on the Overview) before its gate opens; they grade, never train.
+        config.gates.traffic_labels_per_cycle = 10
         if preset:
             ws, notes = init_preset(root, preset, config)
             print("\n".join(notes))

@@ -130,7 +130,7 @@ MIGRATIONS: list[str] = [
         status VARCHAR NOT NULL, label VARCHAR, answered_by VARCHAR, answered_at TIMESTAMP, created_at TIMESTAMP);
     """,
     # v12: the traffic probe: unlabeled rows set aside at init that nothing trains on or labels, whose
-    # confidences carry the gate's held-out accuracy over to traffic (stats.traffic_estimate); an
+    # confidences carry the gate's held-out accuracy over to traffic (core/traffic.py); an
     # evaluation's detail holds that estimate and its interval
     """
     CREATE TABLE traffic_probe(example_id BIGINT PRIMARY KEY);

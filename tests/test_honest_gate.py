@@ -109,14 +109,14 @@ def test_the_traffic_estimate_covers_harder_traffic_where_the_gate_rows_miss_it(
         gate_conf, gate_ok = _answers(rng, 300, 1.9)
         probe_conf, _ = _answers(rng, 500, 1.3)
         truth = _answers(rng, 50_000, 1.3)[1].mean()
-        est = stats.traffic_estimate(gate_conf, gate_ok, probe_conf, resamples=400)
+        est = stats.label_free_rows(gate_conf, gate_ok, probe_conf, resamples=400)
         held = stats.estimate(gate_ok)
         misses += not held["ci_low"] <= truth <= held["ci_high"]
         covers += est["ci_low"] <= truth <= est["ci_high"]
-        assert est["n"] == 500 and est["gate_rows"] == 300 and est["ci_low"] <= est["accuracy"] <= est["ci_high"]
+        assert len(est["per_row"]) == 500 and est["ci_low"] <= est["accuracy"] <= est["ci_high"]
     assert misses >= 18 and covers >= 15, (misses, covers)
     with pytest.raises(ValueError, match="needs gate rows and probe rows"):
-        stats.traffic_estimate([0.9], [True], [])
+        stats.label_free_rows([0.9], [True], [])
 
 
 def test_the_traffic_probe_is_drawn_once_and_kept_from_curation(tmp_path, tiny_csvs):
