@@ -146,19 +146,20 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                              asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
                              seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                              view=views.for_config(cfg.curate.teacher_encoder, ws.root))
-    heldout = store.examples("heldout")
+    # Held-out and traffic-probe texts: a sample that copies one would train on what grades or estimates it.
+    protected = curate.filters.protected(store.examples("heldout"), store.traffic_probe())
     # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
     # removed, however the stage ends.
     with check.open_check(cfg.curate) as context.check:
         if context.check is not None:
             _say(ctx["progress"], f"  curate: every candidate is executed by {context.check.name}")
-        samples, report = curate.curate(context, heldout, store.reviewed_samples(cycle["id"]), ctx["progress"])
+        samples, report = curate.curate(context, protected, store.reviewed_samples(cycle["id"]), ctx["progress"])
     requests = None
     if cfg.curate.ask_humans_per_cycle:
-        # Never ask again about a text already asked (in another cycle, or answered), nor about a held-out text.
+        # Never ask again about a text already asked (in another cycle, or answered), nor about a protected text.
         asked = store.label_requests()
         asked = asked[(asked["cycle_id"] != cycle["id"]) | (asked["status"] != "pending")]
-        requests = ask.choose(context, cfg.curate.ask_humans_per_cycle, set(asked["text"]) | set(heldout["text"]))
+        requests = ask.choose(context, cfg.curate.ask_humans_per_cycle, set(asked["text"]) | set(protected["text"]))
         report["label_requests"] = len(requests)
     store.save_samples(cycle["id"], samples, step.next, requests)
     ctx["stage_detail"] = report
