@@ -101,8 +101,22 @@ def cycle_rejection(store, cycle_id: int) -> list[dict]:
         gate = store.gate_for(cycle_id, kind)
         if gate is not None and gate["status"] == "rejected":
             report = (store.drift_report(cycle_id) or {}).get("report") if kind == "drift_review" else None
-            found += lessons.from_rejection(cycle_id, gate, report)
+            selection = selection_results(store, cycle_id) if kind == "promotion" else None
+            found += lessons.from_rejection(cycle_id, gate, report, selection)
     return found
+
+
+def selection_results(store, cycle_id: int) -> pd.DataFrame | None:
+    """The cycle's candidate and production side by side on the selection rows, where a promotion rejection's
+    lesson is read (never on the gate rows that will grade the next candidate); None where either is unscored."""
+    cycle = store.cycle(cycle_id)
+    if not cycle["candidate_version"] or not cycle["parent_version"]:
+        return None
+    candidate = store.eval_results(cycle["candidate_version"], "selection")
+    production = store.eval_results(cycle["parent_version"], "selection")
+    if candidate.empty or production.empty:
+        return None
+    return gates.paired_results(candidate, production, "selection")
 
 
 # -- stages ----------------------------------------------------------------------------------------

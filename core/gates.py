@@ -40,13 +40,10 @@ def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.D
                       within_thresholds=True)
         checks["reasons"].append("no production model yet: this is the baseline")
         return checks
-    paired = production.merge(candidate, on="example_id", suffixes=("_prod", "_cand"))
-    if len(paired) != len(candidate):
-        raise ValueError("production and candidate were not scored on the same gate rows")
+    paired = paired_results(candidate, production, "gate")
     prod = stats.estimate(paired["correct_prod"].astype(bool))
     gain = stats.paired_gain(paired["correct_prod"].astype(bool), paired["correct_cand"].astype(bool))
-    forgetting = stats.forgetting_test(paired["label_cand"], paired["predicted_prod"], paired["predicted_cand"],
-                                       cfg.forgetting_alpha, cfg.max_recall_drop)
+    forgetting = forgotten(paired, cfg.forgetting_alpha, cfg.max_recall_drop)
     checks.update(production=prod, production_accuracy=prod["accuracy"], gain=gain["gain"], gain_detail=gain,
                   forgetting=forgetting, within_thresholds=gain["gain"] >= cfg.promotion.auto_min_gain)
     if not gain["gain"] > cfg.min_gain:
@@ -62,6 +59,20 @@ def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.D
             f"{gain['fixed']} fixed / {gain['broken']} broken of {gain['n']} gate rows); no class forgotten"
             + (f" (closest: '{closest['label']}', adjusted p={closest['p_adjusted']:.3f})" if closest else ""))
     return checks
+
+
+def paired_results(candidate: pd.DataFrame, production: pd.DataFrame, part: str) -> pd.DataFrame:
+    """Both versions' per-row results on the same rows of one part, side by side (columns _prod, _cand)."""
+    paired = production.merge(candidate, on="example_id", suffixes=("_prod", "_cand"))
+    if len(paired) != len(candidate):
+        raise ValueError(f"production and candidate were not scored on the same {part} rows")
+    return paired
+
+
+def forgotten(paired: pd.DataFrame, alpha: float, max_drop: float) -> dict:
+    """The forgetting test (stats.forgetting_test) on paired results."""
+    return stats.forgetting_test(paired["label_cand"], paired["predicted_prod"], paired["predicted_cand"], alpha,
+                                 max_drop)
 
 
 def describe_forgotten(row: dict, forgetting: dict) -> str:
