@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = trial["result"]["checks"]
         t_search = time.perf_counter() - t1
         print(f"search: {outcome.message}; winner {trial['candidate_id']} ({t_search:.0f}s)")
-        print(f"  A/B on the held-out A/B part (n={checks['n']}): {'; '.join(checks['reasons'])}")
+        print(f"  A/B on the trial's A/B half of the selection rows (n={checks['n']}): {'; '.join(checks['reasons'])}")
 
         loaded = registry.load(ws, "v1")
         batch = Batch(loaded, dev_df["text"].tolist(), bank_for(ws, loaded), llm_asker(config.scaffolds.llm),

@@ -103,8 +103,22 @@ def cycle_rejection(store, cycle_id: int) -> list[dict]:
         gate = store.gate_for(cycle_id, kind)
         if gate is not None and gate["status"] == "rejected":
             report = (store.drift_report(cycle_id) or {}).get("report") if kind == "drift_review" else None
-            found += lessons.from_rejection(cycle_id, gate, report)
+            selection = selection_results(store, cycle_id) if kind == "promotion" else None
+            found += lessons.from_rejection(cycle_id, gate, report, selection)
     return found
+
+
+def selection_results(store, cycle_id: int) -> pd.DataFrame | None:
+    """The cycle's candidate and production side by side on the selection rows, where a promotion rejection's
+    lesson is read (never on the gate rows that will grade the next candidate); None where either is unscored."""
+    cycle = store.cycle(cycle_id)
+    if not cycle["candidate_version"] or not cycle["parent_version"]:
+        return None
+    candidate = store.eval_results(cycle["candidate_version"], "selection")
+    production = store.eval_results(cycle["parent_version"], "selection")
+    if candidate.empty or production.empty:
+        return None
+    return gates.paired_results(candidate, production, "selection")
 
 
 # -- stages ----------------------------------------------------------------------------------------
@@ -148,19 +162,20 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                              asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
                              seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                              view=views.for_config(cfg.curate.teacher_encoder, ws.root))
-    heldout = store.examples("heldout")
+    # Held-out and traffic-probe texts: a sample that copies one would train on what grades or estimates it.
+    protected = curate.filters.protected(store.examples("heldout"), store.traffic_probe())
     # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
     # removed, however the stage ends.
     with check.open_check(cfg.curate) as context.check:
         if context.check is not None:
             _say(ctx["progress"], f"  curate: every candidate is executed by {context.check.name}")
-        samples, report = curate.curate(context, heldout, store.reviewed_samples(cycle["id"]), ctx["progress"])
+        samples, report = curate.curate(context, protected, store.reviewed_samples(cycle["id"]), ctx["progress"])
     requests = None
     if cfg.curate.ask_humans_per_cycle:
-        # Never ask again about a text already asked (in another cycle, or answered), nor about a held-out text.
+        # Never ask again about a text already asked (in another cycle, or answered), nor about a protected text.
         asked = store.label_requests()
         asked = asked[(asked["cycle_id"] != cycle["id"]) | (asked["status"] != "pending")]
-        requests = ask.choose(context, cfg.curate.ask_humans_per_cycle, set(asked["text"]) | set(heldout["text"]))
+        requests = ask.choose(context, cfg.curate.ask_humans_per_cycle, set(asked["text"]) | set(protected["text"]))
         report["label_requests"] = len(requests)
     store.save_samples(cycle["id"], samples, step.next, requests)
     ctx["stage_detail"] = report

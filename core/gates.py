@@ -41,13 +41,10 @@ def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.D
                       within_thresholds=True, decided_on=None)
         checks["reasons"].append("no production model yet: this is the baseline")
         return checks
-    paired = production.merge(candidate, on="example_id", suffixes=("_prod", "_cand"))
-    if len(paired) != len(candidate):
-        raise ValueError("production and candidate were not scored on the same gate rows")
+    paired = paired_results(candidate, production, "gate")
     prod = stats.estimate(paired["correct_prod"].astype(bool))
     gain = stats.paired_gain(paired["correct_prod"].astype(bool), paired["correct_cand"].astype(bool))
-    forgetting = stats.forgetting_test(paired["label_cand"], paired["predicted_prod"], paired["predicted_cand"],
-                                       cfg.forgetting_alpha, cfg.max_recall_drop)
+    forgetting = forgotten(paired, cfg.forgetting_alpha, cfg.max_recall_drop)
     if traffic.get("gain"):
         deciding, where = traffic["gain"], "traffic labels"
         rows = (f"{deciding['labeled']} labeled of {deciding['disagreements']} probe rows where the two disagree, "
@@ -95,6 +92,20 @@ def unlabeled_gain(gate: dict, traffic: dict) -> tuple[dict, str, str]:
     return (deciding, "gate rows and traffic estimates",
             f"{similar:.2f} x gate rows' {gate['gain']:+.4f} ({rows}) + {1 - similar:.2f} x the label-free "
             f"traffic estimates' {on_traffic:+.4f}; held-out rows resemble traffic {similar:.2f}")
+
+
+def paired_results(candidate: pd.DataFrame, production: pd.DataFrame, part: str) -> pd.DataFrame:
+    """Both versions' per-row results on the same rows of one part, side by side (columns _prod, _cand)."""
+    paired = production.merge(candidate, on="example_id", suffixes=("_prod", "_cand"))
+    if len(paired) != len(candidate):
+        raise ValueError(f"production and candidate were not scored on the same {part} rows")
+    return paired
+
+
+def forgotten(paired: pd.DataFrame, alpha: float, max_drop: float) -> dict:
+    """The forgetting test (stats.forgetting_test) on paired results."""
+    return stats.forgetting_test(paired["label_cand"], paired["predicted_prod"], paired["predicted_cand"], alpha,
+                                 max_drop)
 
 
 def describe_forgotten(row: dict, forgetting: dict) -> str:

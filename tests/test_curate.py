@@ -57,6 +57,29 @@ def test_a_good_sample_is_kept_with_difficulty_and_scores(baseline_ws):
     assert samples["difficulty"].iloc[0] in (0, 1, 2, 3)
 
 
+def test_a_generated_traffic_probe_text_is_dropped_as_contamination(baseline_ws):
+    """The probe's texts carry the gate's accuracy over to traffic: a generator that writes one, word for word
+    or nearly, would train the candidate on what estimates it. The curate stage drops both like a held-out copy."""
+    ws, store = baseline_ws, baseline_ws.store
+    probe = store.traffic_probe()["text"]
+    assert len(probe) and set(probe).isdisjoint(store.unlabeled_pool()["text"]), "precondition: a probe is set aside"
+    longest = probe[probe.str.len().sort_values(ascending=False).index].tolist()
+    exact, near = longest[0], longest[1] + " thanks"
+    (ws.root / "templates.json").write_text(json.dumps({"templates": {"billing_question": [exact, near]},
+                                                        "slots": {}}))
+    config = ws.config()
+    config.curate.generators = ["templates"]
+    ws.save_config(config)
+    cycle_id = store.create_cycle("evolve", "curate", "v1", "test")
+    cycle.stage_curate(ws, store.cycle(cycle_id), {"progress": False}, cycle.FLOWS["evolve"]["curate"])
+    samples = store.samples(cycle_id)
+    assert set(samples["text"]) == {exact, near} and (samples["status"] == "dropped").all()
+    for text, copied in ((exact, exact), (near, longest[1])):
+        reason = samples[samples["text"] == text]["reason"].iloc[0]  # later copies are duplicates of this one
+        assert reason.startswith("contamination: ") and reason.endswith(f"similar to traffic probe text "
+                                                                        f"{copied[:60]!r}"), reason
+
+
 class _ChatServer(ChatHandler):
     requests: list = []
 

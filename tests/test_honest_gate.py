@@ -178,6 +178,67 @@ def test_heldout_parts_are_stratified_stored_and_kept_apart(baseline_ws):
     assert checks["candidate"]["ci_low"] <= checks["candidate_accuracy"] <= checks["candidate"]["ci_high"]
 
 
+# -- a rejection's lesson is read off the selection rows ------------------------------------------------------
+def _plant(rows: pd.DataFrame, broken: str = "", to: str = "") -> pd.DataFrame:
+    """Results of a version that answers every row right except `broken`'s rows, which it sends to `to`."""
+    predicted = rows["label"].where(rows["label"] != broken, to)
+    return pd.DataFrame({"example_id": rows["id"], "predicted": predicted, "confidence": 0.9,
+                         "correct": predicted == rows["label"]})
+
+
+def test_a_forgetting_lesson_comes_from_the_selection_rows_not_the_gate_rows(tmp_path, tiny_csvs, monkeypatch):
+    """The gate rows grade the next candidate, so what a promotion rejection teaches it is not read off them.
+    Planted: the candidate forgets shipping_delay on the selection rows and account_access on the gate rows. The
+    gate rejects for account_access; the lesson teaches shipping_delay, with selection rows as its evidence, and
+    no gate row's result is read to make it. Where the selection rows show nothing forgotten, nothing is taught."""
+    from datetime import timedelta
+
+    from core.store import Store, utcnow
+    from tests.conftest import DATA, LABELS, make_workspace
+
+    held = pd.read_csv(DATA / "tickets_heldout.csv")
+    held[held["label"].isin(LABELS)].groupby("label").head(6).to_csv(tmp_path / "held.csv", index=False)
+    config = fast_config()
+    config.data.selection_fraction = 0.5  # 3 selection and 3 gate rows a class: enough for the test on either
+    ws = make_workspace(tmp_path / "ws", {**tiny_csvs, "heldout": tmp_path / "held.csv"}, config)
+    store = ws.store
+    parts = {part: store.heldout(part) for part in ("selection", "gate")}
+    cycle_id = store.create_cycle("evolve", "gate", "v1", "test")
+    for num, version in ((1, "v1"), (2, "v2")):
+        store.register_version(version, num, cycle_id if version == "v2" else None, None, "base", f"models/{version}",
+                               {}, {}, "test")
+    store.save_evaluation("v1", {p: (_plant(rows), 1.0, {}) for p, rows in parts.items()})
+    store.save_evaluation("v2", {
+        "selection": (_plant(parts["selection"], "shipping_delay", "billing_question"), 0.75, {}),
+        "gate": (_plant(parts["gate"], "account_access", "payment_processing_error"), 0.75, {})})
+    checks = gates.promotion_checks(GatesConfig(), store.eval_results("v2", "gate"), store.eval_results("v1", "gate"))
+    assert [f["label"] for f in checks["forgetting"]["flagged"]] == ["account_access"], "precondition"
+    gate_id = store.open_gate(cycle_id, "promotion", "auto", checks, utcnow() + timedelta(days=1))
+    store.decide_gate(gate_id, False, "auto", "checks failed", True)
+    store.reject_cycle(cycle_id, "auto", "checks failed")
+
+    read_parts: list = []
+    eval_results = Store.eval_results
+    monkeypatch.setattr(Store, "eval_results", lambda self, version, part=None: (
+        read_parts.append(part), eval_results(self, version, part))[1])
+    [lesson] = cycle.rejection_findings(store, "v1", None)
+    assert lesson["subject"] == "shipping_delay" and "3 of 3 selection rows broken" in lesson["detail"]["reason"]
+    assert read_parts and set(read_parts) == {"selection"}
+    assert lesson["detail"]["remedy"] == {"hold_back": ["shipping_delay", "billing_question"],
+                                          "upweight": ["shipping_delay"]}
+    evidence = lesson["detail"]["evidence"]
+    selection = parts["selection"]
+    assert evidence["from"] == "selection rows"
+    assert evidence["example_ids"] == sorted(selection.loc[selection["label"] == "shipping_delay", "id"])
+    assert not set(evidence["example_ids"]) & set(parts["gate"]["id"])
+    assert "account_access" not in json.dumps(lesson)  # nothing of the gate rows' verdict is taught
+
+    store.save_evaluation("v2", {"selection": (_plant(selection), 1.0, {})})
+    [lesson] = cycle.rejection_findings(store, "v1", None)
+    assert lesson["subject"] == "forgetting" and lesson["detail"]["remedy"] == {}
+    assert "the selection rows show none" in lesson["detail"]["reason"]
+
+
 # -- many classes, real training: a planted forgotten class is rejected, the rejection teaches -----------------
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown"]
 THINGS = ["chair", "lamp", "table", "bottle", "jacket", "phone", "bicycle", "camera", "guitar", "kettle"]
@@ -198,16 +259,17 @@ def _many_class_rows(rng, per_class: int) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp_path):
-    """100 classes, 5 held-out rows each. A templates file gives good rows for every class but, planted among
-    them, red_lamp templates that describe red chairs, and the verifiers' bars are set to nothing: the
-    candidate is better elsewhere but forgets red_chair, and the forgetting guard rejects it with the
-    evidence. The next diagnosis ranks that rejection first with its action; the next curation holds the
+    """100 classes, 8 held-out rows each (4 select, 4 grade). A templates file gives good rows for every class
+    but, planted among them, red_lamp templates that describe red chairs, and the verifiers' bars are set to
+    nothing: the candidate is better elsewhere but forgets red_chair, and the forgetting guard rejects it with
+    the evidence. The next diagnosis ranks that rejection first with its action, found again on the selection
+    rows (the gate rows will grade the next candidate, so they do not teach it); the next curation holds the
     planted rows back (sure verifiers only), the seed of red_chair is replayed, and its candidate, better
     in truth, is promoted."""
     from core.setup import init_workspace
 
     rng = np.random.default_rng(0)
-    seed, held, truth = _many_class_rows(rng, 2), _many_class_rows(rng, 5), _many_class_rows(rng, 4)
+    seed, held, truth = _many_class_rows(rng, 2), _many_class_rows(rng, 8), _many_class_rows(rng, 4)
     for name, frame in (("seed", seed), ("held", held)):
         frame.to_csv(tmp_path / f"{name}.csv", index=False)
     config = fast_config()
@@ -221,6 +283,7 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     config.diagnose.max_attributions, config.diagnose.correct_attributions = 4, 0
     config.diagnose.head_analysis, config.diagnose.max_clusters = False, 2
     config.train.epochs = 3
+    config.data.selection_fraction = 0.5  # the lesson's forgetting test runs on the selection rows: 4 a class
     ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)
     templates = {f"{c}_{t}": ["{opener} " + f"{c} {t}" + " {closer}"] for c in COLOURS for t in THINGS}
     del templates["red_chair"]
@@ -255,6 +318,8 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     top = store.diagnoses(taught.cycle_id).iloc[0]
     assert top["kind"] == "gate_rejection" and top["subject"] == "red_chair"
     assert "hold back" in top["action"] and "'red_lamp'" in top["action"] and "replay the seed of 'red_chair'" in top["action"]
+    evidence = json.loads(top["detail"])["evidence"]
+    assert evidence["from"] == "selection rows" and set(evidence["example_ids"]) <= set(store.heldout("selection")["id"])
     samples = store.samples(taught.cycle_id)
     held_back = samples[(samples["label"] == "red_lamp") & samples["text"].str.contains("red chair")]
     assert len(held_back) and (held_back["status"] == "dropped").all()

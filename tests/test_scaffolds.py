@@ -12,7 +12,7 @@ from core import registry, scaffolds
 from core.cli import main
 from core.scaffolds import abtest, archive, mutate, spec as S, stages
 from core.scaffolds.run import Batch
-from tests.conftest import ChatHandler, run_cli
+from tests.conftest import ChatHandler, copy_workspace, fast_config, make_workspace, run_cli
 
 
 # -- the statistics on constructed vectors ---------------------------------------------------------------
@@ -101,8 +101,26 @@ def test_cli_refuses_a_malformed_scaffold_file(workspace, tmp_path, capsys, monk
 
 
 # -- end to end on a trained workspace ------------------------------------------------------------------------
-def _use_whole_heldout(ws, **gate):
-    """The tiny fixture has 16 held-out texts: A/B-test on all of them (the search shares them)."""
+@pytest.fixture(scope="session")
+def _scaffold_template(tmp_path_factory, tiny_csvs):
+    """A trained baseline whose held-out set gives 12 of its 16 rows to selection (3 a class): a scaffold trial
+    reads the selection rows alone, and a planted paired test needs more than the usual 4."""
+    from core import cycle
+
+    config = fast_config()
+    config.data.selection_fraction = 0.75
+    ws = make_workspace(tmp_path_factory.mktemp("scaffold") / "ws", tiny_csvs, config)
+    assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
+    return ws.root
+
+
+@pytest.fixture
+def scaffold_ws(tmp_path, _scaffold_template):
+    return copy_workspace(_scaffold_template, tmp_path / "ws")
+
+
+def _ab_on_every_selection_row(ws, **gate):
+    """A/B-test on all the selection rows (the search shares them): the fixtures have few."""
     config = ws.config()
     config.scaffolds.search_fraction = 0.0
     for key, value in gate.items():
@@ -111,15 +129,15 @@ def _use_whole_heldout(ws, **gate):
 
 
 def _cripple_production(ws) -> tuple[str, int]:
-    """Production routes its least confident answers to a person, up to its eighth right one (about half of
-    the 16 held-out texts): the default built-in then wins 8 discordant pairs, p = 2/2^8. (id, pairs)"""
+    """Production routes its least confident answers to a person, up to its eighth right one (most of the 12
+    selection rows an A/B test reads): the default built-in then wins 8 discordant pairs, p = 2/2^8. (id, pairs)"""
     store = ws.store
     loaded = registry.load(ws, "v1")
-    held = store.examples("heldout")
+    held = store.heldout("selection")
     rows = scaffolds.run(S.builtin(S.DEFAULT), loaded, held["text"].tolist(), scaffolds.bank_for(ws, loaded))
     confidence = np.array([r["confidence"] for r in rows])
     correct = np.array([r["label"] for r in rows]) == held["label"].to_numpy()
-    assert correct.sum() >= 8, "precondition: the baseline gets at least half the held-out set right"
+    assert correct.sum() >= 8, "precondition: the baseline gets at least 8 of the 12 selection rows right"
     order = np.argsort(confidence)
     threshold = float(confidence[order][np.flatnonzero(np.cumsum(correct[order]) == 8)[0]]) + 1e-6
     crippled, _ = archive.add(store, {"name": "crippled", "steps": [{"type": "classify"},
@@ -129,9 +147,9 @@ def _cripple_production(ws) -> tuple[str, int]:
     return crippled, int((correct & (confidence < threshold)).sum())
 
 
-def test_planted_better_scaffold_is_adopted_and_predict_uses_it(baseline_ws, tmp_path, capsys):
-    ws = baseline_ws
-    _use_whole_heldout(ws)
+def test_planted_better_scaffold_is_adopted_and_predict_uses_it(scaffold_ws, tmp_path, capsys):
+    ws = scaffold_ws
+    _ab_on_every_selection_row(ws)
     store = ws.store
     ids = archive.ensure_builtins(store)
     crippled, lost = _cripple_production(ws)
@@ -160,7 +178,7 @@ def test_planted_better_scaffold_is_adopted_and_predict_uses_it(baseline_ws, tmp
 def test_an_equal_scaffold_is_not_adopted(baseline_ws):
     """A no-op mutation answers exactly as production does: no discordant pair, no adoption, even auto-approved."""
     ws = baseline_ws
-    _use_whole_heldout(ws, policy="auto")
+    _ab_on_every_selection_row(ws, policy="auto")
     store = ws.store
     production_id, production_spec = scaffolds.load_production(ws)
     noop = {"name": "noop", "steps": production_spec["steps"] + [{"type": "retrieve", "k": 3, "weight": 0.0}]}
@@ -260,6 +278,55 @@ def test_search_archive_and_lineage_survive_a_kill(baseline_ws, capsys, monkeypa
     assert set(at.dataframe[0].value["Scaffold"]) == set(after["id"])
 
 
+def test_scaffold_trials_read_no_gate_row_and_each_draws_its_own_split(scaffold_ws, monkeypatch):
+    """The gate rows grade models and nothing else: a spy on every held-out read of the store sees a scaffold
+    search and its A/B test read selection rows only. Each trial deals those rows into search and A/B halves of
+    its own, and scores the archive again on its half rather than reusing another trial's scores."""
+    from core.scaffolds import search
+    from core.store import Store
+
+    ws = scaffold_ws
+    store = ws.store
+    gate_ids, selection_ids = set(store.heldout("gate")["id"]), set(store.heldout("selection")["id"])
+    reads: list[tuple[str, tuple, set]] = []
+
+    def spy(name: str, column: str) -> None:
+        real = getattr(Store, name)
+
+        def wrapped(self, *args, **kwargs):
+            out = real(self, *args, **kwargs)
+            reads.append((name, args, set(out[column]) if column in out else set()))
+            return out
+        monkeypatch.setattr(Store, name, wrapped)
+
+    for name, column in (("heldout", "id"), ("examples", "id"), ("eval_results", "example_id")):
+        spy(name, column)
+    scored: list[frozenset] = []  # the rows each evaluator scores: a trial's search half, then its A/B half
+    evaluator = search.evaluator
+
+    def recording(ws_, version, examples):
+        scored.append(frozenset(examples["id"]))
+        return evaluator(ws_, version, examples)
+    monkeypatch.setattr(stages, "evaluator", recording)
+    monkeypatch.setattr(search, "evaluator", recording)
+
+    trials = [stages.run(ws, budget=1, auto_approve=True, progress=False).cycle_id for _ in range(2)]
+    assert [store.cycle(t)["status"] for t in trials] in (["done"] * 2, ["rejected"] * 2, ["done", "rejected"],
+                                                          ["rejected", "done"])
+    leaked = [(name, args) for name, args, ids in reads if ids & gate_ids]
+    assert not leaked, f"a scaffold trial read gate rows: {leaked}"
+    assert ("heldout", ("selection",), selection_ids) in reads
+    assert len(scored) == 4
+    for search_half, ab_half in (scored[:2], scored[2:]):
+        assert search_half and ab_half and not search_half & ab_half and search_half | ab_half == selection_ids
+    assert scored[0] != scored[2], "the second trial reused the first trial's split"
+    for t in trials:
+        assert store.scaffold_trial(t)["result"]["checks"]["rows"] == "selection"
+    evals = store.scaffold_evals("v1", "search")
+    assert {json.loads(d)["trial"] for d in evals["detail"]} == {trials[1]}  # the archive re-scored on its half
+    assert set(evals["scaffold_id"]) == set(store.scaffolds()["id"])
+
+
 def test_run_api_for_a_server(baseline_ws):
     ws = baseline_ws
     loaded = registry.load(ws, "v1")
@@ -279,13 +346,13 @@ def test_run_api_for_a_server(baseline_ws):
         scaffolds.run(S.parse({"steps": [{"type": "llm"}]}), loaded, ["hi there"], bank)
 
 
-def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(baseline_ws, monkeypatch, capsys):
+def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(scaffold_ws, monkeypatch, capsys):
     from core import auth, cycle
     from tests.conftest import APPROVER, PASSWORD
     from tests.test_dashboard import open_page, texts
 
-    ws = baseline_ws
-    _use_whole_heldout(ws, policy="human")
+    ws = scaffold_ws
+    _ab_on_every_selection_row(ws, policy="human")
     auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
     _cripple_production(ws)
     outcome = stages.run(ws, candidate=S.DEFAULT, progress=False)

@@ -42,7 +42,8 @@ def _cap_by_mix(group: pd.DataFrame, cap: int, mix: list[float]) -> list:
 
 def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress: bool = False
            ) -> tuple[pd.DataFrame, dict]:
-    """reviewed: earlier human decisions (text, label, status approved|rejected, reviewed_by)."""
+    """heldout: the texts no sample may copy (filters.protected: held-out and traffic-probe texts);
+    reviewed: earlier human decisions (text, label, status approved|rejected, reviewed_by)."""
     cfg = ctx.cfg
     remedy = ctx.remedy or Remedy()
     for name in sorted(remedy.skip_generators & set(cfg.generators)):

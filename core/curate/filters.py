@@ -1,4 +1,4 @@
-"""Filters that need no model: sanity, exact and near duplicates, contamination of held-out data."""
+"""Filters that need no model: sanity, exact and near duplicates, contamination of held-out and probe texts."""
 from __future__ import annotations
 
 import re
@@ -51,8 +51,16 @@ def nearest(query, reference, chunk: int = 2000) -> tuple[np.ndarray, np.ndarray
     return best_idx, best_sim
 
 
+def protected(heldout: pd.DataFrame, probe: pd.DataFrame) -> pd.DataFrame:
+    """The texts no sample may copy, each with what it is: held-out texts, and the traffic probe's, whose
+    confidences estimate accuracy on traffic and so must stay unseen like the held-out rows."""
+    return pd.concat([heldout[["text"]].assign(kind="held-out"), probe[["text"]].assign(kind="traffic probe")],
+                     ignore_index=True)
+
+
 def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame, cfg) -> pd.DataFrame:
-    """Set status/reason for samples that fail a model-free filter; candidates are in priority order."""
+    """Set status/reason for samples that fail a model-free filter; candidates are in priority order.
+    heldout: the texts no sample may copy (`protected`; without a `kind` column they count as held-out)."""
     out = candidates.copy()
     alive = out["status"] == "candidate"
     for i in out.index[alive]:
@@ -78,11 +86,13 @@ def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame
     held_idx, held_sim = nearest(cand, char_vectors(list(heldout["text"]), vec)[1])
     lab_idx, lab_sim = nearest(cand, char_vectors(list(labeled["text"]), vec)[1])
     held_texts = heldout["text"].tolist()
+    held_kinds = heldout["kind"].tolist() if "kind" in heldout else ["held-out"] * len(held_texts)
     for pos, i in enumerate(rest):
         if held_sim[pos] >= cfg.contamination_similarity:
+            j = held_idx[pos]
             out.loc[i, ["status", "reason"]] = [
-                "dropped", f"contamination: {held_sim[pos]:.2f} similar to held-out text "
-                           f"{held_texts[held_idx[pos]][:60]!r}"]
+                "dropped", f"contamination: {held_sim[pos]:.2f} similar to {held_kinds[j]} text "
+                           f"{held_texts[j][:60]!r}"]
         elif lab_sim[pos] >= cfg.near_duplicate_similarity:
             out.loc[i, ["status", "reason"]] = ["dropped", f"near-duplicate ({lab_sim[pos]:.2f}) of a labeled example"]
     # Near-duplicates among the candidates themselves: the first (highest priority) one stays.

@@ -6,6 +6,7 @@ with its archive and lineage intact and spends only the rest of its budget.
 """
 from __future__ import annotations
 
+import json
 import random
 import sys
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import pandas as pd
 from core import registry
 from core.faults import crash_point
 from core.scaffolds import archive, spec as S
-from core.scaffolds.evaluate import score, split_heldout
+from core.scaffolds.evaluate import score, trial_rows
 from core.scaffolds.mutate import mutate
 from core.scaffolds.run import Batch, bank_for, llm_asker
 
@@ -83,22 +84,34 @@ def _say(progress: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def trial_evals(store, version: str, cycle_id: int) -> pd.DataFrame:
+    """The search scores this trial gave (on its own rows): scores from another trial's rows do not compare."""
+    evals = store.scaffold_evals(version, SPLIT)
+    return evals[evals["detail"].map(lambda d: json.loads(d or "{}").get("trial") == cycle_id).astype(bool)]
+
+
 def search(ws, cycle_id: int, version: str, budget: int, production_id: str, progress: bool = False) -> str:
     """Grow the archive by `budget` new scaffolds (fewer already made by this cycle) and return the id of the
-    best scaffold other than production, scored on the search part of the held-out set."""
+    best scaffold other than production, scored on this trial's search part of the selection rows."""
     store, cfg = ws.store, ws.config().scaffolds
     archive.ensure_builtins(store)
-    search_part, _ = split_heldout(store.examples("heldout"), cfg.search_fraction, cfg.seed)
+    search_part, _ = trial_rows(store, cfg, cycle_id)
     ev = evaluator(ws, version, search_part)
-    scored = store.scaffold_evals(version, SPLIT).set_index("scaffold_id")["accuracy"].to_dict()
+
+    def evaluate(spec: dict, others: list[dict]) -> dict:
+        metrics, _ = ev(spec)
+        metrics["novelty"] = novelty(spec, [p["spec"] for p in others], cfg.novelty_k)
+        metrics["detail"]["trial"] = cycle_id
+        return metrics
+
+    scored = trial_evals(store, version, cycle_id).set_index("scaffold_id")["accuracy"].to_dict()
     pool: list[dict] = []
     for row in store.scaffolds().itertuples():
         spec = S.parse(row.spec)
         if S.needs_llm(spec) and not ev.llm:
             continue  # kept in the archive, but it cannot run without an endpoint
-        if row.id not in scored:
-            metrics, _ = ev(spec)
-            metrics["novelty"] = novelty(spec, [p["spec"] for p in pool], cfg.novelty_k)
+        if row.id not in scored:  # new, or scored by an earlier trial on other rows: scored again on these
+            metrics = evaluate(spec, pool)
             store.save_scaffold_eval(row.id, version, SPLIT, metrics)
             scored[row.id] = metrics["accuracy"]
         pool.append({"id": row.id, "spec": spec, "accuracy": scored[row.id]})
@@ -113,14 +126,13 @@ def search(ws, cycle_id: int, version: str, budget: int, production_id: str, pro
         if not new:
             continue  # already in the archive: mutate again
         crash_point("scaffold_added_before_eval")
-        metrics, _ = ev(child)
-        metrics["novelty"] = novelty(child, [p["spec"] for p in pool], cfg.novelty_k)
+        metrics = evaluate(child, pool)
         store.save_scaffold_eval(sid, version, SPLIT, metrics)
         pool.append({"id": sid, "spec": child, "accuracy": metrics["accuracy"]})
         made += 1
         _say(progress, f"  search {made}/{budget}: {sid} from {parent['id']} ({what}) accuracy "
                        f"{metrics['accuracy']:.4f}")
-    guard = store.scaffold_evals(version, SPLIT).set_index("scaffold_id")["guardrail_pass"].to_dict()
+    guard = trial_evals(store, version, cycle_id).set_index("scaffold_id")["guardrail_pass"].to_dict()
     order = {p["id"]: i for i, p in enumerate(pool)}  # creation order: ties go to the older scaffold
 
     def rank(p: dict) -> tuple:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from core.scaffolds import abtest, archive, spec as S
-from core.scaffolds.evaluate import split_heldout
+from core.scaffolds.evaluate import trial_rows
 from core.scaffolds.run import llm_asker
 from core.scaffolds.search import evaluator, search
 
@@ -58,11 +58,12 @@ def stage_search(ws, cycle: dict, ctx: dict, step) -> None:
         print(f"  search: winner {winner}", file=sys.stderr, flush=True)
 
 
-def ab_result(ws, version: str, production_id: str, candidate_id: str) -> dict:
-    """Both scaffolds on the A/B part of the held-out set and on the guardrails, with the adoption checks."""
+def ab_result(ws, cycle_id: int, version: str, production_id: str, candidate_id: str) -> dict:
+    """Both scaffolds on the trial's A/B part of the selection rows and on the guardrails, with the adoption
+    checks."""
     store, cfg = ws.store, ws.config()
     sc = cfg.scaffolds
-    _, ab_part = split_heldout(store.examples("heldout"), sc.search_fraction, sc.seed)
+    _, ab_part = trial_rows(store, sc, cycle_id)
     ev = evaluator(ws, version, ab_part)
     prod_metrics, prod_correct = ev(archive.get(store, production_id))
     cand_metrics, cand_correct = ev(archive.get(store, candidate_id))
@@ -71,13 +72,13 @@ def ab_result(ws, version: str, production_id: str, candidate_id: str) -> dict:
     checks = abtest.adoption_checks(prod_correct, cand_correct, prod_metrics["guardrail_pass"],
                                     cand_metrics["guardrail_pass"], sc.test, sc.alpha, sc.bootstrap_iterations,
                                     cfg.gates.scaffold_adoption.auto_min_gain, sc.seed)
-    checks.update(candidate=candidate_id, production=production_id, model_version=version)
+    checks.update(candidate=candidate_id, production=production_id, model_version=version, rows="selection")
     return {"production": prod_metrics, "candidate": cand_metrics, "checks": checks}
 
 
 def stage_ab(ws, cycle: dict, ctx: dict, step) -> None:
     trial = ws.store.scaffold_trial(cycle["id"])
-    result = ab_result(ws, cycle["parent_version"], trial["production_id"], trial["candidate_id"])
+    result = ab_result(ws, cycle["id"], cycle["parent_version"], trial["production_id"], trial["candidate_id"])
     ws.store.save_trial_result(cycle["id"], result, step.next)
     if ctx["progress"]:
         print(f"  ab_test: {'; '.join(result['checks']['reasons'])}", file=sys.stderr, flush=True)
