@@ -220,6 +220,8 @@ def _outcome(row: dict) -> tuple[str, str | None]:
         return "⊘ abandoned", row["error"]
     if status == "waiting" and row["gate_status"] == "pending":
         return f"◷ waiting at {gate} gate {int(row['gate_id'])}", "; ".join(_reasons(row["gate_reasons"])) or None
+    if status == "waiting" and row["stage"] == "traffic_labels":
+        return "◷ waiting for traffic labels", "people label the probe rows where candidate and production disagree"
     return f"▸ running: {row['stage'].replace('_', ' ')}", row["error"]
 
 
