@@ -97,7 +97,7 @@ def test_init_preset_makes_a_working_sql_migrations_workspace(sql_ws):
     assert held == set(pd.read_csv(DATA / "sql_migrations_heldout.csv")["text"])
     pool = ws.store.unlabeled_pool()
     # traffic never holds a held-out migration; a tenth of it is the probe that grades models on traffic
-    assert len(pool) == 360 and len(ws.store.traffic_probe()) == 40 and not held & set(pool["text"])
+    assert len(pool) == 340 and len(ws.store.traffic_probe()) == 60 and not held & set(pool["text"])
     ws.store.migrate()  # what every later command does first
     assert ws.store.alias("production") is None and ws.store.open_cycle() is None
 
