@@ -357,32 +357,40 @@ def _pp(x) -> str:
     return "-" if x is None else f"{100 * x:+.2f}pp"
 
 
-def version_table(ws, scorer, rows: list[dict]) -> list[dict]:
+def version_table(ws, scorer, rows: list[dict], truth: dict[str, str]) -> list[dict]:
     """Every version at the end of the run: the estimate people are shown (with every traffic label answered by
-    then), its dev-test accuracy, and whether it was promoted."""
+    then), its dev-test accuracy, its true accuracy on the traffic probe (the rows the estimate is about, scored
+    here with the pool's labels: it splits the estimate's error into the estimator's and the probe's own draw),
+    and whether it was promoted."""
     from core import stats
 
     store = ws.store
     shown = stats.shown_estimates(store.evaluations())
     history = store.alias_history()
     promoted = set(history.loc[history["name"] == "production", "version"].dropna())
+    probe = store.traffic_probe().set_index("id")["text"].map(truth).dropna()
     out = []
     for v in store.versions()["version"]:
         est = shown.get(v)
-        out.append({"version": v, "estimate": est, "dev_acc": scorer(v)[0], "promoted": v in promoted})
+        preds = store.probe_predictions(v).set_index("example_id")["predicted"].reindex(probe.index)
+        probe_acc = float((preds == probe).mean()) if preds.notna().any() else None
+        out.append({"version": v, "estimate": est, "dev_acc": scorer(v)[0], "probe_acc": probe_acc,
+                    "promoted": v in promoted})
     return out
 
 
 def print_versions(table: list[dict], rows: list[dict]) -> None:
     print()
     print("== versions " + "=" * 69)
-    print(f"{'version':<8}  {'shown':>8}  {'95% interval':>15}  {'basis':<40}  {'dev_test':>8}  {'error':>8}  promoted")
+    print(f"{'version':<8}  {'shown':>8}  {'95% interval':>15}  {'basis':<40}  {'dev_test':>8}  {'error':>8}  "
+          f"{'probe':>8}  {'vs probe':>8}  promoted")
     for t in table:
         est = t["estimate"] or {}
         err = None if not est or t["dev_acc"] is None else est["accuracy"] - t["dev_acc"]
+        on_probe = None if not est or t.get("probe_acc") is None else est["accuracy"] - t["probe_acc"]
         print(f"{t['version']:<8}  {_pct(est.get('accuracy')):>8}  {_ci(est or None):>15}  "
               f"{(est.get('method') or est.get('basis') or '-')[:40]:<40}  {_pct(t['dev_acc']):>8}  {_pp(err):>8}  "
-              f"{'yes' if t['promoted'] else 'no'}")
+              f"{_pct(t.get('probe_acc')):>8}  {_pp(on_probe):>8}  {'yes' if t['promoted'] else 'no'}")
     scored = [t for t in table if t["dev_acc"] is not None]
     ranked = [t for t in scored if t["estimate"]]
     errors = [abs(t["estimate"]["accuracy"] - t["dev_acc"]) for t in ranked]
@@ -639,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "gain_per_human_label": rows[-1].get("gain_per_human_label")}
             print_summary(rows, meta)
             if rows:
-                meta["versions"] = version_table(ws, scorer, rows)
+                meta["versions"] = version_table(ws, scorer, rows, truth)
                 print_versions(meta["versions"], rows)
             if meta.get("oracle"):
                 o = meta["oracle"]
