@@ -15,7 +15,8 @@ if str(ROOT) not in sys.path:  # streamlit puts app/ on the path, the pages impo
 
 import streamlit as st  # noqa: E402
 
-from app import nav, queries, session  # noqa: E402
+from app import nav, session  # noqa: E402
+from app.queries import shared  # noqa: E402
 from core import __version__  # noqa: E402
 from core.auth import AuthError  # noqa: E402
 from core.store import StoreBusy  # noqa: E402
@@ -26,10 +27,10 @@ st.set_page_config(page_title="Evolab", page_icon=":material/model_training:", l
                                         "every step and approve or reject each promotion of its weights.",
                                "Get help": None, "Report a bug": None})
 
-path = queries.workspace_from_args()
+path = shared.workspace_from_args()
 if not path:
     st.error(f"No workspace given. Start the dashboard with `streamlit run app/main.py -- --workspace W` "
-             f"or set {queries.ENV_VAR}.")
+             f"or set {shared.ENV_VAR}.")
     st.stop()
 try:
     ws = open_workspace(path)
@@ -83,7 +84,7 @@ st.sidebar.markdown(f"Signed in as **{who.name}** ({who.role})")
 def pending_badge() -> None:
     """On every page: how many decisions wait for a person (gates, and texts waiting for a label)."""
     try:
-        counts = queries.pending_counts(st.session_state["workspace"])
+        counts = shared.pending_counts(st.session_state["workspace"])
     except StoreBusy:
         st.sidebar.markdown(":gray-badge[:material/hourglass_top: updating…]")
         return
@@ -113,5 +114,5 @@ try:
 except StoreBusy:  # the engine held the database past the Store's patience: say so, do not crash, read again
     st.info("Updating… the engine is writing to the workspace; this page reads it again in a few seconds.",
             icon=":material/hourglass_top:")
-    time.sleep(queries.TTL_S)
+    time.sleep(shared.TTL_S)
     st.rerun()

@@ -7,12 +7,13 @@ the separate override control, which needs a written reason.
 import pandas as pd
 import streamlit as st
 
-from app import nav, queries, session, tables
+from app import nav, session, tables
+from app.queries import approvals as queries, shared
 from core import actions, traffic as traffic_rows
 from core.auth import AuthError
 from core.store import StoreConflict
 
-ws = queries.workspace_path()
+ws = shared.workspace_path()
 st.title("Approvals")
 st.caption(tables.TIMES_ARE_UTC)
 
@@ -25,7 +26,7 @@ def decide(gate_id: int, approved: bool, override: bool = False) -> None:
         who = session.acting()
         if override and not comment:
             raise ValueError("an override needs a written reason: say why the failed checks do not matter here")
-        result = actions.decide_gate(queries.workspace(ws), who, gate_id, approved, comment, override=override)
+        result = actions.decide_gate(shared.workspace(ws), who, gate_id, approved, comment, override=override)
     except (AuthError, StoreConflict, ValueError, KeyError) as err:
         st.session_state["approvals_flash"] = ("error", f"Gate {gate_id}: {err}")
     else:
@@ -34,7 +35,7 @@ def decide(gate_id: int, approved: bool, override: bool = False) -> None:
             "success", f"Gate {gate_id} {result['status']} by {who.name}{how}. The engine acts on it at its next "
                        "step (an `evolve --wait` picks it up; otherwise run "
                        f"`python -m core resume --workspace {ws}`).")
-    queries.clear()
+    shared.clear()
 
 
 def _interval(est: dict | None) -> str:
@@ -147,7 +148,7 @@ def data_review_evidence(gate: dict, checks: dict) -> None:
     c4.metric("Largest generator share", tables.EMPTY if top is None else f"{top[1]:.0%}",
               help=None if top is None else f"{top[0]}; limit {checks.get('max_generator_share', 1):.0%} "
                                             "(traffic labelers excepted)")
-    executed = (queries.yield_report(ws, gate["cycle_id"]) or {}).get("sandbox")
+    executed = (shared.yield_report(ws, gate["cycle_id"]) or {}).get("sandbox")
     if executed:  # an execution check verified this curation: what it ran and why it dropped what it dropped
         st.markdown(f"**Executed** by {executed['check']}: {executed['executed']:,} candidates, "
                     f"{executed['confirmed']:,} confirmed by their execution, {executed.get('kept', 0):,} of them kept")
@@ -223,7 +224,7 @@ flash = st.session_state.pop("approvals_flash", None)
 if flash:
     (st.success if flash[0] == "success" else st.error)(flash[1])
 
-pending = queries.pending_gates(ws)
+pending = shared.pending_gates(ws)
 who = session.actor()
 if not pending:
     st.success("No gate waits for a decision.", icon=":material/check_circle:")

@@ -7,9 +7,10 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import queries, tables
+from app import tables
+from app.queries import audit as queries, shared
 
-ws = queries.workspace_path()
+ws = shared.workspace_path()
 st.title("Audit log")
 st.caption(tables.TIMES_ARE_UTC)
 DETAIL_SHOWN = 140  # characters of an entry's detail in the table; the panel below shows it whole

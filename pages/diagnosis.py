@@ -8,9 +8,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import queries, tables
+from app import tables
+from app.queries import diagnosis as queries, shared
 
-ws = queries.workspace_path()
+ws = shared.workspace_path()
 st.title("Diagnosis")
 
 CORRECT_COLOUR, UNCLUSTERED_COLOUR = "#c8d3e0", "#7f7f7f"
@@ -63,7 +64,7 @@ def finding_panel(row, attributed: pd.DataFrame) -> None:
         st.markdown(example_markdown(text, attributed, ids[i] if i < len(ids) else None), unsafe_allow_html=True)
 
 
-evolve = queries.cycles(ws).query("kind == 'evolve'")
+evolve = shared.cycles(ws).query("kind == 'evolve'")
 if evolve.empty:
     st.info("No evolution cycle yet: the baseline cycle trains on the labeled seed without a diagnosis. "
             f"The first `python -m core evolve --workspace {ws}` diagnoses the baseline before it curates data.")
@@ -171,8 +172,8 @@ else:
         st.info(f"Next training: LoRA on {choice['reason']}.")
 
 st.subheader("Confusion on held-out data")
-versions = queries.evaluations(ws)["version"].tolist()
-production = queries.alias(ws, "production")
+versions = shared.evaluations(ws)["version"].tolist()
+production = shared.alias(ws, "production")
 if not versions:
     st.caption("No version has been evaluated yet.")
 else:

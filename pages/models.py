@@ -9,12 +9,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import queries, session
+from app import session
+from app.queries import models as queries, shared
 from app.tables import TIMES_ARE_UTC, is_empty, percent, show, unpack_json, when
 from core.auth import AuthError
 from core.store import StoreConflict
 
-ws = queries.workspace_path()
+ws = shared.workspace_path()
 st.title("Models")
 
 versions = queries.versions(ws)
@@ -36,12 +37,12 @@ def roll_back() -> None:
     version = st.session_state["rollback_version"]
     try:
         who = session.acting()
-        previous = actions.rollback(queries.workspace(ws), who, version)
+        previous = actions.rollback(shared.workspace(ws), who, version)
     except (AuthError, registry.NoModelError, ModelIntegrityError, StoreConflict, ValueError, KeyError) as err:
         st.session_state["models_flash"] = ("error", f"Rollback refused: {err}")
     else:
         st.session_state["models_flash"] = ("success", f"production: {previous or '-'} → {version} (by {who.name})")
-    queries.clear()
+    shared.clear()
 
 
 flash = st.session_state.pop("models_flash", None)
@@ -245,7 +246,7 @@ show(queries.alias_history(ws).sort_values("id", ascending=False),
      column_config={"Reason": LONG_TEXT})
 
 st.subheader("Roll back production")
-production = queries.alias(ws, "production")
+production = shared.alias(ws, "production")
 targets = queries.rollback_targets(ws)
 if not targets:
     st.caption("No version to roll back to: only a version that was production before, and is not now, can be.")

@@ -9,11 +9,12 @@ from datetime import datetime
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import nav, queries, tables
+from app import nav, tables
+from app.queries import overview as queries, shared
 from core import traffic
 from core.store import StoreBusy
 
-ws = queries.workspace_path()
+ws = shared.workspace_path()
 st.title("Overview")
 
 try:
@@ -136,7 +137,7 @@ def evolution(was_live: bool) -> None:
     if timeline.empty:
         st.info("This workspace has no cycles yet. Start the first one (it trains the baseline):\n\n"
                 f"```bash\npython -m core evolve --workspace {ws}\n```")
-        st.caption(f"{len(queries.labels(ws))} labels loaded.")
+        st.caption(f"{len(shared.labels(ws))} labels loaded.")
         return
     needs_a_person(attention, data["read_at"])
 

@@ -4,10 +4,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import nav, queries, tables
+from app import nav, tables
+from app.queries import scaffolds as queries, shared
 from core.scaffolds.spec import BUILTINS
 
-ws = queries.workspace_path()
+ws = shared.workspace_path()
 st.title("Scaffolds")
 
 info = queries.scaffold_overview(ws)
@@ -19,7 +20,7 @@ c3.metric("Archive", len(info["archive"]))
 c4.metric("Trials", len(info["trials"]))
 st.caption(f"Production runs `{prod['steps']}`")
 
-waiting = [g for g in queries.pending_gates(ws) if g["kind"] == "scaffold_adoption"]
+waiting = [g for g in shared.pending_gates(ws) if g["kind"] == "scaffold_adoption"]
 if waiting:
     st.warning(f"{len(waiting)} scaffold adoption gate(s) wait for a decision: gate "
                + ", ".join(str(g["id"]) for g in waiting) + ".", icon=":material/pending_actions:")

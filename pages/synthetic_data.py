@@ -1,6 +1,6 @@
 """Synthetic data: every curated sample with its provenance and why it was kept or dropped.
 
-Filtering and paging run in DuckDB (app/queries.sample_page); only one page of rows ever reaches the page.
+Filtering and paging run in DuckDB (app/queries/synthetic_data.sample_page); only one page of rows reaches the page.
 Reviewing and exporting are the signed-in approver's (core.actions); a viewer reads only. The label queue (the
 human budget) comes first: an approver or a labeler answers each text with one click.
 """
@@ -10,12 +10,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app import queries, session, tables
+from app import session, tables
+from app.queries import shared, synthetic_data as queries
 from core.auth import AuthError
 from core.actions import LABEL_USE
 from core.store import StoreConflict
 
-ws = queries.workspace_path()
+ws = shared.workspace_path()
 st.title("Synthetic data")
 st.caption(tables.TIMES_ARE_UTC)
 QUEUE_SHOWN = 10  # requests shown at once; answering one brings the next
@@ -57,7 +58,7 @@ if len(queue):
                "production disagree, drawn at random; they grade the candidate and are never trained on. Every "
                "answer is audited.")
     labeler = session.labeler()
-    all_labels = queries.labels(ws)
+    all_labels = shared.labels(ws)
     for r in queue.head(QUEUE_SHOWN).itertuples():
         with st.container(border=True):
             show_text(r.text)
@@ -215,7 +216,7 @@ st.pagination(pages, default=page, key=key)
 
 # The yield of the chosen cycle (the latest without a choice): asked vs produced, requested vs achieved mix.
 shown_cycle = cycle_id if cycle_id is not None else max(facets["cycle_id"])
-report = queries.yield_report(ws, shown_cycle)
+report = shared.yield_report(ws, shown_cycle)
 if report:
     show_yield(report, shown_cycle)
 
@@ -234,7 +235,7 @@ if who:
         everything = st.checkbox(f"All {total:,} matching samples instead", key="review_all")
         r1, r2 = st.columns(2)
         action = r1.radio("Decision", ["approve", "reject", "relabel"], horizontal=True, key="review_action")
-        to_label = r2.selectbox("New label (relabel)", queries.labels(ws), key="review_label")
+        to_label = r2.selectbox("New label (relabel)", shared.labels(ws), key="review_label")
         comment = st.text_input("Comment", key="review_comment", placeholder="why (optional)")
         submitted = st.form_submit_button("Apply", key="review_submit")
     if submitted:

@@ -6,10 +6,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app import queries
+from app.queries import shared, training as queries
 from app.tables import TIMES_ARE_UTC, show
 
-ws = queries.workspace_path()
+ws = shared.workspace_path()
 st.title("Training")
 
 METRICS = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "train_loss": "Training loss"}

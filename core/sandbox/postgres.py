@@ -15,327 +15,41 @@ limit, and terminates one whose clone grows past the size limit while a statemen
 changed after any statement contains the migration; a local cluster bounds each backend's address space and
 temp files where no session can change them. Anything stopped this way is contained, never labelled.
 
-Measured per statement inside the migration's transaction (read before it ends): the locks the backend holds
-on pre-existing relations (pg_locks) and how many tuples it has read from each table (pg_stat_xact_user_tables),
-so "read the whole of orders while holding ShareLock on it" is observed, not assumed. Then: relfilenode per
-table (a rewrite gives new storage), row/non-null/distinct counts of the tables it touched, and the
-application queries. Every query the sandbox runs in a clone names its schema (pg_catalog, public) or runs under
-a search_path it sets itself: a migration that puts a copy in front of a table it emptied (another schema on its
-search_path, a temp table) must not get the copy measured.
+The parts live beside this file: cluster.py (the throwaway local cluster: initdb, the postmaster, the orphan
+sweep), watchdog.py (the limits enforced from outside the session), measure.py (what is measured in a clone and
+how). Their public names are importable from here as before.
 """
 from __future__ import annotations
 
-import atexit
-import ctypes
 import itertools
 import json
-import os
-import pwd
-import resource
 import secrets
-import shutil
-import signal
-import socket
-import stat
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql as S
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from core.sandbox import schema
+from core.sandbox.cluster import (PR_SET_PDEATHSIG, LocalCluster, PostgresMissing,  # noqa: F401  (re-exported)
+                                  find_bindir, private_parent, server_user, sweep_orphans)
+from core.sandbox.measure import (CATALOG, COLUMNS, OBSERVE, PINNED, STRENGTH, Base,  # noqa: F401  (re-exported)
+                                  _autocommit, _measure_after, _measure_base, _observe, _rollback, _run_app_queries,
+                                  _segments, _size, _strength)
 from core.sandbox.outcome import WRITE_BLOCKING, Outcome, contained, decide
 from core.sandbox.safety import screen
+from core.sandbox.watchdog import GRACE_S, POLL_S, Watch, Watchdog  # noqa: F401  (re-exported)
 
 BACKEND = "postgres"
-POLL_S = 0.05  # how often the watchdog looks: what a statement writes in this long is the overshoot past the size limit
-GRACE_S = 1.0  # between cancelling a check past its deadline and terminating its session
 # SQLSTATEs that mean a sandbox wall stopped the migration, not that the migration failed on the data:
 # 57014 statement timeout, 55P03 lock timeout, 25P03 idle timeout, 53/54 resource limits, 42501 a privilege
 # outside the clone (the role owns everything inside it), 57P0x the server ended the session.
 CONTAINED = {"57014": "ran past the statement timeout", "55P03": "waited past the lock timeout",
              "25P03": "idled in its transaction past the limit", "42501": "needed a privilege outside its clone"}
 CONTAINED_CLASSES = {"53": "hit a resource limit", "54": "hit a program limit", "57": "was stopped by the server"}
-
-
-class PostgresMissing(RuntimeError):
-    pass
-
-
-def find_bindir() -> Path:
-    """The folder holding initdb and pg_ctl: PATH first, then Debian's versioned folders."""
-    for name in ("initdb", "pg_ctl"):
-        found = shutil.which(name)
-        if found and Path(found).resolve().parent.joinpath("pg_ctl").exists():
-            return Path(found).resolve().parent
-    # Debian keeps the server binaries out of PATH, one folder per major version: the newest wins.
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
-                      if p.parent.name.isdigit() else 0, reverse=True)
-    for candidate in versions:
-        if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
-            return candidate
-    raise PostgresMissing("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
-                          "/usr/lib/postgresql/*/bin; install Debian's `postgresql` package (.ci/run does)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_user() -> dict:
-    """Popen's user/group for the server's processes: initdb refuses to run as root, so as root the server runs as
-    the `postgres` user (else `nobody`); {} when we are not root (the server runs as us)."""
-    if os.geteuid() != 0:
-        return {}
-    for name in ("postgres", "nobody"):
-        try:
-            entry = pwd.getpwnam(name)
-            return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-        except KeyError:
-            continue
-    raise PostgresMissing("running as root and neither `postgres` nor `nobody` exists to run the server")
-
-
-def _private(path: Path, uid: int) -> bool:
-    """A real folder (not a link) of uid that nobody else may enter or write."""
-    st = os.lstat(path)
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
-
-
-def private_parent() -> Path:
-    """The folder every throwaway cluster of the server's user lives in, under the shared temp folder: made mode
-    0700 and owned by that user, and refused when it is anything else (another local user made it first, or
-    planted a link), so nobody else can put a cluster-looking folder where the orphan sweep looks."""
-    who = server_user()
-    uid = who.get("user", os.geteuid())
-    parent = Path(tempfile.gettempdir()) / f"evolab-sandbox-{uid}"
-    try:
-        os.mkdir(parent, 0o700)
-        if who:
-            os.chown(parent, uid, who["group"])
-    except FileExistsError:
-        pass
-    if not _private(parent, uid):
-        raise RuntimeError(f"{parent} is not a private folder of uid {uid} (a link, another owner, or open to "
-                           "others): remove it and start again")
-    return parent
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whoever adopted it to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _postmaster(data: Path) -> int | None:
-    """The pid in data/postmaster.pid when it is that cluster's running postmaster: a process of the server's
-    user whose command line is `postgres -D <data>`. None for anything else: a stale file whose pid now belongs
-    to another process is never signalled. Needs /proc (Linux); elsewhere nothing is signalled."""
-    try:
-        pid = int((data / "postmaster.pid").read_text().split()[0])
-        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-        owner = os.stat(f"/proc/{pid}").st_uid
-    except (OSError, ValueError, IndexError):
-        return None
-    if owner != server_user().get("user", os.geteuid()) or Path(argv[0]).name != "postgres":
-        return None
-    return pid if any(a == "-D" and b == str(data) for a, b in zip(argv, argv[1:])) else None
-
-
-def sweep_orphans() -> list[Path]:
-    """Stop and remove the throwaway clusters whose owner died without stopping them (killed with SIGKILL, out of
-    memory): a cluster is left running only by a dead owner, never by a live one. Only folders in the private
-    parent, of the server's user, mode 0700, are looked at, and only a verified postmaster is signalled.
-    Returns what was removed."""
-    uid = server_user().get("user", os.geteuid())
-    removed = []
-    for root in private_parent().iterdir():
-        try:
-            if not _private(root, uid):
-                continue  # not made by LocalCluster.start
-            owner = int((root / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue  # not ours to judge: no owner recorded
-        if _pid_alive(owner):
-            continue
-        pid = _postmaster(root / "data")
-        if pid is not None:
-            os.kill(pid, signal.SIGQUIT)  # immediate shutdown: nothing in a thrown-away cluster is worth a checkpoint
-            deadline = time.monotonic() + 10
-            while _running(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        shutil.rmtree(root, ignore_errors=True)
-        removed.append(root)
-    return removed
-
-
-def _server_limits(parent: int, memory_bytes: int, tie: bool):
-    """Run in the server's process between fork and exec: bound every backend's address space (inherited from
-    the postmaster; no setting a session can change does this), and, when asked, have the kernel stop the
-    postmaster (SIGINT: fast shutdown) when the thread that started it dies, so a kill -9 of the owner does not
-    leave a cluster running. The kernel ties the signal to the starting thread, not the process: only the
-    main thread asks for it."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl if tie and sys.platform.startswith("linux") else None
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, signal.SIGINT)
-            if os.getppid() != parent:  # the owner died before the tie was made
-                os._exit(1)
-    return limit
-
-
-PR_SET_PDEATHSIG = 1
-
-
-@dataclass
-class LocalCluster:
-    """A throwaway cluster in a private folder (private_parent()), listening only on a Unix socket inside that
-    folder, with password authentication: a random superuser password held in memory only, so a cluster that
-    outlives its owner is open to nobody. As root the server runs as `postgres` (else `nobody`)."""
-    bindir: Path = field(default_factory=find_bindir)
-    root: Path | None = None
-    port: int = 0
-    admin: str = "evolab_admin"
-    max_connections: int = 40
-    backend_memory_mb: int = 1024  # address space of each server process: a migration cannot allocate past it
-    pid: int | None = None
-    password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
-    _proc: subprocess.Popen | None = field(default=None, repr=False)
-
-    def _run(self, *args: str) -> None:
-        done = subprocess.run([str(self.bindir / args[0]), *args[1:]], capture_output=True, text=True,
-                              timeout=120, cwd=self.root, **server_user())
-        if done.returncode:
-            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr[-2000:]} {self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        log = (self.root / "server.log") if self.root else None
-        return log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-
-    def start(self) -> "LocalCluster":
-        sweep_orphans()
-        who = server_user()
-        self.root = Path(tempfile.mkdtemp(prefix="cluster-", dir=private_parent()))  # mode 0700
-        # Whose cluster this is: a later start stops it if this process died without stopping it (kill -9).
-        (self.root / "owner.pid").write_text(str(os.getpid()))
-        pwfile = self.root / "pwfile"
-        pwfile.write_text(self.password)
-        if who:
-            for path in (self.root, pwfile):
-                os.chown(path, who["user"], who["group"])
-        self.port = self.port or _free_port()
-        data = self.root / "data"
-        try:
-            self._run("initdb", "-D", str(data), "-U", self.admin, "-A", "scram-sha-256", f"--pwfile={pwfile}",
-                      "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
-        finally:
-            pwfile.unlink(missing_ok=True)
-        # Throwaway: durability off (a crash loses nothing of value), no TCP, nothing in the background that
-        # would rewrite a table behind a check's back (autovacuum), no JIT (its memory would count against the
-        # backends' bound), and the limits a session cannot change (temp_file_limit is superuser-only).
-        with open(data / "postgresql.conf", "a") as conf:
-            conf.write(f"""
-listen_addresses = ''
-unix_socket_directories = '{self.root}'
-port = {self.port}
-max_connections = {self.max_connections}
-shared_buffers = 64MB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-wal_level = minimal
-max_wal_senders = 0
-max_wal_size = 2GB
-autovacuum = off
-jit = off
-temp_file_limit = 64MB
-log_min_messages = warning
-timezone = 'UTC'
-log_min_error_statement = panic
-""")
-        # The admin connects to anything; every other role only to the database named like itself (its clone);
-        # everyone with a password.
-        (data / "pg_hba.conf").write_text(f"local all {self.admin} scram-sha-256\nlocal sameuser all scram-sha-256\n")
-        # The postmaster is our child (not pg_ctl's daemon), in its own session so a Ctrl+C meant for us does not
-        # reach it before our own cleanup does.
-        with open(self.root / "server.log", "ab") as log:
-            self._proc = subprocess.Popen(
-                [str(self.bindir / "postgres"), "-D", str(data)], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True, **who,
-                preexec_fn=_server_limits(os.getpid(), self.backend_memory_mb << 20,
-                                          threading.current_thread() is threading.main_thread()))
-        self.pid = self._proc.pid
-        atexit.register(self.stop)
-        deadline = time.monotonic() + 60
-        while not self._ready(data):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                tail = self._log_tail()
-                self.stop()
-                raise RuntimeError(f"postgres did not start: {tail}")
-            time.sleep(0.05)
-        return self
-
-    @staticmethod
-    def _ready(data: Path) -> bool:
-        """postmaster.pid's eighth line says `ready` once the server accepts connections (what pg_ctl -w reads)."""
-        try:
-            lines = (data / "postmaster.pid").read_text().splitlines()
-        except OSError:
-            return False
-        return len(lines) > 7 and lines[7].strip() == "ready"
-
-    @property
-    def dsn(self) -> str:
-        return make_conninfo(host=str(self.root), port=str(self.port), user=self.admin, dbname="postgres",
-                             password=self.password)
-
-    def stop(self) -> None:
-        """Stop the server (fast shutdown, immediate if that hangs) and remove its folder; idempotent."""
-        if self.root is None:
-            return
-        try:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGINT)
-                try:
-                    self._proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    self._proc.send_signal(signal.SIGQUIT)
-                    self._proc.wait(30)
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
-
-
-@dataclass
-class Base:
-    """What the template holds, measured once: the clone starts as an exact copy of it."""
-    tables: dict[str, dict]  # name -> {"oid", "relfilenode", "rows", "columns": {attnum: (name, non_null, distinct)}}
-    views: dict[str, int]  # name -> oid
-    size: int  # bytes
-    sequences: dict[str, tuple[int, bool]] = field(default_factory=dict)  # name -> (last_value, is_called)
 
 
 @dataclass
@@ -347,18 +61,7 @@ class Clone:
     checks: int = 0
 
 
-@dataclass
-class Watch:
-    """One check in progress, as the watchdog sees it."""
-    pid: int  # the clone session's backend
-    dbname: str
-    size0: int  # the clone's size when the check started
-    deadline: float  # time.monotonic()
-    tripped: str | None = None  # why the watchdog stopped it
-    cancelled: float = 0.0  # when it was cancelled: terminated GRACE_S later if still running
-
-
-class PostgresSandbox:
+class PostgresSandbox(Watchdog):
     """check(sql) -> Outcome; check_many runs `workers` clones in parallel.
 
     dsn: an admin connection (superuser, or CREATEDB + CREATEROLE) to a server the sandbox may create
@@ -685,41 +388,6 @@ class PostgresSandbox:
                        locks=sorted(f"{t}: {m}" for t, ms in locks.items() for m in ms), blocking_scans=blocking,
                        backend=BACKEND, statements=n)
 
-    # -- the watchdog -----------------------------------------------------------------------------------------
-    def _watch_loop(self) -> None:
-        """Every POLL_S, from its own admin connection (never inside a clone): terminate a check whose clone
-        grew past the size limit, cancel one past its wall-clock deadline and terminate it GRACE_S later if it is
-        still running. A session cannot switch any of this off."""
-        conn = None
-        while not self._stopping.wait(POLL_S):
-            with self._lock:
-                if not self._watches:
-                    continue
-                names = [w.dbname for w in self._watches]
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.dsn, autocommit=True)
-                sizes = dict(conn.execute("SELECT d, pg_database_size(d) FROM unnest(%s::text[]) AS d",
-                                          [names]).fetchall())
-                now = time.monotonic()
-                with self._lock:  # a check that ended meanwhile is no longer listed: its session is not touched
-                    for w in self._watches:
-                        if w.tripped is None and sizes.get(w.dbname, 0) - w.size0 > self.max_growth:
-                            w.tripped = f"grew the database past the {self.max_growth_mb} MB limit while running"
-                            conn.execute("SELECT pg_terminate_backend(%s)", [w.pid])
-                        elif w.tripped is None and now > w.deadline:
-                            w.tripped, w.cancelled = f"ran past the wall-clock limit ({self.wall_s:g} s)", now
-                            conn.execute("SELECT pg_cancel_backend(%s)", [w.pid])
-                        elif w.cancelled and now > w.cancelled + GRACE_S:
-                            w.cancelled = 0.0
-                            conn.execute("SELECT pg_terminate_backend(%s)", [w.pid])
-            except psycopg.Error:
-                if conn is not None:
-                    conn.close()  # a clone dropped between the listing and the size query, a lost connection
-                conn = None
-        if conn is not None:
-            conn.close()
-
     # -- cleanup ---------------------------------------------------------------------------------------------
     def leftovers(self) -> dict[str, list[str]]:
         """Clone databases and roles of this sandbox that exist now (besides the template and its owner)."""
@@ -761,177 +429,3 @@ class PostgresSandbox:
 
     def __exit__(self, *exc):
         self.close()
-
-
-# -- measuring ---------------------------------------------------------------------------------------------
-STRENGTH = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
-            "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
-
-
-def _strength(mode: str) -> int:
-    return STRENGTH.index(mode) if mode in STRENGTH else -1
-
-
-def _segments(scr) -> list[tuple[bool, list[str]]]:
-    """Consecutive transactional statements form one transaction, up to the migration's own COMMIT; each
-    statement that cannot run in one stands alone."""
-    out: list[tuple[bool, list[str]]] = []
-    for stmt, alone, fresh in zip(scr.statements, scr.alone, scr.fresh):
-        if alone or fresh or not out or out[-1][0]:
-            out.append((alone, [stmt]))
-        else:
-            out[-1][1].append(stmt)
-    return out
-
-
-# Settings that are sandbox limits but that any session may change: a value that differs from the session's
-# starting one after a statement contains the migration (what changes them inside one statement meets the
-# watchdog instead).
-PINNED = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "work_mem",
-          "maintenance_work_mem", "temp_buffers", "hash_mem_multiplier", "temp_file_limit")
-# Runs between the migration's statements, under whatever search_path it set: every relation, function, type and
-# operator is named with its schema, so nothing the migration created can stand in for them.
-OBSERVE = (
-    "SELECT 'l', l.relation::pg_catalog.int8, l.mode, 0::pg_catalog.int8 FROM pg_catalog.pg_locks l "
-    "WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.granted "
-    "AND l.locktype OPERATOR(pg_catalog.=) 'relation' "
-    "AND l.relation OPERATOR(pg_catalog.=) ANY(%(o)s::pg_catalog.oid[]) "
-    "UNION ALL SELECT 's', s.relid::pg_catalog.int8, '', s.seq_tup_read FROM pg_catalog.pg_stat_xact_user_tables s "
-    "WHERE s.relid OPERATOR(pg_catalog.=) ANY(%(o)s::pg_catalog.oid[]) "
-    "UNION ALL SELECT 'g', 0, g.name, 0 FROM pg_catalog.pg_settings g "
-    "JOIN pg_catalog.jsonb_each_text(%(p)s::pg_catalog.jsonb) AS p(name, value) "
-    "ON g.name OPERATOR(pg_catalog.=) p.name "
-    "WHERE g.setting OPERATOR(pg_catalog.<>) p.value")
-
-
-def _observe(conn, oids: list[int], pinned: str) -> tuple[dict[int, set[str]], dict[int, int], list[str]]:
-    """The locks this backend holds on the base relations, the tuples it has read from each so far in this
-    transaction, and the pinned limits whose value changed (one round trip)."""
-    rows = conn.execute(OBSERVE, {"o": oids, "p": pinned}).fetchall()
-    held: dict[int, set[str]] = {}
-    read: dict[int, int] = {}
-    changed: list[str] = []
-    for kind, oid, name, tuples in rows:
-        if kind == "l":
-            held.setdefault(oid, set()).add(name)
-        elif kind == "s":
-            read[oid] = tuples
-        else:
-            changed.append(name)
-    return held, read, changed
-
-
-def _size(conn) -> int:
-    return conn.execute("SELECT pg_catalog.pg_database_size(pg_catalog.current_database())").fetchone()[0]
-
-
-CATALOG = ("SELECT c.oid::int8, c.relname, c.relfilenode::int8, c.relkind FROM pg_catalog.pg_class c "
-           "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')")
-COLUMNS = ("SELECT attrelid::int8, attnum, attname FROM pg_catalog.pg_attribute WHERE attrelid = ANY(%s::oid[]) "
-           "AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
-
-
-def _count(conn, table: str, columns: list[str]) -> tuple[int, list[tuple[int, int]]]:
-    """Rows, and non-null and distinct values per column, of public's table: the functions named with their
-    schema, since a public count(sometype) would be an exact match that beats pg_catalog's count("any")."""
-    parts = [S.SQL("pg_catalog.count(*)")]
-    for col in columns:
-        parts += [S.SQL("pg_catalog.count({})").format(S.Identifier(col)),
-                  S.SQL("pg_catalog.count(DISTINCT {}::pg_catalog.text)").format(S.Identifier(col))]
-    row = conn.execute(S.SQL("SELECT {} FROM {}").format(S.SQL(", ").join(parts),
-                                                         S.Identifier("public", table))).fetchone()
-    return row[0], [(row[1 + 2 * i], row[2 + 2 * i]) for i in range(len(columns))]
-
-
-def _measure_base(conn) -> Base:
-    tables, views = {}, {}
-    catalog = conn.execute(CATALOG).fetchall()
-    for oid, name, node, kind in catalog:
-        if kind in ("v", "m"):
-            views[name] = oid
-            continue
-        cols = {num: col for _, num, col in conn.execute(COLUMNS, [[oid]]).fetchall()}
-        rows, values = _count(conn, name, list(cols.values()))
-        tables[name] = {"oid": oid, "relfilenode": node, "rows": rows,
-                        "columns": {num: (col, *v) for (num, col), v in zip(cols.items(), values)}}
-    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-    sequences = {name: tuple(conn.execute(S.SQL("SELECT last_value, is_called FROM {}").format(S.Identifier(name)))
-                             .fetchone()) for (name,) in conn.execute(
-        "SELECT relname FROM pg_class WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace").fetchall()}
-    conn.rollback()
-    return Base(tables=tables, views=views, size=size, sequences=sequences)
-
-
-def _measure_after(conn, base: Base, touched: set[str]):
-    """counts (touched tables only), dropped (tables that held rows and are gone) and rewritten (large tables
-    whose storage changed). A table is followed by name first (a swap keeps the name), else by oid (a rename
-    keeps the oid); a column by name, else by position in the same table."""
-    catalog = conn.execute(CATALOG).fetchall()
-    by_name = {name: (oid, node) for oid, name, node, kind in catalog if kind in ("r", "p")}
-    by_oid = {oid: (name, node) for oid, name, node, kind in catalog if kind in ("r", "p")}
-    counts, dropped, rewritten = {}, [], []
-    for name, t in base.tables.items():
-        if name in by_name:
-            oid, node = by_name[name]
-            now = name
-        elif t["oid"] in by_oid:
-            oid = t["oid"]
-            now, node = by_oid[oid]
-        else:
-            if t["rows"]:
-                dropped.append(f"{name}: table with {t['rows']} rows dropped")
-            continue
-        if node != t["relfilenode"] and t["rows"] >= schema.LARGE_TABLE_ROWS:
-            rewritten.append(name)
-        if name not in touched:
-            continue
-        cols = {num: col for _, num, col in conn.execute(COLUMNS, [[oid]]).fetchall()}
-        names = set(cols.values())
-        follow = {}
-        for num, (col, _, _) in t["columns"].items():
-            if col in names:
-                follow[num] = col
-            elif oid == t["oid"] and num in cols:
-                follow[num] = cols[num]
-        present = list(dict.fromkeys(follow.values()))
-        rows, values = _count(conn, now, present)
-        got = dict(zip(present, values))
-        columns = {}
-        for num, (col, non_null, distinct) in t["columns"].items():
-            after = got.get(follow.get(num)) if num in follow else None
-            columns[col] = {"non_null": [non_null, after[0] if after else None],
-                            "distinct": [distinct, after[1] if after else None]}
-        counts[name] = {"rows": [t["rows"], rows], "columns": columns}
-    return counts, dropped, rewritten
-
-
-def _run_app_queries(conn) -> list[str]:
-    """Each application query in its own savepoint; all of it rolled back. Returns 'name: error' per failure."""
-    broken = []
-    _autocommit(conn, False)
-    for name, query in schema.APP_QUERIES.items():
-        conn.execute("SAVEPOINT app")
-        try:
-            conn.execute(query).fetchall() if query.lstrip().upper().startswith("SELECT") else conn.execute(query)
-            conn.execute("RELEASE SAVEPOINT app")
-        except psycopg.Error as e:
-            if e.sqlstate in ("57014",) or e.sqlstate is None:
-                raise
-            conn.execute("ROLLBACK TO SAVEPOINT app")
-            broken.append(f"{name}: {e.sqlstate} {str(e).splitlines()[0][:160]}")
-    conn.rollback()
-    return broken
-
-
-def _autocommit(conn, value: bool) -> None:
-    """psycopg refuses to set autocommit inside a transaction even to its current value."""
-    if conn.autocommit != value:
-        conn.autocommit = value
-
-
-def _rollback(conn) -> None:
-    try:
-        if not conn.closed and not conn.autocommit:
-            conn.rollback()
-    except psycopg.Error:
-        pass

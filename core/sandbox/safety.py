@@ -3,7 +3,7 @@
 Refusing is the first of three walls: the statement is never sent; if something slips past (a dynamic
 EXECUTE string is opaque to any parser), the check's role is not a superuser, owns nothing outside its clone
 and can connect to nothing else; and the time and size limits, enforced from outside the session (a watchdog,
-core/sandbox/postgres.py), stop what runs too long or grows, whatever settings it changes.
+core/sandbox/watchdog.py), stop what runs too long or grows, whatever settings it changes.
 
 screen() also splits the migration into statements and strips BEGIN/COMMIT: the sandbox runs each migration as
 one transaction itself (statements that cannot run in one, such as CREATE INDEX CONCURRENTLY, run alone).

@@ -1,0 +1,49 @@
+"""The training page: each run's metric curves and the training doctor's events."""
+from __future__ import annotations
+
+import pandas as pd
+
+from app.queries.shared import _cached, _store
+
+
+def _run_order(run_id: str) -> tuple[int, str]:
+    tail = run_id.rsplit("_", 1)[-1]
+    return (int(tail), run_id) if tail.isdigit() else (-1, run_id)
+
+
+@_cached
+def train_runs(ws: str) -> list[str]:
+    """Run ids with recorded metrics (cycle_1, cycle_2, ...), oldest first, and the live run before its first metric."""
+    runs = set(_store(ws).metrics()["run_id"].unique())
+    runs.update([live_run(ws)] if live_run(ws) else [])
+    return sorted(runs, key=_run_order)
+
+
+@_cached
+def live_run(ws: str) -> str | None:
+    """The run id being trained right now: the newest cycle is open and at stage train."""
+    frame = _store(ws).cycles()
+    if frame.empty:
+        return None
+    newest = frame.iloc[-1]
+    if newest["stage"] == "train" and newest["status"] == "running":
+        return f"cycle_{int(newest['id'])}"
+    return None
+
+
+@_cached
+def metric_curves(ws: str, run_id: str) -> pd.DataFrame:
+    """One row per step: train_loss, val_loss, val_acc (NaN where a step did not record one)."""
+    long = _store(ws).metrics(run_id)
+    if long.empty:
+        return pd.DataFrame(columns=["step", "train_loss", "val_loss", "val_acc"])
+    wide = long.pivot_table(index="step", columns="name", values="value", aggfunc="last").reset_index()
+    for name in ("train_loss", "val_loss", "val_acc"):
+        if name not in wide:
+            wide[name] = float("nan")
+    return wide
+
+
+@_cached
+def train_events(ws: str, run_id: str) -> pd.DataFrame:
+    return _store(ws).train_events(run_id)
