@@ -1,7 +1,7 @@
 """Labels from traffic where they decide: which traffic-probe rows a cycle asks people to label, and what
 the labels say about the candidate's gain and about every version's accuracy on traffic.
 
-The probe is traffic nothing trains on (core/store.py `traffic_probe`). After a candidate is scored, its
+The probe is traffic nothing trains on (core/store/datasets.py `traffic_probe`). After a candidate is scored, its
 cycle draws at most `gates.traffic_labels_per_cycle` probe rows for the label queue: rows where the candidate
 and production disagree first (only they can move the paired gain), at random within that stratum, any budget
 left at random among the rows where they agree. Each stratum's probability of being drawn is stored with the

@@ -61,7 +61,7 @@ def _curate(monkeypatch, rows: list[tuple[str, str]], check, **cfg_changes):
 
 
 def _store(ws, samples) -> int:
-    """The curate stage's write (core/store.py) into a cycle of the workspace; returns the cycle id."""
+    """The curate stage's write (core/store/samples.py) into a cycle of the workspace; returns the cycle id."""
     open_ = ws.store.open_cycle()
     cycle_id = open_["id"] if open_ else ws.store.create_cycle("evolve", "curate", None, "engine")
     ws.store.save_samples(cycle_id, samples, "curate")
