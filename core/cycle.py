@@ -18,7 +18,7 @@ from typing import Callable
 
 import pandas as pd
 
-from core import atomic, curate, diagnose, drift, gates, lessons, model as M, registry, stats, traffic
+from core import atomic, checksums, curate, diagnose, drift, gates, lessons, model as M, registry, stats, traffic
 from core.curate import ask, views
 from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
@@ -250,7 +250,7 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     out = ws.models / version
     result_file = run_dir / "checkpoints" / "result.json"
     result = json.loads(result_file.read_text()) if result_file.exists() else None
-    if not (result and out.exists() and M.manifest(out) == result.get("files")):
+    if not (result and out.exists() and checksums.manifest(out) == result.get("files")):
         if out.exists():
             _set_aside(ws, cycle["id"], out)
         data = _training_data(ws, cycle)
@@ -279,7 +279,7 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     lineage = {"parent": cycle["parent_version"], "cycle": cycle["id"], "run_id": f"cycle_{cycle['id']}",
                "lora_layers": spec_saved.model.get("lora_layer_ids") or f"top {spec_saved.model['lora_layers']}",
                "lora_reason": spec_saved.extra.get("lora_reason"), "train_rows": len(data), "rows_by_source": data["source"].value_counts().to_dict(),
-               "train_data_sha256": M.sha256_file(run_dir / "train.parquet"),
+               "train_data_sha256": checksums.sha256_file(run_dir / "train.parquet"),
                "best_val_acc": result["best_val_acc"], "steps": result["steps"],
                "early_stop": result.get("stop_reason")}  # the doctor's reason, None when the run went to its end
     crash_point("train_before_register")
