@@ -283,7 +283,8 @@ def _pct(x) -> str:
 
 
 def cmd_scaffolds(args) -> int:
-    from core.scaffolds import archive, report, stages
+    from core import cycle
+    from core.scaffolds import archive, report
 
     ws = _ws(args)
     store = ws.store
@@ -300,8 +301,9 @@ def cmd_scaffolds(args) -> int:
     if args.action in ("search", "trial"):
         if args.action == "trial" and not args.candidate:
             raise ValueError("scaffolds trial needs --candidate SCAFFOLD_ID")
-        outcome = stages.run(ws, budget=args.budget, candidate=args.candidate if args.action == "trial" else None,
-                             auto_approve=args.auto_approve, progress=not args.quiet)
+        outcome = cycle.run_scaffold_cycle(ws, budget=args.budget,
+                                           candidate=args.candidate if args.action == "trial" else None,
+                                           auto_approve=args.auto_approve, progress=not args.quiet)
         print(outcome.message)
         trial = store.scaffold_trial(outcome.cycle_id)
         if trial and trial["result"]:

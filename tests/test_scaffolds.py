@@ -8,7 +8,7 @@ from http.server import HTTPServer
 import numpy as np
 import pytest
 
-from core import registry, scaffolds
+from core import cycle, registry, scaffolds
 from core.cli import main
 from core.scaffolds import abtest, archive, mutate, spec as S, stages
 from core.scaffolds.run import Batch
@@ -105,8 +105,6 @@ def test_cli_refuses_a_malformed_scaffold_file(workspace, tmp_path, capsys, monk
 def _scaffold_template(tmp_path_factory, tiny_csvs):
     """A trained baseline whose held-out set gives 12 of its 16 rows to selection (3 a class): a scaffold trial
     reads the selection rows alone, and a planted paired test needs more than the usual 4."""
-    from core import cycle
-
     config = fast_config()
     config.data.selection_fraction = 0.75
     ws = make_workspace(tmp_path_factory.mktemp("scaffold") / "ws", tiny_csvs, config)
@@ -154,7 +152,7 @@ def test_planted_better_scaffold_is_adopted_and_predict_uses_it(scaffold_ws, tmp
     ids = archive.ensure_builtins(store)
     crippled, lost = _cripple_production(ws)
     assert lost == 8
-    outcome = stages.run(ws, candidate=ids[S.DEFAULT], progress=False)
+    outcome = cycle.run_scaffold_cycle(ws, candidate=ids[S.DEFAULT], progress=False)
     assert outcome.status == "done", outcome.message
     trial = store.scaffold_trial(outcome.cycle_id)
     checks = trial["result"]["checks"]
@@ -184,7 +182,7 @@ def test_an_equal_scaffold_is_not_adopted(baseline_ws):
     noop = {"name": "noop", "steps": production_spec["steps"] + [{"type": "retrieve", "k": 3, "weight": 0.0}]}
     candidate, new = archive.add(store, noop, "test")
     assert new
-    outcome = stages.run(ws, candidate=candidate, auto_approve=True, progress=False)
+    outcome = cycle.run_scaffold_cycle(ws, candidate=candidate, auto_approve=True, progress=False)
     assert outcome.status == "rejected"
     checks = store.scaffold_trial(outcome.cycle_id)["result"]["checks"]
     assert not checks["passed"] and checks["p_value"] == 1.0 and checks["gain"] == 0.0
@@ -226,7 +224,7 @@ def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, 
         ws.save_config(config)
         candidate, _ = archive.add(store, {"name": "ask_the_llm", "steps": [{"type": "classify"}, {"type": "llm"}]},
                                    "test")
-        outcome = stages.run(ws, candidate=candidate, auto_approve=True, progress=False)
+        outcome = cycle.run_scaffold_cycle(ws, candidate=candidate, auto_approve=True, progress=False)
     finally:
         server.shutdown()
     prompts = [body["messages"][-1]["content"] for _, _, body in _ChatServer.requests]
@@ -310,7 +308,7 @@ def test_scaffold_trials_read_no_gate_row_and_each_draws_its_own_split(scaffold_
     monkeypatch.setattr(stages, "evaluator", recording)
     monkeypatch.setattr(search, "evaluator", recording)
 
-    trials = [stages.run(ws, budget=1, auto_approve=True, progress=False).cycle_id for _ in range(2)]
+    trials = [cycle.run_scaffold_cycle(ws, budget=1, auto_approve=True, progress=False).cycle_id for _ in range(2)]
     assert [store.cycle(t)["status"] for t in trials] in (["done"] * 2, ["rejected"] * 2, ["done", "rejected"],
                                                           ["rejected", "done"])
     leaked = [(name, args) for name, args, ids in reads if ids & gate_ids]
@@ -347,7 +345,7 @@ def test_run_api_for_a_server(baseline_ws):
 
 
 def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(scaffold_ws, monkeypatch, capsys):
-    from core import auth, cycle
+    from core import auth
     from tests.conftest import APPROVER, PASSWORD
     from tests.test_dashboard import open_page, texts
 
@@ -355,7 +353,7 @@ def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(scaffold_ws, monkey
     _ab_on_every_selection_row(ws, policy="human")
     auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
     _cripple_production(ws)
-    outcome = stages.run(ws, candidate=S.DEFAULT, progress=False)
+    outcome = cycle.run_scaffold_cycle(ws, candidate=S.DEFAULT, progress=False)
     assert outcome.status == "waiting" and "scaffold_adoption gate" in outcome.message
 
     at = open_page(monkeypatch, ws.root, "scaffolds")
