@@ -24,14 +24,11 @@ from torch import nn
 from core import atomic, encoders
 from core.checksums import manifest, sha256_file
 from core.config import BUNDLED_MODEL, ConfigError, ModelConfig
+from core.errors import ModelIntegrityError  # noqa: F401 (raised here; callers may import it from here)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # PEFT still calls a transformers API that warns about its own rename; nothing for our users to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-class ModelIntegrityError(RuntimeError):
-    pass
 
 
 def resolve_base(name: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 from core import cycle, registry, scaffolds
 from core.cli import main
 from core.scaffolds import abtest, archive, mutate, spec as S, stages
-from core.scaffolds.run import Batch
+from core.scaffolds.run import Batch, bank_for, run as run_scaffold
 from tests.conftest import ChatHandler, copy_workspace, fast_config, make_workspace, run_cli
 
 
@@ -132,7 +132,7 @@ def _cripple_production(ws) -> tuple[str, int]:
     store = ws.store
     loaded = registry.load(ws, "v1")
     held = store.heldout("selection")
-    rows = scaffolds.run(S.builtin(S.DEFAULT), loaded, held["text"].tolist(), scaffolds.bank_for(ws, loaded))
+    rows = run_scaffold(S.builtin(S.DEFAULT), loaded, held["text"].tolist(), bank_for(ws, loaded))
     confidence = np.array([r["confidence"] for r in rows])
     correct = np.array([r["label"] for r in rows]) == held["label"].to_numpy()
     assert correct.sum() >= 8, "precondition: the baseline gets at least 8 of the 12 selection rows right"
@@ -206,7 +206,7 @@ def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, 
     store = ws.store
     loaded = registry.load(ws, "v1")
     probe = "my card payment was declined at the shop"
-    routed = scaffolds.run(S.builtin(S.DEFAULT), loaded, [probe], scaffolds.bank_for(ws, loaded))[0]["label"]
+    routed = run_scaffold(S.builtin(S.DEFAULT), loaded, [probe], bank_for(ws, loaded))[0]["label"]
     (tmp_path / "g.csv").write_text(f"text,expected_label,note\n{probe},{routed},declines must reach {routed}\n")
     from core.setup import add_guardrails
 
@@ -328,20 +328,20 @@ def test_scaffold_trials_read_no_gate_row_and_each_draws_its_own_split(scaffold_
 def test_run_api_for_a_server(baseline_ws):
     ws = baseline_ws
     loaded = registry.load(ws, "v1")
-    bank = scaffolds.bank_for(ws, loaded)
-    assert scaffolds.bank_for(ws, loaded) is bank  # embedded once per model version
+    bank = bank_for(ws, loaded)
+    assert bank_for(ws, loaded) is bank  # embedded once per model version
     scaffold_id, spec = scaffolds.load_production(ws)
     assert scaffold_id == S.DEFAULT and ws.store.scaffolds().empty  # reading never writes
     assert archive.ensure_builtins(ws.store)[S.DEFAULT] == S.DEFAULT == scaffolds.load_production(ws)[0]
     for name in S.BUILTINS:
-        [row] = scaffolds.run(S.builtin(name), loaded, ["where is my parcel"], bank)
+        [row] = run_scaffold(S.builtin(name), loaded, ["where is my parcel"], bank)
         assert set(row) == {"label", "confidence", "abstained"} and row["label"] in loaded.labels
     batch = Batch(loaded, ["where is my parcel", "refund my double charge"], bank)
-    everything = scaffolds.run({"steps": [{"type": "classify"}, {"type": "abstain", "threshold": 1.0}]}, loaded,
+    everything = run_scaffold({"steps": [{"type": "classify"}, {"type": "abstain", "threshold": 1.0}]}, loaded,
                                batch.texts, bank)
     assert all(r["abstained"] for r in everything)
     with pytest.raises(S.ScaffoldError, match="no LLM is configured"):
-        scaffolds.run(S.parse({"steps": [{"type": "llm"}]}), loaded, ["hi there"], bank)
+        run_scaffold(S.parse({"steps": [{"type": "llm"}]}), loaded, ["hi there"], bank)
 
 
 def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(scaffold_ws, monkeypatch, capsys):

@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from core.config import ConfigError
     from core.data import DataError
-    from core.model import ModelIntegrityError
-    from core.registry import NoModelError
+    from core.errors import ModelIntegrityError, NoModelError
     from core.store import StoreBusy, StoreConflict
     from core.workspace import WorkspaceError
 

@@ -9,6 +9,7 @@ from core.cli.common import open_ws, principal, print_json
 
 def cmd_predict(args) -> int:
     from core import atomic, registry, scaffolds
+    from core.scaffolds import run as scaffold_run
     from core.setup import read_predict_input
     from core.workspace import require_accepted_config
 
@@ -18,8 +19,8 @@ def cmd_predict(args) -> int:
     frame = read_predict_input(Path(args.input), args.text_col, config)
     loaded = registry.load_alias(ws, "production")
     scaffold_id, spec = scaffolds.load_production(ws)
-    rows = scaffolds.run(spec, loaded, frame[args.text_col].tolist(), scaffolds.bank_for(ws, loaded),
-                         scaffolds.llm_asker(config.scaffolds.llm))
+    rows = scaffold_run.run(spec, loaded, frame[args.text_col].tolist(), scaffold_run.bank_for(ws, loaded),
+                             scaffold_run.llm_asker(config.scaffolds.llm))
     frame["prediction"] = [r["label"] for r in rows]
     frame["confidence"] = [r["confidence"] for r in rows]
     frame["abstained"] = [r["abstained"] for r in rows]  # routed to a person; prediction is the best guess

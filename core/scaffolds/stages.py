@@ -25,7 +25,7 @@ def start(ws, flow: dict, budget: int | None = None, candidate: str | None = Non
     store = ws.store
     version = store.alias("production")
     if not version:
-        from core.registry import NoModelError
+        from core.errors import NoModelError
 
         raise NoModelError("no production model yet: scaffolds run on one (run `python -m core evolve`)")
     archive.ensure_builtins(store)
