@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from core import cycle, registry
-    from core.scaffolds import abtest, archive, spec as S, stages
+    from core.scaffolds import abtest, archive, spec as S
     from core.scaffolds.evaluate import correct_vector
     from core.scaffolds.run import Batch, bank_for, llm_asker
     from core.setup import init_workspace
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline: {baseline.message} ({t_train:.0f}s)", flush=True)
 
         t1 = time.perf_counter()
-        outcome = stages.run(ws, budget=args.budget, progress=False)
+        outcome = cycle.run_scaffold_cycle(ws, budget=args.budget, progress=False)
         trial = ws.store.scaffold_trial(outcome.cycle_id)
         checks = trial["result"]["checks"]
         t_search = time.perf_counter() - t1

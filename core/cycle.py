@@ -13,40 +13,22 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
 
-from core import atomic, curate, diagnose, drift, gates, lessons, model as M, registry, stats, traffic
+from core import atomic, checksums, curate, diagnose, drift, gates, lessons, model as M, registry, stats, traffic
 from core.curate import ask, views
 from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate_parts, probe_predictions
 from core.faults import crash_point
-from core.store import END_STATUSES, HELDOUT_PARTS, StoreConflict, utcnow
+from core.flow import Outcome, Stage, gate_stage
+from core.store import END_STATUSES, HELDOUT_PARTS, utcnow
 from core.train import TrainSpec, train
 from core.workspace import Workspace, engine_lock, require_accepted_config
 
 ENGINE = "engine"
-
-
-@dataclass
-class Outcome:
-    cycle_id: int
-    status: str  # one of END_STATUSES, waiting or stopped
-    stage: str
-    gate_id: int | None = None
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of a cycle: what runs, where the cycle goes when it completes, and where it goes on its other
-    exit (a gate's "no" ends the cycle as rejected; a drift verdict other than pass goes to its review)."""
-    run: Callable  # (ws, cycle, ctx, stage) -> Outcome | None
-    next: str
-    otherwise: str | None = None
 
 
 def _say(progress: bool, text: str) -> None:
@@ -250,7 +232,7 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     out = ws.models / version
     result_file = run_dir / "checkpoints" / "result.json"
     result = json.loads(result_file.read_text()) if result_file.exists() else None
-    if not (result and out.exists() and M.manifest(out) == result.get("files")):
+    if not (result and out.exists() and checksums.manifest(out) == result.get("files")):
         if out.exists():
             _set_aside(ws, cycle["id"], out)
         data = _training_data(ws, cycle)
@@ -279,7 +261,7 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     lineage = {"parent": cycle["parent_version"], "cycle": cycle["id"], "run_id": f"cycle_{cycle['id']}",
                "lora_layers": spec_saved.model.get("lora_layer_ids") or f"top {spec_saved.model['lora_layers']}",
                "lora_reason": spec_saved.extra.get("lora_reason"), "train_rows": len(data), "rows_by_source": data["source"].value_counts().to_dict(),
-               "train_data_sha256": M.sha256_file(run_dir / "train.parquet"),
+               "train_data_sha256": checksums.sha256_file(run_dir / "train.parquet"),
                "best_val_acc": result["best_val_acc"], "steps": result["steps"],
                "early_stop": result.get("stop_reason")}  # the doctor's reason, None when the run went to its end
     crash_point("train_before_register")
@@ -301,43 +283,11 @@ def stage_evaluate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                               f"{t['ci_low']:.4f}-{t['ci_high']:.4f}, {t['n']} probe rows)")
 
 
-def _gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, step: Stage,
-                hard: bool = True) -> Outcome | None:
-    """Open (or find) the cycle's gate of this kind, let its policy decide if it may, else wait for a person."""
-    store = ws.store
-    gate_cfg = getattr(ws.config().gates, kind)
-    gate = gates.open_gate(store, cycle["id"], kind, gate_cfg, checks)
-    verdict = None
-    if gate["status"] == "pending":
-        # the policy the gate was opened under governs it, even if config.toml changed since
-        gate_cfg = gate_cfg.model_copy(update={"policy": gate["policy"]})
-        verdict = gates.automatic_verdict(gate_cfg, checks, ctx["auto_approve"], hard=hard)
-        if verdict.action != "wait":
-            try:
-                gates.decide(store, gate["id"], verdict.action == "approve", verdict.actor, verdict.comment,
-                             automatic=True)
-            except StoreConflict:
-                pass  # a person decided in the meantime; their decision stands
-        gate = gates.expire_if_due(store, store.gate(gate["id"]))
-    if gate["status"] == "pending":
-        store.set_cycle_waiting(cycle["id"], True)
-        why = f" ({verdict.comment})" if verdict and verdict.comment else ""
-        return Outcome(cycle["id"], "waiting", cycle["stage"], gate["id"],
-                       f"cycle {cycle['id']} waits at {kind} gate {gate['id']}{why}: decide with "
-                       f"`python -m core approve|reject --workspace {ws.root} {gate['id']} --by NAME`, "
-                       f"then `python -m core resume --workspace {ws.root}`")
-    if gate["status"] == "approved":
-        store.set_stage(cycle["id"], step.next)
-        return None
-    store.reject_cycle(cycle["id"], gate["decided_by"], gate["comment"] or f"{kind} gate rejected")
-    return None
-
-
 def stage_data_review(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
     store = ws.store
     checks = gates.data_review_checks(ws.config().gates.data_review, store.samples(cycle["id"]),
                                       store.seed_examples(before_cycle=cycle["id"])["label"])
-    return _gate_stage(ws, cycle, ctx, "data_review", checks, step, hard=False)
+    return gate_stage(ws, cycle, ctx, "data_review", checks, step, hard=False)
 
 
 def stage_drift(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
@@ -355,7 +305,7 @@ def stage_drift(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
 def stage_drift_review(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
     report = ws.store.drift_report(cycle["id"])["report"]
     checks = {"passed": False, "verdict": report["verdict"], "reasons": report["reasons"]}
-    return _gate_stage(ws, cycle, ctx, "drift_review", checks, step, hard=False)
+    return gate_stage(ws, cycle, ctx, "drift_review", checks, step, hard=False)
 
 
 def stage_traffic_labels(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | None:
@@ -402,7 +352,7 @@ def stage_gate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | 
                 "gain": traffic.gain(store, cycle["id"]) if cycle["parent_version"] else None,
                 "resemblance": traffic.resemblance(ws) if cycle["parent_version"] else None}
     checks = gates.promotion_checks(cfg.gates, candidate, production, evidence)
-    return _gate_stage(ws, cycle, ctx, "promotion", checks, step)
+    return gate_stage(ws, cycle, ctx, "promotion", checks, step)
 
 
 def stage_promote(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
@@ -558,3 +508,12 @@ def resume(ws: Workspace, auto_approve: bool = False, progress: bool = True,
         if open_ is None:
             return None
         return run_cycle(ws, open_["id"], auto_approve, progress, stop)
+
+
+def run_scaffold_cycle(ws: Workspace, budget: int | None = None, candidate: str | None = None,
+                       auto_approve: bool = False, progress: bool = True) -> Outcome:
+    """Start a scaffold cycle and run it to its end or to its gate (one engine per workspace, as for evolve)."""
+    with engine_lock(ws):
+        begin_engine(ws)
+        cycle_id = scaffold_stages.start(ws, FLOWS[scaffold_stages.KIND], budget, candidate)
+        return run_cycle(ws, cycle_id, auto_approve, progress)

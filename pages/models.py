@@ -32,7 +32,7 @@ LONG_TEXT = st.column_config.TextColumn(width="large")
 def roll_back() -> None:
     """Form callback: the signed-in approver points production at a version that was production before."""
     from core import actions, registry  # imports torch: pay for it only when someone rolls back
-    from core.model import ModelIntegrityError
+    from core.errors import ModelIntegrityError
 
     version = st.session_state["rollback_version"]
     try:

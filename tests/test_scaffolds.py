@@ -8,10 +8,10 @@ from http.server import HTTPServer
 import numpy as np
 import pytest
 
-from core import registry, scaffolds
+from core import cycle, registry, scaffolds
 from core.cli import main
 from core.scaffolds import abtest, archive, mutate, spec as S, stages
-from core.scaffolds.run import Batch
+from core.scaffolds.run import Batch, bank_for, run as run_scaffold
 from tests.conftest import ChatHandler, copy_workspace, fast_config, make_workspace, run_cli
 
 
@@ -105,8 +105,6 @@ def test_cli_refuses_a_malformed_scaffold_file(workspace, tmp_path, capsys, monk
 def _scaffold_template(tmp_path_factory, tiny_csvs):
     """A trained baseline whose held-out set gives 12 of its 16 rows to selection (3 a class): a scaffold trial
     reads the selection rows alone, and a planted paired test needs more than the usual 4."""
-    from core import cycle
-
     config = fast_config()
     config.data.selection_fraction = 0.75
     ws = make_workspace(tmp_path_factory.mktemp("scaffold") / "ws", tiny_csvs, config)
@@ -134,7 +132,7 @@ def _cripple_production(ws) -> tuple[str, int]:
     store = ws.store
     loaded = registry.load(ws, "v1")
     held = store.heldout("selection")
-    rows = scaffolds.run(S.builtin(S.DEFAULT), loaded, held["text"].tolist(), scaffolds.bank_for(ws, loaded))
+    rows = run_scaffold(S.builtin(S.DEFAULT), loaded, held["text"].tolist(), bank_for(ws, loaded))
     confidence = np.array([r["confidence"] for r in rows])
     correct = np.array([r["label"] for r in rows]) == held["label"].to_numpy()
     assert correct.sum() >= 8, "precondition: the baseline gets at least 8 of the 12 selection rows right"
@@ -154,7 +152,7 @@ def test_planted_better_scaffold_is_adopted_and_predict_uses_it(scaffold_ws, tmp
     ids = archive.ensure_builtins(store)
     crippled, lost = _cripple_production(ws)
     assert lost == 8
-    outcome = stages.run(ws, candidate=ids[S.DEFAULT], progress=False)
+    outcome = cycle.run_scaffold_cycle(ws, candidate=ids[S.DEFAULT], progress=False)
     assert outcome.status == "done", outcome.message
     trial = store.scaffold_trial(outcome.cycle_id)
     checks = trial["result"]["checks"]
@@ -184,7 +182,7 @@ def test_an_equal_scaffold_is_not_adopted(baseline_ws):
     noop = {"name": "noop", "steps": production_spec["steps"] + [{"type": "retrieve", "k": 3, "weight": 0.0}]}
     candidate, new = archive.add(store, noop, "test")
     assert new
-    outcome = stages.run(ws, candidate=candidate, auto_approve=True, progress=False)
+    outcome = cycle.run_scaffold_cycle(ws, candidate=candidate, auto_approve=True, progress=False)
     assert outcome.status == "rejected"
     checks = store.scaffold_trial(outcome.cycle_id)["result"]["checks"]
     assert not checks["passed"] and checks["p_value"] == 1.0 and checks["gain"] == 0.0
@@ -208,7 +206,7 @@ def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, 
     store = ws.store
     loaded = registry.load(ws, "v1")
     probe = "my card payment was declined at the shop"
-    routed = scaffolds.run(S.builtin(S.DEFAULT), loaded, [probe], scaffolds.bank_for(ws, loaded))[0]["label"]
+    routed = run_scaffold(S.builtin(S.DEFAULT), loaded, [probe], bank_for(ws, loaded))[0]["label"]
     (tmp_path / "g.csv").write_text(f"text,expected_label,note\n{probe},{routed},declines must reach {routed}\n")
     from core.setup import add_guardrails
 
@@ -226,7 +224,7 @@ def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, 
         ws.save_config(config)
         candidate, _ = archive.add(store, {"name": "ask_the_llm", "steps": [{"type": "classify"}, {"type": "llm"}]},
                                    "test")
-        outcome = stages.run(ws, candidate=candidate, auto_approve=True, progress=False)
+        outcome = cycle.run_scaffold_cycle(ws, candidate=candidate, auto_approve=True, progress=False)
     finally:
         server.shutdown()
     prompts = [body["messages"][-1]["content"] for _, _, body in _ChatServer.requests]
@@ -310,7 +308,7 @@ def test_scaffold_trials_read_no_gate_row_and_each_draws_its_own_split(scaffold_
     monkeypatch.setattr(stages, "evaluator", recording)
     monkeypatch.setattr(search, "evaluator", recording)
 
-    trials = [stages.run(ws, budget=1, auto_approve=True, progress=False).cycle_id for _ in range(2)]
+    trials = [cycle.run_scaffold_cycle(ws, budget=1, auto_approve=True, progress=False).cycle_id for _ in range(2)]
     assert [store.cycle(t)["status"] for t in trials] in (["done"] * 2, ["rejected"] * 2, ["done", "rejected"],
                                                           ["rejected", "done"])
     leaked = [(name, args) for name, args, ids in reads if ids & gate_ids]
@@ -330,24 +328,24 @@ def test_scaffold_trials_read_no_gate_row_and_each_draws_its_own_split(scaffold_
 def test_run_api_for_a_server(baseline_ws):
     ws = baseline_ws
     loaded = registry.load(ws, "v1")
-    bank = scaffolds.bank_for(ws, loaded)
-    assert scaffolds.bank_for(ws, loaded) is bank  # embedded once per model version
+    bank = bank_for(ws, loaded)
+    assert bank_for(ws, loaded) is bank  # embedded once per model version
     scaffold_id, spec = scaffolds.load_production(ws)
     assert scaffold_id == S.DEFAULT and ws.store.scaffolds().empty  # reading never writes
     assert archive.ensure_builtins(ws.store)[S.DEFAULT] == S.DEFAULT == scaffolds.load_production(ws)[0]
     for name in S.BUILTINS:
-        [row] = scaffolds.run(S.builtin(name), loaded, ["where is my parcel"], bank)
+        [row] = run_scaffold(S.builtin(name), loaded, ["where is my parcel"], bank)
         assert set(row) == {"label", "confidence", "abstained"} and row["label"] in loaded.labels
     batch = Batch(loaded, ["where is my parcel", "refund my double charge"], bank)
-    everything = scaffolds.run({"steps": [{"type": "classify"}, {"type": "abstain", "threshold": 1.0}]}, loaded,
+    everything = run_scaffold({"steps": [{"type": "classify"}, {"type": "abstain", "threshold": 1.0}]}, loaded,
                                batch.texts, bank)
     assert all(r["abstained"] for r in everything)
     with pytest.raises(S.ScaffoldError, match="no LLM is configured"):
-        scaffolds.run(S.parse({"steps": [{"type": "llm"}]}), loaded, ["hi there"], bank)
+        run_scaffold(S.parse({"steps": [{"type": "llm"}]}), loaded, ["hi there"], bank)
 
 
 def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(scaffold_ws, monkeypatch, capsys):
-    from core import auth, cycle
+    from core import auth
     from tests.conftest import APPROVER, PASSWORD
     from tests.test_dashboard import open_page, texts
 
@@ -355,7 +353,7 @@ def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(scaffold_ws, monkey
     _ab_on_every_selection_row(ws, policy="human")
     auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
     _cripple_production(ws)
-    outcome = stages.run(ws, candidate=S.DEFAULT, progress=False)
+    outcome = cycle.run_scaffold_cycle(ws, candidate=S.DEFAULT, progress=False)
     assert outcome.status == "waiting" and "scaffold_adoption gate" in outcome.message
 
     at = open_page(monkeypatch, ws.root, "scaffolds")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import atomic, model as M
+from core import atomic, checksums, model as M
 from core.config import ConfigError
 
 
@@ -74,7 +74,7 @@ def encoder_key(folder: Path) -> str:
     """sha256 over the encoder's file names and contents (computed once per process and folder)."""
     folder = Path(folder).resolve()
     if str(folder) not in _KEYS:
-        _KEYS[str(folder)] = hashlib.sha256(json.dumps(M.manifest(folder), sort_keys=True).encode()).hexdigest()
+        _KEYS[str(folder)] = hashlib.sha256(json.dumps(checksums.manifest(folder), sort_keys=True).encode()).hexdigest()
     return _KEYS[str(folder)]
 
 

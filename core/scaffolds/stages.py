@@ -2,12 +2,14 @@
 
 It is a cycle of kind "scaffold" in the same persisted state machine as model cycles, so `approve`,
 `reject`, `resume`, the Approvals page and the audit log work on it unchanged. A trial of a given candidate
-(`scaffolds trial`) starts at the A/B test and skips the search.
+(`scaffolds trial`) starts at the A/B test and skips the search. `core.cycle.run_scaffold_cycle` starts one
+and runs it.
 """
 from __future__ import annotations
 
 import sys
 
+from core.flow import gate_stage
 from core.scaffolds import abtest, archive, spec as S
 from core.scaffolds.evaluate import trial_rows
 from core.scaffolds.run import llm_asker
@@ -17,18 +19,13 @@ KIND = "scaffold"
 ACTOR = "engine"
 
 
-def _cycle():
-    from core import cycle  # the cycle module imports these stages: import it when a stage runs
-
-    return cycle
-
-
-def start(ws, budget: int | None = None, candidate: str | None = None) -> int:
-    """Open a scaffold cycle on the production model: a search of `budget`, or an A/B trial of `candidate`."""
+def start(ws, flow: dict, budget: int | None = None, candidate: str | None = None) -> int:
+    """Open a scaffold cycle on the production model: a search of `budget`, or an A/B trial of `candidate`
+    (`flow`: this kind's stages, from the engine's table)."""
     store = ws.store
     version = store.alias("production")
     if not version:
-        from core.registry import NoModelError
+        from core.errors import NoModelError
 
         raise NoModelError("no production model yet: scaffolds run on one (run `python -m core evolve`)")
     archive.ensure_builtins(store)
@@ -42,7 +39,6 @@ def start(ws, budget: int | None = None, candidate: str | None = None) -> int:
     budget = budget if budget is not None else ws.config().scaffolds.budget
     if budget < 1:
         raise ValueError("--budget must be at least 1")
-    flow = _cycle().FLOWS[KIND]
     first = next(iter(flow))  # a trial of a named candidate skips the search
     return store.create_scaffold_cycle(flow[first].next if candidate else first, version, budget,
                                        production_id, candidate, ACTOR)
@@ -86,7 +82,7 @@ def stage_ab(ws, cycle: dict, ctx: dict, step) -> None:
 
 def stage_gate(ws, cycle: dict, ctx: dict, step):
     checks = ws.store.scaffold_trial(cycle["id"])["result"]["checks"]
-    return _cycle()._gate_stage(ws, cycle, ctx, "scaffold_adoption", checks, step)
+    return gate_stage(ws, cycle, ctx, "scaffold_adoption", checks, step)
 
 
 def stage_adopt(ws, cycle: dict, ctx: dict, step) -> None:
@@ -97,13 +93,3 @@ def stage_adopt(ws, cycle: dict, ctx: dict, step) -> None:
     ws.store.adopt_scaffold(trial["candidate_id"], gate["decided_by"],
                             f"gate {gate['id']}: {gate['comment'] or 'approved'}", cycle["id"])
 
-
-def run(ws, budget: int | None = None, candidate: str | None = None, auto_approve: bool = False,
-        progress: bool = True):
-    """Start a scaffold cycle and run it to its end or to its gate (one engine per workspace, as for evolve)."""
-    from core.workspace import engine_lock
-
-    with engine_lock(ws):
-        _cycle().begin_engine(ws)
-        cycle_id = start(ws, budget, candidate)
-        return _cycle().run_cycle(ws, cycle_id, auto_approve, progress)

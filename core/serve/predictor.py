@@ -8,8 +8,8 @@ from typing import Callable
 
 import torch
 
-from core import model as M, registry, scaffolds
-from core.scaffolds import archive
+from core import model as M, registry
+from core.scaffolds import archive, run as scaffold_run
 from core.serve.swap import HotSwap, Keys
 from core.workspace import Workspace
 
@@ -21,7 +21,7 @@ class Serving:
     model_version: str
     scaffold_version: str
     scaffold: dict
-    bank: scaffolds.Bank
+    bank: scaffold_run.Bank
 
 
 def watched_keys(ws: Workspace) -> dict[str, Callable[[], str | None]]:
@@ -47,7 +47,7 @@ class Predictor:
         loaded.model.to(M.device()).eval()
         scaffold_id = keys["scaffold"]
         spec = archive.get(self.ws.store, scaffold_id)
-        serving = Serving(loaded, version, scaffold_id, spec, scaffolds.bank_for(self.ws, loaded))
+        serving = Serving(loaded, version, scaffold_id, spec, scaffold_run.bank_for(self.ws, loaded))
         self._run(serving, ["warm up"])  # the first real request should not pay for lazy initialisation
         return serving
 
@@ -67,7 +67,7 @@ class Predictor:
             torch.set_num_threads(self.threads)
             self._local.threads_set = True
         with self._forward, torch.inference_mode():
-            return scaffolds.run(serving.scaffold, serving.loaded, texts, serving.bank)
+            return scaffold_run.run(serving.scaffold, serving.loaded, texts, serving.bank)
 
     def predict(self, texts: list[str]) -> list[dict]:
         """[{label, confidence, abstained, model_version, scaffold_version}] per text, all from one Serving."""
