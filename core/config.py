@@ -127,6 +127,11 @@ class LLMConfig(_Section):
     per_request: int = Field(10, ge=1, le=100)
     max_requests: int = Field(10, ge=0)
     timeout_s: float = Field(30.0, gt=0)
+    max_tokens: int = Field(1024, ge=1)  # per answer; bounds what one request costs
+    # What the texts are, in a few words ("messages customers send a bank"); the prompts name it. Empty: they
+    # describe the texts by the workspace's label names alone.
+    domain: str = ""
+    examples_per_label: int = Field(3, ge=0, le=20)  # of the workspace's seed texts, shown per label in a prompt
 
 
 class CurateConfig(_Section):
@@ -160,6 +165,9 @@ class CurateConfig(_Section):
     contamination_similarity: float = Field(0.85, gt=0, le=1)  # to any held-out text
     min_chars: int = Field(3, ge=1)
     max_chars: int = Field(1000, ge=1)
+    # A written sample whose characters surprise a 3-gram model of the labeled texts more than this many times
+    # traffic's 99th percentile is dropped as unlike the workspace's texts (random characters: about 2x); 0: off.
+    max_surprise_ratio: float = Field(1.5, ge=0)
     max_per_class: int = Field(200, ge=1)
     favoured_class_factor: float = Field(1.5, ge=1)  # cap multiplier for diagnosed weak classes
     # Share of kept samples per difficulty level (0 easy .. 3 hard), where generators can choose.

@@ -197,7 +197,7 @@ class _ChatServer(ChatHandler):
     requests: list = []
 
     def reply(self, body: dict) -> str:
-        text = body["messages"][-1]["content"].split("Message: ", 1)[1].split("\n", 1)[0]
+        text = body["messages"][-1]["content"].split("\nText: ", 1)[1].split("\n", 1)[0]
         return _ChatServer.answers.get(text, "no idea")
 
 
@@ -228,7 +228,7 @@ def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, 
     finally:
         server.shutdown()
     prompts = [body["messages"][-1]["content"] for _, _, body in _ChatServer.requests]
-    assert any(f"Message: {probe}\n" in p and "Answer with the intent name only" in p for p in prompts)
+    assert any(f"\nText: {probe}\n" in p and "Answer with the label name only" in p for p in prompts)
     result = store.scaffold_trial(outcome.cycle_id)["result"]
     assert result["candidate"]["accuracy"] == 1.0  # the LLM step answered every held-out text
     assert result["candidate"]["guardrail_pass"] == 0.0 and result["production"]["guardrail_pass"] == 1.0

@@ -46,6 +46,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     reviewed: earlier human decisions (text, label, status approved|rejected, reviewed_by)."""
     cfg = ctx.cfg
     remedy = ctx.remedy or Remedy()
+    ctx.protected = frozenset(heldout["text"].astype(str).map(filters.normalize))
     for name in sorted(remedy.skip_generators & set(cfg.generators)):
         ctx.notes[name] = "sat this cycle out: a rejected candidate's kept set was flooded by it"
     parts = [GENERATORS[name](ctx) for name in cfg.generators if name in GENERATORS
@@ -64,6 +65,14 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     labeled = pd.concat([ctx.seed[["text", "label"]], approved[["text", "label"]]], ignore_index=True) \
         if len(approved) else ctx.seed[["text", "label"]]
     cand = filters.apply(cand, labeled, heldout, cfg)
+    # Written text must read like the workspace's own: an endpoint's or a generator's nonsense goes here, before
+    # the verifiers, which a model can be sure of on nonsense. Traffic is what the workspace holds, by definition.
+    written = cand.index[(cand["status"] == "candidate") & ~cand["generator"].isin(TRAFFIC_LABELERS)]
+    for i, reason in zip(written, filters.unlike_reasons(cand.loc[written, "text"].tolist(), labeled["text"].tolist(),
+                                                         ctx.pool["text"].tolist(), cfg.max_surprise_ratio,
+                                                         ctx.seed_value)):
+        if reason:
+            cand.loc[i, ["status", "reason"]] = ["dropped", reason]
 
     cand["confidence"], cand["difficulty"], cand["scores"] = np.nan, -1, "{}"
     cand["rank_score"] = 0.0

@@ -1,8 +1,12 @@
-"""Filters that need no model: sanity, exact and near duplicates, contamination of held-out and probe texts."""
+"""Filters that need no model: sanity, exact and near duplicates, contamination of held-out and probe texts, and
+written text unlike anything the workspace holds."""
 from __future__ import annotations
 
+import math
+import random
 import re
 import unicodedata
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -112,3 +116,59 @@ def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame
                     out.loc[i, ["status", "reason"]] = [
                         "dropped", f"near-duplicate ({sims[row, earlier[0]]:.2f}) of sample #{rest[earlier[0]]}"]
     return out
+
+
+class CharModel:
+    """Bits a character under an interpolated character n-gram model of some texts: how unlike them a text reads.
+    Each order's estimate is mixed with the shorter one's by c / (c + strength), c the context's count."""
+
+    def __init__(self, texts: list[str], order: int = 3, strength: float = 5.0):
+        self.order, self.strength = order, strength
+        self.counts: Counter = Counter()  # every n-gram of length 1..order
+        for text in texts:
+            padded = self._pad(text)
+            for i in range(order - 1, len(padded)):
+                for n in range(1, order + 1):
+                    self.counts[padded[i - n + 1:i + 1]] += 1
+        singles = [g for g in self.counts if len(g) == 1]
+        self.total = sum(self.counts[g] for g in singles)
+        self.alphabet = len(singles) + 1  # an unseen character shares the floor
+
+    def _pad(self, text: str) -> str:
+        return "\x02" * (self.order - 1) + normalize(text) + "\x03"
+
+    def bits(self, text: str) -> float:
+        padded, total = self._pad(text), 0.0
+        for i in range(self.order - 1, len(padded)):
+            p = 1.0 / self.alphabet
+            for n in range(1, self.order + 1):
+                gram = padded[i - n + 1:i + 1]
+                seen = self.total if n == 1 else self.counts[gram[:-1]]
+                if seen:
+                    weight = seen / (seen + self.strength)
+                    p = weight * self.counts[gram] / seen + (1 - weight) * p
+            total -= math.log2(p)
+        return total / (len(padded) - self.order + 1)
+
+
+MIN_TRAFFIC = 20  # traffic texts the bar needs; with fewer, no written text is judged unlike
+REFERENCE_TEXTS = 2000  # traffic texts scored for the bar, at most
+
+
+def unlike_reasons(texts: list[str], labeled: list[str], traffic: list[str], ratio: float,
+                   seed: int = 0) -> list[str | None]:
+    """For written texts: a reason for each whose characters surprise a model of the labeled texts more than
+    `ratio` times the traffic's 99th percentile does, else None. Real text of the workspace's kind, traffic
+    included, costs about the same bits a character; random characters cost about twice as many, whatever the
+    domain. ratio 0, or too little traffic to set the bar: no reasons."""
+    if ratio <= 0 or len(traffic) < MIN_TRAFFIC or not texts:
+        return [None] * len(texts)
+    model = CharModel(labeled)
+    reference = random.Random(seed).sample(traffic, min(len(traffic), REFERENCE_TEXTS))
+    bar = ratio * float(np.percentile([model.bits(t) for t in reference], 99))
+    reasons = []
+    for text in texts:
+        bits = model.bits(text)
+        reasons.append(f"unlike the workspace's texts: {bits:.1f} bits a character, over {bar:.1f} "
+                       f"({ratio:g}x traffic's 99th percentile)" if bits > bar else None)
+    return reasons

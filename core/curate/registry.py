@@ -35,6 +35,9 @@ class Context:
     # core.sandbox.check.ExecutionCheck, when one is configured: every candidate the filters let through is
     # executed, and its execution, not the model, decides whether its label holds.
     check: object = None
+    # Normalized held-out and traffic-probe texts (filters.normalize), set by curate(): what a generator must never
+    # show an outside endpoint, even where the seed repeats one.
+    protected: frozenset = frozenset()
 
     def requested_mix(self, label: str) -> list[float]:
         """The difficulty mix asked of a class (0 easy .. 3 hard, sums to 1): harder for diagnosed classes."""

@@ -15,10 +15,10 @@ from core.scaffolds.steps import STEPS
 # Prompt texts a mutation may switch between; each keeps the {text} placeholder.
 PROMPTS = [
     S.STEPS["llm"].params["prompt"].default,
-    "Which team should handle this message? Teams: {labels}.\nMessage: {text}\nReply with the team name only.",
-    "Message: {text}\nLikely intents: {candidates}. All intents: {labels}.\nThink about what the customer "
-    "needs, then answer with one intent name only.",
-    "You label support tickets. Intents: {labels}.\nTicket: {text}\nIntent:",
+    "Which of these labels fits this text? Labels: {labels}.\nText: {text}\nReply with the label name only.",
+    "Text: {text}\nLikely labels: {candidates}. All labels: {labels}.\nThink about what the text is about, "
+    "then answer with one label name only.",
+    "Labeled examples:\n{examples}\nLabels: {labels}.\nText: {text}\nLabel:",
 ]
 
 

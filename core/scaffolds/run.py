@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from core import model as M
 from core.curate import llm as llm_client
+from core.curate.filters import normalize
 from core.curate.verify import nearest, perturb
 from core.scaffolds.spec import ScaffoldError, parse
 from core.scaffolds.steps import STEPS, State
 
-LLM_SYSTEM = "You route customer messages to the right team. Answer with one intent name from the list."
+LLM_SYSTEM = "You label texts{domain}: for each text you are given, answer with one label name from its list."
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Bank:
     version: str
     emb: np.ndarray
     label_idx: np.ndarray  # index into the model's labels, per bank row
+    # A few seed texts per label, for an llm step's prompt: never a held-out or traffic-probe text.
+    examples: dict[str, list[str]] = field(default_factory=dict)
 
 
 _banks: dict[tuple[str, str], Bank] = {}
@@ -46,8 +49,16 @@ def bank_for(ws, loaded: M.Loaded) -> Bank:
                 new = loaded.memory.rows_of(seed["text"].tolist()) < 0
                 bank = Bank(loaded.version, np.vstack([loaded.memory.emb, bank.emb[new]]),
                             np.concatenate([loaded.memory.label_idx, bank.label_idx[new]]))
-            _banks[key] = bank
+            _banks[key] = replace(bank, examples=prompt_examples(ws, seed, loaded.labels))
         return _banks[key]
+
+
+def prompt_examples(ws, seed, labels: list[str]) -> dict[str, list[str]]:
+    """scaffolds.llm.examples_per_label seed texts per label, none of them a held-out or traffic-probe text. The
+    store answers which seed texts those are, so a scaffold never reads the gate's rows."""
+    hidden = frozenset(map(normalize, ws.store.evaluation_texts_in(seed["text"].tolist())))
+    k = ws.config().scaffolds.llm.examples_per_label
+    return {label: llm_client.examples_of(seed, label, k, hidden, 0) for label in labels}
 
 
 def make_bank(loaded: M.Loaded, texts: list[str], labels: list[str]) -> Bank:
@@ -138,6 +149,7 @@ def llm_asker(cfg) -> Callable[[str], str | None] | None:
     if found is None:
         return None
     base_url, model, key = found
+    system = LLM_SYSTEM.format(domain=f" ({cfg.domain.strip()})" if cfg.domain.strip() else "")
     sent = [0]
 
     def ask(prompt: str) -> str | None:
@@ -145,8 +157,8 @@ def llm_asker(cfg) -> Callable[[str], str | None] | None:
             return None
         sent[0] += 1
         try:
-            return llm_client.complete(base_url, model, key, prompt, cfg.timeout_s, system=LLM_SYSTEM,
-                                       temperature=0.0)
+            return llm_client.complete(base_url, model, key, prompt, cfg.timeout_s, system, temperature=0.0,
+                                       max_tokens=cfg.max_tokens)
         except llm_client.LLMError:
             return None  # an unanswered text keeps the model's scores
     return ask

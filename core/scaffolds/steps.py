@@ -103,9 +103,11 @@ def abstain(state: State, threshold: float) -> None:
     state.abstained = low if state.abstained is None else (state.abstained | low)
 
 
-PROMPT_FIELDS = {"text", "labels", "candidates"}
-DEFAULT_PROMPT = ("Classify this customer message into exactly one of these intents: {labels}.\n"
-                  "The most likely ones are: {candidates}.\nMessage: {text}\nAnswer with the intent name only.")
+# {examples}: a few of the workspace's seed texts for each of the candidates, one "- [label] text" a line.
+PROMPT_FIELDS = {"text", "labels", "candidates", "examples"}
+DEFAULT_PROMPT = ("Label this text with exactly one of these labels: {labels}.\n"
+                  "The most likely ones are: {candidates}. Examples of them:\n{examples}\n"
+                  "Text: {text}\nAnswer with the label name only.")
 
 
 def check_prompt(prompt: str) -> str | None:
@@ -118,7 +120,8 @@ def check_prompt(prompt: str) -> str | None:
         return "the prompt template needs a {text} placeholder"
     unknown = fields - PROMPT_FIELDS
     if unknown:
-        return f"unknown prompt placeholder(s) {', '.join(sorted(unknown))} (use {{text}}, {{labels}}, {{candidates}})"
+        return (f"unknown prompt placeholder(s) {', '.join(sorted(unknown))} "
+                "(use {text}, {labels}, {candidates}, {examples})")
     return None
 
 
@@ -142,8 +145,9 @@ def llm(state: State, prompt: str, threshold: float, weight: float) -> None:
     answered = np.zeros(len(probs), dtype=bool)
     for i in np.flatnonzero(rows):
         top = [labels[j] for j in np.argsort(-probs[i])[:3]]
+        shown = "\n".join(f"- [{label}] {text}" for label in top for text in state.batch.bank.examples.get(label, []))
         answer = state.batch.ask(prompt.format(text=state.batch.texts[i], labels=", ".join(labels),
-                                               candidates=", ".join(top)))
+                                               candidates=", ".join(top), examples=shown or "(none)"))
         picked = parse_label(answer, labels) if answer is not None else None
         if picked is not None:
             evidence[i, picked], answered[i] = 1.0, True

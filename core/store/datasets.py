@@ -68,6 +68,20 @@ class DatasetsMixin:
         return self._read("SELECT x.id, x.text FROM examples x JOIN traffic_probe p ON p.example_id = x.id "
                           "ORDER BY x.id")
 
+    def evaluation_texts_in(self, texts: list[str]) -> set[str]:
+        """Those of texts that a held-out or traffic-probe row also holds, case and spacing aside: what a prompt
+        sent outside the workspace leaves out. It answers about these texts only; no evaluation row is returned."""
+        if not texts:
+            return set()
+        key = "lower(trim(regexp_replace({}, '\\s+', ' ', 'g')))"
+        with self._tx(read_only=True) as con:
+            _register(con, "asked_df", pd.DataFrame({"text": list(dict.fromkeys(texts))}))
+            rows = con.execute(
+                f"SELECT a.text FROM asked_df a WHERE {key.format('a.text')} IN (SELECT {key.format('x.text')} "
+                "FROM examples x WHERE x.split = 'heldout' OR x.id IN (SELECT example_id FROM traffic_probe))"
+            ).fetchall()
+        return {text for (text,) in rows}
+
     def heldout(self, part: str) -> pd.DataFrame:
         """One part of the held-out set: id, text, label."""
         if part not in HELDOUT_PARTS:
