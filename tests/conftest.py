@@ -20,6 +20,19 @@ LABELS = ["billing_question", "payment_processing_error", "shipping_delay", "acc
 
 sys.path.insert(0, str(ROOT))
 
+# Under xdist each worker gets its share of the cores for torch (and so do the engines, servers and CLIs it
+# starts, which inherit the environment): two workers each running torch on every core are slower than one.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, so that with several workers the longest ones start at once instead of being the
+    tail that one worker runs while the others wait."""
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("soak")))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _audit_keys(tmp_path_factory):
