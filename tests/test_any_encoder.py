@@ -107,6 +107,7 @@ def _adapted(loaded: M.Loaded, arch: str) -> dict[int, set[str]]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_train_diagnose_predict(arch, encoders, csvs, tmp_path, capsys):
     attention, n_heads, layer_ids = ARCHS[arch]

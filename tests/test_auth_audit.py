@@ -26,6 +26,7 @@ def test_password_is_stored_as_a_salted_slow_hash(workspace):
 @pytest.mark.parametrize("name,password,why", [("victor", "victor-secret", "'victor' is a viewer, not an approver"),
                                                ("alice", "guess", "wrong name or password"),
                                                ("mallory", "x", "wrong name or password")])
+@pytest.mark.slow
 def test_refusals_are_refused_and_logged(pending, monkeypatch, capsys, name, password, why):
     ws, gid = pending
     monkeypatch.setenv("EVOLAB_PASSWORD", password)

@@ -1,4 +1,5 @@
 """bench/teacher_ceiling.py on the demo tickets: the ceiling curve is computed, not printed from a table."""
+import pytest
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ def _bench(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_ceiling_curve_rises_to_full_accuracy_labels(tmp_path):
     frame = pd.concat([pd.read_csv(REPO / "data" / name) for name in ("tickets_labeled.csv", "tickets_heldout.csv")])
     frame.rename(columns={"label": "category"}).to_csv(tmp_path / "train.csv", index=False)
@@ -29,6 +31,7 @@ def test_ceiling_curve_rises_to_full_accuracy_labels(tmp_path):
     assert len(teachers) == 3
 
 
+@pytest.mark.slow
 def test_missing_column_is_one_line_and_exit_2(tmp_path):
     pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]}).to_csv(tmp_path / "train.csv", index=False)
     result = _bench("--data", str(tmp_path))

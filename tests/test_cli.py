@@ -3,10 +3,13 @@ import json
 
 import pandas as pd
 
+import pytest
+
 from core.cli import main
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_predict_keeps_input_columns_and_adds_prediction(baseline_ws, tmp_path):
     src = tmp_path / "in.csv"
     pd.DataFrame({"ticket": [1, 2], "body": ["my card payment was declined", "where is my parcel"]}).to_csv(
@@ -29,6 +32,7 @@ def test_status_json(baseline_ws, capsys):
     assert info["cycles"][0]["status"] == "done" and info["pending_gates"] == []
 
 
+@pytest.mark.slow
 def test_rollback_moves_production_and_keeps_history(weak_baseline_ws, capsys, monkeypatch):
     from core import auth, cycle
 

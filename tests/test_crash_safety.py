@@ -69,6 +69,7 @@ def test_engine_files_are_fsynced_then_renamed_into_place(workspace, monkeypatch
     assert not torn, f"written in place, not fsynced and renamed: {torn}"
 
 
+@pytest.mark.slow
 def test_a_version_folder_is_written_once(baseline_ws, tmp_path):
     """save_version never replaces a folder; a stray folder under the next version's name is set aside (kept,
     audited), never deleted, and the registered version's files are its own."""
@@ -94,6 +95,7 @@ def _max_tries(ws, n: int) -> None:
     ws.save_config(config)
 
 
+@pytest.mark.slow
 def test_a_stage_that_keeps_raising_fails_its_cycle(baseline_ws):
     _max_tries(baseline_ws, 2)
     root = str(baseline_ws.root)
@@ -117,6 +119,7 @@ def test_a_stage_that_keeps_raising_fails_its_cycle(baseline_ws):
     assert cycle.start_cycle(baseline_ws) == 3  # the next cycle can start
 
 
+@pytest.mark.slow
 def test_a_stage_whose_process_keeps_dying_fails_its_cycle(baseline_ws):
     """A kill -9 (or the OOM killer) leaves no error behind: the tries are counted before the stage runs."""
     _max_tries(baseline_ws, 2)
@@ -130,6 +133,7 @@ def test_a_stage_whose_process_keeps_dying_fails_its_cycle(baseline_ws):
     assert baseline_ws.store.open_cycle() is None
 
 
+@pytest.mark.slow
 def test_a_stage_that_recovers_starts_its_count_over(baseline_ws):
     _max_tries(baseline_ws, 2)
     root = str(baseline_ws.root)
@@ -144,6 +148,7 @@ def test_a_stage_that_recovers_starts_its_count_over(baseline_ws):
 
 
 # -- an approver can close a stuck cycle -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_an_approver_abandons_a_stuck_cycle(pending_ws, monkeypatch, capsys):
     ws, gate_id = pending_ws
     root = ws.root
@@ -222,6 +227,7 @@ def test_no_stage_names_its_successor():
     assert cycle.EVOLVE_STAGES == list(cycle.FLOWS["evolve"])
 
 
+@pytest.mark.slow
 def test_the_engine_walks_the_table(baseline_ws):
     """A cycle's stage runs follow FLOWS, including the drift exit that skips the review."""
     outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
@@ -235,6 +241,7 @@ def test_the_engine_walks_the_table(baseline_ws):
     assert ran == walk
 
 
+@pytest.mark.slow
 def test_stale_temporary_files_are_swept_by_the_next_engine(baseline_ws):
     """A kill between writing a temporary file and renaming it leaves the temporary behind; the next engine run
     removes it (and nothing else)."""

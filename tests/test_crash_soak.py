@@ -17,7 +17,7 @@ from core import audit, cycle, model as M
 from core.store import END_STATUSES
 from core.workspace import open_workspace
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
 CRASHES = int(os.environ.get("EVOLAB_SOAK_CRASHES", "20"))
 # (crash point, passes through it to let go by at most): every point an evolution cycle passes

@@ -5,6 +5,8 @@ from http.server import HTTPServer
 
 import pandas as pd
 
+import pytest
+
 from core import auth, curate as C, cycle, registry
 from core.cli import main
 from core.curate.registry import Context, candidates, register
@@ -114,6 +116,7 @@ def test_llm_generator_is_off_by_default(baseline_ws):
     assert C.GENERATORS["llm"](ctx).empty and "disabled" in ctx.notes["llm"]
 
 
+@pytest.mark.slow
 def test_human_review_wins_and_rejections_are_never_trained_on(baseline_ws, monkeypatch, tmp_path):
     ws = baseline_ws
     config = ws.config()

@@ -1,12 +1,15 @@
 """The evolution cycle end to end on real data and real training, and its gates."""
 import json
 
+import pytest
+
 from core import cycle, gates
 from core.cli import main
 from core.config import GateConfig
 from core.workspace import engine_lock
 
 
+@pytest.mark.slow
 def test_baseline_then_evolve_autonomously(baseline_ws):
     store = baseline_ws.store
     assert store.alias("production") == "v1"
@@ -46,6 +49,7 @@ def _human_promotion(ws):
     ws.save_config(config)
 
 
+@pytest.mark.slow
 def test_human_gate_waits_then_approval_promotes(weak_baseline_ws, capsys, monkeypatch, tmp_path):
     _human_promotion(weak_baseline_ws)
     monkeypatch.setenv("EVOLAB_PASSWORD", "correct horse")
@@ -77,6 +81,7 @@ def test_human_gate_waits_then_approval_promotes(weak_baseline_ws, capsys, monke
     assert "gate_approved" in actions and "promoted" in actions
 
 
+@pytest.mark.slow
 def test_rejected_candidate_is_never_deployed(weak_baseline_ws):
     _human_promotion(weak_baseline_ws)
     outcome = cycle.evolve(weak_baseline_ws, cycles=1, progress=False)[-1]
@@ -95,6 +100,7 @@ def test_second_engine_on_the_same_workspace_is_refused(baseline_ws, capsys):
     assert baseline_ws.store.open_cycle() is None  # nothing was started
 
 
+@pytest.mark.slow
 def test_gate_timeout_rejects(weak_baseline_ws):
     config = weak_baseline_ws.config()
     config.gates.max_recall_drop = 1.0

@@ -38,6 +38,7 @@ def _terminate(proc, lines: list[str]) -> list[str]:
     return lines + out.splitlines()
 
 
+@pytest.mark.slow
 def test_daemon_sleeps_outside_its_window_and_stops_on_sigterm(baseline_ws):
     store = baseline_ws.store
     before = len(store.cycles())
@@ -52,6 +53,7 @@ def test_daemon_sleeps_outside_its_window_and_stops_on_sigterm(baseline_ws):
     assert actions[-2:] == ["daemon_started", "daemon_stopped"]
 
 
+@pytest.mark.slow
 def test_daemon_waits_at_the_gate_and_resumes_after_a_decision(pending_ws):
     ws, gate_id = pending_ws
     proc = _daemon(ws, "--now", "02:30")

@@ -29,6 +29,7 @@ def planted_confusion(tmp_path, tiny_csvs):
     return ws
 
 
+@pytest.mark.slow
 def test_planted_confusion_is_the_top_weakness(planted_confusion, capsys):
     ws = planted_confusion
     assert main(["diagnose", "--workspace", str(ws.root), "--json"]) == 0
@@ -52,6 +53,7 @@ def test_planted_confusion_is_the_top_weakness(planted_confusion, capsys):
     assert len(internals["activations"]) == 6 and internals["activations_summary"].startswith("layer")
 
 
+@pytest.mark.slow
 def test_findings_are_tracked_across_cycles(planted_confusion):
     ws = planted_confusion
     cycle.run_diagnosis(ws, 0, "v1", None)

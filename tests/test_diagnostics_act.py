@@ -3,6 +3,8 @@ chooses the layers the next training adapts (the lineage saying which and why: t
 import numpy as np
 import pandas as pd
 
+import pytest
+
 from core.config import DoctorConfig, TrainConfig
 from core.diagnose.internals import choose_lora_layers, layer_separation
 from core.doctor import MIN_EVAL_GAP, eval_interval
@@ -55,6 +57,7 @@ def test_plateau_stop_fires_with_the_defaults(workspace, tmp_path):
     assert result["best_step"] <= result["steps"] and result["best_val_acc"] > 0.5  # the best state is kept
 
 
+@pytest.mark.slow
 def test_overfitting_stop_fires_with_the_defaults(workspace, tmp_path):
     """Validation rows are the training texts under another class each: the better the training fit, the worse
     validation gets, so the train-validation gap widens at every evaluation."""

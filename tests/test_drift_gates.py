@@ -42,6 +42,7 @@ def _plant_harm(ws, tmp_path, monkeypatch, policy):
     monkeypatch.setattr(cycle, "_training_data", poisoned)
 
 
+@pytest.mark.slow
 def test_harmful_candidate_blocked_under_auto(baseline_ws, tmp_path, monkeypatch):
     _plant_harm(baseline_ws, tmp_path, monkeypatch, "auto")
     outcome = cycle.evolve(baseline_ws, cycles=1, auto_approve=False, progress=False)[-1]
@@ -56,6 +57,7 @@ def test_harmful_candidate_blocked_under_auto(baseline_ws, tmp_path, monkeypatch
     assert store.alias("production") == "v1"
 
 
+@pytest.mark.slow
 def test_harmful_candidate_waits_under_human_and_is_never_promoted(baseline_ws, tmp_path, monkeypatch, capsys):
     _plant_harm(baseline_ws, tmp_path, monkeypatch, "human")
     outcome = cycle.evolve(baseline_ws, cycles=1, progress=False)[-1]
@@ -84,6 +86,7 @@ def test_guardrails_with_unknown_labels_are_refused(baseline_ws, tmp_path, capsy
     assert baseline_ws.store.guardrails().empty
 
 
+@pytest.mark.slow
 def test_two_processes_approving_at_once_yield_one_promotion(pending_ws):
     baseline_ws, gate_id = pending_ws  # alice (alice-secret) is an approver already
     auth.add_user(baseline_ws.store, "bob", "approver", "bob-secret-1")

@@ -223,6 +223,7 @@ def sign_out(driver) -> None:
         lambda d: buttons(d) == {"Sign in"}, "the signed-in page stayed after signing out")
 
 
+@pytest.mark.slow
 def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:

@@ -100,6 +100,7 @@ def _answers(rng, n, ease, noise=0.3):
     return 1 / (1 + np.exp(-3 * ease)), ease + rng.normal(0, noise, n) > 0
 
 
+@pytest.mark.slow
 def test_the_traffic_estimate_covers_harder_traffic_where_the_gate_rows_miss_it():
     """Gate rows easier than traffic (the Banking77 case): their own accuracy reads ~5 points high and its
     interval misses traffic's accuracy nearly always; the estimate from the probe's confidences covers it."""
@@ -158,6 +159,7 @@ def test_data_review_checks_can_fail_on_noise_class_mix_and_one_generator():
 
 
 # -- the held-out parts on a real workspace -------------------------------------------------------------------
+@pytest.mark.slow
 def test_heldout_parts_are_stratified_stored_and_kept_apart(baseline_ws):
     store = baseline_ws.store
     sel, gate = store.heldout("selection"), store.heldout("gate")

@@ -65,6 +65,7 @@ def _cli(*args):
     return main(["samples", "label", *args])
 
 
+@pytest.mark.slow
 def test_ask_answer_and_train_on_the_answers_next_cycle(weak_baseline_ws, monkeypatch, capsys):
     from bench.banking77 import answer_requests
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 
@@ -32,6 +34,7 @@ def _assert_consistent(ws, cid):
     assert chain["seq"].is_unique and (chain["action"] == "version_registered").sum() == 2
 
 
+@pytest.mark.slow
 def test_sigkill_inside_training_then_resume(baseline_ws):
     config = baseline_ws.config()
     config.train.max_steps = 60  # long enough to be killed between checkpoints
@@ -57,6 +60,7 @@ def test_sigkill_inside_training_then_resume(baseline_ws):
     assert store.version("v2")["lineage"]["steps"] == 60
 
 
+@pytest.mark.slow
 def test_sigkill_inside_promotion_then_resume(weak_baseline_ws):
     config = weak_baseline_ws.config()
     config.gates.max_recall_drop = 1.0  # the candidate must reach promotion (its checks pass: it beats v1)
@@ -74,6 +78,7 @@ def test_sigkill_inside_promotion_then_resume(weak_baseline_ws):
     assert (store.audit_entries()["action"] == "promoted").sum() == 2  # baseline + this one, once
 
 
+@pytest.mark.slow
 def test_sigkill_between_training_and_registration(baseline_ws):
     proc = _evolve_process(baseline_ws, {"EVOLAB_FAULT": "train_before_register"})
     proc.wait(timeout=600)

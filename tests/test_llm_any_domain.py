@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from core import curate as C, cycle, registry, scaffolds
+from core import curate as C, cycle, registry
 from core.config import CurateConfig
 from core.curate import filters, llm
 from core.curate.registry import Context
 from core.diagnose.errors import class_findings, pair_findings, rank
 from core.scaffolds import spec as S
-from core.scaffolds.run import prompt_examples
+from core.scaffolds.run import bank_for, llm_asker, prompt_examples, run as run_scaffold
 from tests.conftest import ROOT, fast_config, make_workspace
 from tests.llm_server import CHARS, MODEL, build_model, decode, serve
 
@@ -200,12 +200,12 @@ def test_a_scaffold_llm_step_asks_with_the_workspace_labels_and_examples(baselin
     config.scaffolds.llm = config.scaffolds.llm.model_copy(update=_endpoint(server, monkeypatch, max_tokens=24))
     ws.save_config(config)
     loaded = registry.load(ws, "v1")
-    bank = scaffolds.bank_for(ws, loaded)
+    bank = bank_for(ws, loaded)
     texts = ["where is my parcel", "refund my double charge"]
     since = len(server.requests)
-    out = scaffolds.run(S.parse({"steps": [{"type": "classify"}, {"type": "llm"}]}), loaded, texts, bank,
-                        scaffolds.llm_asker(config.scaffolds.llm))
-    plain = scaffolds.run(S.parse({"steps": [{"type": "classify"}]}), loaded, texts, bank)
+    out = run_scaffold(S.parse({"steps": [{"type": "classify"}, {"type": "llm"}]}), loaded, texts, bank,
+                        llm_asker(config.scaffolds.llm))
+    plain = run_scaffold(S.parse({"steps": [{"type": "classify"}]}), loaded, texts, bank)
     sent = _sent(server, since)
     assert len(sent) == 2 and [r["label"] for r in out] == [r["label"] for r in plain]
     seed = set(store.seed_examples()["text"])

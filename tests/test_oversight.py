@@ -105,6 +105,7 @@ def test_a_decision_after_the_deadline_is_refused(pending_ws, monkeypatch, capsy
 
 
 # -- 5: failed checks are not approved into production without an explicit, recorded override ---------------
+@pytest.mark.slow
 def test_failed_checks_need_an_override_with_a_reason(baseline_ws, monkeypatch, capsys):
     ws = baseline_ws
     config = ws.config()
@@ -196,6 +197,7 @@ def test_guessing_gets_one_message_constant_work_and_a_lockout(workspace, monkey
 
 
 # -- 2: feedback is a verified candidate, never training data on its own say-so ---------------------------------
+@pytest.mark.slow
 def test_feedback_is_verified_like_any_generator(baseline_ws):
     ws = baseline_ws
     store = ws.store

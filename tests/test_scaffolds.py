@@ -145,6 +145,7 @@ def _cripple_production(ws) -> tuple[str, int]:
     return crippled, int((correct & (confidence < threshold)).sum())
 
 
+@pytest.mark.slow
 def test_planted_better_scaffold_is_adopted_and_predict_uses_it(scaffold_ws, tmp_path, capsys):
     ws = scaffold_ws
     _ab_on_every_selection_row(ws)
@@ -237,6 +238,7 @@ def test_an_llm_prompt_scaffold_that_breaks_a_guardrail_is_refused(baseline_ws, 
     assert store.production_scaffold() is None
 
 
+@pytest.mark.slow
 def test_search_archive_and_lineage_survive_a_kill(baseline_ws, capsys, monkeypatch):
     ws = baseline_ws
     root = str(ws.root)
@@ -276,6 +278,7 @@ def test_search_archive_and_lineage_survive_a_kill(baseline_ws, capsys, monkeypa
     assert set(at.dataframe[0].value["Scaffold"]) == set(after["id"])
 
 
+@pytest.mark.slow
 def test_scaffold_trials_read_no_gate_row_and_each_draws_its_own_split(scaffold_ws, monkeypatch):
     """The gate rows grade models and nothing else: a spy on every held-out read of the store sees a scaffold
     search and its A/B test read selection rows only. Each trial deals those rows into search and A/B halves of
@@ -344,6 +347,7 @@ def test_run_api_for_a_server(baseline_ws):
         run_scaffold(S.parse({"steps": [{"type": "llm"}]}), loaded, ["hi there"], bank)
 
 
+@pytest.mark.slow
 def test_a_scaffold_gate_waits_for_a_person_on_the_dashboard(scaffold_ws, monkeypatch, capsys):
     from core import auth
     from tests.conftest import APPROVER, PASSWORD

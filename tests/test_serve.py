@@ -86,6 +86,7 @@ def _metric(client, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+@pytest.mark.slow
 def test_predict_and_feedback_are_logged_and_feed_the_loop(served):
     ws, client, _ = served
     labels = set(ws.store.labels())
@@ -230,6 +231,7 @@ def test_bad_input_gets_a_clear_4xx_and_writes_nothing(served):
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/predict", "/feedback", "/healthz", "/metrics"}
 
 
+@pytest.mark.slow
 def test_promotion_and_rollback_swap_under_steady_load(pending_ws):
     ws, gate_id = pending_ws
     _quick_logs(ws)
@@ -320,6 +322,7 @@ def test_serving_beyond_loopback_warns(capsys, tmp_path):
         assert ("warning: the server listens on" in err) == warned and "no Evolab workspace" in err
 
 
+@pytest.mark.slow
 def test_server_without_production_model_fails_in_one_line(workspace):
     result = run_cli("serve", "--workspace", str(workspace.root), "--port", str(_free_port()), timeout=120)
     assert result.returncode == 1

@@ -74,6 +74,7 @@ def busy_served(tmp_path_factory, _baseline_template):
         yield ws, client
 
 
+@pytest.mark.slow
 def test_a_busy_store_is_a_quick_503_with_retry_after(busy_served):
     """Feedback on an old prediction reads the store: held by another process, that used to hold the request
     thread for the store's two minutes and then answer 500."""
@@ -136,6 +137,7 @@ def test_a_batch_the_store_refuses_is_set_aside_and_newer_rows_go_on(tmp_path):
                                                                                 ("feedback", None, None)]
 
 
+@pytest.mark.slow
 def test_a_busy_store_never_sets_a_batch_aside_while_serving(tmp_path):
     """Busy is not the batch's fault: kept however many flushes fail, written once the lock is gone. Only at
     shutdown is what the store cannot take set aside, not lost."""

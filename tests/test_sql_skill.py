@@ -195,6 +195,7 @@ def test_a_domain_check_by_command_or_callable_keeps_drops_and_fails_closed(monk
             pass
 
 
+@pytest.mark.slow
 def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evidence(monkeypatch, pg, sql_ws):
     from streamlit.testing.v1 import AppTest
 

@@ -96,6 +96,7 @@ def test_lock_held_by_another_process_is_waited_out(workspace):
     holder.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_cli_and_store_from_two_processes_at_once(workspace):
     """One process writes in a loop while the CLI reads status: no lock error reaches the user."""
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""

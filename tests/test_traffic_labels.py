@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+import pytest
+
 from core import stats, traffic
 
 
@@ -81,6 +83,7 @@ def test_the_draw_asks_about_disagreements_first_and_records_their_probability()
     assert design["pi_disagree"] == 1.0 and design["pi_agree"] == 15 / 70
 
 
+@pytest.mark.slow
 def test_traffic_labels_decide_the_gate_grade_every_version_and_never_train(weak_baseline_ws, capsys):
     """A cycle draws every probe row (budget above the probe's 10), disagreements first, and waits; a person's
     labels then say production was right wherever the two disagree, so the gate rejects on traffic labels

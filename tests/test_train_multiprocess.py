@@ -3,12 +3,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from core import model as M
 from core.store import Store
 from core.train import TrainSpec
 from tests.conftest import ROOT, fast_config
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(workspace, tmp_path):
     store = workspace.store
     config = fast_config()

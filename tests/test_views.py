@@ -29,6 +29,7 @@ def _counting(monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_the_teacher_view_verifies_and_is_encoded_once_per_text(baseline_ws, monkeypatch):
     config = baseline_ws.config()
     config.curate.teacher_encoder = M.resolve_base(BUNDLED_MODEL)  # a local folder: the frozen base encoder
