@@ -84,6 +84,12 @@ class TrainConfig(_Section):
     # Measured on Banking77 (pool labeled by both views, student on frozen MiniLM, dev test): all labels at
     # weight 1 87.13%, weighted by confidence 87.60%; keeping only each class's most confident 60-90% 85.4-86.9%.
     pseudo_label_weight: Literal["teacher_confidence", "none"] = "teacher_confidence"
+    # Verified data accumulates (core/curate/replay.py): samples earlier cycles kept, and people did not reject,
+    # train every later candidate, each counting accumulated_weight times its own label weight, at most
+    # accumulated_per_class of them per class (the newest cycles' first). false: seed and this cycle's samples only.
+    accumulate: bool = True
+    accumulated_weight: float = Field(0.5, gt=0, le=1)
+    accumulated_per_class: int = Field(200, ge=0)
     # Full-batch steps fitting the head on frozen embeddings before LoRA training starts (0: none).
     head_warmup_steps: int = Field(100, ge=0)
     checkpoint_every: int = Field(50, ge=1)

@@ -18,7 +18,7 @@ from typing import Callable
 import pandas as pd
 
 from core import atomic, checksums, curate, diagnose, drift, gates, lessons, model as M, registry, stats, traffic
-from core.curate import ask, views
+from core.curate import ask, replay, views
 from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate_parts, probe_predictions
@@ -178,12 +178,49 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
     # Human approvals and relabels count as kept; a human rejection is never trained on. People's
     # corrections from production arrive as `feedback` samples, verified and reviewed like the rest.
     kept = samples[samples["status"].isin(["kept", "approved"])]
-    kept = kept[["text", "label"]].assign(source=kept["generator"].where(kept["generator"] == "feedback", "synthetic"),
-                                          weight=_label_weights(kept, ws.config().train.pseudo_label_weight))
+    kept = _with_provenance(kept, kept["generator"].where(kept["generator"] == "feedback", "synthetic"),
+                            _label_weights(kept, ws.config().train.pseudo_label_weight))
     # A class a rejected candidate forgot has its seed replayed more, so the next one holds on to it.
     extra = [seed[seed["label"].isin(remedy.upweight)]] * (lessons.SEED_REPLAY - 1) if remedy.upweight else []
-    data = pd.concat([seed, *extra, kept], ignore_index=True)  # the seed is replayed in every retraining
-    return data.assign(weight=data["weight"].fillna(1.0))
+    earlier = _replayed(ws, cycle, [*seed["text"], *kept["text"]], remedy) if ws.config().train.accumulate else None
+    data = pd.concat([seed, *extra, kept, earlier], ignore_index=True)  # the seed is replayed in every retraining
+    return data.assign(weight=data["weight"].fillna(1.0), sample_id=data["sample_id"].astype("Int64"),
+                       source_cycle=data["source_cycle"].astype("Int64"))
+
+
+def _with_provenance(samples: pd.DataFrame, source, weight) -> pd.DataFrame:
+    """Training rows from samples, each saying where it came from: sample id, the cycle that kept it, generator."""
+    return pd.DataFrame({"text": samples["text"], "label": samples["label"], "source": source, "weight": weight,
+                         "sample_id": samples["id"], "source_cycle": samples["cycle_id"],
+                         "generator": samples["generator"]})
+
+
+def _replayed(ws: Workspace, cycle: dict, known_texts: list[str], remedy: lessons.Remedy) -> pd.DataFrame:
+    """What earlier cycles kept and people did not reject (core/curate/replay.py), source `replayed`, each row
+    weighing `train.accumulated_weight` times its own label weight. The trainer takes per-row weights, so the
+    weight is applied in the loss, not by sampling rows."""
+    store, cfg = ws.store, ws.config()
+    earlier = store.replayable_samples(cycle["id"])
+    # A rejection's lesson binds replay as it binds curation: a generator it sits out replays nothing, a label it
+    # holds back (every label, when strict) replays only what a person approved, and its cap factor shrinks the cap.
+    held = earlier["label"].isin(remedy.hold_back) | remedy.strict
+    earlier = earlier[~earlier["generator"].isin(remedy.skip_generators) & (~held | earlier["status"].eq("approved"))]
+    protected = curate.filters.protected(store.examples("heldout"), store.traffic_probe())
+    rows = replay.select(earlier, known_texts, protected, int(cfg.train.accumulated_per_class * remedy.cap_factor),
+                         cfg.curate.contamination_similarity)
+    return _with_provenance(rows, "replayed",
+                            _label_weights(rows, cfg.train.pseudo_label_weight) * cfg.train.accumulated_weight)
+
+
+def replay_summary(data: pd.DataFrame) -> dict:
+    """What a training set replayed from earlier cycles: rows, per source cycle and generator, and the sample ids."""
+    earlier = data[data["source"] == "replayed"] if "source_cycle" in data else data.iloc[:0]
+    return {"rows": int(len(earlier)),
+            "by_cycle": {str(c): int(n) for c, n in earlier["source_cycle"].value_counts().sort_index().items()}
+            if len(earlier) else {},
+            "by_generator": {str(g): int(n) for g, n in earlier["generator"].value_counts().items()}
+            if len(earlier) else {},
+            "sample_ids": [int(i) for i in earlier["sample_id"]] if len(earlier) else []}
 
 
 def _label_weights(kept: pd.DataFrame, scheme: str) -> pd.Series:
@@ -246,8 +283,10 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                          output_dir=str(out), db=str(ws.db), extra={"doctor": cfg.doctor.model_dump(),
                                                                     "lora_reason": lora_reason})
         spec.save(run_dir / "spec.json")
+        earlier = replay_summary(data)["by_cycle"]
+        replayed = f", {sum(earlier.values()):,} samples kept in cycles {', '.join(earlier)}" if earlier else ""
         _say(ctx["progress"], f"  train: {len(data):,} rows ({int(data['source'].isin(['seed', 'human_label']).sum()):,}"
-                              f" seed replayed) -> {version}")
+                              f" seed{replayed} replayed) -> {version}")
         if cfg.train.num_processes > 1:
             # --multi_gpu starts one process per worker; without CUDA they form a gloo group on the CPU.
             subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines",
@@ -264,6 +303,9 @@ def stage_train(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                "train_data_sha256": checksums.sha256_file(run_dir / "train.parquet"),
                "best_val_acc": result["best_val_acc"], "steps": result["steps"],
                "early_stop": result.get("stop_reason")}  # the doctor's reason, None when the run went to its end
+    if cycle["kind"] != "baseline":  # what it replayed from earlier cycles, each row's provenance in train.parquet
+        lineage["replayed"] = {**replay_summary(data), "enabled": spec_saved.train.get("accumulate", False),
+                               "weight": spec_saved.train.get("accumulated_weight")}
     crash_point("train_before_register")
     store.register_version(version, num, cycle["id"], cycle["parent_version"], ws.config().model.base_model,
                            str(out.relative_to(ws.root)), result["files"], lineage, ENGINE, next_stage=step.next)

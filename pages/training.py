@@ -25,6 +25,9 @@ if not runs:
 
 run = st.selectbox("Run", runs, index=len(runs) - 1)
 live = queries.live_run(ws) == run
+replay_note = queries.replayed(ws, run)
+if replay_note:
+    st.caption(replay_note)
 
 
 def event_name(kind: str) -> str:

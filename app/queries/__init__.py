@@ -18,7 +18,7 @@ from app.queries.shared import (BUSY_PATIENCE_S, ENV_VAR, TTL_S, alias, clear, c
                                 workspace_path, yield_report)
 from app.queries.overview import (LIVE_REFRESH_S, STUCK_AFTER_S, cycle_running, problems, production_traffic,
                                   story)
-from app.queries.training import live_run, metric_curves, train_events, train_runs
+from app.queries.training import live_run, metric_curves, replayed, train_events, train_runs
 from app.queries.diagnosis import (CORRECT, FINDING_KINDS, TREND_BADGES, UNCLUSTERED, attributions, confused_pairs,
                                    confusion, diagnoses, diagnosis_internals, error_map, finding_trends, findings,
                                    token_html)

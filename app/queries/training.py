@@ -1,5 +1,7 @@
-"""The training page: each run's metric curves and the training doctor's events."""
+"""The training page: each run's metric curves, the training doctor's events, and what a run replayed."""
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 
@@ -47,3 +49,21 @@ def metric_curves(ws: str, run_id: str) -> pd.DataFrame:
 @_cached
 def train_events(ws: str, run_id: str) -> pd.DataFrame:
     return _store(ws).train_events(run_id)
+
+
+@_cached
+def replayed(ws: str, run_id: str) -> str | None:
+    """One line on what the run trained on from earlier cycles (its version's lineage, core.cycle.replay_summary);
+    None before the run registered its version, for a baseline, and for a version trained before replay existed."""
+    versions = _store(ws).versions()
+    lineages = [json.loads(raw or "{}") for raw in versions["lineage"]]
+    record = next((d.get("replayed") for d in reversed(lineages) if d.get("run_id") == run_id), None)
+    if record is None:
+        return None
+    if not record.get("enabled"):
+        return "Samples kept in earlier cycles were not replayed in this run (`train.accumulate` was off)."
+    if not record["rows"]:
+        return "No sample kept in an earlier cycle was replayed: the run held every one already, or there were none."
+    cycles = ", ".join(f"cycle {c}: {n:,}" for c, n in record["by_cycle"].items())
+    return (f"Replayed {record['rows']:,} samples kept in earlier cycles ({cycles}), each weighing "
+            f"{record['weight']:g} of its own label weight.")

@@ -62,6 +62,19 @@ def protected(heldout: pd.DataFrame, probe: pd.DataFrame) -> pd.DataFrame:
                      ignore_index=True)
 
 
+def near_protected(texts: list[str], protected_texts: pd.DataFrame, similarity: float) -> np.ndarray:
+    """Which texts copy a protected one (`protected`): the same text normalized, or as similar as `similarity`
+    by character n-gram cosine, the contamination guard `apply` holds new samples to."""
+    texts = list(texts)
+    if not texts or protected_texts.empty:
+        return np.zeros(len(texts), dtype=bool)
+    reference = list(protected_texts["text"])
+    vec, _ = char_vectors(texts + reference)
+    _, sim = nearest(char_vectors(texts, vec)[1], char_vectors(reference, vec)[1])
+    same = set(map(normalize, reference))
+    return (sim >= similarity) | np.array([normalize(t) in same for t in texts])
+
+
 def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame, cfg) -> pd.DataFrame:
     """Set status/reason for samples that fail a model-free filter; candidates are in priority order.
     heldout: the texts no sample may copy (`protected`; without a `kind` column they count as held-out)."""

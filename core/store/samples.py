@@ -64,6 +64,23 @@ class SamplesMixin:
                           "QUALIFY row_number() OVER (PARTITION BY text ORDER BY cycle_id DESC, id DESC) = 1",
                           [before_cycle])
 
+    def replayable_samples(self, before_cycle: int) -> pd.DataFrame:
+        """What earlier cycles verified, for training to replay (core/curate/replay.py): samples kept or approved in
+        a cycle before `before_cycle` whose data review let them train, one row per text (the newest cycle's), with
+        people's latest decision on the text applied wherever they made it: a text a person rejected is left out,
+        one a person relabelled carries their label. Columns: id, cycle_id, generator, text, label, status,
+        scores."""
+        return self._read(
+            "WITH human AS (SELECT text, label, status FROM synthetic_samples WHERE reviewed_by IS NOT NULL "
+            "  QUALIFY row_number() OVER (PARTITION BY text ORDER BY cycle_id DESC, id DESC) = 1) "
+            "SELECT s.id, s.cycle_id, s.generator, s.text, coalesce(h.label, s.label) AS label, "
+            "  coalesce(h.status, s.status) AS status, s.scores FROM synthetic_samples s "
+            "JOIN gates g ON g.cycle_id = s.cycle_id AND g.kind = 'data_review' AND g.status = 'approved' "
+            "LEFT JOIN human h ON h.text = s.text "
+            "WHERE s.cycle_id < ? AND s.status IN ('kept', 'approved') AND coalesce(h.status, '') <> 'rejected' "
+            "QUALIFY row_number() OVER (PARTITION BY s.text ORDER BY s.cycle_id DESC, s.id DESC) = 1 "
+            "ORDER BY s.cycle_id, s.id", [int(before_cycle)])
+
     @staticmethod
     def _sample_filter(cycle_id=None, status=None, generator=None, label=None, search=None, difficulty=None,
                        min_confidence=None) -> tuple[str, list]:
