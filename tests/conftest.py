@@ -31,7 +31,10 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 def pytest_collection_modifyitems(config, items):
     """The slow tests first, so that with several workers the longest ones start at once instead of being the
     tail that one worker runs while the others wait."""
-    items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("soak")))
+    def rank(item) -> int:  # the soak alone takes about a fifth of the suite: it starts first of all
+        return 0 if item.get_closest_marker("soak") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session", autouse=True)
