@@ -58,6 +58,7 @@ def lineage(ws, cycle_id: int) -> dict:
     return json.loads(versions.loc[versions["cycle_id"] == cycle_id, "lineage"].iloc[0])
 
 
+@pytest.mark.slow
 def test_earlier_kept_samples_are_replayed_with_provenance(after_one_cycle, monkeypatch):
     ws, first = after_one_cycle
     second = cycle.evolve(ws, cycles=1, progress=False)[-1].cycle_id
@@ -95,6 +96,7 @@ def test_earlier_kept_samples_are_replayed_with_provenance(after_one_cycle, monk
     assert f"Replayed {len(replayed)} samples kept in earlier cycles (cycle {first}: {len(replayed)})" in texts(at)
 
 
+@pytest.mark.slow
 def test_people_reviews_of_earlier_samples_govern_replay(after_one_cycle):
     """A sample a person rejects, even after its cycle trained on it, never trains again; one they relabel trains
     with their label. Their review is read when the training set is built: here made while cycle 3 waits at its
@@ -127,6 +129,7 @@ def test_people_reviews_of_earlier_samples_govern_replay(after_one_cycle):
     assert int(rejected["id"]) not in lineage(ws, second)["replayed"]["sample_ids"]
 
 
+@pytest.mark.slow
 def test_accumulate_off_trains_on_the_seed_and_this_cycles_samples_only(after_one_cycle):
     ws, first = after_one_cycle
     config = ws.config()
