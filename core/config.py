@@ -369,6 +369,21 @@ class EngineConfig(_Section):
     # A stage that raised (or whose process died) this many times in a row marks its cycle `failed`,
     # so one broken stage cannot block the workspace for good.
     max_stage_tries: int = Field(3, ge=1, le=100)
+    # Where the cycle's embarrassingly parallel work runs (encoding the pool and the teacher view, the verifiers'
+    # perturbed views, `predict` over a file): "local" in the engine's process, "ray" on a Ray cluster
+    # (requirements-scale.txt). Workers return results; the engine alone writes the store.
+    executor: Literal["local", "ray"] = "local"
+    # Empty: start a Ray on this machine; "host:port" (a head's GCS) or "ray://host:port" (Ray Client): join it.
+    ray_address: str = ""
+    ray_workers: int = Field(0, ge=0, le=10_000)  # actors per kind of work; 0: one per CPU the cluster has
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"(ray://)?[A-Za-z0-9.\-]+:\d{1,5}", value):
+            raise ValueError(f"'{value}' is not empty, host:port or ray://host:port")
+        return value
 
 
 class UIConfig(_Section):

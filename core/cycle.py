@@ -17,7 +17,8 @@ from typing import Callable
 
 import pandas as pd
 
-from core import atomic, checksums, curate, diagnose, drift, gates, lessons, model as M, registry, stats, traffic
+from core import (atomic, checksums, curate, diagnose, drift, executor, gates, lessons, model as M, registry, stats,
+                  traffic)
 from core.curate import ask, replay, views
 from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
@@ -138,27 +139,34 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     pool = store.unlabeled_pool()
     # A person's correction or answer, not a teacher, labels these.
     pool = pool[~pool["text"].isin(corrections["text"]) & ~pool["text"].isin(seed["text"])]
-    context = curate.Context(loaded=registry.load(ws, cycle["parent_version"]), seed=seed[["id", "text", "label"]],
-                             pool=pool, pairs=pairs,
-                             favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
-                             asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
-                             seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
-                             view=views.for_config(cfg.curate.teacher_encoder, ws.root))
-    # Held-out and traffic-probe texts: a sample that copies one would train on what grades or estimates it.
-    protected = curate.filters.protected(store.examples("heldout"), store.traffic_probe())
-    # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
-    # removed, however the stage ends.
-    with check.open_check(cfg.curate) as context.check:
-        if context.check is not None:
-            _say(ctx["progress"], f"  curate: every candidate is executed by {context.check.name}")
-        samples, report = curate.curate(context, protected, store.reviewed_samples(cycle["id"]), ctx["progress"])
-    requests = None
-    if cfg.curate.ask_humans_per_cycle:
-        # Never ask again about a text already asked (in another cycle, or answered), nor about a protected text.
-        asked = store.label_requests()
-        asked = asked[(asked["cycle_id"] != cycle["id"]) | (asked["status"] != "pending")]
-        requests = ask.choose(context, cfg.curate.ask_humans_per_cycle, set(asked["text"]) | set(protected["text"]))
-        report["label_requests"] = len(requests)
+    loaded = registry.load(ws, cycle["parent_version"])
+    # The pool's and the teacher view's encoding and the perturbed views run on engine.executor (Ray's actors are
+    # freed when the stage ends); what they return is written below, by this process alone.
+    with executor.open_executor(cfg.engine) as ex:
+        context = curate.Context(loaded=loaded, seed=seed[["id", "text", "label"]],
+                                 pool=pool, pairs=pairs,
+                                 favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
+                                 asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
+                                 seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
+                                 view=views.for_config(cfg.curate.teacher_encoder, ws.root, ex),
+                                 encoder=executor.model_encoder(ex, ws, loaded))
+        # Held-out and traffic-probe texts: a sample that copies one would train on what grades or estimates it.
+        protected = curate.filters.protected(store.examples("heldout"), store.traffic_probe())
+        # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
+        # removed, however the stage ends.
+        with check.open_check(cfg.curate) as context.check:
+            if context.check is not None:
+                _say(ctx["progress"], f"  curate: every candidate is executed by {context.check.name}")
+            samples, report = curate.curate(context, protected, store.reviewed_samples(cycle["id"]),
+                                            ctx["progress"])
+        requests = None
+        if cfg.curate.ask_humans_per_cycle:
+            # Never ask again about a text already asked (in another cycle, or answered), nor about a protected text.
+            asked = store.label_requests()
+            asked = asked[(asked["cycle_id"] != cycle["id"]) | (asked["status"] != "pending")]
+            requests = ask.choose(context, cfg.curate.ask_humans_per_cycle,
+                                  set(asked["text"]) | set(protected["text"]))
+            report["label_requests"] = len(requests)
     store.save_samples(cycle["id"], samples, step.next, requests)
     ctx["stage_detail"] = report
     _say(ctx["progress"], f"  curate: {report['summary']} ("
@@ -513,6 +521,7 @@ def begin_engine(ws: Workspace) -> None:
     (only the engine writes models/ and checkpoints/)."""
     require_accepted_config(ws, ENGINE)
     M.check_lora_layers(ws.config().model)  # a hand-edited config.toml is refused before a cycle starts
+    executor.check(ws.config().engine)  # a Ray cluster that cannot be reached: one line, before any stage
     for folder in (ws.models, ws.checkpoints):
         atomic.sweep(folder)
 

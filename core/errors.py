@@ -8,3 +8,7 @@ class ModelIntegrityError(RuntimeError):
 
 class NoModelError(RuntimeError):
     """No model version where one is needed (nothing trained or promoted yet)."""
+
+
+class ExecutorError(RuntimeError):
+    """The configured executor cannot run work (a Ray cluster that cannot be reached, Ray not installed)."""

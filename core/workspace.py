@@ -115,7 +115,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 # Keys that decide who oversees, what runs, and where secrets go: a hand edit of one of these is held (the
 # engine stops) until an approver accepts it, since config.toml is writable by whoever can write the workspace.
-GOVERNED_PREFIXES = ("gates.", "curate.sandbox", "serve.predict_requires_token")
+# engine.ray_address: the workspace's texts and model versions go to that cluster.
+GOVERNED_PREFIXES = ("gates.", "curate.sandbox", "serve.predict_requires_token", "engine.ray_address")
 GOVERNED_LLM_KEYS = ("enabled", "base_url", "api_key_env")  # of any `.llm.` section: the key goes to base_url
 
 

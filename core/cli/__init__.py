@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from core.config import ConfigError
     from core.data import DataError
-    from core.errors import ModelIntegrityError, NoModelError
+    from core.errors import ExecutorError, ModelIntegrityError, NoModelError
     from core.store import StoreBusy, StoreConflict
     from core.workspace import WorkspaceError
 
     from core.auth import AuthError
     from core.auditkey import AuditKeyError
 
-    known = (AuditKeyError, AuthError, ConfigError, DataError, ModelIntegrityError, NoModelError, StoreBusy,
+    known = (AuditKeyError, AuthError, ConfigError, DataError, ExecutorError, ModelIntegrityError, NoModelError, StoreBusy,
              StoreConflict, WorkspaceError, ValueError, KeyError, OSError)
     try:
         return args.fn(args)

@@ -8,7 +8,7 @@ from core.cli.common import open_ws, principal, print_json
 
 
 def cmd_predict(args) -> int:
-    from core import atomic, registry, scaffolds
+    from core import atomic, executor, registry, scaffolds
     from core.scaffolds import run as scaffold_run
     from core.setup import read_predict_input
     from core.workspace import require_accepted_config
@@ -16,11 +16,15 @@ def cmd_predict(args) -> int:
     ws = open_ws(args)
     require_accepted_config(ws, "cli")  # a hand-set LLM endpoint would get the key named by api_key_env
     config = ws.config()
+    executor.check(config.engine)  # an unreachable Ray cluster: one line before the file is read
     frame = read_predict_input(Path(args.input), args.text_col, config)
     loaded = registry.load_alias(ws, "production")
     scaffold_id, spec = scaffolds.load_production(ws)
-    rows = scaffold_run.run(spec, loaded, frame[args.text_col].tolist(), scaffold_run.bank_for(ws, loaded),
-                             scaffold_run.llm_asker(config.scaffolds.llm))
+    # The encoder passes (the file's texts and any perturbed views) run on engine.executor; the scaffold's steps here.
+    with executor.open_executor(config.engine) as ex:
+        rows = scaffold_run.run(spec, loaded, frame[args.text_col].tolist(), scaffold_run.bank_for(ws, loaded),
+                                scaffold_run.llm_asker(config.scaffolds.llm),
+                                encode=executor.model_encoder(ex, ws, loaded))
     frame["prediction"] = [r["label"] for r in rows]
     frame["confidence"] = [r["confidence"] for r in rows]
     frame["abstained"] = [r["abstained"] for r in rows]  # routed to a person; prediction is the best guess

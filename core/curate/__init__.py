@@ -90,7 +90,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         scores = verify.score(ctx.loaded, texts, cand.loc[alive, "label"].tolist(),
                               lab_emb, labeled["label"].to_numpy(dtype=object), cfg.knn_k, cfg.perturbed_views,
                               ctx.seed_value, progress, precomputed=ctx.encode(texts), knn_emb=knn_emb,
-                              checked=~weighed)
+                              checked=~weighed, encode=ctx.model_outputs)
         scores.index = alive
         cand.loc[alive, "confidence"] = scores["model"]
         cand.loc[alive, "difficulty"] = scores["difficulty"].astype(int)

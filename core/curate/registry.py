@@ -38,6 +38,9 @@ class Context:
     # Normalized held-out and traffic-probe texts (filters.normalize), set by curate(): what a generator must never
     # show an outside endpoint, even where the seed repeats one.
     protected: frozenset = frozenset()
+    # texts -> the model's (embeddings, probabilities): core.executor.model_encoder, batched on the configured
+    # executor; None: computed here in one call.
+    encoder: Callable | None = None
 
     def requested_mix(self, label: str) -> list[float]:
         """The difficulty mix asked of a class (0 easy .. 3 hard, sums to 1): harder for diagnosed classes."""
@@ -48,13 +51,19 @@ class Context:
         """n samples split over the four levels by the class's requested mix (largest remainders)."""
         return split_counts(n, self.requested_mix(label))
 
+    def model_outputs(self, texts: list[str], progress: bool = False):
+        """The model's (embeddings, probabilities) for texts, computed afresh (no memo): perturbed views."""
+        if self.encoder is not None:
+            return self.encoder(texts, progress)
+        return M.embed_and_proba(self.loaded, texts, progress=progress)
+
     def encode(self, texts: list[str]):
         """The model's stacked (embeddings, probabilities) for texts; only texts not seen yet are encoded."""
         import numpy as np
 
         missing = list(dict.fromkeys(t for t in texts if t not in self.seen))
         if missing:
-            emb, probs = M.embed_and_proba(self.loaded, missing)
+            emb, probs = self.model_outputs(missing)
             self.seen.update({t: (e, p) for t, e, p in zip(missing, emb, probs)})
         if not texts:
             return None

@@ -55,11 +55,14 @@ def nearest(emb: np.ndarray, labeled_emb: np.ndarray, k: int, chunk: int = 2048)
 def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: np.ndarray,
           labeled_labels: np.ndarray, k: int, views: int, seed: int = 0, progress: bool = False,
           precomputed: tuple[np.ndarray, np.ndarray] | None = None,
-          knn_emb: np.ndarray | None = None, checked: np.ndarray | None = None) -> pd.DataFrame:
+          knn_emb: np.ndarray | None = None, checked: np.ndarray | None = None,
+          encode=None) -> pd.DataFrame:
     """precomputed: the model's (embeddings, probabilities) for texts, when the caller already has them.
     knn_emb: the texts' embeddings in the view labeled_emb comes from, when that is not the model's own.
     checked: which texts need the consistency check (NaN for the rest; default all): each costs a forward pass
-    per perturbed view, wasted on samples no verdict reads."""
+    per perturbed view, wasted on samples no verdict reads.
+    encode: texts -> the model's (embeddings, probabilities) (Context.model_outputs, on the configured executor)."""
+    encode = encode or (lambda texts: M.embed_and_proba(loaded, texts))
     index = {name: i for i, name in enumerate(loaded.labels)}
     target = np.asarray([index[c] for c in claimed])
     emb, probs = precomputed if precomputed is not None else M.embed_and_proba(loaded, texts, progress=progress)
@@ -82,7 +85,7 @@ def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: n
         hits = np.zeros(len(picked))
         for _ in range(views):
             view = [perturb(t, rng) for t in picked]
-            hits += M.predict_proba(loaded, view).argmax(1) == target[checked]
+            hits += encode(view)[1].argmax(1) == target[checked]
         consistency[checked] = hits / views
     return pd.DataFrame({"model": model_score.astype(float), "knn": knn, "knn_top": knn_top,
                          "consistency": consistency,

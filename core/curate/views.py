@@ -32,8 +32,10 @@ class FrozenView:
     key: str
     cache: Path
     max_length: int = 128
+    executor: object = None  # core.executor's: where texts new to the cache are encoded (None: here, in one call)
     _vectors: dict = field(default_factory=dict)
     _loaded: tuple | None = None
+    _task: object = None  # the executor's task, kept so its encoder loads once (per actor, on Ray)
 
     def _read_cache(self) -> None:
         if self._vectors or not self.cache.exists():
@@ -55,11 +57,17 @@ class FrozenView:
         keys = [_text_key(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self._vectors))
         if missing:
-            if self._loaded is None:
-                self._loaded = M.load_base(str(self.folder))
             by_key = dict(zip(keys, texts))
-            fresh = M.embed_texts(*self._loaded, [by_key[k] for k in missing], self.max_length, progress=progress,
-                                  bf16=True)
+            if self.executor is not None:
+                from core import executor
+
+                self._task = self._task or executor.EncoderEmbed(self.name, self.max_length, self.key)
+                fresh = executor.map_texts(self.executor, self._task, [by_key[k] for k in missing], progress)
+            else:
+                if self._loaded is None:
+                    self._loaded = M.load_base(str(self.folder))
+                fresh = M.embed_texts(*self._loaded, [by_key[k] for k in missing], self.max_length,
+                                      progress=progress, bf16=True)
             self._vectors.update(zip(missing, fresh))
             self._write_cache()
         if not texts:
@@ -78,8 +86,8 @@ def encoder_key(folder: Path) -> str:
     return _KEYS[str(folder)]
 
 
-def for_config(name: str, root: Path) -> FrozenView | None:
-    """The workspace's teacher view, or None when curate.teacher_encoder is empty."""
+def for_config(name: str, root: Path, executor=None) -> FrozenView | None:
+    """The workspace's teacher view, or None when curate.teacher_encoder is empty; executor: where it encodes."""
     if not name:
         return None
     folder = Path(M.resolve_base(name))
@@ -87,4 +95,4 @@ def for_config(name: str, root: Path) -> FrozenView | None:
         raise ConfigError(f"curate.teacher_encoder '{name}' is not a folder on this machine or a known offline "
                           "encoder (nothing is downloaded at run time)")
     key = encoder_key(folder)
-    return FrozenView(name, folder, key, Path(root) / "cache" / "views" / f"{key}.npz")
+    return FrozenView(name, folder, key, Path(root) / "cache" / "views" / f"{key}.npz", executor=executor)

@@ -71,8 +71,10 @@ class Batch:
     """Texts and every model output a step may ask for, computed at most once however many scaffolds run."""
 
     def __init__(self, loaded: M.Loaded, texts: list[str], bank: Bank, ask: Callable[[str], str | None] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, encode: Callable | None = None):
         self.loaded, self.texts, self.bank, self._ask, self.seed = loaded, list(texts), bank, ask, seed
+        # texts -> the model's (embeddings, probabilities): core.executor.model_encoder for `predict` over a file
+        self._encode = encode or (lambda texts: M.embed_and_proba(loaded, texts))
         self.labels = list(loaded.labels)
         self._memo: dict = {}
 
@@ -82,7 +84,7 @@ class Batch:
         return self._memo[key]
 
     def _encoded(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._once("encoded", lambda: M.embed_and_proba(self.loaded, self.texts))
+        return self._once("encoded", lambda: self._encode(self.texts))
 
     def model_probs(self) -> np.ndarray:
         return self._encoded()[1]
@@ -102,7 +104,7 @@ class Batch:
         """The model's probabilities on the i-th perturbed view of every text (a word dropped, swapped, a typo)."""
         def compute():
             rng = random.Random(self.seed * 1000 + i)
-            return M.predict_proba(self.loaded, [perturb(t, rng) for t in self.texts])
+            return self._encode([perturb(t, rng) for t in self.texts])[1]
         return self._once(("view", i), compute)
 
     def ask(self, prompt: str) -> str | None:
@@ -136,9 +138,10 @@ def execute(spec: dict, batch: Batch) -> Output:
 
 
 def run(spec: dict, loaded: M.Loaded, texts: list[str], bank: Bank,
-        ask: Callable[[str], str | None] | None = None) -> list[dict]:
-    """Label texts with a scaffold: one {label, confidence, abstained} per text."""
-    return execute(parse(spec), Batch(loaded, texts, bank, ask)).records()
+        ask: Callable[[str], str | None] | None = None, encode: Callable | None = None) -> list[dict]:
+    """Label texts with a scaffold: one {label, confidence, abstained} per text. encode: where the model runs
+    (core.executor.model_encoder); the steps themselves, and any LLM budget, stay in this process."""
+    return execute(parse(spec), Batch(loaded, texts, bank, ask, encode=encode)).records()
 
 
 def llm_asker(cfg) -> Callable[[str], str | None] | None:

@@ -1,0 +1,148 @@
+"""engine.executor = "ray" against a real Ray started here on 127.0.0.1: the same pool encodings, teacher view,
+kept samples and predictions as local; a worker killed mid-batch changes nothing; an unreachable cluster is one
+line and exit 1 before anything runs."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-scale.txt")
+
+from conftest import ROOT, copy_workspace, run_cli  # noqa: E402
+
+from core import executor  # noqa: E402
+from core.config import BUNDLED_MODEL  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # Two CPUs at most: the machine has two cores and the rest of the suite shares them.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1", runtime_env={"py_modules": [str(ROOT / "core")]})
+    # KillOnce lives in this test module, which the workers cannot import: send it by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(executor, "BATCH_TEXTS", 8)  # the tiny pool's 40 texts become 5 batches
+
+
+def test_pool_and_teacher_view_encode_the_same_on_ray(ray_cluster, small_batches, baseline_ws):
+    from core import registry
+    from core.curate import views
+
+    texts = baseline_ws.store.unlabeled_pool()["text"].tolist()
+    loaded = registry.load_alias(baseline_ws, "production")
+    local = executor.model_encoder(executor.LocalExecutor(), baseline_ws, loaded)(texts)
+    with executor.RayExecutor("", workers=2) as ex:
+        remote = executor.model_encoder(ex, baseline_ws, loaded)(texts)
+        view = views.for_config(BUNDLED_MODEL, baseline_ws.root / "ray", ex).embed(texts)
+    here = views.for_config(BUNDLED_MODEL, baseline_ws.root / "here").embed(texts)
+    # bfloat16 where the CPU computes it (model.precision "auto", the teacher view): one torch thread on an actor
+    # against two here sums in another order, which bfloat16 shows in the third decimal.
+    np.testing.assert_allclose(remote[0], local[0], atol=3e-3)
+    np.testing.assert_allclose(remote[1], local[1], atol=3e-3)
+    assert (remote[1].argmax(1) == local[1].argmax(1)).all()
+    np.testing.assert_allclose(view, here, atol=3e-3)
+
+
+def _curate(ws, executor_name: str) -> pd.DataFrame:
+    """Run a cycle up to the end of its curate stage; the samples it wrote."""
+    from core import cycle
+
+    config = ws.config()
+    config.engine.executor = executor_name
+    config.curate.teacher_encoder = BUNDLED_MODEL  # the teacher view's encoding runs on the executor too
+    config.curate.pseudo_labels = "verify"  # every self-label is verified: the perturbed views run there too
+    ws.save_config(config)
+    cid = cycle.start_cycle(ws)
+    outcome = cycle.run_cycle(ws, cid, progress=False,
+                              stop=lambda: ws.store.cycle(cid)["stage"] not in ("diagnose", "curate"))
+    assert outcome.status == "stopped", outcome.message
+    samples = ws.store.samples(cid)
+    return samples[["generator", "text", "label", "status", "reason"]].sort_values(["generator", "text"]) \
+        .reset_index(drop=True)
+
+
+def test_curation_keeps_the_same_samples_on_ray(ray_cluster, small_batches, baseline_ws, tmp_path,
+                                                _baseline_template):
+    local = _curate(baseline_ws, "local")
+    remote = _curate(copy_workspace(_baseline_template, tmp_path / "ray-ws"), "ray")
+    assert (local["status"] == "kept").any()
+    pd.testing.assert_frame_equal(remote, local)
+
+
+class KillOnce(executor.Task):
+    """Doubles numbers; the first worker to reach the marker's batch kills its own process mid-task."""
+    key = "kill-once"
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def run(self, held, batch):
+        if batch[0] == 16 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.asarray(batch) * 2
+
+
+def test_a_killed_worker_changes_nothing(ray_cluster, tmp_path):
+    marker = tmp_path / "killed"
+    batches = [list(range(i, i + 8)) for i in range(0, 48, 8)]
+    with executor.RayExecutor("", workers=2) as ex:
+        remote = ex.map(KillOnce(str(marker)), batches)
+    assert marker.exists()  # a worker did die mid-batch
+    local = executor.LocalExecutor().map(KillOnce(str(marker)), batches)
+    assert [r.tolist() for r in remote] == [r.tolist() for r in local]  # every batch once, in order
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket closes
+
+
+def test_unreachable_cluster_is_one_line_before_anything_runs(baseline_ws, tmp_path):
+    config = baseline_ws.config()
+    config.engine.executor, config.engine.ray_address = "ray", f"127.0.0.1:{_closed_port()}"
+    baseline_ws.save_config(config)
+    cycles_before = len(baseline_ws.store.cycles())
+    csv = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["where is my card"]}).to_csv(csv, index=False)
+    for args in (["evolve", "--workspace", str(baseline_ws.root)],
+                 ["predict", "--workspace", str(baseline_ws.root), "--input", str(csv),
+                  "--output", str(tmp_path / "out.csv")]):
+        result = run_cli(*args, timeout=120)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot reach a Ray cluster" in lines[0], result.stderr
+    assert len(baseline_ws.store.cycles()) == cycles_before  # refused before a cycle started
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_predict_gives_the_same_file_on_ray(ray_cluster, baseline_ws, tmp_path):
+    """`predict` through the CLI joining the running cluster by its address, against local."""
+    texts = baseline_ws.store.unlabeled_pool()["text"].tolist()
+    csv = tmp_path / "in.csv"
+    pd.DataFrame({"text": texts}).to_csv(csv, index=False)
+    run_cli("predict", "--workspace", str(baseline_ws.root), "--input", str(csv), "--output",
+            str(tmp_path / "local.csv"), check=True)
+    config = baseline_ws.config()
+    config.engine.executor, config.engine.ray_address, config.engine.ray_workers = "ray", ray_cluster, 1
+    baseline_ws.save_config(config)
+    run_cli("predict", "--workspace", str(baseline_ws.root), "--input", str(csv), "--output",
+            str(tmp_path / "ray.csv"), check=True, timeout=300)
+    local, remote = pd.read_csv(tmp_path / "local.csv"), pd.read_csv(tmp_path / "ray.csv")
+    assert remote["prediction"].tolist() == local["prediction"].tolist()
+    np.testing.assert_allclose(remote["confidence"], local["confidence"], atol=3e-3)
