@@ -3,6 +3,7 @@ before they are loaded."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 
@@ -16,3 +17,14 @@ def sha256_file(path: Path) -> str:
 
 def manifest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+_KEYS: dict[str, str] = {}
+
+
+def encoder_key(folder: Path) -> str:
+    """sha256 over the encoder's file names and contents (computed once per process and folder)."""
+    folder = Path(folder).resolve()
+    if str(folder) not in _KEYS:
+        _KEYS[str(folder)] = hashlib.sha256(json.dumps(manifest(folder), sort_keys=True).encode()).hexdigest()
+    return _KEYS[str(folder)]

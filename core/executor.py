@@ -269,12 +269,12 @@ class EncoderEmbed(Task):
 
     def load(self):
         from core import model as M
-        from core.curate import views
+        from core.checksums import encoder_key
 
         folder = M.resolve_base(self.name)
         # The view's cache is keyed by the engine's copy of the encoder: a node holding other weights would mix
         # another encoder's vectors into it.
-        if self.digest and views.encoder_key(Path(folder)) != self.digest:
+        if self.digest and encoder_key(Path(folder)) != self.digest:
             raise ExecutorError(f"teacher encoder {self.name} on this node differs from the engine's copy")
         return M.load_base(self.name)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from core import atomic, checksums, model as M
+from core import atomic, model as M
+from core.checksums import encoder_key  # noqa: F401 (callers name it views.encoder_key)
 from core.config import ConfigError
 
 
@@ -73,17 +73,6 @@ class FrozenView:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self._vectors[k] for k in keys])
-
-
-_KEYS: dict[str, str] = {}
-
-
-def encoder_key(folder: Path) -> str:
-    """sha256 over the encoder's file names and contents (computed once per process and folder)."""
-    folder = Path(folder).resolve()
-    if str(folder) not in _KEYS:
-        _KEYS[str(folder)] = hashlib.sha256(json.dumps(checksums.manifest(folder), sort_keys=True).encode()).hexdigest()
-    return _KEYS[str(folder)]
 
 
 def for_config(name: str, root: Path, executor=None) -> FrozenView | None:
