@@ -150,8 +150,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                                  seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                                  view=views.for_config(cfg.curate.teacher_encoder, ws.root, ex),
                                  encoder=executor.model_encoder(ex, ws, loaded))
-        # Held-out and traffic-probe texts: a sample that copies one would train on what grades or estimates it.
-        protected = curate.filters.protected(store.examples("heldout"), store.traffic_probe())
+        protected = _protected(store)
         # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
         # removed, however the stage ends.
         with check.open_check(cfg.curate) as context.check:
@@ -196,6 +195,11 @@ def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
                        source_cycle=data["source_cycle"].astype("Int64"))
 
 
+def _protected(store) -> pd.DataFrame:
+    """Held-out and traffic-probe texts: a sample that copies one would train on what grades or estimates it."""
+    return curate.filters.protected(store.examples("heldout"), store.traffic_probe())
+
+
 def _with_provenance(samples: pd.DataFrame, source, weight) -> pd.DataFrame:
     """Training rows from samples, each saying where it came from: sample id, the cycle that kept it, generator."""
     return pd.DataFrame({"text": samples["text"], "label": samples["label"], "source": source, "weight": weight,
@@ -213,7 +217,7 @@ def _replayed(ws: Workspace, cycle: dict, known_texts: list[str], remedy: lesson
     # holds back (every label, when strict) replays only what a person approved, and its cap factor shrinks the cap.
     held = earlier["label"].isin(remedy.hold_back) | remedy.strict
     earlier = earlier[~earlier["generator"].isin(remedy.skip_generators) & (~held | earlier["status"].eq("approved"))]
-    protected = curate.filters.protected(store.examples("heldout"), store.traffic_probe())
+    protected = _protected(store)
     rows = replay.select(earlier, known_texts, protected, int(cfg.train.accumulated_per_class * remedy.cap_factor),
                          cfg.curate.contamination_similarity)
     return _with_provenance(rows, "replayed",
@@ -223,12 +227,12 @@ def _replayed(ws: Workspace, cycle: dict, known_texts: list[str], remedy: lesson
 def replay_summary(data: pd.DataFrame) -> dict:
     """What a training set replayed from earlier cycles: rows, per source cycle and generator, and the sample ids."""
     earlier = data[data["source"] == "replayed"] if "source_cycle" in data else data.iloc[:0]
+    if earlier.empty:
+        return {"rows": 0, "by_cycle": {}, "by_generator": {}, "sample_ids": []}
     return {"rows": int(len(earlier)),
-            "by_cycle": {str(c): int(n) for c, n in earlier["source_cycle"].value_counts().sort_index().items()}
-            if len(earlier) else {},
-            "by_generator": {str(g): int(n) for g, n in earlier["generator"].value_counts().items()}
-            if len(earlier) else {},
-            "sample_ids": [int(i) for i in earlier["sample_id"]] if len(earlier) else []}
+            "by_cycle": {str(c): int(n) for c, n in earlier["source_cycle"].value_counts().sort_index().items()},
+            "by_generator": {str(g): int(n) for g, n in earlier["generator"].value_counts().items()},
+            "sample_ids": [int(i) for i in earlier["sample_id"]]}
 
 
 def _label_weights(kept: pd.DataFrame, scheme: str) -> pd.Series:
