@@ -105,12 +105,13 @@ def gain(store, cycle_id: int) -> dict | None:
     return out
 
 
-def inclusion(store, example_ids) -> pd.Series:
+def inclusion(store, example_ids, preds: pd.DataFrame | None = None) -> pd.Series:
     """Each labeled row's probability of having been drawn by now: 1 - prod over cycles of (1 - the probability
-    of its stratum in that cycle), the stratum read from that cycle's two versions' probe predictions."""
+    of its stratum in that cycle), the stratum read from that cycle's two versions' probe predictions (every
+    version's, read here unless given)."""
     designs = store.traffic_designs()
     miss = pd.Series(1.0, index=pd.Index(example_ids, dtype="int64"))
-    preds = store.probe_predictions()
+    preds = store.probe_predictions() if preds is None else preds
     for d in designs.itertuples():
         cand = preds[preds["version"] == d.candidate].set_index("example_id")["predicted"]
         prod = preds[preds["version"] == d.production].set_index("example_id")["predicted"]
@@ -120,12 +121,14 @@ def inclusion(store, example_ids) -> pd.Series:
 
 
 def version_estimate(store, version: str, labels: pd.Series | None = None, pi: pd.Series | None = None,
-                     interval: list | None = None) -> dict | None:
+                     interval: list | None = None, preds: pd.DataFrame | None = None,
+                     gate: pd.DataFrame | None = None) -> dict | None:
     """A version's accuracy on traffic: the label-free per-row estimate (stats.label_free_rows) over the probe,
     corrected by the traffic labels people gave (stats.assisted_accuracy); None without a probe. interval: the
-    label-free estimate's bootstrap interval when it was computed before (it depends on nothing that changes)."""
-    preds = store.probe_predictions(version)
-    gate = store.eval_results(version, "gate")
+    label-free estimate's bootstrap interval when it was computed before (it depends on nothing that changes).
+    preds, gate: the version's probe predictions and gate-row results, read here unless given."""
+    preds = store.probe_predictions(version) if preds is None else preds
+    gate = store.eval_results(version, "gate") if gate is None else gate
     if preds.empty or gate.empty:
         return None
     rows = stats.label_free_rows(gate["confidence"], gate["correct"], preds["confidence"],
@@ -149,12 +152,18 @@ def refresh(store) -> dict[str, dict]:
     if store.traffic_probe().empty:
         return {}
     labels = _labels(store)
-    pi = inclusion(store, labels.index)
+    # every version's rows read once: this runs at each evaluation and gate, over every version so far
+    preds, gate = store.probe_predictions(), store.eval_results(part="gate")
+    pi = inclusion(store, labels.index, preds)
     stored = store.evaluations()
     stored = stored[stored["split"] == "traffic"]
     before = {r.version: json.loads(r.detail).get("label_free_interval") for r in stored.itertuples() if r.detail}
-    versions = store.probe_predictions()["version"].unique().tolist()
-    estimates = {v: e for v in versions if (e := version_estimate(store, v, labels, pi, before.get(v))) is not None}
+    estimates = {}
+    for version, mine in preds.groupby("version", sort=False):
+        rows = gate[gate["version"] == version].reset_index(drop=True)
+        estimate = version_estimate(store, version, labels, pi, before.get(version), mine.reset_index(drop=True), rows)
+        if estimate is not None:
+            estimates[version] = estimate
     store.save_traffic_estimates(estimates)
     return estimates
 

@@ -28,6 +28,13 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         os.environ.setdefault(_name, _threads)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker a core and one more. About a sixth of a worker's time is spent waiting on the
+    processes, servers, browser and fsyncs its tests start, and the extra worker fills it (measured on 2 cores,
+    with worksteal: 688 s with 2 workers, 636 s with 3)."""
+    return (os.cpu_count() or 1) + 1
+
+
 def pytest_collection_modifyitems(config, items):
     """The slow tests first, so that with several workers the longest ones start at once instead of being the
     tail that one worker runs while the others wait."""

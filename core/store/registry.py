@@ -171,10 +171,16 @@ class RegistryMixin:
         return self._read("SELECT e.*, v.num, v.cycle_id FROM evaluations e JOIN model_versions v "
                           "USING (version) ORDER BY v.num")
 
-    def eval_results(self, version: str, part: str | None = None) -> pd.DataFrame:
-        """A version's per-row held-out results (of one part of the held-out set, when given)."""
-        where, params = ("AND r.example_id IN (SELECT example_id FROM heldout_parts WHERE part = ?)", [part]) \
-            if part else ("", [])
+    def eval_results(self, version: str | None = None, part: str | None = None) -> pd.DataFrame:
+        """A version's per-row held-out results (of one part of the held-out set, when given); every version's
+        with version None (ordered by version, then row)."""
+        conds, params = [], []
+        if version is not None:
+            conds.append("r.version = ?")
+            params.append(version)
+        if part:
+            conds.append("r.example_id IN (SELECT example_id FROM heldout_parts WHERE part = ?)")
+            params.append(part)
+        where = "WHERE " + " AND ".join(conds) if conds else ""
         return self._read("SELECT r.*, x.text, x.label FROM eval_results r JOIN examples x "
-                          f"ON x.id = r.example_id WHERE r.version = ? {where} ORDER BY r.example_id",
-                          [version, *params])
+                          f"ON x.id = r.example_id {where} ORDER BY r.version, r.example_id", params)
