@@ -357,6 +357,8 @@ class DaemonConfig(_Section):
     window: str = "01:00-05:00"
     poll_s: float = Field(30.0, gt=0)
     cycles_per_night: int = Field(1, ge=1)
+    # scaffold searches after the night's model cycles (each through the scaffold_adoption gate); 0: none
+    scaffold_searches_per_night: int = Field(0, ge=0)
 
     @field_validator("window")
     @classmethod

@@ -415,7 +415,7 @@ def stage_promote(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
         raise RuntimeError(f"cycle {cycle['id']} reached promotion without an approved gate")
     crash_point("promote_start")
     ws.store.promote(cycle["id"], cycle["candidate_version"], gate["decided_by"],
-                     f"gate {gate['id']}: {gate['comment'] or 'approved'}")
+                     f"gate {gate['id']}: {gate['comment'] or 'approved'}", step.next)
 
 
 # Every cycle kind's stages in order: the engine walks this table and nothing else names a next stage.
@@ -438,7 +438,9 @@ FLOWS: dict[str, dict[str, Stage]] = {
         "drift_review": Stage(stage_drift_review, "traffic_labels", otherwise="rejected"),
         "traffic_labels": Stage(stage_traffic_labels, "gate"),
         "gate": Stage(stage_gate, "promote", otherwise="rejected"),
-        "promote": Stage(stage_promote, "done"),
+        "promote": Stage(stage_promote, "scaffold_retest"),
+        # the production scaffold against the plain model on the version just promoted
+        "scaffold_retest": Stage(scaffold_stages.stage_retest, "done"),
     },
     scaffold_stages.KIND: {
         "scaffold_search": Stage(scaffold_stages.stage_search, "scaffold_ab"),

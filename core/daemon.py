@@ -1,6 +1,8 @@
 """`python -m core daemon`: the engine on its own at night.
 
-Inside the training window (local time, may wrap midnight) it runs up to `cycles_per_night` cycles; at a
+Inside the training window (local time, may wrap midnight) it runs up to `cycles_per_night` cycles, then up to
+`scaffold_searches_per_night` scaffold searches; when the re-test after a promotion found the plain model
+better than the production scaffold, it first tries the plain model through the scaffold_adoption gate. At a
 gate it waits for a person and resumes once they decide; outside the window it sleeps. SIGTERM (or
 Ctrl-C) stops it at the next stage boundary: every stage commits its output and the next stage together,
 so a later `resume` (or the next night) continues exactly there. The clock is injectable (`--now`,
@@ -8,6 +10,7 @@ EVOLAB_DAEMON_NOW) so tests need not wait for the night.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -21,6 +24,7 @@ from pydantic import ValidationError
 
 from core import cycle
 from core.config import ConfigError, DaemonConfig, describe, parse_window
+from core.scaffolds import archive, spec as S
 from core.store import utcnow
 from core.workspace import Workspace, WorkspaceError
 
@@ -34,6 +38,7 @@ class Settings:
     poll_s: float
     cycles_per_night: int
     clock: Callable[[], datetime]
+    scaffold_searches_per_night: int = 0
 
 
 def fixed_clock(text: str) -> Callable[[], datetime]:
@@ -58,7 +63,23 @@ def settings(cfg: DaemonConfig, window: str | None = None, poll_s: float | None 
     except ValidationError as err:
         raise ConfigError(describe(err)) from None
     now = now or os.environ.get(NOW_ENV)
-    return Settings(cfg.window, cfg.poll_s, cfg.cycles_per_night, fixed_clock(now) if now else datetime.now)
+    return Settings(cfg.window, cfg.poll_s, cfg.cycles_per_night, fixed_clock(now) if now else datetime.now,
+                    cfg.scaffold_searches_per_night)
+
+
+def plain_trial_due(store) -> dict | None:
+    """The newest re-test after a promotion when it found the plain model better than the production scaffold,
+    that scaffold is still in production and no scaffold cycle began after it; else None."""
+    retests = store.scaffold_retests()
+    if retests.empty:
+        return None
+    newest = retests.iloc[-1]
+    if not json.loads(newest["result"]).get("plain_better") or \
+            archive.production_id(store) != newest["production_id"]:
+        return None
+    cycles = store.cycles()
+    later = cycles[(cycles["kind"] == "scaffold") & (cycles["id"] > int(newest["cycle_id"]))]
+    return None if len(later) else {"cycle_id": int(newest["cycle_id"]), "production_id": newest["production_id"]}
 
 
 def night_of(window: str, at: datetime) -> datetime | None:
@@ -88,7 +109,8 @@ class Daemon:
     def __init__(self, ws: Workspace, s: Settings, out=sys.stdout):
         self.ws, self.s, self.out = ws, s, out
         self.stop = threading.Event()
-        self.ended: dict[datetime, int] = {}  # cycles finished per night (window occurrence)
+        self.ended: dict[datetime, int] = {}  # model cycles finished per night (window occurrence)
+        self.searched: dict[datetime, int] = {}  # scaffold searches finished per night
 
     def say(self, text: str) -> None:
         print(f"{datetime.now():%Y-%m-%d %H:%M:%S} daemon: {text}", file=self.out, flush=True)
@@ -106,11 +128,21 @@ class Daemon:
             if gate:
                 return f"cycle {open_['id']} waits at {gate['kind']} gate {gate['id']} for a decision", False
             outcome = cycle.resume(self.ws, progress=True, stop=self.stop.is_set)
-        elif self.ended.get(night, 0) >= self.s.cycles_per_night:
-            return f"done for tonight ({self.ended[night]} cycle(s) in window {self.s.window})", False
-        else:
+        elif (plain := plain_trial_due(store)) is not None:
+            self.say(f"the re-test after cycle {plain['cycle_id']}'s promotion found the plain model better than "
+                     f"scaffold {plain['production_id']}: trying it through the scaffold_adoption gate")
+            outcome = cycle.run_scaffold_cycle(self.ws, candidate=S.DEFAULT, progress=True)
+        elif self.ended.get(night, 0) < self.s.cycles_per_night:
             outcome = cycle.evolve(self.ws, cycles=1, progress=True, stop=self.stop.is_set)[-1]
-        if outcome.status in ("done", "rejected") and store.cycle(outcome.cycle_id)["kind"] != "baseline":
+        elif self.searched.get(night, 0) < self.s.scaffold_searches_per_night:
+            # counted when it starts: one that waits at its gate is finished by the resume branch above
+            self.searched[night] = self.searched.get(night, 0) + 1
+            outcome = cycle.run_scaffold_cycle(self.ws, progress=True)
+        else:
+            searches = f", {self.searched.get(night, 0)} scaffold search(es)" \
+                if self.s.scaffold_searches_per_night else ""
+            return f"done for tonight ({self.ended[night]} cycle(s){searches} in window {self.s.window})", False
+        if outcome.status in ("done", "rejected") and store.cycle(outcome.cycle_id)["kind"] == "evolve":
             self.ended[night] = self.ended.get(night, 0) + 1
         return outcome.message, outcome.status in ("done", "rejected")
 
@@ -120,7 +152,7 @@ class Daemon:
         self.ws.store.audit(ACTOR, "daemon_started", "workspace", {"window": self.s.window, "pid": os.getpid(),
                                                                    "cycles_per_night": self.s.cycles_per_night})
         self.say(f"started: window {self.s.window}, up to {self.s.cycles_per_night} cycle(s) a night, "
-                 f"checking every {self.s.poll_s:g}s")
+                 f"{self.s.scaffold_searches_per_night} scaffold search(es), checking every {self.s.poll_s:g}s")
         last = None
         while not self.stop.is_set():
             try:

@@ -118,6 +118,21 @@ else:
     for t in info["trials"][::-1][:5]:
         st.caption(f"cycle {t['cycle']}: " + "; ".join(t["reasons"] or [f"stage {t['stage']}"]))
 
+st.subheader("Re-tests after promotions")
+if not info["retests"]:
+    st.caption("No promotion yet: after each one, the production scaffold is re-tested against the plain model.")
+else:
+    retests = pd.DataFrame(info["retests"]).sort_values("cycle", ascending=False)
+    retests["gain_text"] = retests["gain"].map(_signed_points)
+    retests["verdict"] = [s if isinstance(s, str) else ("the plain model is better: the daemon tries it at the "
+                                                         "scaffold_adoption gate" if b else "the scaffold holds")
+                          for s, b in zip(retests["skipped"], retests["plain_better"])]
+    tables.show(retests, {"cycle": "Promoted in cycle", "model_version": "Model", "production": "Scaffold",
+                          "production_accuracy": "Scaffold accuracy", "plain_accuracy": "Plain accuracy",
+                          "gain_text": "Plain - scaffold", "p_value": "p-value", "verdict": "Verdict"},
+                {"cycle": "count", "production_accuracy": "percent", "plain_accuracy": "percent",
+                 "p_value": "number"})
+
 if info["adoptions"]:
     st.subheader("Adoptions")
     tables.show(pd.DataFrame(info["adoptions"]).sort_values("id", ascending=False),

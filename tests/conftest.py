@@ -131,6 +131,24 @@ def baseline_ws(tmp_path, _baseline_template):
 
 
 @pytest.fixture(scope="session")
+def _scaffold_template(tmp_path_factory, tiny_csvs):
+    """A trained baseline whose held-out set gives 12 of its 16 rows to selection (3 a class): a scaffold trial
+    reads the selection rows alone, and a planted paired test needs more than the usual 4."""
+    from core import cycle
+
+    config = fast_config()
+    config.data.selection_fraction = 0.75
+    ws = make_workspace(tmp_path_factory.mktemp("scaffold") / "ws", tiny_csvs, config)
+    assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
+    return ws.root
+
+
+@pytest.fixture
+def scaffold_ws(tmp_path, _scaffold_template):
+    return copy_workspace(_scaffold_template, tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
 def _weak_baseline_template(tmp_path_factory, tiny_csvs):
     """A workspace whose baseline read only the first 8 tokens of each text, with the fast config back for later
     cycles: a candidate that reads whole texts truly beats it (measured: 7 of 12 gate rows against 11), so tests

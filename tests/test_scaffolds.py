@@ -12,7 +12,7 @@ from core import cycle, registry, scaffolds
 from core.cli import main
 from core.scaffolds import abtest, archive, mutate, spec as S, stages
 from core.scaffolds.run import Batch, bank_for, run as run_scaffold
-from tests.conftest import ChatHandler, copy_workspace, fast_config, make_workspace, run_cli
+from tests.conftest import ChatHandler, run_cli
 
 
 # -- the statistics on constructed vectors ---------------------------------------------------------------
@@ -101,22 +101,6 @@ def test_cli_refuses_a_malformed_scaffold_file(workspace, tmp_path, capsys, monk
 
 
 # -- end to end on a trained workspace ------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def _scaffold_template(tmp_path_factory, tiny_csvs):
-    """A trained baseline whose held-out set gives 12 of its 16 rows to selection (3 a class): a scaffold trial
-    reads the selection rows alone, and a planted paired test needs more than the usual 4."""
-    config = fast_config()
-    config.data.selection_fraction = 0.75
-    ws = make_workspace(tmp_path_factory.mktemp("scaffold") / "ws", tiny_csvs, config)
-    assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
-    return ws.root
-
-
-@pytest.fixture
-def scaffold_ws(tmp_path, _scaffold_template):
-    return copy_workspace(_scaffold_template, tmp_path / "ws")
-
-
 def _ab_on_every_selection_row(ws, **gate):
     """A/B-test on all the selection rows (the search shares them): the fixtures have few."""
     config = ws.config()

@@ -41,7 +41,18 @@ def overview(store) -> dict:
                        "reasons": checks.get("reasons", []), "result": result,
                        "gate": int(gate["id"].iloc[0]) if len(gate) else None,
                        "gate_status": gate["status"].iloc[0] if len(gate) else None})
+    retests = []
+    for r in store.scaffold_retests().to_dict("records"):
+        result = json.loads(r["result"])
+        checks = result.get("checks", {})
+        retests.append({"cycle": r["cycle_id"], "model_version": r["model_version"], "production": r["production_id"],
+                        "plain_better": result["plain_better"], "skipped": result.get("skipped"),
+                        "production_accuracy": result.get("production", {}).get("accuracy"),
+                        "plain_accuracy": result.get("candidate", {}).get("accuracy"),
+                        "gain": checks.get("gain"), "p_value": checks.get("p_value"),
+                        "reasons": checks.get("reasons", []), "at": r["at"]})
     return {"model_version": version,
             "production": {"id": production_id, "name": production_spec["name"],
                            "steps": S.describe(production_spec), "spec": production_spec},
-            "adoptions": store.scaffold_adoptions().to_dict("records"), "archive": rows, "trials": trials}
+            "adoptions": store.scaffold_adoptions().to_dict("records"), "archive": rows, "trials": trials,
+            "retests": retests}

@@ -85,6 +85,29 @@ def stage_gate(ws, cycle: dict, ctx: dict, step):
     return gate_stage(ws, cycle, ctx, "scaffold_adoption", checks, step)
 
 
+def stage_retest(ws, cycle: dict, ctx: dict, step) -> None:
+    """After a model promotion (a stage of the evolve flow): the production scaffold against the plain model on
+    the version just promoted, on this cycle's own split of the selection rows. A scaffold adopted for an
+    earlier model may stop helping the new one; `plain_better` says the plain model now wins by the adoption
+    checks, and the daemon then tries the plain model through the scaffold_adoption gate (core/daemon.py).
+    Nothing is adopted here."""
+    store = ws.store
+    version = cycle["candidate_version"]
+    production_id, _ = archive.production(store)
+    if production_id == S.DEFAULT:
+        result = {"plain_better": False, "model_version": version, "production": production_id,
+                  "skipped": "the production scaffold is the plain model"}
+    else:
+        result = ab_result(ws, cycle["id"], version, production_id, S.DEFAULT)
+        result["plain_better"] = bool(result["checks"]["passed"])
+    store.save_scaffold_retest(cycle["id"], version, production_id, result, step.next)
+    ctx["stage_detail"] = {"plain_better": result["plain_better"], "production": production_id}
+    if ctx["progress"]:
+        said = result.get("skipped") or "; ".join(result["checks"]["reasons"])
+        print(f"  scaffold_retest: {production_id} against the plain model on {version}: {said}",
+              file=sys.stderr, flush=True)
+
+
 def stage_adopt(ws, cycle: dict, ctx: dict, step) -> None:
     gate = ws.store.gate_for(cycle["id"], "scaffold_adoption")
     if gate is None or gate["status"] != "approved":  # never adopt past a gate that did not allow it

@@ -84,15 +84,16 @@ class RegistryMixin:
     def alias_history(self) -> pd.DataFrame:
         return self._read("SELECT * FROM alias_history ORDER BY id")
 
-    def promote(self, cycle_id: int, version: str, actor: str, reason: str) -> None:
-        """Move `production` to the cycle's candidate and finish the cycle, in one transaction."""
+    def promote(self, cycle_id: int, version: str, actor: str, reason: str, next_stage: str = "done") -> None:
+        """Move `production` to the cycle's candidate and move the cycle on (to `done`, or to the stages that
+        follow a promotion), in one transaction."""
         with self._tx() as con:
-            status = con.execute("SELECT status FROM cycles WHERE id = ?", [cycle_id]).fetchone()[0]
-            if status == "done":
+            status, stage = con.execute("SELECT status, stage FROM cycles WHERE id = ?", [cycle_id]).fetchone()
+            if status == "done" or (status == "running" and stage == next_stage):  # promoted already
                 return
             previous = self._move_alias(con, "production", version, actor, reason)
             self._move_alias(con, "candidate", None, actor, "promoted")
-            self._set_stage(con, cycle_id, "done", "done")
+            self._set_stage(con, cycle_id, next_stage, "done" if next_stage == "done" else "running")
             self._audit(con, actor, "promoted", f"version:{version}",
                         {"cycle": cycle_id, "previous": previous, "reason": reason})
             crash_point("promote_before_commit")

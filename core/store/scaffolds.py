@@ -6,6 +6,7 @@ import json
 import pandas as pd
 
 from core.store.base import _first, _json, _where_equal, utcnow
+from core.store.cycles import END_STATUSES
 
 
 class ScaffoldsMixin:
@@ -72,6 +73,18 @@ class ScaffoldsMixin:
             con.execute("UPDATE scaffold_trials SET candidate_id = ?, updated_at = ? WHERE cycle_id = ?",
                         [candidate_id, utcnow(), cycle_id])
             self._set_stage(con, cycle_id, next_stage)
+
+    def save_scaffold_retest(self, cycle_id: int, model_version: str, production_id: str, result: dict,
+                             next_stage: str) -> None:
+        """A promotion's re-test of the production scaffold, and the cycle's move on, in one transaction."""
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO scaffold_retests VALUES (?, ?, ?, ?, ?)",
+                        [cycle_id, model_version, production_id, _json(result), utcnow()])
+            self._set_stage(con, cycle_id, next_stage, next_stage if next_stage in END_STATUSES else "running")
+
+    def scaffold_retests(self) -> pd.DataFrame:
+        """Every re-test after a promotion, oldest first (result as JSON text)."""
+        return self._read("SELECT * FROM scaffold_retests ORDER BY cycle_id")
 
     def save_trial_result(self, cycle_id: int, result: dict, next_stage: str) -> None:
         with self._tx() as con:

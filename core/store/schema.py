@@ -127,6 +127,12 @@ MIGRATIONS: list[str] = [
     CREATE TABLE traffic_designs(cycle_id INTEGER PRIMARY KEY, candidate VARCHAR, production VARCHAR,
         budget INTEGER, pi_disagree DOUBLE, pi_agree DOUBLE, detail JSON, created_at TIMESTAMP);
     """,
+    # v14: after each promotion, the production scaffold re-tested against the plain model on the new production
+    # version (core/scaffolds/stages.py), on a split of the selection rows of its own
+    """
+    CREATE TABLE scaffold_retests(cycle_id INTEGER PRIMARY KEY, model_version VARCHAR, production_id VARCHAR,
+        result JSON, "at" TIMESTAMP);
+    """,
 ]
 HELDOUT_PARTS = ("selection", "gate")
 SCHEMA_VERSION = len(MIGRATIONS)
