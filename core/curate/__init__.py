@@ -14,6 +14,7 @@ import pandas as pd
 
 from core.curate import counterfactual, feedback, llm, self_label, sql_migrations, templates  # noqa: F401  (they register)
 from core.curate import filters, verify
+from core.curate.filters import mark
 from core.curate.registry import CANDIDATE_COLUMNS, GENERATORS, OPTIONAL_COLUMNS, Context
 from core.gates import TRAFFIC_LABELERS
 from core.lessons import Remedy
@@ -60,7 +61,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     for i, text in cand["text"].items():
         who = rejected.get(filters.normalize(text))
         if who:
-            cand.loc[i, ["status", "reason"]] = ["dropped", f"rejected by {who} in an earlier review"]
+            mark(cand, i, "dropped", f"rejected by {who} in an earlier review")
     approved = reviewed[reviewed["status"] == "approved"] if len(reviewed) else reviewed
     labeled = pd.concat([ctx.seed[["text", "label"]], approved[["text", "label"]]], ignore_index=True) \
         if len(approved) else ctx.seed[["text", "label"]]
@@ -72,7 +73,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
                                                          ctx.pool["text"].tolist(), cfg.max_surprise_ratio,
                                                          ctx.seed_value)):
         if reason:
-            cand.loc[i, ["status", "reason"]] = ["dropped", reason]
+            mark(cand, i, "dropped", reason)
 
     cand["confidence"], cand["difficulty"], cand["scores"] = np.nan, -1, "{}"
     cand["rank_score"] = 0.0
@@ -107,16 +108,16 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
             if i in confirmed:
                 # Execution confirmed the label: the model's verifiers would only drop what it does not know yet,
                 # which is what the sample is there to teach. Their scores stay, for difficulty and ranking.
-                cand.loc[i, ["status", "reason"]] = ["verified", confirmed[i]]
+                mark(cand, i, "verified", confirmed[i])
                 continue
             if weigh:
                 # A teacher's label of real traffic is kept and weighs in training by the teacher's confidence:
                 # dropping what the verifiers doubt throws away the hard texts (measured in bench/README).
-                cand.loc[i, ["status", "reason"]] = ["verified", WEIGHED]
+                mark(cand, i, "verified", WEIGHED)
                 continue
             reason = verify.verdict(row, cfg, strict=bool(held_back[i]),
                                     independent_only=cand.loc[i, "generator"] == feedback.NAME)
-            cand.loc[i, ["status", "reason"]] = ["dropped", reason] if reason else ["verified", ""]
+            mark(cand, i, "dropped", reason) if reason else mark(cand, i, "verified", "")
     for label, group in cand[cand["status"] == "verified"].groupby("label"):
         cap = int(cfg.max_per_class * remedy.cap_factor
                   * (cfg.favoured_class_factor if label in ctx.favoured else 1.0))
@@ -134,13 +135,13 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         keep = set(chosen) | set(_cap_by_mix(traffic, cap - len(chosen), ctx.requested_mix(label)))
         for i in group.index:
             if i in keep:
-                cand.loc[i, ["status", "reason"]] = ["kept", cand.loc[i, "reason"] or "verifiers agree"]
+                mark(cand, i, "kept", cand.loc[i, "reason"] or "verifiers agree")
             elif i in made.index:
                 level = int(group.loc[i, "difficulty"])
-                cand.loc[i, ["status", "reason"]] = ["dropped", f"difficulty mix: level {level}'s share of "
-                                                                f"{label} is full ({quotas[level]})"]
+                mark(cand, i, "dropped", f"difficulty mix: level {level}'s share of {label} is full "
+                                         f"({quotas[level]})")
             else:
-                cand.loc[i, ["status", "reason"]] = ["dropped", f"over the class cap of {cap}"]
+                mark(cand, i, "dropped", f"over the class cap of {cap}")
     if len(approved):  # human approvals from earlier reviews are kept whatever the verifiers say
         carried = pd.DataFrame({"generator": "human_review", "parent_id": None, "text": approved["text"],
                                 "label": approved["label"], "confidence": np.nan, "difficulty": -1,
@@ -179,7 +180,7 @@ def execute(cand: pd.DataFrame, ctx: Context) -> dict:
         if v.keep:
             confirmed[i] = v.reason
         else:
-            cand.loc[i, ["status", "reason"]] = ["dropped", v.reason]
+            mark(cand, i, "dropped", v.reason)
             dropped[checked.category] = dropped.get(checked.category, 0) + 1
     ctx.memo["sandbox"] = {"check": ctx.check.name, "executed": len(results), "confirmed": len(confirmed),
                            "seconds": round(seconds, 2),

@@ -75,6 +75,13 @@ def near_protected(texts: list[str], protected_texts: pd.DataFrame, similarity: 
     return (sim >= similarity) | np.array([normalize(t) in same for t in texts])
 
 
+def mark(frame: pd.DataFrame, i, status: str, reason: str) -> None:
+    """One sample's status and reason. Two scalar writes: `.loc[i, [cols]] = [...]` costs milliseconds a row,
+    which made curation quadratic in practice (measured: 37 s of a 100-class test's 52 s of curation)."""
+    frame.at[i, "status"] = status
+    frame.at[i, "reason"] = reason
+
+
 def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame, cfg) -> pd.DataFrame:
     """Set status/reason for samples that fail a model-free filter; candidates are in priority order.
     heldout: the texts no sample may copy (`protected`; without a `kind` column they count as held-out)."""
@@ -83,16 +90,16 @@ def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame
     for i in out.index[alive]:
         reason = sanity_reason(out.at[i, "text"], cfg.min_chars, cfg.max_chars)
         if reason:
-            out.loc[i, ["status", "reason"]] = ["dropped", reason]
+            mark(out, i, "dropped", reason)
     norm = out["text"].map(normalize)
     labeled_norm = set(labeled["text"].map(normalize))
     seen: dict[str, int] = {}
     for i in out.index[out["status"] == "candidate"]:
         key = norm[i]
         if key in labeled_norm:
-            out.loc[i, ["status", "reason"]] = ["dropped", "exact duplicate of a labeled example"]
+            mark(out, i, "dropped", "exact duplicate of a labeled example")
         elif key in seen:
-            out.loc[i, ["status", "reason"]] = ["dropped", f"exact duplicate of sample #{seen[key]}"]
+            mark(out, i, "dropped", f"exact duplicate of sample #{seen[key]}")
         else:
             seen[key] = i
     rest = out.index[out["status"] == "candidate"]
@@ -107,11 +114,10 @@ def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame
     for pos, i in enumerate(rest):
         if held_sim[pos] >= cfg.contamination_similarity:
             j = held_idx[pos]
-            out.loc[i, ["status", "reason"]] = [
-                "dropped", f"contamination: {held_sim[pos]:.2f} similar to {held_kinds[j]} text "
-                           f"{held_texts[j][:60]!r}"]
+            mark(out, i, "dropped", f"contamination: {held_sim[pos]:.2f} similar to {held_kinds[j]} text "
+                                    f"{held_texts[j][:60]!r}")
         elif lab_sim[pos] >= cfg.near_duplicate_similarity:
-            out.loc[i, ["status", "reason"]] = ["dropped", f"near-duplicate ({lab_sim[pos]:.2f}) of a labeled example"]
+            mark(out, i, "dropped", f"near-duplicate ({lab_sim[pos]:.2f}) of a labeled example")
     # Near-duplicates among the candidates themselves: the first (highest priority) one stays.
     rest = [i for i in rest if out.at[i, "status"] == "candidate"]
     if len(rest) > 1:
@@ -126,8 +132,8 @@ def apply(candidates: pd.DataFrame, labeled: pd.DataFrame, heldout: pd.DataFrame
                 earlier = np.nonzero(sims[row, :pos] >= cfg.near_duplicate_similarity)[0]
                 earlier = [e for e in earlier if out.at[rest[e], "status"] == "candidate"]
                 if earlier:
-                    out.loc[i, ["status", "reason"]] = [
-                        "dropped", f"near-duplicate ({sims[row, earlier[0]]:.2f}) of sample #{rest[earlier[0]]}"]
+                    mark(out, i, "dropped",
+                         f"near-duplicate ({sims[row, earlier[0]]:.2f}) of sample #{rest[earlier[0]]}")
     return out
 
 
