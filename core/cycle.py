@@ -147,6 +147,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                                  pool=pool, pairs=pairs,
                                  favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
                                  asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
+                                 leaned_on=diagnose.leaned_on(findings),
                                  seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                                  view=views.for_config(cfg.curate.teacher_encoder, ws.root, ex),
                                  encoder=executor.model_encoder(ex, ws, loaded))

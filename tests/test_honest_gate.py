@@ -345,7 +345,7 @@ def test_a_workspace_from_before_the_split_gets_stored_parts_and_its_old_config_
     from core.workspace import open_workspace
 
     con = duckdb.connect(str(baseline_ws.db))
-    for sql in ("DROP TABLE probe_predictions", "DROP TABLE traffic_designs",
+    for sql in ("DROP TABLE scaffold_retests", "DROP TABLE probe_predictions", "DROP TABLE traffic_designs",
                 "DROP TABLE traffic_probe", "ALTER TABLE evaluations DROP COLUMN detail",
                 "DROP TABLE label_requests", "DROP TABLE heldout_parts", "DROP TABLE auth_failures",
                 "DROP TABLE api_tokens", "ALTER TABLE gates DROP COLUMN override",

@@ -86,7 +86,7 @@ def test_every_promotion_is_retested_and_the_daemon_searches_in_its_window(weak_
     retest = store.scaffold_retests().iloc[-1]
     assert retest["cycle_id"] == promoted["id"] and retest["production_id"] == S.DEFAULT
     assert json.loads(retest["result"]) == {"plain_better": False, "model_version": retest["model_version"],
-                                            "production": S.DEFAULT,
+                                            "scaffold": S.DEFAULT,
                                             "skipped": "the production scaffold is the plain model"}
     assert plain_trial_due(store) is None
 

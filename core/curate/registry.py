@@ -38,6 +38,9 @@ class Context:
     # Normalized held-out and traffic-probe texts (filters.normalize), set by curate(): what a generator must never
     # show an outside endpoint, even where the seed repeats one.
     protected: frozenset = frozenset()
+    # "TRUE->PREDICTED" -> the words the model leaned on in those errors (diagnose.leaned_on, from Captum's
+    # attributions): what the counterfactual generator varies.
+    leaned_on: dict = field(default_factory=dict)
     # texts -> the model's (embeddings, probabilities): core.executor.model_encoder, batched on the configured
     # executor; None: computed here in one call.
     encoder: Callable | None = None

@@ -6,9 +6,11 @@ errors people corrected in production (feedback) rank above all of them: they ar
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pandas as pd
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 COLUMNS = ["rank", "kind", "subject", "severity", "detail", "action"]
 KIND_ORDER = {"gate_rejection": -2, "production_error": -1, "confusion_pair": 0, "error_cluster": 1, "weak_class": 2}
@@ -200,3 +202,20 @@ def target_labels(findings: pd.DataFrame) -> set[str]:
         elif row["kind"] == "error_cluster":
             labels.update(detail.get("labels", {}))
     return labels
+
+
+def leaned_on(findings: pd.DataFrame, k: int = 3) -> dict[str, list[str]]:
+    """Per confused pair ("TRUE->PREDICTED"), the words the model leaned on in those errors: the tokens Captum
+    attributed most toward the wrong class (a confusion's `top_tokens`), most frequent first, whole words only
+    (no "##" word piece, no punctuation, at least 3 letters, no stop word), at most k. The counterfactual generator varies them."""
+    out: dict[str, list[str]] = {}
+    for _, row in findings.iterrows():
+        detail = json.loads(row["detail"])
+        if row["kind"] != "confusion_pair" or detail.get("trend") == "fixed" or not detail.get("top_tokens"):
+            continue
+        counts = Counter(t.lower() for tokens in detail["top_tokens"] for t in tokens
+                         if t.isalpha() and len(t) >= 3 and t.lower() not in ENGLISH_STOP_WORDS)
+        if counts:
+            out[f"{detail['true']}->{detail['predicted']}"] = [t for t, _ in counts.most_common(k)]
+    return out
+

@@ -95,7 +95,7 @@ def stage_retest(ws, cycle: dict, ctx: dict, step) -> None:
     version = cycle["candidate_version"]
     production_id, _ = archive.production(store)
     if production_id == S.DEFAULT:
-        result = {"plain_better": False, "model_version": version, "production": production_id,
+        result = {"plain_better": False, "model_version": version, "scaffold": production_id,
                   "skipped": "the production scaffold is the plain model"}
     else:
         result = ab_result(ws, cycle["id"], version, production_id, S.DEFAULT)

@@ -1,0 +1,73 @@
+"""Diagnosis that acts (issue 28, point 1): the words Captum finds the model leaning on in its errors are the
+words the counterfactual generator varies."""
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from core import cycle, diagnose
+from core.setup import init_workspace
+from tests.conftest import fast_config
+
+THINGS = ["lamp", "chair", "desk", "sofa"]
+# the held-out rows are worded apart from the seed, so what the generator writes from the seed is no copy of them
+SEED_WORDS = (["I want to return the", "where is my", "please replace the", "the delivery of my", "I ordered a",
+               "can you track the", "cancel the", "I need a new"], ["", "thanks", "asap please", "it is urgent"])
+HELD_WORDS = (["hello, any news on the", "my order for the", "is it possible to swap the", "refund for the",
+               "nobody delivered the", "status of the", "help with the", "wrong colour on the"],
+              ["", "cheers", "from last week", "kind regards"])
+SPURIOUS = "zebra"
+
+
+def _rows(words, plant: dict[str, bool]) -> pd.DataFrame:
+    """A text a class per opener; `plant`: the classes whose texts all carry the spurious word."""
+    openers, closers = words
+    rows = []
+    for thing in THINGS:
+        for k, opener in enumerate(openers):
+            closer = closers[k % len(closers)]
+            words = [opener, thing] + ([SPURIOUS] if plant.get(thing) else []) + ([closer] if closer else [])
+            rows.append({"text": " ".join(words), "label": f"{thing}_order"})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_a_planted_spurious_word_in_the_errors_is_the_word_the_counterfactuals_vary(tmp_path):
+    # Every chair text of the seed says "zebra"; the held-out lamp texts say it too, so the model, which learned
+    # "zebra" means chair, calls them chairs, and Captum finds it leaning on "zebra" in those errors.
+    seed = _rows(SEED_WORDS, {"chair": True})
+    held = _rows(HELD_WORDS, {"chair": True, "lamp": True})
+    seed.to_csv(tmp_path / "seed.csv", index=False)
+    held.to_csv(tmp_path / "held.csv", index=False)
+    config = fast_config()
+    config.curate.generators = ["counterfactual"]
+    config.curate.counterfactual_per_pair = 12
+    config.data.selection_fraction = 0.5  # the diagnosis reads the selection rows: 4 a class
+    config.train.epochs = 4
+    ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)
+    assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
+
+    evolved = cycle.evolve(ws, cycles=1, progress=False)[-1]
+    findings = ws.store.diagnoses(evolved.cycle_id)
+    leaned = diagnose.leaned_on(findings)
+    assert leaned["lamp_order->chair_order"][0] == SPURIOUS, f"precondition: {leaned}"
+
+    made = ws.store.samples(evolved.cycle_id)
+    made = made[made["generator"] == "counterfactual"]  # one confused pair: all of them are its
+    # at most counterfactual_per_pair, and the 8 chair texts that lose it and 8 lamp texts that gain it fill that
+    assert len(made) == 12
+    parents = ws.store.examples("seed").set_index("id")["text"]
+    word = re.compile(rf"\b{SPURIOUS}\b")
+    for row in made.itertuples():
+        parent = parents[int(row.parent_id)]
+        # exactly the spurious word changed (whatever the filters then decided): added to a lamp text (still
+        # lamp), or taken from a chair text (still chair)
+        assert bool(word.search(parent)) != bool(word.search(row.text)), (parent, row.text)
+        assert word.sub("", parent).split() == word.sub("", row.text).split()
+        assert row.label == ("chair_order" if word.search(parent) else "lamp_order")
+    assert {"lamp_order", "chair_order"} == set(made["label"])
+    notes = json.loads(ws.store.stage_runs(evolved.cycle_id).set_index("stage").loc["curate", "detail"])
+    assert f"varied {SPURIOUS}" in json.dumps(notes)
