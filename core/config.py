@@ -211,6 +211,8 @@ class CurateConfig(_Section):
     # The human budget: each cycle asks a person to label this many pool texts, those where the views disagree
     # most (uncertainty x density); their answers count as seed from the next cycle. 0: ask nobody.
     ask_humans_per_cycle: int = Field(0, ge=0, le=10_000)
+    # share of those asks that go first to the pool texts nearest the diagnosis' error clusters
+    ask_near_clusters: float = Field(0.5, ge=0, le=1)
     llm: LLMConfig = LLMConfig()
 
     @field_validator("difficulty_mix", "weak_class_difficulty_mix")

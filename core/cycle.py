@@ -128,6 +128,15 @@ def stage_diagnose(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                               f"({top['action'].iloc[0]})")
 
 
+def _cluster_texts(store, findings: pd.DataFrame) -> list[list[str]]:
+    """The selection rows' texts of each error cluster the diagnosis found."""
+    members = diagnose.cluster_members(findings)
+    if not members:
+        return []
+    text = store.heldout("selection").set_index("id")["text"]
+    return [[text[i] for i in ids if i in text.index] for ids in members]
+
+
 def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     store, cfg = ws.store, ws.config()
     findings = store.diagnoses(cycle["id"])
@@ -147,7 +156,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                                  pool=pool, pairs=pairs,
                                  favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
                                  asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
-                                 leaned_on=diagnose.leaned_on(findings),
+                                 leaned_on=diagnose.leaned_on(findings), clusters=_cluster_texts(store, findings),
                                  seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                                  view=views.for_config(cfg.curate.teacher_encoder, ws.root, ex),
                                  encoder=executor.model_encoder(ex, ws, loaded))

@@ -37,7 +37,8 @@ def test_review_pages_show_no_store_column_and_no_empty_marker(monkeypatch, pend
     elif page == "synthetic_data":
         samples = table_with(at, "Sample", "Text", "Label", "Generator", "Status", "Difficulty", "Reason",
                              "Cycle", "Model score")
-        assert len(samples) == 50 and samples["Created at"].str.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d").all()
+        assert len(samples) == min(50, len(ws.store.samples())) > 0  # a page of 50 rows, the default
+        assert samples["Created at"].str.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d").all()
         assert len(table_with(at, "Generator", "Generated", "Kept"))  # the yield report, unpacked
     else:
         log = table_with(at, "Seq", "At", "Actor", "Action", "Target", "Detail")

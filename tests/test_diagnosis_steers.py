@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -71,3 +72,34 @@ def test_a_planted_spurious_word_in_the_errors_is_the_word_the_counterfactuals_v
     assert {"lamp_order", "chair_order"} == set(made["label"])
     notes = json.loads(ws.store.stage_runs(evolved.cycle_id).set_index("stage").loc["curate", "detail"])
     assert f"varied {SPURIOUS}" in json.dumps(notes)
+
+
+def test_a_planted_error_clusters_nearest_traffic_texts_are_asked_first(baseline_ws):
+    """An error cluster of the diagnosis pulls the pool texts nearest it to the front of the label queue; the
+    rest of the queue is still the views' disagreement."""
+    from core import registry
+    from core.curate import ask
+    from core.curate.registry import Context
+
+    store, cfg = baseline_ws.store, baseline_ws.config()
+    cfg.curate.ask_near_clusters = 0.5
+    pool = store.unlabeled_pool()
+    loaded = registry.load_alias(baseline_ws, "production")
+    seed = store.seed_examples()[["id", "text", "label"]]
+
+    def context(clusters):
+        return Context(loaded=loaded, seed=seed, pool=pool, pairs=[], favoured=set(), cfg=cfg.curate,
+                       root=baseline_ws.root, clusters=clusters)
+
+    plain = ask.choose(context([]), 6)
+    # the planted cluster: two account-access complaints, worded apart from every pool text
+    planted = ["i still cannot sign in to my account after the reset", "locked out of my login again, help"]
+    steered = ask.choose(context([planted]), 6)
+    ctx = context([planted])
+    emb = ctx.encode(pool["text"].tolist())[0]
+    centroid = ctx.encode(planted)[0].mean(0)
+    nearest = pool["text"].to_numpy()[np.argsort(-(emb @ centroid), kind="stable")]
+    assert steered["text"].tolist()[:3] == nearest[:3].tolist()
+    assert steered["text"].tolist()[:3] != plain["text"].tolist()[:3]  # the cluster changed what comes first
+    rest = steered["score"].to_numpy()[3:]  # then the views' disagreement, as without a cluster
+    assert len(rest) == 3 and (np.diff(rest) <= 0).all()

@@ -11,6 +11,9 @@ so each pool text is scored uncertainty x density (information density, Settles 
 - density, in [0, 1]: the mean cosine similarity to its k nearest pool neighbours, so a lone outlier
   (gibberish, an off-topic message) is not what a person is asked about.
 
+When the diagnosis found error clusters, `curate.ask_near_clusters` of the budget goes first to the pool texts
+nearest each cluster (core/diagnose: the clusters of the model's failures on the selection rows).
+
 Texts already asked (pending, answered or skipped) are never asked again, and a near-duplicate of a text
 chosen this cycle is passed over, so two requests do not cover the same ground. The embeddings and the
 teacher's scores are the ones curation already computed (`Context.encode`, `self_label.pool_teacher`).
@@ -38,6 +41,28 @@ def density(emb: np.ndarray, k: int) -> np.ndarray:
     return np.clip(neighbours(emb, k)[1].mean(1), 0.0, 1.0)
 
 
+def near_clusters(ctx: Context, emb: np.ndarray, n: int, allowed: np.ndarray) -> list[int]:
+    """Up to n pool rows to ask about first: the texts nearest each error cluster's centroid (cosine, the model's
+    embeddings), the clusters in turn, nearest first, among the allowed rows. A cluster is where the model errs together; a person's
+    labels next to it teach what its members share."""
+    if n <= 0 or not ctx.clusters:
+        return []
+    centroids = []
+    for texts in ctx.clusters:
+        if texts:
+            c = ctx.encode(texts)[0].mean(0)
+            centroids.append(c / max(float(np.linalg.norm(c)), 1e-9))
+    if not centroids:
+        return []
+    ranked = np.argsort(-(emb @ np.stack(centroids).T), axis=0, kind="stable")  # (pool, clusters)
+    out: list[int] = []
+    for row in ranked:  # the nearest text of each cluster, then the second nearest of each, ...
+        for i in row:
+            if allowed[i] and int(i) not in out and len(out) < n:
+                out.append(int(i))
+    return out
+
+
 def choose(ctx: Context, n: int, exclude: set[str] | frozenset = frozenset()) -> pd.DataFrame:
     """Up to n pool texts to ask a person about, best first: example_id, text, score, uncertainty, density and
     suggestions (JSON: the teacher's top labels with their probabilities)."""
@@ -58,7 +83,10 @@ def choose(ctx: Context, n: int, exclude: set[str] | frozenset = frozenset()) ->
     score = uncertainty * dense
     allowed = ~ctx.pool["text"].isin(exclude).to_numpy()
     chosen: list[int] = []
-    for i in np.argsort(-score, kind="stable"):
+    near = near_clusters(ctx, emb, int(np.ceil(n * ctx.cfg.ask_near_clusters)), allowed)
+    for i in [*near, *np.argsort(-score, kind="stable")]:
+        if i in chosen:
+            continue
         if len(chosen) >= n:
             break
         if not allowed[i] or (chosen and float((emb[chosen] @ emb[i]).max()) > NEAR_DUPLICATE):

@@ -41,6 +41,8 @@ class Context:
     # "TRUE->PREDICTED" -> the words the model leaned on in those errors (diagnose.leaned_on, from Captum's
     # attributions): what the counterfactual generator varies.
     leaned_on: dict = field(default_factory=dict)
+    # the texts of each error cluster of the diagnosis (selection rows): the label queue asks nearest them first
+    clusters: list = field(default_factory=list)
     # texts -> the model's (embeddings, probabilities): core.executor.model_encoder, batched on the configured
     # executor; None: computed here in one call.
     encoder: Callable | None = None

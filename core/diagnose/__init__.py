@@ -16,7 +16,7 @@ from core import model as M
 from core.config import DiagnoseConfig
 from core.diagnose.attribution import attribution_rows, top_tokens
 from core.diagnose.errors import (PAIR_KINDS, asks, class_findings, cluster_findings, pair_findings,  # noqa: F401
-                                  leaned_on, production_findings, rank, target_labels)
+                                  cluster_members, leaned_on, production_findings, rank, target_labels)
 from core.diagnose.internals import activation_stats, choose_lora_layers, head_importance
 
 __all__ = ["PAIR_KINDS", "diagnose", "finding_keys", "target_labels"]

@@ -219,3 +219,13 @@ def leaned_on(findings: pd.DataFrame, k: int = 3) -> dict[str, list[str]]:
             out[f"{detail['true']}->{detail['predicted']}"] = [t for t, _ in counts.most_common(k)]
     return out
 
+
+def cluster_members(findings: pd.DataFrame) -> list[list[int]]:
+    """The held-out (selection) example ids of each error cluster the diagnosis found and that is not fixed."""
+    out = []
+    for _, row in findings.iterrows():
+        detail = json.loads(row["detail"])
+        if row["kind"] == "error_cluster" and detail.get("trend") != "fixed" and detail.get("members"):
+            out.append([int(m["example_id"]) for m in detail["members"]])
+    return out
+
