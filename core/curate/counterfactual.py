@@ -39,6 +39,7 @@ def _vary(a, b, true: str, pred: str, leaned: list[str], budget: int, target: st
 @register("counterfactual")
 def counterfactual(ctx: Context):
     rows: list[dict] = []
+    varied: list[str] = []  # per attributed pair, the words it varied
     for true, pred, _ in ctx.pairs:
         a = ctx.seed[ctx.seed["label"] == true]
         b = ctx.seed[ctx.seed["label"] == pred]
@@ -50,7 +51,7 @@ def counterfactual(ctx: Context):
         leaned = ctx.leaned_on.get(f"{true}->{pred}", [])
         if leaned:
             rows += _vary(a, b, true, pred, leaned, budget, target)
-            ctx.notes.setdefault("counterfactual", []).append(f"{true}->{pred}: varied {', '.join(leaned)}")
+            varied.append(f"{true}->{pred}: varied {', '.join(leaned)}")
             continue
         terms_a, terms_b = distinctive_terms([" ".join(a["text"]), " ".join(b["text"])], k=5)
         made = 0
@@ -63,6 +64,6 @@ def counterfactual(ctx: Context):
                         made += 1
     if not ctx.pairs:
         ctx.notes["counterfactual"] = "no confused pairs diagnosed"
-    elif isinstance(ctx.notes.get("counterfactual"), list):
-        ctx.notes["counterfactual"] = "; ".join(ctx.notes["counterfactual"]) + " (the words attributed in its errors)"
+    elif varied:
+        ctx.notes["counterfactual"] = "; ".join(varied) + " (the words attributed in its errors)"
     return candidates("counterfactual", rows)
