@@ -53,9 +53,11 @@ def evaluate_version(ws: Workspace, version: str, progress: bool = False, cycle_
     then every version's estimate on traffic is brought up to date (core/traffic.py). Returns {part:
     (results, accuracy, per_class)} and "traffic": this version's estimate or None."""
     store = ws.store
+    with store.kept_open():
+        parts, probe_rows = heldout_parts(store), store.traffic_probe()
     loaded = registry.load(ws, version)
-    scored = evaluate_parts(loaded, heldout_parts(store), progress)
-    probe = probe_predictions(loaded, store.traffic_probe(), progress)
+    scored = evaluate_parts(loaded, parts, progress)
+    probe = probe_predictions(loaded, probe_rows, progress)
     store.save_evaluation(version, scored, cycle_id=cycle_id, next_stage=next_stage, probe=probe)
     return {**scored, "traffic": traffic.refresh(store).get(version)}
 
@@ -63,9 +65,10 @@ def evaluate_version(ws: Workspace, version: str, progress: bool = False, cycle_
 def ensure_evaluated(ws: Workspace, version: str, progress: bool = False) -> None:
     """The version's results on both parts of the held-out set and on the probe, computed once and stored."""
     store = ws.store
-    if all(store.evaluation(version, part) is not None for part in HELDOUT_PARTS) and \
-            (store.traffic_probe().empty or not store.probe_predictions(version).empty):
-        return
+    with store.kept_open():
+        if all(store.evaluation(version, part) is not None for part in HELDOUT_PARTS) and \
+                (store.traffic_probe().empty or not store.probe_predictions(version).empty):
+            return
     evaluate_version(ws, version, progress)
 
 
@@ -110,12 +113,13 @@ def run_diagnosis(ws: Workspace, cycle_id: int, version: str, next_stage: str | 
     """Diagnose a version on the held-out set and store it under cycle_id (0: an on-demand diagnosis)."""
     store, cfg = ws.store, ws.config()
     ensure_evaluated(ws, version, progress)
-    _, previous = store.latest_diagnosis(before_cycle=cycle_id if cycle_id else None)
-    # The selection part only: the gate part stays untouched for the gates.
-    found = diagnose.diagnose(registry.load(ws, version), store.eval_results(version, "selection"), cfg.diagnose,
-                              cfg.model.lora_layers, diagnose.finding_keys(previous),
-                              feedback=store.production_feedback(version),
-                              rejections=rejection_findings(store, version, cycle_id or None))
+    with store.kept_open():
+        _, previous = store.latest_diagnosis(before_cycle=cycle_id if cycle_id else None)
+        # The selection part only: the gate part stays untouched for the gates.
+        selection, feedback = store.eval_results(version, "selection"), store.production_feedback(version)
+        rejections = rejection_findings(store, version, cycle_id or None)
+    found = diagnose.diagnose(registry.load(ws, version), selection, cfg.diagnose, cfg.model.lora_layers,
+                              diagnose.finding_keys(previous), feedback=feedback, rejections=rejections)
     store.save_diagnosis(cycle_id, found["findings"], next_stage, found["attributions"], found["internals"], version)
     return found
 
@@ -139,13 +143,13 @@ def _cluster_texts(store, findings: pd.DataFrame) -> list[list[str]]:
 
 def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     store, cfg = ws.store, ws.config()
-    findings = store.diagnoses(cycle["id"])
+    with store.kept_open():
+        findings, corrections = store.diagnoses(cycle["id"]), store.production_feedback()
+        seed = store.seed_examples(before_cycle=cycle["id"])  # people's answers to label requests count as seed
+        pool, protected = store.unlabeled_pool(), _protected(store)
     pairs = [(json.loads(d)["true"], json.loads(d)["predicted"], int(sev))
              for kind, d, sev in zip(findings.get("kind", []), findings.get("detail", []), findings.get("severity", []))
              if kind in diagnose.PAIR_KINDS and json.loads(d).get("trend") != "fixed"]
-    corrections = store.production_feedback()
-    seed = store.seed_examples(before_cycle=cycle["id"])  # people's answers to label requests count as seed
-    pool = store.unlabeled_pool()
     # A person's correction or answer, not a teacher, labels these.
     pool = pool[~pool["text"].isin(corrections["text"]) & ~pool["text"].isin(seed["text"])]
     loaded = registry.load(ws, cycle["parent_version"])
@@ -160,7 +164,6 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                                  seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                                  view=views.for_config(cfg.curate.teacher_encoder, ws.root, ex),
                                  encoder=executor.model_encoder(ex, ws, loaded))
-        protected = _protected(store)
         # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
         # removed, however the stage ends.
         with check.open_check(cfg.curate) as context.check:
@@ -186,12 +189,13 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
 
 def _training_data(ws: Workspace, cycle: dict) -> pd.DataFrame:
     store = ws.store
-    # The seed, with people's answers to label requests made before this cycle began (source `human_label`).
-    seed = store.seed_examples(before_cycle=cycle["id"])[["text", "label", "source"]]
-    if cycle["kind"] == "baseline":
-        return seed
-    remedy = lessons.remedy(store.diagnoses(cycle["id"]))
-    samples = store.samples(cycle["id"])
+    with store.kept_open():
+        # The seed, with people's answers to label requests made before this cycle began (source `human_label`).
+        seed = store.seed_examples(before_cycle=cycle["id"])[["text", "label", "source"]]
+        if cycle["kind"] == "baseline":
+            return seed
+        remedy = lessons.remedy(store.diagnoses(cycle["id"]))
+        samples = store.samples(cycle["id"])
     # Human approvals and relabels count as kept; a human rejection is never trained on. People's
     # corrections from production arrive as `feedback` samples, verified and reviewed like the rest.
     kept = samples[samples["status"].isin(["kept", "approved"])]
@@ -484,19 +488,20 @@ def run_cycle(ws: Workspace, cycle_id: int, auto_approve: bool = False, progress
     store = ws.store
     ctx = {"auto_approve": auto_approve, "progress": progress}
     while True:
-        cycle = store.cycle(cycle_id)
-        if cycle["status"] in END_STATUSES:
-            return _ended(store, cycle)
-        if stop is not None and stop():
-            return Outcome(cycle_id, "stopped", cycle["stage"],
-                           message=f"cycle {cycle_id} stopped before its {cycle['stage']} stage; resume continues it")
-        if cycle["status"] == "waiting":
-            store.set_cycle_waiting(cycle_id, False)
-            cycle["status"] = "running"
+        with store.kept_open():  # the stage's bookkeeping: one open of the file
+            cycle = store.cycle(cycle_id)
+            if cycle["status"] in END_STATUSES:
+                return _ended(store, cycle)
+            if stop is not None and stop():
+                return Outcome(cycle_id, "stopped", cycle["stage"], message=f"cycle {cycle_id} stopped before its "
+                                                                          f"{cycle['stage']} stage; resume continues it")
+            if cycle["status"] == "waiting":
+                store.set_cycle_waiting(cycle_id, False)
+                cycle["status"] = "running"
+            unfinished = store.begin_stage_try(cycle_id)
         stage = cycle["stage"]
         step = FLOWS[cycle["kind"]][stage]
         max_tries = ws.config().engine.max_stage_tries
-        unfinished = store.begin_stage_try(cycle_id)
         if unfinished >= max_tries:  # the earlier tries died without a word (killed, out of memory)
             store.fail_cycle(cycle_id, f"stage {stage} did not finish in {unfinished} tries; last error: "
                                        f"{cycle.get('error') or 'none (the process died)'}", ENGINE)

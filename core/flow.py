@@ -37,28 +37,29 @@ def gate_stage(ws: Workspace, cycle: dict, ctx: dict, kind: str, checks: dict, s
     """Open (or find) the cycle's gate of this kind, let its policy decide if it may, else wait for a person."""
     store = ws.store
     gate_cfg = getattr(ws.config().gates, kind)
-    gate = gates.open_gate(store, cycle["id"], kind, gate_cfg, checks)
-    verdict = None
-    if gate["status"] == "pending":
-        # the policy the gate was opened under governs it, even if config.toml changed since
-        gate_cfg = gate_cfg.model_copy(update={"policy": gate["policy"]})
-        verdict = gates.automatic_verdict(gate_cfg, checks, ctx["auto_approve"], hard=hard)
-        if verdict.action != "wait":
-            try:
-                gates.decide(store, gate["id"], verdict.action == "approve", verdict.actor, verdict.comment,
-                             automatic=True)
-            except StoreConflict:
-                pass  # a person decided in the meantime; their decision stands
-        gate = gates.expire_if_due(store, store.gate(gate["id"]))
-    if gate["status"] == "pending":
-        store.set_cycle_waiting(cycle["id"], True)
-        why = f" ({verdict.comment})" if verdict and verdict.comment else ""
-        return Outcome(cycle["id"], "waiting", cycle["stage"], gate["id"],
-                       f"cycle {cycle['id']} waits at {kind} gate {gate['id']}{why}: decide with "
-                       f"`python -m core approve|reject --workspace {ws.root} {gate['id']} --by NAME`, "
-                       f"then `python -m core resume --workspace {ws.root}`")
-    if gate["status"] == "approved":
-        store.set_stage(cycle["id"], step.next)
+    with store.kept_open():  # bookkeeping only: the checks were computed before
+        gate = gates.open_gate(store, cycle["id"], kind, gate_cfg, checks)
+        verdict = None
+        if gate["status"] == "pending":
+            # the policy the gate was opened under governs it, even if config.toml changed since
+            gate_cfg = gate_cfg.model_copy(update={"policy": gate["policy"]})
+            verdict = gates.automatic_verdict(gate_cfg, checks, ctx["auto_approve"], hard=hard)
+            if verdict.action != "wait":
+                try:
+                    gates.decide(store, gate["id"], verdict.action == "approve", verdict.actor, verdict.comment,
+                                 automatic=True)
+                except StoreConflict:
+                    pass  # a person decided in the meantime; their decision stands
+            gate = gates.expire_if_due(store, store.gate(gate["id"]))
+        if gate["status"] == "pending":
+            store.set_cycle_waiting(cycle["id"], True)
+            why = f" ({verdict.comment})" if verdict and verdict.comment else ""
+            return Outcome(cycle["id"], "waiting", cycle["stage"], gate["id"],
+                           f"cycle {cycle['id']} waits at {kind} gate {gate['id']}{why}: decide with "
+                           f"`python -m core approve|reject --workspace {ws.root} {gate['id']} --by NAME`, "
+                           f"then `python -m core resume --workspace {ws.root}`")
+        if gate["status"] == "approved":
+            store.set_stage(cycle["id"], step.next)
+            return None
+        store.reject_cycle(cycle["id"], gate["decided_by"], gate["comment"] or f"{kind} gate rejected")
         return None
-    store.reject_cycle(cycle["id"], gate["decided_by"], gate["comment"] or f"{kind} gate rejected")
-    return None

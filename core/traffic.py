@@ -149,13 +149,15 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
 
 def refresh(store) -> dict[str, dict]:
     """Every version's estimate on traffic, recomputed with the traffic labels answered by now, and stored."""
-    if store.traffic_probe().empty:
-        return {}
-    labels = _labels(store)
-    # every version's rows read once: this runs at each evaluation and gate, over every version so far
-    preds, gate = store.probe_predictions(), store.eval_results(part="gate")
-    pi = inclusion(store, labels.index, preds)
-    stored = store.evaluations()
+    # Every version's rows, read once and in one open of the file: this runs at each evaluation and gate, over
+    # every version so far.
+    with store.kept_open():
+        if store.traffic_probe().empty:
+            return {}
+        labels = _labels(store)
+        preds, gate = store.probe_predictions(), store.eval_results(part="gate")
+        pi = inclusion(store, labels.index, preds)
+        stored = store.evaluations()
     stored = stored[stored["split"] == "traffic"]
     before = {r.version: json.loads(r.detail).get("label_free_interval") for r in stored.itertuples() if r.detail}
     estimates = {}

@@ -20,6 +20,8 @@ LABELS = ["billing_question", "payment_processing_error", "shipping_delay", "acc
 
 sys.path.insert(0, str(ROOT))
 
+from tests import engine_process  # noqa: E402
+
 # Under xdist each worker gets its share of the cores for torch (and so do the engines, servers and CLIs it
 # starts, which inherit the environment): two workers each running torch on every core are slower than one.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
@@ -169,11 +171,18 @@ def weak_baseline_ws(tmp_path, _weak_baseline_template):
     return copy_workspace(_weak_baseline_template, tmp_path / "ws")
 
 
+# Commands that load the engine (torch and the rest) run forked from a process that imported it once
+# (tests/engine_process.py); the others start a fresh Python, as a user's shell does.
+ENGINE_COMMANDS = {"evolve", "resume", "predict", "scaffolds", "serve"}
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False):
     """The real CLI in its own process, as a user runs it."""
-    full_env = {**os.environ, **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=full_env, capture_output=True,
-                            text=True, timeout=timeout)
+    if args[0] in ENGINE_COMMANDS:
+        result = engine_process.run(*args, env=env, timeout=timeout)
+    else:
+        result = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                                capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"CLI {args} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result

@@ -4,8 +4,6 @@ from __future__ import annotations
 import ast
 import inspect
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from core.cli import main
 from core.scaffolds import stages as scaffold_stages
 from core.store import StoreConflict
 from core.workspace import engine_lock
-from tests.conftest import APPROVER, PASSWORD, ROOT, VIEWER, VIEWER_PASSWORD, run_cli
+from tests.conftest import APPROVER, PASSWORD, VIEWER, VIEWER_PASSWORD, run_cli
 
 
 def _cli(monkeypatch, capsys, *args, password: str = PASSWORD):
@@ -245,8 +243,7 @@ def test_the_engine_walks_the_table(baseline_ws):
 def test_stale_temporary_files_are_swept_by_the_next_engine(baseline_ws):
     """A kill between writing a temporary file and renaming it leaves the temporary behind; the next engine run
     removes it (and nothing else)."""
-    result = subprocess.run([sys.executable, "-m", "core", "evolve", "--workspace", str(baseline_ws.root), "--quiet"],
-                            cwd=ROOT, env={**os.environ, "EVOLAB_FAULT": "before_rename"}, capture_output=True)
+    result = run_cli("evolve", "--workspace", str(baseline_ws.root), "--quiet", env={"EVOLAB_FAULT": "before_rename"})
     assert result.returncode == -9
     leftovers = [p for p in baseline_ws.root.rglob(".*.tmp")]
     assert leftovers

@@ -1,11 +1,11 @@
 """Crash soak (issue 15): evolution cycles hit by random crash points and SIGKILLs, each followed by `resume`.
 
 Seeded (EVOLAB_SOAK_SEED, printed) so a failure can be replayed. The engine runs in processes forked from a
-forkserver that has already imported it, so a crash costs the work lost, not a Python start-up.
+forkserver that has already imported it (tests/engine_process.py), so a crash costs the work lost, not a Python
+start-up.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import random
 import signal
@@ -16,6 +16,7 @@ import pytest
 from core import audit, cycle, model as M
 from core.store import END_STATUSES
 from core.workspace import open_workspace
+from tests import engine_process
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
@@ -31,11 +32,10 @@ def _evolve(root: str, env: dict) -> None:
     cycle.evolve(open_workspace(root), cycles=1, progress=False)
 
 
-def _crash_once(ctx, root: str, rng: random.Random) -> str | None:
+def _crash_once(root: str, rng: random.Random) -> str | None:
     """One evolution cycle hit by a random fault (or by SIGKILL at a random moment); what hit it, or None."""
     if rng.random() < 0.3:
-        proc = ctx.Process(target=_evolve, args=(root, {}))
-        proc.start()
+        proc = engine_process.start(_evolve, (root, {}))
         proc.join(rng.uniform(0.2, 3.0))
         if proc.exitcode is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -43,8 +43,7 @@ def _crash_once(ctx, root: str, rng: random.Random) -> str | None:
         return "SIGKILL at a random moment" if proc.exitcode == -signal.SIGKILL else None
     point, skip_max = rng.choice(POINTS)
     skip = rng.randint(0, skip_max)
-    proc = ctx.Process(target=_evolve, args=(root, {"EVOLAB_FAULT": point, "EVOLAB_FAULT_SKIP": str(skip)}))
-    proc.start()
+    proc = engine_process.start(_evolve, (root, {"EVOLAB_FAULT": point, "EVOLAB_FAULT_SKIP": str(skip)}))
     proc.join()
     return f"{point} (pass {skip + 1})" if proc.exitcode != 0 else None
 
@@ -59,15 +58,13 @@ def test_crash_soak(baseline_ws, capsys):
     config.curate.max_per_class = 5
     config.gates.min_gain, config.gates.max_recall_drop = 0.0, 1.0  # some candidates reach promotion
     baseline_ws.save_config(config)
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["core.cycle", "tests.test_crash_soak"])
     root, store = str(baseline_ws.root), baseline_ws.store
 
     survived, runs, hits, started = 0, 0, [], time.monotonic()
     while survived < CRASHES and runs < 2 * CRASHES:
         runs += 1
         t0 = time.monotonic()
-        what = _crash_once(ctx, root, rng)
+        what = _crash_once(root, rng)
         t1 = time.monotonic()
         if what is not None and store.open_cycle() is not None:  # the crash hit an evolution cycle
             survived += 1

@@ -1,19 +1,16 @@
 """kill -9 at any moment, then `resume`: the cycle finishes with nothing lost and nothing duplicated."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
+from tests.engine_process import EngineProcess
 
 
 def _evolve_process(ws, env=None):
-    return subprocess.Popen([sys.executable, "-m", "core", "evolve", "--workspace", str(ws.root),
-                             "--quiet"], cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return EngineProcess("evolve", "--workspace", str(ws.root), "--quiet", env=env)
 
 
 def _assert_consistent(ws, cid):

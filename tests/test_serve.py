@@ -4,8 +4,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -14,10 +12,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from conftest import APPROVER, PASSWORD, ROOT, copy_workspace, run_cli
+from conftest import APPROVER, PASSWORD, copy_workspace, run_cli
 from core import actions, auth, cycle
 from core.scaffolds import archive
 from core.store import utcnow
+from tests.engine_process import EngineProcess
 
 
 def _free_port() -> int:
@@ -39,8 +38,7 @@ def _quick_logs(ws, **serve) -> None:
 def server(ws):
     """`python -m core serve` as a user starts it; stopped with SIGTERM, which must exit 0."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--workspace", str(ws.root), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = EngineProcess("serve", "--workspace", str(ws.root), "--port", str(port))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     try:

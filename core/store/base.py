@@ -4,6 +4,11 @@ DuckDB lets one process hold a file at a time (a second process cannot even read
 connected), so no connection outlives a call: each call opens, runs one transaction, and closes.
 Lock conflicts from other processes are retried with backoff, so the engine, the dashboard, the CLI
 and the server can share one workspace.
+
+Opening the file costs about 15 ms (DuckDB builds its catalog of functions for every new database
+instance), more than most calls. A burst of calls with nothing slow between them (a stage's bookkeeping,
+a page's reads) shares one open file through `kept_open()`: each call still runs its own transaction, on
+a connection that DuckDB hands out from the open instance for next to nothing.
 """
 from __future__ import annotations
 
@@ -61,15 +66,44 @@ class BaseStore:
 
     # Threads of one process (the server) must not overlap connections with different settings.
     _process_lock = threading.RLock()
+    # file -> (connection, read_only) of the kept_open() block holding it open, for every Store of that file
+    _held: dict[str, tuple[duckdb.DuckDBPyConnection, bool]] = {}
 
     def __init__(self, path: Path, patience_s: float = LOCK_TIMEOUT_S):
         # patience_s: how long a call waits for another process's lock before StoreBusy (the server
         # answers 503 after a short wait rather than holding a request thread for minutes)
         self.path = Path(path)
         self.patience_s = patience_s
+        self._file = str(self.path.resolve())  # one key for every spelling of the path (kept_open's)
 
     # -- connection policy -------------------------------------------------------------------
+    @contextmanager
+    def kept_open(self, read_only: bool = False) -> Iterator[None]:
+        """The calls inside share one open database file instead of opening it each (see the module's note).
+        Only around calls with nothing slow between them: while the block lasts no other process can open the
+        file. read_only: for readers (the dashboard), which may then run no write inside."""
+        if not self._process_lock.acquire(timeout=self.patience_s):
+            raise StoreBusy(f"workspace database {self.path} stayed busy in this process for {self.patience_s:g}s")
+        try:
+            key = self._file
+            if key in self._held:  # nested: the outer block's file serves
+                yield
+                return
+            self._ensure_schema()
+            self._held[key] = (self._connect(read_only), read_only)
+            try:
+                yield
+            finally:
+                self._held.pop(key)[0].close()
+        finally:
+            self._process_lock.release()
+
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        held = self._held.get(self._file)
+        if held is not None:
+            # DuckDB hands a second connection to a file this process has open from the same instance; one with
+            # another read_only setting it would refuse, so a reader inside a writer's block reads read-write.
+            return duckdb.connect(str(self.path), read_only=held[1])
         deadline = time.monotonic() + self.patience_s
         delay = 0.02
         while True:
