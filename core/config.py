@@ -182,6 +182,10 @@ class CurateConfig(_Section):
     # Whether each class's written samples are kept by its requested mix, level by level (false: the mix only
     # orders what is kept when a class cap binds, and a level's spare room goes to the best of the rest).
     difficulty_control: bool = True
+    # Self-labeling by margin band: traffic is proposed per teacher class at the class's requested mix, by how sure
+    # the model is of each text (false: all of it, the mix only ordering what a cap keeps; measured on Banking77,
+    # holding traffic to the mix cost 0.1-0.5 points, so it is asked for, not on by default).
+    self_label_by_level: bool = False
     # Diagnosed confused classes (both sides of a pair, weak classes, error clusters) are asked for harder samples.
     weak_class_difficulty_mix: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=4, max_length=4)] = [
         0.0, 0.2, 0.4, 0.4]

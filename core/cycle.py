@@ -19,7 +19,7 @@ import pandas as pd
 
 from core import (atomic, checksums, curate, diagnose, drift, executor, gates, lessons, model as M, registry, stats,
                   traffic)
-from core.curate import ask, replay, views
+from core.curate import ask, difficulty, replay, views
 from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate_parts, probe_predictions
@@ -164,6 +164,8 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                                  seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                                  view=views.for_config(cfg.curate.teacher_encoder, ws.root, ex),
                                  encoder=executor.model_encoder(ex, ws, loaded))
+        with store.kept_open():
+            context.mixes, context.memo["mixes_moved"] = difficulty.next_mixes(store, cycle["id"], context.requested_mix)
         # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
         # removed, however the stage ends.
         with check.open_check(cfg.curate) as context.check:

@@ -119,6 +119,18 @@ def show_yield(report: dict, cycle: int) -> None:
             fig = px.bar(frame, x="Level", y="Share", color="Of", barmode="group", height=280)
             fig.update_layout(yaxis_tickformat=".0%", margin=dict(l=0, r=0, t=10, b=0), legend_title_text="")
             st.plotly_chart(fig, key=f"mix_{cycle}")
+        if mix.get("levels"):
+            st.caption("Difficulty on request: samples each generator was asked for and wrote, per level")
+            tables.show(pd.DataFrame([{"generator": g, "level": LEVELS[level], "requested": t["requested"][level],
+                                       "produced": t["produced"][level]}
+                                      for g, t in mix["levels"].items() for level in range(4)]),
+                        {"generator": "Generator", "level": "Level", "requested": "Requested", "produced": "Produced"},
+                        {"requested": "count", "produced": "count"})
+        if mix.get("moved"):
+            st.caption("Mixes the last curation's results moved")
+            tables.show(pd.DataFrame([{"label": label, "mix": " / ".join(f"{m:.0%}" for m in mix["mixes"][label]),
+                                       "why": why} for label, why in mix["moved"].items()]),
+                        {"label": "Class", "mix": "Mix asked (easy → hard)", "why": "Why"})
         sandbox = report.get("sandbox")
         if sandbox:
             st.caption(f"Executed by {sandbox['check']}: {sandbox['executed']:,} candidates, "

@@ -60,6 +60,6 @@ def test_no_demo_template_text_is_a_demo_heldout_or_traffic_text(bank):
 
     # and the generator itself writes from that bank: every class, nothing outside the fills checked above
     ctx = Context(loaded=SimpleNamespace(labels=list(spec["templates"])), seed=pd.DataFrame(), pool=pd.DataFrame(),
-                  pairs=[], favoured=set(), cfg=CurateConfig(), root=root)
+                  pairs=[], favoured=set(), cfg=CurateConfig(difficulty_control=False), root=root)  # no model
     made = generate(ctx)
     assert set(made["label"]) == set(spec["templates"]) and set(made["text"]) <= set(fills)

@@ -46,6 +46,7 @@ def test_a_planted_spurious_word_in_the_errors_is_the_word_the_counterfactuals_v
     config = fast_config()
     config.curate.generators = ["counterfactual"]
     config.curate.counterfactual_per_pair = 12
+    config.curate.difficulty_control = False  # not a test of the levels: the first 12 variants, whatever theirs
     config.data.selection_fraction = 0.5  # the diagnosis reads the selection rows: 4 a class
     config.train.epochs = 4
     ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)

@@ -176,7 +176,8 @@ def test_the_prompts_of_another_domain_carry_its_words_and_no_customer_wording(s
         "The colony ship woke its crew three centuries early.", "Androids on Europa began to dream in Latin."]})
     for domain in ("", "one-line summaries of novels"):
         cfg = CurateConfig().model_copy(update={
-            "generators": ["llm"], "llm": CurateConfig().llm.model_copy(update=_endpoint(
+            "generators": ["llm"], "difficulty_control": False,  # no model here to measure the lines' levels
+            "llm": CurateConfig().llm.model_copy(update=_endpoint(
                 server, monkeypatch, per_request=4, max_requests=2, domain=domain))})
         ctx = Context(loaded=SimpleNamespace(labels=labels), seed=seed, pool=seed.iloc[:0], cfg=cfg, root=tmp_path,
                       pairs=[("romance", "mystery", 2)], favoured={"romance"})

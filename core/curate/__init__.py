@@ -201,6 +201,10 @@ def difficulty_report(samples: pd.DataFrame, ctx: Context) -> dict:
     made = kept[~kept["generator"].isin(TRAFFIC_LABELERS)]
     requested = np.mean([ctx.requested_mix(label) for label in kept["label"]], axis=0) if len(kept) else None
     return {"requested": None if requested is None else [round(float(r), 4) for r in requested],
+            # per generator that writes at a level: samples asked for and written per level (Context.at_levels)
+            "levels": ctx.memo.get("levels", {}),
+            # classes whose mix the last curation's results moved (core.curate.difficulty), and why
+            "mixes": ctx.mixes, "moved": ctx.memo.get("mixes_moved", {}),
             "achieved_written": _shares(made["difficulty"]), "written_kept": int(len(made)),
             "achieved_traffic": _shares(kept.loc[kept["generator"].isin(TRAFFIC_LABELERS), "difficulty"]),
             "per_class_written": {str(label): {"requested": [round(m, 4) for m in ctx.requested_mix(label)],

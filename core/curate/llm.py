@@ -159,7 +159,10 @@ def llm(ctx: Context):
             if not lines:
                 break  # an endpoint that answers nothing usable is not asked again for this target
             made += len(lines)
-            rows += [{"parent_id": None, "text": line, "label": label, "target": target} for line in lines]
+            written = [{"parent_id": None, "text": line, "label": label, "target": target} for line in lines]
+            # The prompt asked for each level's share of n; every line is stored (the endpoint's work, with its
+            # reason if dropped), counted at the level it measures, and the class's mix decides what is kept.
+            rows += ctx.at_levels("llm", written, label, n, select=False) if ctx.cfg.difficulty_control else written
             if target not in ctx.asks:
                 break  # no count asked: one request per target
     ctx.notes.setdefault("llm", f"{requests} requests")

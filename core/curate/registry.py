@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from core import model as M
@@ -46,11 +47,43 @@ class Context:
     # texts -> the model's (embeddings, probabilities): core.executor.model_encoder, batched on the configured
     # executor; None: computed here in one call.
     encoder: Callable | None = None
+    # label -> the difficulty mix asked of it this cycle where the last curation's results moved it
+    # (core.curate.difficulty.next_mixes); other labels get the configured mix
+    mixes: dict = field(default_factory=dict)
 
     def requested_mix(self, label: str) -> list[float]:
-        """The difficulty mix asked of a class (0 easy .. 3 hard, sums to 1): harder for diagnosed classes."""
-        mix = self.cfg.weak_class_difficulty_mix if label in self.favoured else self.cfg.difficulty_mix
+        """The difficulty mix asked of a class (0 easy .. 3 hard, sums to 1): harder for diagnosed classes, and
+        moved by the last curation's results where core.curate.difficulty.next_mixes moved it."""
+        mix = self.mixes.get(label) or (self.cfg.weak_class_difficulty_mix if label in self.favoured
+                                        else self.cfg.difficulty_mix)
         return [m / sum(mix) for m in mix]
+
+    def levels_of(self, texts: list[str]):
+        """Each text's difficulty for the model, 0 easy .. 3 hard (its top-1 minus top-2 probability, the
+        measure the kept set is held to); encoded once, remembered for the verifiers."""
+        from core.curate.verify import difficulty_level
+
+        if not texts:
+            return np.zeros(0, dtype=int)
+        top2 = np.sort(self.encode(texts)[1], axis=1)[:, -2:]
+        return difficulty_level(top2[:, 1] - top2[:, 0])
+
+    def at_levels(self, generator: str, rows: list[dict], label: str, n: int, select: bool = True) -> list[dict]:
+        """Up to n of rows written for label, at the class's requested levels: what a generator that cannot
+        choose a text's difficulty keeps of what it wrote (it writes more than n). Each row gets the level it
+        measures at; what was asked and made per level is counted for the curation report. select=False: every
+        row is kept (what an outside endpoint wrote is stored, whatever its level) and only counted."""
+        asked = self.level_counts(label, n)
+        measured = self.levels_of([r["text"] for r in rows])
+        kept: list[dict] = [{**r, "level": int(m)} for r, m in zip(rows, measured)] if not select else []
+        for level, count in enumerate(asked if select else []):
+            kept += [{**r, "level": level} for r, m in zip(rows, measured) if m == level][:count]
+        tally = self.memo.setdefault("levels", {}).setdefault(generator, {"requested": [0] * 4, "produced": [0] * 4})
+        for level, count in enumerate(asked):
+            tally["requested"][level] += int(count)
+        for row in kept:
+            tally["produced"][row["level"]] += 1
+        return kept
 
     def level_counts(self, label: str, n: int) -> list[int]:
         """n samples split over the four levels by the class's requested mix (largest remainders)."""
@@ -64,8 +97,6 @@ class Context:
 
     def encode(self, texts: list[str]):
         """The model's stacked (embeddings, probabilities) for texts; only texts not seen yet are encoded."""
-        import numpy as np
-
         missing = list(dict.fromkeys(t for t in texts if t not in self.seen))
         if missing:
             emb, probs = self.model_outputs(missing)
@@ -93,8 +124,9 @@ def split_counts(n: int, shares: list[float]) -> list[int]:
     return counts
 
 
-# Optional per row: `teacher`, the labeling teacher's confidence (0-1); `target`, the diagnosis ask it answers.
-OPTIONAL_COLUMNS = ["teacher", "target"]
+# Optional per row: `teacher`, the labeling teacher's confidence (0-1); `target`, the diagnosis ask it answers;
+# `level`, the difficulty it was written or kept for (Context.at_levels; the SQL grammar writes at a level).
+OPTIONAL_COLUMNS = ["teacher", "target", "level"]
 
 
 def candidates(name: str, rows: list[dict]) -> pd.DataFrame:

@@ -46,5 +46,11 @@ def self_label(ctx: Context):
     scores = pool_teacher(ctx)
     labels = np.asarray(ctx.loaded.labels, dtype=object)[scores.argmax(1)]
     # How sure the teacher is travels with the sample: training weighs each pseudo-label by it.
-    return candidates("self_label", [{"parent_id": int(i), "text": t, "label": l, "teacher": float(c)}
-                                     for i, t, l, c in zip(ctx.pool["id"], texts, labels, scores.max(1))])
+    rows = [{"parent_id": int(i), "text": t, "label": l, "teacher": float(c)}
+            for i, t, l, c in zip(ctx.pool["id"], texts, labels, scores.max(1))]
+    if ctx.cfg.self_label_by_level:
+        # by margin band: each class's texts at its requested levels, as many as its mix allows of its share
+        rows = [row for label in dict.fromkeys(labels) for row in
+                ctx.at_levels("self_label", [r for r in rows if r["label"] == label], label,
+                              int((labels == label).sum()))]
+    return candidates("self_label", rows)

@@ -393,7 +393,4 @@ def sql_migrations(ctx: Context):
         emit(label, max(ctx.asks.get(target, 0), floor), target if target in ctx.asks else None)
     if not rows:
         ctx.notes["sql_migrations"] = "no label of the SQL-migration task among the model's labels"
-    frame = candidates("sql_migrations", rows)
-    # The level each migration was written at (the grammar chooses it); not a registry column, carried along.
-    frame["level"] = [r["level"] for r in rows]
-    return frame
+    return candidates("sql_migrations", rows)

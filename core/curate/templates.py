@@ -1,8 +1,8 @@
 """Template and slot generation, for domains that ship templates (the demo's live in data/).
 
 The workspace's templates file holds {"templates": {label: ["... {slot} ..."]}, "slots": {slot: [...]}}.
-A class gets what the diagnosis asked for it (else templates_per_class), three times over: a template cannot
-choose its difficulty, so it is measured afterwards and the class's requested mix picks what is kept.
+A class gets what the diagnosis asked for it (else templates_per_class) at its requested difficulty mix: a template
+cannot choose its difficulty, so three times as many are filled and the model's measure picks each level's share.
 """
 from __future__ import annotations
 
@@ -43,10 +43,9 @@ def templates(ctx: Context):
             continue
         target = f"class:{label}"
         default = ctx.cfg.templates_per_class * (2 if label in ctx.favoured else 1)
-        want = min(ctx.asks.get(target, default), ctx.cfg.templates_max_per_class) * 3
-        for _ in range(want):
-            text = fill(rng.choice(items), spec.get("slots", {}), rng)
-            if text:
-                rows.append({"parent_id": None, "text": text, "label": label,
-                             "target": target if target in ctx.asks else None})
+        want = min(ctx.asks.get(target, default), ctx.cfg.templates_max_per_class)
+        written = [{"parent_id": None, "text": text, "label": label, "target": target if target in ctx.asks else None}
+                   for text in (fill(rng.choice(items), spec.get("slots", {}), rng) for _ in range(want * 3)) if text]
+        # a template cannot choose its difficulty: of three times what is wanted, the requested levels are kept
+        rows += ctx.at_levels("templates", written, label, want) if ctx.cfg.difficulty_control else written
     return candidates("templates", rows)
