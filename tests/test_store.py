@@ -113,3 +113,32 @@ def test_cli_and_store_from_two_processes_at_once(workspace):
         assert result.returncode == 0, result.stderr
         assert "lock" not in result.stderr.lower()
     assert len(workspace.store.metrics("concurrent")) == 60
+
+
+def _other_process_opens(path) -> bool:
+    """Whether a separate process can open the file for writing right now."""
+    probe = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, sys
+        try:
+            duckdb.connect({str(path)!r}).close()
+        except duckdb.Error:
+            sys.exit(3)""")], capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+def test_a_burst_of_calls_shares_one_open_file_and_lets_go_at_its_end(workspace):
+    """Store.kept_open: the calls inside run on one open file (every Store of that file, under any spelling of its
+    path), each in its own transaction; no other process gets in until the block ends, and then at once."""
+    store = workspace.store
+    other = Store(workspace.root / "." / workspace.db.name)
+    with store.kept_open():
+        store.audit("tester", "inside", "burst")
+        assert other.audit_entries()["action"].iloc[-1] == "inside"  # a second Store reads through the open file
+        assert not _other_process_opens(workspace.db)
+        with store.kept_open():  # nested: the outer block's file serves
+            assert len(store.cycles()) == len(other.cycles())
+    assert _other_process_opens(workspace.db)
+    with pytest.raises(duckdb.Error):
+        with store.kept_open(read_only=True):
+            store.audit("tester", "refused", "a reader's block writes nothing")
+    assert "refused" not in set(store.audit_entries()["action"])
