@@ -38,14 +38,17 @@ def pick_cluster():
             st.session_state["error_cluster"] = group
 
 
-def finding_panel(row, attributed: pd.DataFrame) -> None:
-    """The selected finding's detail: its examples in full (with token colours where attributed) and the rest
-    of what the diagnosis stored, as words."""
+def finding_panel(row, attributed: pd.DataFrame, report: dict | None) -> None:
+    """The selected finding's detail: what it made this cycle's curation do, its examples in full (with token
+    colours where attributed) and the rest of what the diagnosis stored, as words."""
     d = row["detail"]
     st.markdown(f"**{row['badge']} · {row['kind_label']}: {row['subject']}**  \n{row['action']}")
     if row["trend"] == "fixed":
         st.caption("The previous diagnosis found this; this one does not.")
         return
+    effects = queries.finding_effects(row["kind"], row["subject"], d, report)
+    if effects:
+        st.markdown("What it made this cycle do: " + "; ".join(effects) + ".")
     if d.get("terms"):
         st.markdown("Distinctive terms: " + ", ".join(f"`{t}`" for t in d["terms"]))
     if d.get("labels"):
@@ -92,7 +95,7 @@ else:
                                 help="held-out errors (or production corrections) the finding explains")})
         picked = event.selection.rows if event and event.selection else []
         with st.container(border=True):
-            finding_panel(findings.iloc[picked[0] if picked else 0], attributed)
+            finding_panel(findings.iloc[picked[0] if picked else 0], attributed, shared.yield_report(ws, cycle_id))
             if not picked:
                 st.caption("Select a row to see that finding's evidence; the top finding is shown.")
 

@@ -62,6 +62,7 @@ def test_crash_soak(baseline_ws, capsys):
     config = baseline_ws.config()  # small cycles: the soak is about crashes, not about learning
     config.diagnose.max_attributions, config.diagnose.correct_attributions = 8, 2
     config.diagnose.attribution_steps = 4
+    config.diagnose.head_analysis = False
     config.train.max_steps, config.train.checkpoint_every = 6, 2
     config.curate.max_per_class = 5
     config.gates.min_gain, config.gates.max_recall_drop = 0.0, 1.0  # some candidates reach promotion

@@ -73,6 +73,15 @@ def test_a_planted_spurious_word_in_the_errors_is_the_word_the_counterfactuals_v
     assert {"lamp_order", "chair_order"} == set(made["label"])
     notes = json.loads(ws.store.stage_runs(evolved.cycle_id).set_index("stage").loc["curate", "detail"])
     assert f"varied {SPURIOUS}" in json.dumps(notes)
+    # and the Diagnosis page says so under the finding: what it made this cycle do
+    from app.queries.diagnosis import finding_effects
+
+    pair = findings[(findings["kind"] == "confusion_pair")
+                    & (findings["subject"] == "lamp_order -> chair_order")].iloc[0]
+    effects = finding_effects(pair["kind"], pair["subject"], json.loads(pair["detail"]), notes)
+    assert any(e.startswith(f"the counterfactuals varied the words the model leaned on: {SPURIOUS}")
+               for e in effects), effects
+    assert any(e.startswith("asked for ") and f"counterfactual {len(made)})" in e for e in effects), effects
 
 
 def test_a_planted_error_clusters_nearest_traffic_texts_are_asked_first(baseline_ws):

@@ -277,7 +277,7 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     config = fast_config()
     config.curate.generators = ["templates"]
     config.curate.min_confidence = config.curate.min_knn_agreement = config.curate.min_consistency = 0.0
-    config.curate.templates_per_class, config.curate.max_per_class = 8, 12
+    config.curate.templates_per_class, config.curate.max_per_class = 4, 6
     # not a test of the difficulty mix: any level may fill the class's cap
     config.curate.difficulty_control = False
     # the kept set is all templates: the data review's generator-share and noise limits are not under test here
@@ -285,6 +285,7 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     config.diagnose.max_attributions, config.diagnose.correct_attributions = 4, 0
     config.diagnose.head_analysis, config.diagnose.max_clusters = False, 2
     config.train.epochs = 3
+    config.train.checkpoint_every = 1000  # no kill here: a checkpoint every 2 steps cost 8 of its 120 s
     config.data.selection_fraction = 0.5  # the lesson's forgetting test runs on the selection rows: 4 a class
     ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)
     templates = {f"{c}_{t}": ["{opener} " + f"{c} {t}" + " {closer}"] for c in COLOURS for t in THINGS}

@@ -114,6 +114,32 @@ def _evidence(kind: str, detail: dict, trend: str) -> str:
     return ""
 
 
+def finding_effects(kind: str, subject: str, detail: dict, report: dict | None) -> list[str]:
+    """What a finding made its cycle's curation do, in words, from the curate stage's report: the samples its
+    ask got (asked, produced, kept), the words the counterfactuals varied for a confused pair, and the
+    difficulty mixes that moved for its classes. Empty when the cycle has not curated yet."""
+    if not report:
+        return []
+    out = []
+    pair = f"{detail.get('true')}->{detail.get('predicted')}" if kind in ("confusion_pair", "production_error") \
+        else None
+    key = f"pair:{pair}" if pair else f"class:{subject}" if kind == "weak_class" else None
+    ask = (report.get("asks") or {}).get(key) if key else None
+    if ask:
+        made = ", ".join(f"{g} {n}" for g, n in ask.get("by_generator", {}).items())
+        out.append(f"asked for {ask['asked']} samples; the generators wrote {ask['produced']} ({made or 'none'}) "
+                   f"and {ask['kept']} were kept")
+    note = ((report.get("per_generator") or {}).get("counterfactual") or {}).get("note") or ""
+    varied = [part.split(": varied ", 1)[1].split(" (")[0] for part in note.split("; ")
+              if pair and part.startswith(f"{pair}: varied ")]
+    if varied:
+        out.append(f"the counterfactuals varied the words the model leaned on: {varied[0]}")
+    labels = {detail.get("true"), detail.get("predicted"), subject}
+    moved = (report.get("difficulty") or {}).get("moved") or {}
+    out += [f"difficulty mix of {label} moved: {why}" for label, why in moved.items() if label in labels]
+    return out
+
+
 @_cached
 def findings(ws: str, cycle_id: int) -> pd.DataFrame:
     """A cycle's findings for people: rank, trend badge, kind label, subject, errors explained, evidence,
