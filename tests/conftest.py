@@ -120,6 +120,17 @@ def _baseline_template(tmp_path_factory, tiny_csvs):
     return ws.root
 
 
+def curate_only(ws) -> int:
+    """Start an evolution cycle and run it to the end of its curate stage; its id."""
+    from core import cycle
+
+    cid = cycle.start_cycle(ws)
+    outcome = cycle.run_cycle(ws, cid, progress=False,
+                              stop=lambda: ws.store.cycle(cid)["stage"] not in ("diagnose", "curate"))
+    assert outcome.status == "stopped", outcome.message
+    return cid
+
+
 def copy_workspace(template: Path, target: Path):
     from core.workspace import open_workspace
 

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from conftest import LABELS
-from core import cycle
+from conftest import LABELS, curate_only
 from core.curate import difficulty
 
 pytestmark = pytest.mark.slow
@@ -29,10 +28,7 @@ def _curate(ws, mix: list[float], **settings) -> tuple:
     for key, value in settings.items():
         setattr(config.curate, key, value)
     ws.save_config(config)
-    cid = cycle.start_cycle(ws)
-    outcome = cycle.run_cycle(ws, cid, progress=False,
-                              stop=lambda: ws.store.cycle(cid)["stage"] not in ("diagnose", "curate"))
-    assert outcome.status == "stopped", outcome.message
+    cid = curate_only(ws)
     runs = ws.store.stage_runs(cid)
     report = json.loads(runs.loc[runs["stage"] == "curate", "detail"].iloc[-1])
     return cid, ws.store.samples(cid), report

@@ -14,7 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-scale.txt")
 
-from conftest import ROOT, copy_workspace, run_cli  # noqa: E402
+from conftest import ROOT, copy_workspace, curate_only, run_cli  # noqa: E402
 
 from core import executor  # noqa: E402
 from core.config import BUNDLED_MODEL  # noqa: E402
@@ -59,18 +59,12 @@ def test_pool_and_teacher_view_encode_the_same_on_ray(ray_cluster, small_batches
 
 def _curate(ws, executor_name: str) -> pd.DataFrame:
     """Run a cycle up to the end of its curate stage; the samples it wrote."""
-    from core import cycle
-
     config = ws.config()
     config.engine.executor = executor_name
     config.curate.teacher_encoder = BUNDLED_MODEL  # the teacher view's encoding runs on the executor too
     config.curate.pseudo_labels = "verify"  # every self-label is verified: the perturbed views run there too
     ws.save_config(config)
-    cid = cycle.start_cycle(ws)
-    outcome = cycle.run_cycle(ws, cid, progress=False,
-                              stop=lambda: ws.store.cycle(cid)["stage"] not in ("diagnose", "curate"))
-    assert outcome.status == "stopped", outcome.message
-    samples = ws.store.samples(cid)
+    samples = ws.store.samples(curate_only(ws))
     return samples[["generator", "text", "label", "status", "reason"]].sort_values(["generator", "text"]) \
         .reset_index(drop=True)
 
