@@ -113,3 +113,32 @@ def test_a_planted_error_clusters_nearest_traffic_texts_are_asked_first(baseline
     assert steered["text"].tolist()[:3] != plain["text"].tolist()[:3]  # the cluster changed what comes first
     rest = steered["score"].to_numpy()[3:]  # then the views' disagreement, as without a cluster
     assert len(rest) == 3 and (np.diff(rest) <= 0).all()
+
+
+def test_a_planted_error_clusters_nearest_traffic_texts_are_self_labeled_first(baseline_ws):
+    """Where a class cap binds, the self-labels kept include the traffic texts nearest an error cluster of the
+    diagnosis, before the better-verified rest."""
+    from core import curate, registry
+    from core.curate.registry import Context
+
+    store = baseline_ws.store
+    cfg = baseline_ws.config().curate.model_copy(update={
+        "generators": ["self_label"], "max_per_class": 2, "favoured_class_factor": 1.0, "pseudo_labels": "weigh"})
+    loaded = registry.load_alias(baseline_ws, "production")
+    pool, seed = store.unlabeled_pool(), store.seed_examples()[["id", "text", "label"]]
+    planted = ["i still cannot sign in to my account after the reset", "locked out of my login again, help"]
+
+    def curated(clusters):
+        ctx = Context(loaded=loaded, seed=seed, pool=pool, pairs=[], favoured=set(), cfg=cfg, root=baseline_ws.root,
+                      clusters=clusters)
+        return ctx, curate.curate(ctx, store.examples("heldout"), pd.DataFrame())[0]
+
+    _, plain = curated([])
+    ctx, steered = curated([planted])
+    # the verified self-labels the caps chose among, and the two of them nearest the planted cluster
+    capped = steered[(steered["status"] == "kept") | steered["reason"].str.startswith("over the class cap")]
+    assert (capped["status"] != "kept").any(), "precondition: the caps bind"
+    nearness = ctx.encode(capped["text"].tolist())[0] @ ctx.encode(planted)[0].mean(0)
+    nearest = set(capped.assign(near=nearness).nlargest(2, "near")["text"])
+    assert nearest <= set(steered.loc[steered["status"] == "kept", "text"])
+    assert not nearest <= set(plain.loc[plain["status"] == "kept", "text"])  # the cluster changed what was kept

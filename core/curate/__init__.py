@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from core.curate import counterfactual, feedback, llm, self_label, sql_migrations, templates  # noqa: F401  (they register)
-from core.curate import filters, verify
+from core.curate import ask, filters, verify
 from core.curate.filters import mark
 from core.curate.registry import CANDIDATE_COLUMNS, GENERATORS, OPTIONAL_COLUMNS, Context
 from core.gates import TRAFFIC_LABELERS
@@ -24,15 +24,16 @@ SAMPLE_COLUMNS = ["generator", "parent_id", "text", "label", "confidence", "diff
                   "reason"]
 
 
-def _cap_by_mix(group: pd.DataFrame, cap: int, mix: list[float]) -> list:
-    """Choose up to cap rows, filling each difficulty level's share first, best-verified first."""
+def _cap_by_mix(group: pd.DataFrame, cap: int, mix: list[float], first: frozenset = frozenset()) -> list:
+    """Choose up to cap rows: texts in `first` (the traffic nearest an error cluster) first, then each difficulty
+    level's share, best-verified first."""
     ranked = group.sort_values("rank_score", ascending=False)
-    chosen: list = []
+    chosen: list = list(ranked.index[ranked["text"].isin(first)][:cap])
     weights = np.asarray(mix, dtype=float)
     weights = weights / weights.sum() if weights.sum() > 0 else np.full(4, 0.25)
     for level, share in enumerate(weights):
         quota = int(round(cap * share))
-        chosen += list(ranked.index[ranked["difficulty"] == level][:quota])
+        chosen += [i for i in ranked.index[ranked["difficulty"] == level] if i not in chosen][:quota]
     for i in ranked.index:  # spare capacity goes to the best of whatever is left
         if len(chosen) >= cap:
             break
@@ -118,6 +119,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
             reason = verify.verdict(row, cfg, strict=bool(held_back[i]),
                                     independent_only=cand.loc[i, "generator"] == feedback.NAME)
             mark(cand, i, "dropped", reason) if reason else mark(cand, i, "verified", "")
+    near = near_clusters(ctx, cand.loc[cand["status"] == "verified"])
     for label, group in cand[cand["status"] == "verified"].groupby("label"):
         cap = int(cfg.max_per_class * remedy.cap_factor
                   * (cfg.favoured_class_factor if label in ctx.favoured else 1.0))
@@ -132,7 +134,7 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
                   for i in made[made["difficulty"] == level].sort_values("rank_score", ascending=False).index[:quota]]
         chosen = sorted(chosen, key=lambda i: -made.loc[i, "rank_score"])[:cap]
         traffic = group.drop(made.index)
-        keep = set(chosen) | set(_cap_by_mix(traffic, cap - len(chosen), ctx.requested_mix(label)))
+        keep = set(chosen) | set(_cap_by_mix(traffic, cap - len(chosen), ctx.requested_mix(label), near))
         for i in group.index:
             if i in keep:
                 mark(cand, i, "kept", cand.loc[i, "reason"] or "verifiers agree")
@@ -152,6 +154,18 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
     cand["difficulty"] = cand["difficulty"].astype(int)
     report = yield_report(cand, ctx)
     return cand[SAMPLE_COLUMNS], report
+
+
+def near_clusters(ctx: Context, verified: pd.DataFrame) -> frozenset:
+    """The verified traffic texts nearest each error cluster of the diagnosis (ask.near_clusters, as many as the
+    class caps keep): where a class cap binds, they are kept before the rest, so self-labeling learns most where
+    the model errs together."""
+    traffic = verified[verified["generator"].isin(TRAFFIC_LABELERS)]
+    if not ctx.clusters or traffic.empty:
+        return frozenset()
+    texts = traffic["text"].tolist()
+    rows = ask.near_clusters(ctx, ctx.encode(texts)[0], ctx.cfg.max_per_class, np.ones(len(texts), dtype=bool))
+    return frozenset(texts[i] for i in rows)
 
 
 def execute(cand: pd.DataFrame, ctx: Context) -> dict:
