@@ -284,7 +284,7 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     config.gates.data_review.max_generator_share = config.gates.data_review.max_label_noise = 1.0
     config.diagnose.max_attributions, config.diagnose.correct_attributions = 4, 0
     config.diagnose.head_analysis, config.diagnose.max_clusters = False, 2
-    config.train.epochs = 3
+    config.train.epochs = 2
     config.train.checkpoint_every = 1000  # no kill here: a checkpoint every 2 steps cost 8 of its 120 s
     config.data.selection_fraction = 0.5  # the lesson's forgetting test runs on the selection rows: 4 a class
     ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)

@@ -140,3 +140,36 @@ def test_predict_gives_the_same_file_on_ray(ray_cluster, baseline_ws, tmp_path):
     local, remote = pd.read_csv(tmp_path / "local.csv"), pd.read_csv(tmp_path / "ray.csv")
     assert remote["prediction"].tolist() == local["prediction"].tolist()
     np.testing.assert_allclose(remote["confidence"], local["confidence"], atol=3e-3)
+
+
+def test_a_driver_killed_mid_curation_resumes_like_local(ray_cluster, baseline_ws, tmp_path, _baseline_template):
+    """`evolve` on the cluster, its engine (Ray's driver) SIGKILLed while curation runs there: the cycle waits at
+    its stage like a killed local engine's, and `resume` on the cluster keeps the same samples as a local run."""
+    import time
+
+    from core import cycle
+    from tests.engine_process import EngineProcess
+
+    local = _curate(copy_workspace(_baseline_template, tmp_path / "local-ws"), "local")
+    config = baseline_ws.config()
+    config.engine.executor, config.engine.ray_address = "ray", ray_cluster
+    config.curate.teacher_encoder, config.curate.pseudo_labels = BUNDLED_MODEL, "verify"  # as _curate sets them
+    baseline_ws.save_config(config)
+    store = baseline_ws.store
+    proc = EngineProcess("evolve", "--workspace", str(baseline_ws.root), "--quiet")
+    deadline = time.monotonic() + 300
+    while (store.open_cycle() or {}).get("stage") != "curate":
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the engine never reached curation"
+        time.sleep(0.1)
+    time.sleep(1.0)  # inside curation: the pool and the teacher view are being encoded on the cluster
+    proc.kill()
+    proc.wait(60)
+    cid = int(store.open_cycle()["id"])
+    assert store.cycle(cid)["stage"] == "curate" and store.samples(cid).empty  # killed before it wrote anything
+    outcome = cycle.run_cycle(baseline_ws, cid, progress=False,
+                              stop=lambda: store.cycle(cid)["stage"] not in ("diagnose", "curate"))
+    assert outcome.status == "stopped", outcome.message
+    resumed = store.samples(cid)[["generator", "text", "label", "status", "reason"]] \
+        .sort_values(["generator", "text"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed, local)
