@@ -33,7 +33,8 @@ def _cap_by_mix(group: pd.DataFrame, cap: int, mix: list[float], first: frozense
     weights = weights / weights.sum() if weights.sum() > 0 else np.full(4, 0.25)
     for level, share in enumerate(weights):
         quota = int(round(cap * share))
-        chosen += [i for i in ranked.index[ranked["difficulty"] == level] if i not in chosen][:quota]
+        taken = set(chosen)
+        chosen += [i for i in ranked.index[ranked["difficulty"] == level] if i not in taken][:quota]
     for i in ranked.index:  # spare capacity goes to the best of whatever is left
         if len(chosen) >= cap:
             break

@@ -75,9 +75,11 @@ class Context:
         row is kept (what an outside endpoint wrote is stored, whatever its level) and only counted."""
         asked = self.level_counts(label, n)
         measured = self.levels_of([r["text"] for r in rows])
-        kept: list[dict] = [{**r, "level": int(m)} for r, m in zip(rows, measured)] if not select else []
-        for level, count in enumerate(asked if select else []):
-            kept += [{**r, "level": level} for r, m in zip(rows, measured) if m == level][:count]
+        if select:
+            kept = [row for level, count in enumerate(asked)
+                    for row in [{**r, "level": level} for r, m in zip(rows, measured) if m == level][:count]]
+        else:
+            kept = [{**r, "level": int(m)} for r, m in zip(rows, measured)]
         tally = self.memo.setdefault("levels", {}).setdefault(generator, {"requested": [0] * 4, "produced": [0] * 4})
         for level, count in enumerate(asked):
             tally["requested"][level] += int(count)
