@@ -156,6 +156,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     # The pool's and the teacher view's encoding and the perturbed views run on engine.executor (Ray's actors are
     # freed when the stage ends); what they return is written below, by this process alone.
     with executor.open_executor(cfg.engine) as ex:
+        ex.notes = lambda text: store.note_progress(cycle["id"], "curate", text)  # the Overview's stage line
         context = curate.Context(loaded=loaded, seed=seed[["id", "text", "label"]],
                                  pool=pool, pairs=pairs,
                                  favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
@@ -168,7 +169,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
             context.mixes, context.memo["mixes_moved"] = difficulty.next_mixes(store, cycle["id"], context.requested_mix)
         # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
         # removed, however the stage ends.
-        with check.open_check(cfg.curate) as context.check:
+        with check.open_check(cfg.curate, ex) as context.check:
             if context.check is not None:
                 _say(ctx["progress"], f"  curate: every candidate is executed by {context.check.name}")
             samples, report = curate.curate(context, protected, store.reviewed_samples(cycle["id"]),

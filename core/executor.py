@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from core.errors import ExecutorError
 
 BATCH_TEXTS = 512  # texts per batch: large enough to amortize a call, small enough to spread 2 workers' work
 RETRIES = 3  # per actor: restarts after its process died, and re-runs of the batch it held
+NOTE_EVERY_S = 5.0  # how often a long map tells its listener (the cycle's Overview line) how far it is
 
 
 class Task:
@@ -52,20 +54,64 @@ class Task:
         """The copy that travels to other machines (a subclass ships files a remote node may not have)."""
         return self
 
+    def unload(self, held) -> None:
+        """Free what load() built (a sandbox's cluster); the executor calls it when it closes."""
+
+    def release(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.unload(held)
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_held", None)
         return state
 
 
+class _Tally:
+    """One map's count of items done (a batch's length, or 1): the CLI's bar, and at most every NOTE_EVERY_S a
+    line for the executor's listener (`notes`: the cycle writes it to the store, where the Overview shows it),
+    with a last line at the end when any was said."""
+
+    def __init__(self, executor, batches: list, progress: bool, desc: str):
+        from tqdm import tqdm
+
+        self.sizes = [len(b) if hasattr(b, "__len__") else 1 for b in batches]
+        self.total, self.done = sum(self.sizes), 0
+        self.bar = tqdm(total=self.total, disable=not progress or len(batches) < 2, desc=desc, leave=False)
+        self.notes, self.line = executor.notes, f"{desc} {executor.where}"
+        self.said = None  # monotonic time of the last line; None: nothing said yet
+        self.since = time.monotonic()
+
+    def finished(self, index: int) -> None:
+        self.done += self.sizes[index]
+        self.bar.update(self.sizes[index])
+        now = time.monotonic()
+        last = self.done == self.total
+        if self.notes is not None and (now - (self.said or self.since) >= NOTE_EVERY_S or
+                                       (last and self.said is not None)):
+            self.said = now
+            self.notes(f"{self.line}: {self.done:,} of {self.total:,}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class LocalExecutor:
     name = "local"
     workers = 1
+    where = "here"
+    notes = None  # text -> None: told how long maps stand (see _Tally)
 
     def map(self, task: Task, batches: list, progress: bool = False, desc: str = "batches") -> list:
-        from tqdm import tqdm
-
-        return [task(b) for b in tqdm(batches, disable=not progress or len(batches) < 2, desc=desc, leave=False)]
+        tally, results = _Tally(self, batches, progress, desc), []
+        try:
+            for index, batch in enumerate(batches):
+                results.append(task(batch))
+                tally.finished(index)
+        finally:
+            tally.close()
+        return results
 
     def close(self) -> None:
         pass
@@ -119,6 +165,7 @@ class RayExecutor:
     pool, so the cluster's CPUs are never held by actors of one kind of work while another's wait for them."""
 
     name = "ray"
+    notes = None  # text -> None: told how long maps stand (see _Tally)
 
     def __init__(self, address: str = "", workers: int = 0):
         import ray
@@ -127,6 +174,7 @@ class RayExecutor:
         self._ray = ray
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or max(1, cpus)
+        self.where = f"on Ray ({self.workers} worker{'s' if self.workers > 1 else ''})"
         self._actors: list = []
         self._shipped: dict[str, list] = {}  # task key -> [object ref of the task as workers get it]
 
@@ -150,12 +198,14 @@ class RayExecutor:
                         self.tasks[key] = ray.get(shipped[0])
                     return self.tasks[key](batch)
 
+                def release(self):
+                    for task in self.tasks.values():
+                        task.release()
+
             self._actors = [Worker.remote() for _ in range(self.workers)]
         return self._actors
 
     def map(self, task: Task, batches: list, progress: bool = False, desc: str = "batches") -> list:
-        from tqdm import tqdm
-
         ray = self._ray
         if task.key not in self._shipped:
             self._shipped[task.key] = [ray.put(task.for_workers())]
@@ -164,7 +214,8 @@ class RayExecutor:
         waiting: dict = {}  # object ref -> (batch index, actor)
         pending = list(enumerate(batches))[::-1]
         idle = list(self._pool())
-        with tqdm(total=len(batches), disable=not progress or len(batches) < 2, desc=desc, leave=False) as bar:
+        tally = _Tally(self, batches, progress, desc)
+        try:
             while pending or waiting:
                 while idle and pending:
                     index, batch = pending.pop()
@@ -174,10 +225,20 @@ class RayExecutor:
                 index, actor = waiting.pop(done[0])
                 results[index] = ray.get(done[0])  # keyed by batch: a batch Ray ran twice is kept once
                 idle.append(actor)
-                bar.update(1)
+                tally.finished(index)
+        finally:
+            tally.close()
         return [results[i] for i in range(len(batches))]
 
     def close(self) -> None:
+        # Each actor frees what its tasks hold (a sandbox's cluster) before it is killed; an actor that does not
+        # answer in time is killed anyway, and its cluster stops with it (core/sandbox/cluster.py ties the
+        # server to its owner, and the next cluster started on that node sweeps what is left).
+        if self._actors:
+            try:
+                self._ray.get([actor.release.remote() for actor in self._actors], timeout=120)
+            except Exception:  # noqa: BLE001 - a dead or hung actor: killed below either way
+                pass
         for actor in self._actors:
             self._ray.kill(actor)
         self._actors, self._shipped = [], {}
@@ -288,4 +349,5 @@ def model_encoder(executor, ws, loaded):
     """texts -> the model version's (embeddings, probabilities), computed in batches by executor (locally with the
     model already loaded in this process)."""
     task = ModelEncode(loaded, ws.models / loaded.version, ws.store.version(loaded.version)["files"])
-    return lambda texts, progress=False: map_texts(executor, task, texts, progress)
+    return lambda texts, progress=False: map_texts(executor, task, texts, progress,
+                                                   f"encoding texts with {loaded.version}")

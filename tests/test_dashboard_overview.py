@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from app import queries
-from core import cycle
+from core import cycle, executor
 from core.store import Store, StoreBusy, utcnow
 from tests.conftest import APPROVER, approve_as
 from tests.test_dashboard import open_page, texts, unreadable
@@ -91,6 +91,26 @@ def test_a_failed_then_a_stuck_cycle_need_a_person(monkeypatch, pending_ws):
     queries.clear()
     at.run()
     assert not at.error and timeline(at).iloc[0]["Stages"] == "diagnose 1.5 s · curate (now)"
+
+    # long work inside the stage (core/executor.py's batches, here or on Ray) says how far it is on that line
+    monkeypatch.setattr(executor, "NOTE_EVERY_S", 0.0)
+    with executor.LocalExecutor() as ex:
+        ex.notes = lambda text: ws.store.note_progress(cid, "curate", text)
+        assert ex.map(Halve(), [[2, 4]] * 3 + [[6]], desc="encoding texts with v1") == [[1, 2]] * 3 + [[3]]
+    row = ws.store.cycle(cid)
+    queries.clear()
+    at.run()
+    assert timeline(at).iloc[0]["Stages"] == ("diagnose 1.5 s · curate (now: encoding texts with v1 here: 7 of 7, "
+                                              f"at {row['progress_at']:%Y-%m-%d %H:%M:%S} UTC)")
+    ws.store.set_stage(cid, "train")  # a note of a stage the cycle has left is not shown
+    queries.clear()
+    at.run()
+    assert timeline(at).iloc[0]["Stages"] == "diagnose 1.5 s · train (now)"
+
+
+class Halve(executor.Task):
+    def run(self, held, batch):
+        return [x // 2 for x in batch]
 
 
 def test_samples_to_review_and_texts_to_label_wait_for_a_person(monkeypatch, pending_ws):

@@ -1,9 +1,10 @@
 """engine.executor = "ray" against a real Ray started here on 127.0.0.1: the same pool encodings, teacher view,
-kept samples and predictions as local; a worker killed mid-batch changes nothing; an unreachable cluster is one
-line and exit 1 before anything runs."""
+kept samples, sandbox verdicts and predictions as local; a worker killed mid-batch changes nothing; an unreachable
+cluster is one line and exit 1 before anything runs."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -17,6 +18,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -
 from conftest import ROOT, copy_workspace, curate_only, run_cli  # noqa: E402
 
 from core import executor  # noqa: E402
+from core.sandbox import check as sandbox_check  # noqa: E402
 from core.config import BUNDLED_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -173,3 +175,99 @@ def test_a_driver_killed_mid_curation_resumes_like_local(ray_cluster, baseline_w
     resumed = store.samples(cid)[["generator", "text", "label", "status", "reason"]] \
         .sort_values(["generator", "text"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(resumed, local)
+
+
+def _migrations() -> list[dict]:
+    """The SQL skill's seed migrations, a third of them claiming a label their execution contradicts."""
+    from conftest import DATA
+    from core.sandbox import LABELS
+
+    seed = pd.read_csv(DATA / "sql_migrations_seed.csv")
+    return [{"text": t, "label": lab if i % 3 else LABELS[(LABELS.index(lab) + 1) % len(LABELS)],
+             "generator": "sql_migrations"} for i, (t, lab) in enumerate(zip(seed["text"], seed["label"]))]
+
+
+class KillOnceChecking(sandbox_check.CheckOnWorkers):
+    """The sandbox's worker task, except that the first worker to reach the sample at index 17 kills its own
+    process there, holding its cluster, in the middle of a batch."""
+    marker = ""  # set by the test; the class travels by value, with it
+
+    def run(self, check, samples):
+        if any(s.get("index") == 17 for s in samples) and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().run(check, samples)
+
+
+def _orphans() -> list:
+    """Cluster folders whose owner process is gone (what a killed worker would leave behind)."""
+    from core.sandbox.cluster import _pid_alive, private_parent
+
+    return [d for d in private_parent().glob("cluster-*")
+            if not (d / "owner.pid").exists() or not _pid_alive(int((d / "owner.pid").read_text()))]
+
+
+def test_sandbox_checks_give_the_same_verdicts_on_ray_even_when_a_worker_dies(ray_cluster, tmp_path, monkeypatch):
+    """curate.sandbox = "local" on two actors, a throwaway PostgreSQL cluster each, one actor SIGKILLed in the
+    middle of a batch: every sample gets the verdict the engine's own sandbox gives it, once, in order, and no
+    cluster is left behind."""
+    from core.config import CurateConfig
+    from core.sandbox import check
+
+    samples = [dict(s, index=i) for i, s in enumerate(_migrations())]
+    cfg = CurateConfig(sandbox="local", sandbox_workers=2)
+    with check.open_check(cfg) as here:
+        local = here.run(samples)
+    monkeypatch.setattr(check, "SAMPLES_PER_BATCH", 8)
+    monkeypatch.setattr(KillOnceChecking, "marker", str(tmp_path / "killed"))
+    monkeypatch.setattr(check, "CheckOnWorkers", KillOnceChecking)
+    with executor.RayExecutor("", workers=2) as ex, check.open_check(cfg, ex) as there:
+        assert there.name == "postgres (throwaway local cluster) on Ray (2 workers), one per worker"
+        remote = there.run(samples)
+    assert (tmp_path / "killed").exists()  # a worker did die holding its cluster
+    assert [(c.verdict.keep, c.category, c.label) for c in remote] == \
+        [(c.verdict.keep, c.category, c.label) for c in local]
+    assert sum(c.verdict.keep for c in local) not in (0, len(local))  # execution kept some claims and refuted some
+    assert not _orphans()
+
+
+def test_a_sql_cycle_keeps_the_same_samples_and_sandbox_verdicts_on_ray(ray_cluster, tmp_path, monkeypatch):
+    """The SQL-migration preset's workspace (its grammar and its PostgreSQL sandbox), one evolution cycle to the
+    end of curation with each executor: the same samples, labels, statuses and execution verdicts; each run
+    noted its progress for the Overview where its work ran."""
+    import contextlib
+    import io
+    import json
+    import shutil
+
+    from conftest import fast_config
+    from core import cycle
+    from core.cli import main
+    from core.workspace import open_workspace
+
+    root = tmp_path / "sql"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["init", "--workspace", str(root), "--preset", "sql-migrations", "--policy", "auto"]) == 0
+    ws = open_workspace(root)
+    config, fast = ws.config(), fast_config()
+    config.model, config.train = fast.model, fast.train  # the model's size does not matter here
+    config.data.probe_min_pool = 10 ** 6  # no traffic probe: not what this test is about
+    ws.save_config(config)
+    assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
+    template = tmp_path / "template"
+    shutil.copytree(root, template)
+    monkeypatch.setattr(executor, "NOTE_EVERY_S", 0.0)  # a note after every batch
+    local_ws = copy_workspace(template, tmp_path / "local-ws")
+    local = _curate(local_ws, "local")
+    ray_ws = copy_workspace(template, tmp_path / "ray-ws")
+    remote = _curate(ray_ws, "ray")
+    for ws, where in ((local_ws, "here"), (ray_ws, r"on Ray \(2 workers\)")):
+        row = ws.store.cycles().iloc[-1]
+        assert row["progress_stage"] == "curate" and re.fullmatch(rf".+ {where}: ([\d,]+) of \1", row["progress"]), \
+            row["progress"]
+    runs = ray_ws.store.stage_runs()
+    report = json.loads(runs.loc[runs["stage"] == "curate", "detail"].iloc[-1])
+    assert report["sandbox"]["check"] == "postgres (throwaway local cluster) on Ray (2 workers), one per worker"
+    executed = local["reason"].str.startswith("sandbox: ")
+    assert executed.sum() >= 10 and local.loc[executed, "status"].nunique() == 2, local["reason"].head(20).tolist()
+    pd.testing.assert_frame_equal(remote, local)

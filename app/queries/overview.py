@@ -55,7 +55,10 @@ def _stages_text(row: dict) -> str | None:
     stages = [] if row["stages"] is None else list(row["stages"])  # a cycle with no stage run yet has none
     parts = [f"{s['stage'].replace('_', ' ')} {tables.duration(s['seconds'])}" for s in stages]
     if row["status"] in ("running", "waiting") and row["stage"] not in [s["stage"] for s in stages]:
-        parts.append(f"{row['stage'].replace('_', ' ')} ({'now' if row['status'] == 'running' else 'waiting'})")
+        now = "now" if row["status"] == "running" else "waiting"
+        if row["status"] == "running" and row.get("progress") and row.get("progress_stage") == row["stage"]:
+            now = f"now: {row['progress']}, at {tables.when(row['progress_at'])} UTC"  # the executor's last note
+        parts.append(f"{row['stage'].replace('_', ' ')} ({now})")
     return " · ".join(parts) or None
 
 

@@ -62,7 +62,8 @@ class FrozenView:
                 from core import executor
 
                 self._task = self._task or executor.EncoderEmbed(self.name, self.max_length, self.key)
-                fresh = executor.map_texts(self.executor, self._task, [by_key[k] for k in missing], progress)
+                fresh = executor.map_texts(self.executor, self._task, [by_key[k] for k in missing], progress,
+                                           "encoding texts with the teacher view")
             else:
                 if self._loaded is None:
                     self._loaded = M.load_base(str(self.folder))

@@ -17,8 +17,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
+from core.executor import Task
 from core.sandbox.external import Verdict, command_check, python_check
 
 PREFIX = "sandbox: "
@@ -105,28 +107,79 @@ def load_callable(path: str) -> Callable[[dict], dict]:
     return fn
 
 
-@contextmanager
-def open_check(cfg):
-    """cfg: CurateConfig. Yields an ExecutionCheck, or None when no check is configured; whatever it started
-    (a throwaway cluster, its clones) is stopped and removed on the way out, whatever happened inside."""
+def _name(cfg) -> str | None:
+    if cfg.sandbox:
+        return {"duckdb": "duckdb (embedded fallback)", "local": "postgres (throwaway local cluster)"}.get(
+            cfg.sandbox, "postgres (configured server)")
+    if cfg.sandbox_command:
+        return "command " + " ".join(cfg.sandbox_command)
+    return f"callable {cfg.sandbox_callable}" if cfg.sandbox_callable else None
+
+
+def build_check(cfg) -> ExecutionCheck | None:
+    """The configured check, opened here (a throwaway cluster starts); None when nothing is configured."""
     if cfg.sandbox:
         from core.sandbox import open_sandbox
 
         target = None if cfg.sandbox == "duckdb" else cfg.sandbox
         sandbox = open_sandbox(target, workers=cfg.sandbox_workers)  # its own 2 s statement timeout
-        check = sandbox_execution_check(sandbox, {"duckdb": "duckdb (embedded fallback)",
-                                                  "local": "postgres (throwaway local cluster)"}.get(
-                                                      cfg.sandbox, "postgres (configured server)"))
-    elif cfg.sandbox_command:
-        check = ExecutionCheck("command " + " ".join(cfg.sandbox_command),
-                               _per_sample(command_check(list(cfg.sandbox_command), timeout_s=cfg.sandbox_timeout_s),
-                                           cfg.sandbox_workers))
-    elif cfg.sandbox_callable:
-        check = ExecutionCheck(f"callable {cfg.sandbox_callable}",
-                               _per_sample(python_check(load_callable(cfg.sandbox_callable)), 1))
-    else:
+        return sandbox_execution_check(sandbox, _name(cfg))
+    if cfg.sandbox_command:
+        return ExecutionCheck(_name(cfg), _per_sample(command_check(list(cfg.sandbox_command),
+                                                                    timeout_s=cfg.sandbox_timeout_s),
+                                                      cfg.sandbox_workers))
+    if cfg.sandbox_callable:
+        return ExecutionCheck(_name(cfg), _per_sample(python_check(load_callable(cfg.sandbox_callable)), 1))
+    return None
+
+
+SAMPLES_PER_BATCH = 32  # samples a worker executes per call: a few seconds of checks, so a dead worker costs little
+
+
+class CheckOnWorkers(Task):
+    """The check as a task of core.executor: each worker opens its own (on Ray: a throwaway cluster per actor,
+    or its own databases on the configured server) the first time it runs a batch, and closes it when the
+    executor closes. A command or a callable must exist on every node, as the base model must."""
+
+    key = "execution-check"
+
+    def __init__(self, cfg):
+        self.cfg = SimpleNamespace(**{k: getattr(cfg, k) for k in (
+            "sandbox", "sandbox_command", "sandbox_callable", "sandbox_timeout_s", "sandbox_workers")})
+
+    def load(self):
+        return build_check(self.cfg)
+
+    def run(self, check, samples):
+        return check.run(samples)
+
+    def unload(self, check) -> None:
+        check.close()
+
+
+def _on_executor(cfg, executor) -> ExecutionCheck:
+    task = CheckOnWorkers(cfg)
+
+    def batch(samples: list[dict]) -> list[Checked]:
+        cuts = [samples[s:s + SAMPLES_PER_BATCH] for s in range(0, len(samples), SAMPLES_PER_BATCH)]
+        return [c for part in executor.map(task, cuts, desc="executing candidates") for c in part]
+
+    return ExecutionCheck(f"{_name(cfg)} {executor.where}, one per worker", batch)
+
+
+@contextmanager
+def open_check(cfg, executor=None):
+    """cfg: CurateConfig. Yields an ExecutionCheck, or None when no check is configured; whatever it started
+    (a throwaway cluster, its clones) is stopped and removed on the way out, whatever happened inside.
+    executor: a Ray executor runs the checks on its workers, each with its own sandbox, freed when the
+    executor closes; otherwise (None, local) they run here."""
+    if _name(cfg) is None:
         yield None
         return
+    if getattr(executor, "name", "local") == "ray":
+        yield _on_executor(cfg, executor)
+        return
+    check = build_check(cfg)
     previous = _exit_on_sigterm()
     try:
         yield check

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from core.store.base import StoreConflict, _first, _json, _register, utcnow
+from core.store.base import StoreBusy, StoreConflict, _first, _json, _register, utcnow
 
 # How a cycle can end: promoted or adopted, a gate said no, a stage kept failing, a person closed it.
 END_STATUSES = ("done", "rejected", "failed", "abandoned")
@@ -44,6 +44,18 @@ class CyclesMixin:
     def set_stage(self, cycle_id: int, stage: str, status: str = "running") -> None:
         with self._tx() as con:
             self._set_stage(con, cycle_id, stage, status)
+
+    def note_progress(self, cycle_id: int, stage: str, text: str) -> None:
+        """Where the cycle's current stage stands (its own words); a cycle that moved on or closed keeps its note
+        but shows it no longer (the Overview shows a note only of the stage the cycle is at). A note is worth
+        less than the work it describes: when another process holds the file past a short wait, it is skipped."""
+        try:
+            with type(self)(self.path, patience_s=2.0)._tx() as con:
+                con.execute("UPDATE cycles SET progress_stage = ?, progress = ?, progress_at = ? "
+                            "WHERE id = ? AND stage = ? AND status = 'running'",
+                            [stage, text[:300], utcnow(), cycle_id, stage])
+        except StoreBusy:
+            pass
 
     def begin_stage_try(self, cycle_id: int) -> int:
         """Count one more try of the cycle's current stage; returns the tries before this one that did not
@@ -112,9 +124,10 @@ class CyclesMixin:
         they started (`stages`: a list of {stage, seconds}); the first finding of its diagnosis; samples
         generated and kept; its last gate (the one that decided it or waits: id, kind, status, decided_by,
         automatic, override, comment, deadline, the gain and reasons its checks recorded); the gate-part
-        estimate (accuracy, n) of its candidate and of the production it started from; `last_stage_end`; and
-        `last_progress`, the newest time the store saw it move (stage change, stage start or end, a training
-        metric, a stage's error)."""
+        estimate (accuracy, n) of its candidate and of the production it started from; `last_stage_end`; the
+        last progress note (`progress_stage`, `progress`, `progress_at`); and `last_progress`, the newest time
+        the store saw it move (stage change, stage start or end, a training metric, a stage's error, a progress
+        note)."""
         return self._read("""
             WITH runs AS (
                 SELECT cycle_id, list(struct_pack(stage := stage, seconds := seconds) ORDER BY started_at) AS stages,
@@ -140,7 +153,8 @@ class CyclesMixin:
                 WHERE run_id IN (SELECT 'cycle_' || id FROM cycles WHERE status IN ('running', 'waiting'))
                 GROUP BY run_id)
             SELECT c.id AS cycle_id, c.kind, c.status, c.stage, c.parent_version, c.candidate_version, c.error,
-                   c.tries, c.created_at, c.updated_at, c.finished_at, r.stages,
+                   c.tries, c.created_at, c.updated_at, c.finished_at, r.stages, c.progress_stage, c.progress,
+                   c.progress_at,
                    coalesce(s.generated, 0) AS generated, coalesce(s.kept, 0) AS kept,
                    f.finding_kind, f.finding_subject, f.finding_action,
                    g.gate_id, g.gate_kind, g.gate_status, g.decided_by, g.decided_at, g.automatic, g.override,
@@ -148,7 +162,8 @@ class CyclesMixin:
                    ce.accuracy AS candidate_accuracy, ce.n AS candidate_n,
                    pe.accuracy AS production_accuracy, pe.n AS production_n,
                    ct.detail AS candidate_traffic, pt.detail AS production_traffic, r.last_stage_end,
-                   greatest(c.updated_at, r.last_stage_start, r.last_stage_end, m.last_metric) AS last_progress
+                   greatest(c.updated_at, r.last_stage_start, r.last_stage_end, m.last_metric,
+                            c.progress_at) AS last_progress
             FROM cycles c
             LEFT JOIN runs r ON r.cycle_id = c.id
             LEFT JOIN samples s ON s.cycle_id = c.id

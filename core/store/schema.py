@@ -133,6 +133,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE scaffold_retests(cycle_id INTEGER PRIMARY KEY, model_version VARCHAR, production_id VARCHAR,
         result JSON, "at" TIMESTAMP);
     """,
+    # v15: where a running stage's long work stands (core/executor.py's batches: texts encoded, samples executed,
+    # locally or on Ray), for the Overview's stage line and for telling a slow stage from a stuck one
+    """
+    ALTER TABLE cycles ADD COLUMN progress_stage VARCHAR;
+    ALTER TABLE cycles ADD COLUMN progress VARCHAR;
+    ALTER TABLE cycles ADD COLUMN progress_at TIMESTAMP;
+    """,
 ]
 HELDOUT_PARTS = ("selection", "gate")
 SCHEMA_VERSION = len(MIGRATIONS)
