@@ -46,12 +46,38 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)
 
 
+def _run_folder(tmp_path_factory) -> Path:
+    """The temp folder of the whole run: under xdist the workers' folders sit side by side in it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build):
+    """build(folder) -> a JSON value, run once for the whole run, however many xdist workers need it: the first
+    builds it under a file lock in the run's folder, the others wait and take its value. For templates that
+    tests only read or copy (each worker used to train the same baselines: about 2 minutes of CPU a run)."""
+    from filelock import FileLock
+
+    folder = _run_folder(tmp_path_factory) / "built-once" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        done = folder / "built.json"
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+            folder.mkdir()
+            value = build(folder)
+            done.write_text(json.dumps(value))
+        return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _audit_keys(tmp_path_factory):
-    """Every workspace's audit key goes under a temp folder for the session (subprocesses inherit it), never
-    into the real home."""
+    """Every workspace's audit key goes under a temp folder for the run (subprocesses inherit it), never into the
+    real home; one folder for every xdist worker, so a template one worker built verifies in another."""
+    config = _run_folder(tmp_path_factory) / "config"
+    config.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+        mp.setenv("XDG_CONFIG_HOME", str(config))
         mp.delenv("EVOLAB_AUDIT_KEY_FILE", raising=False)
         yield
 
@@ -111,13 +137,13 @@ def workspace(tmp_path, tiny_csvs):
 @pytest.fixture(scope="session")
 def _baseline_template(tmp_path_factory, tiny_csvs):
     """A workspace whose baseline is trained and promoted, built once and copied per test."""
-    from core import cycle
+    def build(folder: Path) -> str:
+        from core import cycle
 
-    ws = make_workspace(tmp_path_factory.mktemp("template") / "ws", tiny_csvs)
-    cid = cycle.start_cycle(ws)
-    outcome = cycle.run_cycle(ws, cid, progress=False)
-    assert outcome.status == "done"
-    return ws.root
+        ws = make_workspace(folder / "ws", tiny_csvs)
+        assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
+        return str(ws.root)
+    return Path(built_once(tmp_path_factory, "baseline", build))
 
 
 def curate_only(ws) -> int:
@@ -147,13 +173,15 @@ def baseline_ws(tmp_path, _baseline_template):
 def _scaffold_template(tmp_path_factory, tiny_csvs):
     """A trained baseline whose held-out set gives 12 of its 16 rows to selection (3 a class): a scaffold trial
     reads the selection rows alone, and a planted paired test needs more than the usual 4."""
-    from core import cycle
+    def build(folder: Path) -> str:
+        from core import cycle
 
-    config = fast_config()
-    config.data.selection_fraction = 0.75
-    ws = make_workspace(tmp_path_factory.mktemp("scaffold") / "ws", tiny_csvs, config)
-    assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
-    return ws.root
+        config = fast_config()
+        config.data.selection_fraction = 0.75
+        ws = make_workspace(folder / "ws", tiny_csvs, config)
+        assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
+        return str(ws.root)
+    return Path(built_once(tmp_path_factory, "scaffold", build))
 
 
 @pytest.fixture
@@ -166,15 +194,16 @@ def _weak_baseline_template(tmp_path_factory, tiny_csvs):
     """A workspace whose baseline read only the first 8 tokens of each text, with the fast config back for later
     cycles: a candidate that reads whole texts truly beats it (measured: 7 of 12 gate rows against 11), so tests
     reach promotion through the real checks; on the good baseline the tiny data's candidate only ties."""
-    from core import cycle
+    def build(folder: Path) -> str:
+        from core import cycle
 
-    config = fast_config()
-    config.model.max_length = 8
-    ws = make_workspace(tmp_path_factory.mktemp("weak") / "ws", tiny_csvs, config)
-    cid = cycle.start_cycle(ws)
-    assert cycle.run_cycle(ws, cid, progress=False).status == "done"
-    ws.save_config(fast_config())
-    return ws.root
+        config = fast_config()
+        config.model.max_length = 8
+        ws = make_workspace(folder / "ws", tiny_csvs, config)
+        assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
+        ws.save_config(fast_config())
+        return str(ws.root)
+    return Path(built_once(tmp_path_factory, "weak", build))
 
 
 @pytest.fixture
@@ -217,22 +246,22 @@ def _pending_template(tmp_path_factory, _weak_baseline_template):
     """the weak baseline v1 in production, an approver and a viewer, and cycle 2 waiting at its promotion gate
     with candidate v2, whose checks passed.
     Shared: tests that change it work on a copy."""
-    from core import auth, cycle
-    from core.workspace import open_workspace
+    def build(folder: Path) -> list:
+        from core import auth, cycle
 
-    root = tmp_path_factory.mktemp("pending") / "ws"
-    shutil.copytree(_weak_baseline_template, root)
-    ws = open_workspace(root)
-    config = ws.config()
-    config.gates.max_recall_drop = 1.0  # the forgetting guard is not what these tests are about
-    config.gates.promotion.policy = "human"
-    config.train.epochs = 1  # the curves only need to exist
-    ws.save_config(config)
-    auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
-    auth.add_user(ws.store, VIEWER, "viewer", VIEWER_PASSWORD)
-    outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
-    assert outcome.status == "waiting"
-    return root, outcome.gate_id
+        ws = copy_workspace(_weak_baseline_template, folder / "ws")
+        config = ws.config()
+        config.gates.max_recall_drop = 1.0  # the forgetting guard is not what these tests are about
+        config.gates.promotion.policy = "human"
+        config.train.epochs = 1  # the curves only need to exist
+        ws.save_config(config)
+        auth.add_user(ws.store, APPROVER, "approver", PASSWORD)
+        auth.add_user(ws.store, VIEWER, "viewer", VIEWER_PASSWORD)
+        outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
+        assert outcome.status == "waiting"
+        return [str(ws.root), outcome.gate_id]
+    root, gate_id = built_once(tmp_path_factory, "pending", build)
+    return Path(root), gate_id
 
 
 @pytest.fixture

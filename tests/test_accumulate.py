@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import APPROVER, PASSWORD, approve_as, copy_workspace
+from conftest import APPROVER, PASSWORD, approve_as, built_once, copy_workspace
 from test_dashboard import open_page, texts
 from app import queries
 from core import auth, cycle
@@ -25,13 +26,15 @@ KEPT = ["kept", "approved"]
 @pytest.fixture(scope="module")
 def _after_one_cycle(tmp_path_factory, _baseline_template):
     """The trained baseline with evolution cycle 2 ended (autonomous), its samples kept and trained on."""
-    root = tmp_path_factory.mktemp("accumulate") / "ws"
-    ws = copy_workspace(_baseline_template, root)
-    outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
-    assert outcome.status in ("done", "rejected") and ws.store.gate_for(outcome.cycle_id, "data_review")["status"] \
-        == "approved"
-    assert len(kept(ws, outcome.cycle_id)) >= 8
-    return root, outcome.cycle_id
+    def build(folder) -> list:
+        ws = copy_workspace(_baseline_template, folder / "ws")
+        outcome = cycle.evolve(ws, cycles=1, progress=False)[-1]
+        assert outcome.status in ("done", "rejected") and \
+            ws.store.gate_for(outcome.cycle_id, "data_review")["status"] == "approved"
+        assert len(kept(ws, outcome.cycle_id)) >= 8
+        return [str(ws.root), outcome.cycle_id]
+    root, first = built_once(tmp_path_factory, "accumulate", build)
+    return Path(root), first
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """The workspace schema: its migrations, one per version, and the upgrade every connection runs first."""
 from __future__ import annotations
 
+import duckdb
+
 from core.store.base import SchemaError
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -153,6 +155,9 @@ class SchemaMixin:
         key = str(self.path.resolve())
         if key in SchemaMixin._migrated:
             return
+        if self._current_schema() == SCHEMA_VERSION:  # nothing to upgrade: no need to wait for a writer's turn
+            SchemaMixin._migrated.add(key)
+            return
         con = self._connect(read_only=False)
         try:
             con.execute("BEGIN TRANSACTION")
@@ -182,6 +187,20 @@ class SchemaMixin:
         finally:
             con.close()
         SchemaMixin._migrated.add(key)
+
+    def _current_schema(self) -> int | None:
+        """The file's schema version, read as a reader (the dashboard opening a workspace the engine writes, a
+        template several test processes read): None where there is no file or no version yet."""
+        if not self.path.exists():
+            return None
+        con = self._connect(read_only=True)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except duckdb.CatalogException:
+            return None
+        finally:
+            con.close()
+        return int(row[0]) if row else None
 
     def migrate(self) -> int:
         self._ensure_schema()
