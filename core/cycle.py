@@ -156,7 +156,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     # The pool's and the teacher view's encoding and the perturbed views run on engine.executor (Ray's actors are
     # freed when the stage ends); what they return is written below, by this process alone.
     with executor.open_executor(cfg.engine) as ex:
-        ex.notes = lambda text: store.note_progress(cycle["id"], "curate", text)  # the Overview's stage line
+        ex.notes = lambda text: store.note_progress(cycle["id"], cycle["stage"], text)  # the Overview's stage line
         context = curate.Context(loaded=loaded, seed=seed[["id", "text", "label"]],
                                  pool=pool, pairs=pairs,
                                  favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,

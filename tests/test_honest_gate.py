@@ -350,7 +350,8 @@ def test_a_workspace_from_before_the_split_gets_stored_parts_and_its_old_config_
                 "DROP TABLE traffic_probe", "ALTER TABLE evaluations DROP COLUMN detail",
                 "DROP TABLE label_requests", "DROP TABLE heldout_parts", "DROP TABLE auth_failures",
                 "DROP TABLE api_tokens", "ALTER TABLE gates DROP COLUMN override",
-                "ALTER TABLE cycles DROP COLUMN tries"):  # back to v7
+                "ALTER TABLE cycles DROP COLUMN tries", "ALTER TABLE cycles DROP COLUMN progress_stage",
+                "ALTER TABLE cycles DROP COLUMN progress", "ALTER TABLE cycles DROP COLUMN progress_at"):  # back to v7
         con.execute(sql)
     con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     con.close()

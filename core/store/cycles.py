@@ -45,7 +45,7 @@ class CyclesMixin:
         with self._tx() as con:
             self._set_stage(con, cycle_id, stage, status)
 
-    def note_progress(self, cycle_id: int, stage: str, text: str) -> None:
+    def note_progress(self, cycle_id: int, at_stage: str, text: str) -> None:
         """Where the cycle's current stage stands (its own words); a cycle that moved on or closed keeps its note
         but shows it no longer (the Overview shows a note only of the stage the cycle is at). A note is worth
         less than the work it describes: when another process holds the file past a short wait, it is skipped."""
@@ -53,7 +53,7 @@ class CyclesMixin:
             with type(self)(self.path, patience_s=2.0)._tx() as con:
                 con.execute("UPDATE cycles SET progress_stage = ?, progress = ?, progress_at = ? "
                             "WHERE id = ? AND stage = ? AND status = 'running'",
-                            [stage, text[:300], utcnow(), cycle_id, stage])
+                            [at_stage, text[:300], utcnow(), cycle_id, at_stage])
         except StoreBusy:
             pass
 
