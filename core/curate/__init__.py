@@ -106,20 +106,22 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
                                                  **json.loads(old)})
                                      for (_, r), t, old in zip(scores.iterrows(), cand.loc[alive, "target"],
                                                                cand.loc[alive, "scores"])]
-        for (i, row), weigh in zip(scores.iterrows(), weighed):
+        verdicts = []  # (status, reason) per alive sample, written in one go (see filters.apply)
+        for (i, row), weigh, generator in zip(scores.iterrows(), weighed, cand.loc[alive, "generator"]):
             if i in confirmed:
                 # Execution confirmed the label: the model's verifiers would only drop what it does not know yet,
                 # which is what the sample is there to teach. Their scores stay, for difficulty and ranking.
-                mark(cand, i, "verified", confirmed[i])
-                continue
-            if weigh:
+                verdicts.append(("verified", confirmed[i]))
+            elif weigh:
                 # A teacher's label of real traffic is kept and weighs in training by the teacher's confidence:
                 # dropping what the verifiers doubt throws away the hard texts (measured in bench/README).
-                mark(cand, i, "verified", WEIGHED)
-                continue
-            reason = verify.verdict(row, cfg, strict=bool(held_back[i]),
-                                    independent_only=cand.loc[i, "generator"] == feedback.NAME)
-            mark(cand, i, "dropped", reason) if reason else mark(cand, i, "verified", "")
+                verdicts.append(("verified", WEIGHED))
+            else:
+                reason = verify.verdict(row, cfg, strict=bool(held_back[i]),
+                                        independent_only=generator == feedback.NAME)
+                verdicts.append(("dropped", reason) if reason else ("verified", ""))
+        cand.loc[alive, "status"] = [v[0] for v in verdicts]
+        cand.loc[alive, "reason"] = [v[1] for v in verdicts]
     near = near_clusters(ctx, cand.loc[cand["status"] == "verified"])
     for label, group in cand[cand["status"] == "verified"].groupby("label"):
         cap = int(cfg.max_per_class * remedy.cap_factor
@@ -136,15 +138,13 @@ def curate(ctx: Context, heldout: pd.DataFrame, reviewed: pd.DataFrame, progress
         chosen = sorted(chosen, key=lambda i: -made.loc[i, "rank_score"])[:cap]
         traffic = group.drop(made.index)
         keep = set(chosen) | set(_cap_by_mix(traffic, cap - len(chosen), ctx.requested_mix(label), near))
-        for i in group.index:
-            if i in keep:
-                mark(cand, i, "kept", cand.loc[i, "reason"] or "verifiers agree")
-            elif i in made.index:
-                level = int(group.loc[i, "difficulty"])
-                mark(cand, i, "dropped", f"difficulty mix: level {level}'s share of {label} is full "
-                                         f"({quotas[level]})")
-            else:
-                mark(cand, i, "dropped", f"over the class cap of {cap}")
+        written = set(made.index)
+        verdicts = [("kept", why or "verifiers agree") if i in keep else
+                    ("dropped", f"difficulty mix: level {level}'s share of {label} is full ({quotas[level]})")
+                    if i in written else ("dropped", f"over the class cap of {cap}")
+                    for i, why, level in zip(group.index, group["reason"], group["difficulty"].astype(int))]
+        cand.loc[group.index, "status"] = [v[0] for v in verdicts]
+        cand.loc[group.index, "reason"] = [v[1] for v in verdicts]
     if len(approved):  # human approvals from earlier reviews are kept whatever the verifiers say
         carried = pd.DataFrame({"generator": "human_review", "parent_id": None, "text": approved["text"],
                                 "label": approved["label"], "confidence": np.nan, "difficulty": -1,
