@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DATA
+from conftest import DATA, copy_workspace
 from core.sandbox import LABELS
 
 CLAIMS = [  # (sql, claimed label, what execution says)
@@ -129,14 +129,13 @@ def test_a_preset_takes_guardrails_as_a_workspace_from_files_does(tmp_path, caps
     assert open_workspace(tmp_path / "w").store.guardrails()["expected_label"].tolist() == ["loses_data", "safe"]
 
 
-def test_execution_decides_and_its_evidence_is_stored_with_the_sample(monkeypatch, pg, sql_ws):
+def test_execution_decides_and_its_evidence_is_stored_with_the_sample(monkeypatch, pg, sql_ws, tmp_path):
     from core.sandbox.check import sandbox_execution_check
-    from core.workspace import open_workspace
 
     check = sandbox_execution_check(pg, "postgres (test cluster)")
     check.close = lambda: None  # the session's cluster outlives this test
     samples, report = _curate(monkeypatch, [(sql, claimed) for sql, claimed, _ in CLAIMS], check)
-    ws = open_workspace(sql_ws[0])
+    ws = copy_workspace(sql_ws[0], tmp_path / "ws")  # the module's workspace stays as init made it
     cycle_id = _store(ws, samples)
     stored = ws.store.samples(cycle_id).set_index("text")
     for sql, claimed, executed in CLAIMS:
@@ -196,19 +195,19 @@ def test_a_domain_check_by_command_or_callable_keeps_drops_and_fails_closed(monk
 
 
 @pytest.mark.slow
-def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evidence(monkeypatch, pg, sql_ws):
+def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evidence(monkeypatch, pg, sql_ws,
+                                                                                       tmp_path):
     from streamlit.testing.v1 import AppTest
 
     from app import nav, queries
     from core import auth, gates
     from core.store import utcnow
     from core.sandbox.check import sandbox_execution_check
-    from core.workspace import open_workspace
 
     check = sandbox_execution_check(pg, "postgres (test cluster)")
     check.close = lambda: None
     samples, report = _curate(monkeypatch, [CLAIMS[0][:2]], check)
-    ws = open_workspace(sql_ws[0])
+    ws = copy_workspace(sql_ws[0], tmp_path / "ws")  # the module's workspace stays as init made it
     cycle_id = _store(ws, samples)
     # The curate stage's record and the data review it leads to, as the engine writes them.
     ws.store.record_stage_run(cycle_id, "curate", utcnow(), 1.0, 0.0, report)
