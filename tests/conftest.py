@@ -53,9 +53,11 @@ def _run_folder(tmp_path_factory) -> Path:
 
 
 def built_once(tmp_path_factory, name: str, build):
-    """build(folder) -> a JSON value, run once for the whole run, however many xdist workers need it: the first
-    builds it under a file lock in the run's folder, the others wait and take its value. For templates that
-    tests only read or copy (each worker used to train the same baselines: about 2 minutes of CPU a run)."""
+    """build(folder) -> a JSON value naming what it built in folder, run once for the whole run however many
+    xdist workers need it (each used to train the same baselines: about 2 minutes of CPU a run): the first builds
+    it under a file lock in the run's folder, the others wait. Each worker then takes a copy of its own, and the
+    value with its paths pointing there: tests read some templates in place (a dashboard's sign-in writes), and a
+    worker copying a folder another one writes to would catch its files half there."""
     from filelock import FileLock
 
     folder = _run_folder(tmp_path_factory) / "built-once" / name
@@ -65,9 +67,11 @@ def built_once(tmp_path_factory, name: str, build):
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
             folder.mkdir()
-            value = build(folder)
-            done.write_text(json.dumps(value))
-        return json.loads(done.read_text())
+            done.write_text(json.dumps(build(folder)))
+    mine = tmp_path_factory.mktemp(f"{name}-template")
+    shutil.copytree(folder, mine, dirs_exist_ok=True)  # nothing writes the built folder once it is done
+    return json.loads((mine / "built.json").read_text().replace(json.dumps(str(folder))[1:-1],
+                                                                 json.dumps(str(mine))[1:-1]))
 
 
 @pytest.fixture(scope="session", autouse=True)
