@@ -184,6 +184,10 @@ def open_check(cfg, executor=None):
     previous, terminated = _exit_on_sigterm(check)
     try:
         yield check
+    except Exception:
+        if terminated.is_set():  # what the server's shutdown under a hung statement broke: the stop asked for
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
     finally:
         try:
             check.close()
