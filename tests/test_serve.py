@@ -259,7 +259,8 @@ def test_promotion_and_rollback_swap_under_steady_load(pending_ws):
         try:
             wait_for("v1")
             actions.decide_gate(ws, auth.authenticate(ws.store, APPROVER, PASSWORD, "test"), gate_id, True, "ship it")
-            assert cycle.resume(ws, progress=False).status == "done"
+            resumed = cycle.resume(ws, progress=False)
+            assert resumed.status == "done", (resumed.message, ws.store.gates().to_dict("records"))
             assert ws.store.alias("production") == "v2"
             wait_for("v2")
             n_v2 = len(seen)
