@@ -234,39 +234,9 @@ def test_the_synthetic_data_page_shows_a_migration_as_sql_with_its_execution_evi
                for m in at.markdown), [m.value for m in at.markdown]
 
 
-def test_a_curation_stopped_by_sigterm_leaves_no_cluster_behind(tmp_path):
-    """The demo stops its engine with SIGTERM; mid-curation that must still stop the cluster and remove its folder."""
-    import signal
-    import subprocess
-    import time
-    from pathlib import Path
-
-    from conftest import ROOT, _alive, _processes_under
-
-    script = ("import sys, time\n"
-              "from core.config import CurateConfig\n"
-              "from core.sandbox.check import open_check\n"
-              "with open_check(CurateConfig(sandbox='local', sandbox_workers=1)) as check:\n"
-              "    print(check.sandbox.cluster.root, flush=True)\n"
-              "    while True:\n"
-              "        check.run([{'text': 'VACUUM FULL orders;', 'label': 'rewrites_table'}])\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    root = Path(proc.stdout.readline().strip())
-    assert root.is_dir()
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    deadline = time.time() + 10
-    while _processes_under(root) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not root.exists() and not _processes_under(root)
-    assert not _alive(proc.pid)
-
-
-def test_a_cleanup_the_server_never_answers_after_sigterm_still_exits_and_leaves_nothing(tmp_path):
-    """SIGTERM landed inside psycopg and the cleanup's next statement waited forever (1 stop in 6 under load):
-    here the cleanup's statement is one the server does not answer for an hour. The server is stopped under it
-    after a few seconds, the process exits as SIGTERM asks, and the cluster is gone."""
+def _sigterm_inside_open_check(body: str, settle_s: float = 0.0) -> None:
+    """A process opens the local sandbox's check and runs `body` (indented code) inside it; SIGTERM it: it exits
+    143, and the cluster's folder and processes are gone."""
     import signal
     import subprocess
     import time
@@ -278,23 +248,41 @@ def test_a_cleanup_the_server_never_answers_after_sigterm_still_exits_and_leaves
               "from core.config import CurateConfig\n"
               "from core.sandbox.check import open_check\n"
               "with open_check(CurateConfig(sandbox='local', sandbox_workers=1)) as check:\n"
-              "    admin = check.sandbox._admin()\n"
-              "    print(check.sandbox.cluster.root, flush=True)\n"
-              "    try:\n"
-              "        while True:\n"
-              "            time.sleep(0.05)\n"
-              "    except SystemExit:\n"
-              "        admin.execute('SELECT pg_sleep(3600)')\n"
-              "        raise\n")
+              "    root = check.sandbox.cluster.root\n"
+              f"{body}")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     root = Path(proc.stdout.readline().strip())
     assert root.is_dir()
+    time.sleep(settle_s)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     deadline = time.time() + 10
     while _processes_under(root) and time.time() < deadline:
         time.sleep(0.1)
-    assert not root.exists() and not _processes_under(root) and not _alive(proc.pid)
+    assert not root.exists() and not _processes_under(root)
+    assert not _alive(proc.pid)
+
+
+def test_a_curation_stopped_by_sigterm_leaves_no_cluster_behind():
+    """The demo stops its engine with SIGTERM; mid-curation that must still stop the cluster and remove its folder."""
+    _sigterm_inside_open_check("    print(root, flush=True)\n"
+                               "    while True:\n"
+                               "        check.run([{'text': 'VACUUM FULL orders;', 'label': 'rewrites_table'}])\n",
+                               settle_s=0.5)
+
+
+def test_a_cleanup_the_server_never_answers_after_sigterm_still_exits_and_leaves_nothing():
+    """SIGTERM landed inside psycopg and the cleanup's next statement waited forever (1 stop in 6 under load):
+    here the cleanup's statement is one the server does not answer for an hour. The server is stopped under it
+    after a few seconds, the process exits as SIGTERM asks, and the cluster is gone."""
+    _sigterm_inside_open_check("    admin = check.sandbox._admin()\n"
+                               "    print(root, flush=True)\n"
+                               "    try:\n"
+                               "        while True:\n"
+                               "            time.sleep(0.05)\n"
+                               "    except SystemExit:\n"
+                               "        admin.execute('SELECT pg_sleep(3600)')\n"
+                               "        raise\n")
 
 
 def test_the_sandbox_settings_are_validated_like_every_other_knob():
