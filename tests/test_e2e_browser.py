@@ -348,6 +348,8 @@ def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
         sign_in(driver, APPROVER, PASSWORD)
         signed_in_as(driver, APPROVER, "approver")
         go(driver, "models")
+        # The page's title is drawn before its last elements; under load the button came a moment later (seen once).
+        WebDriverWait(driver, UI_TIMEOUT).until(lambda d: "Roll back" in buttons(d), f"no Roll back: {buttons(driver)}")
         assert "Roll back" in buttons(driver)
     finally:
         if driver is not None:
