@@ -148,27 +148,60 @@ def rss_mb() -> tuple[float, float]:
 
 
 class DevScorer:
-    """Development-test accuracy per model version (cached: a rejected cycle keeps the same production)."""
+    """Development-test accuracy per model version, plain or through a scaffold (cached: a rejected cycle keeps the
+    same production). An abstention counts as wrong."""
 
     def __init__(self, ws, dev):
         self.ws, self.dev, self.cache = ws, dev, {}
 
-    def __call__(self, version: str | None) -> tuple[float | None, float]:
+    def __call__(self, version: str | None, scaffold: str | None = None) -> tuple[float | None, float]:
         import numpy as np
 
         from core import model as M, registry
+        from core.scaffolds import archive, spec as S
 
         if version is None:
             return None, 0.0
-        if version not in self.cache:
+        key = (version, scaffold or S.DEFAULT)
+        if key not in self.cache:
             t0 = time.perf_counter()
             loaded = registry.load(self.ws, version)
-            probs = M.predict_proba(loaded, self.dev["text"].tolist())
-            predicted = np.asarray(loaded.labels, dtype=object)[probs.argmax(1)]
+            texts = self.dev["text"].tolist()
+            if key[1] == S.DEFAULT:
+                probs = M.predict_proba(loaded, texts)
+                predicted = np.asarray(loaded.labels, dtype=object)[probs.argmax(1)]
+            else:
+                from core.scaffolds import run
+
+                out = run.run(archive.get(self.ws.store, key[1]), loaded, texts, run.bank_for(self.ws, loaded))
+                predicted = np.asarray([None if r["abstained"] else r["label"] for r in out], dtype=object)
             acc = float((predicted == self.dev["label"].to_numpy()).mean())
-            self.cache[version] = (acc, time.perf_counter() - t0)
-            return self.cache[version]
-        return self.cache[version][0], 0.0
+            self.cache[key] = (acc, time.perf_counter() - t0)
+            return self.cache[key]
+        return self.cache[key][0], 0.0
+
+
+def scaffold_turn(ws, searches: int, scorer: DevScorer, quiet: bool) -> list[dict]:
+    """After a model cycle, the scaffold work the daemon does in its window (core/daemon.py): the plain model's
+    trial when the re-test after a promotion found it better than the production scaffold, then `searches`
+    scaffold searches, each through the scaffold_adoption gate; per scaffold cycle, what it decided and the
+    dev-test accuracy of the production model through the production scaffold after it."""
+    from core import cycle
+    from core.daemon import plain_trial_due
+    from core.scaffolds import archive, spec as S
+
+    out = []
+    runs = ([S.DEFAULT] if plain_trial_due(ws.store) is not None else []) + [None] * searches
+    for candidate in runs:
+        t0 = time.perf_counter()
+        outcome = cycle.run_scaffold_cycle(ws, candidate=candidate, progress=not quiet)
+        seconds = time.perf_counter() - t0
+        trial = ws.store.scaffold_trial(outcome.cycle_id) or {}
+        production, scaffold = ws.store.alias("production"), archive.production_id(ws.store)
+        out.append({"cycle_id": int(outcome.cycle_id), "status": outcome.status, "candidate": trial.get("candidate_id"),
+                    "production_scaffold": scaffold, "model": production, "dev_acc": scorer(production, scaffold)[0],
+                    "seconds": seconds, "message": outcome.message})
+    return out
 
 
 def pool_label_accuracy(samples, truth: dict[str, str] | None) -> dict | None:
@@ -219,7 +252,9 @@ def cycle_record(ws, index: int, outcome, seconds: float, production: str | None
     diagnosis = store.diagnoses(outcome.cycle_id)
     lessons_applied = [f"{r.subject}: {r.action}" for r in diagnosis.itertuples() if r.kind == "gate_rejection"] \
         if len(diagnosis) else []
-    dev_acc, dev_s = scorer(production)
+    from core.scaffolds import archive
+
+    dev_acc, dev_s = scorer(production, archive.production_id(store))  # what production serves
     cand_dev, cand_s = scorer(candidate)  # also for a rejected candidate: was the gate right?
     parent_dev = scorer(cyc.get("parent_version"))[0]
     promotion = next((g for g in gates.to_dict("records") if g["kind"] == "promotion"), None)
@@ -493,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near-seed", action="store_true",
                    help="held-out rows drawn from the third of each intent's pool rows nearest its seed rows, so "
                         "they are easier than traffic (near_seed_heldout); the dev test set is unchanged")
+    p.add_argument("--scaffold-searches", type=int, metavar="N",
+                   help="scaffold searches after each model cycle, as the daemon runs them in its window (default: "
+                        "the config's daemon.scaffold_searches_per_night); dev-test accuracy is then the production "
+                        "model's through the production scaffold")
     p.add_argument("--quiet", action="store_true", help="no engine progress on stderr")
     return p
 
@@ -515,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.oracle_budget < 0:
             raise BenchError("--oracle-budget must be 0 or more")
+        if args.scaffold_searches is not None and args.scaffold_searches < 0:
+            raise BenchError("--scaffold-searches must be 0 or more")
         if args.oracle_eval_budget < 0:
             raise BenchError("--oracle-eval-budget must be 0 or more")
         budget = [f"curate.ask_humans_per_cycle={args.oracle_budget}"] if args.oracle_budget else []
@@ -579,6 +620,11 @@ def main(argv: list[str] | None = None) -> int:
         oracle = Oracle(ws, pool_df) if args.oracle_budget or args.oracle_eval_budget else None
         eval_oracle = bool(oracle and args.oracle_eval_budget)
         printed_header = False
+        searches = config.daemon.scaffold_searches_per_night if args.scaffold_searches is None \
+            else args.scaffold_searches
+        scaffold_rows: list[dict] = []
+        meta["scaffold_searches"] = searches
+        meta["scaffold_cycles"] = scaffold_rows
         # One evolve call per cycle; the first call also runs the baseline (reported as cycle 0).
         for _ in range(max(args.cycles, 1)):
             marks: list[tuple[object, float, str | None]] = []
@@ -622,6 +668,16 @@ def main(argv: list[str] | None = None) -> int:
                         print(oracle.note(record, rows[0]["dev_acc"]), flush=True)
             if oracle and args.oracle_budget:  # this cycle's requests, answered: they count from the next cycle
                 oracle.answer()
+            if searches and marks and marks[-1][0].status != "waiting":
+                for sc in scaffold_turn(ws, searches, scorer, args.quiet):
+                    scaffold_rows.append({**sc, "after_cycle": len(rows) - 1})
+                    print(f"      scaffold cycle {sc['cycle_id']}: {sc['status']} (candidate {sc['candidate']}); "
+                          f"production {sc['model']} through {sc['production_scaffold']}: dev test "
+                          f"{_pct(sc['dev_acc'])}; {sc['seconds']:.0f}s", flush=True)
+                if scaffold_rows and scaffold_rows[-1]["status"] == "waiting":
+                    meta["error"] = f"scaffold cycle {scaffold_rows[-1]['cycle_id']} is waiting at a human gate"
+                    code = 1
+                    break
             if marks and marks[-1][0].status == "waiting":
                 meta["error"] = (f"cycle {marks[-1][0].cycle_id} is waiting at a human gate; stopping "
                                  "(rerun with --policy auto to let every gate decide by its checks)")
@@ -639,13 +695,20 @@ def main(argv: list[str] | None = None) -> int:
             own, kids = rss_mb()
             meta["timing"] = {"total_s": time.perf_counter() - t_start, "setup_s": setup_s,
                               "cycles_s": sum(r["cycle_s"] for r in rows),
-                              "dev_scoring_s": sum(r["dev_scoring_s"] for r in rows)}
+                              "dev_scoring_s": sum(r["dev_scoring_s"] for r in rows),
+                              "scaffold_s": sum(r["seconds"] for r in meta.get("scaffold_cycles", []))}
             meta["peak_rss_mb"] = {"self": round(own, 1), "children": round(kids, 1)}
             if args.oracle_budget and rows:
                 meta["oracle"] = {"budget_per_cycle": args.oracle_budget,
                                   "human_labels_spent": rows[-1].get("human_labels_spent"),
                                   "gain_per_human_label": rows[-1].get("gain_per_human_label")}
             print_summary(rows, meta)
+            if meta.get("scaffold_cycles"):
+                adopted = [r for r in meta["scaffold_cycles"] if r["status"] == "done"]
+                last = meta["scaffold_cycles"][-1]
+                print(f"scaffolds {len(meta['scaffold_cycles'])} scaffold cycles in {meta['timing']['scaffold_s']:.0f}s, "
+                      f"{len(adopted)} adopted; at the end production {last['model']} through "
+                      f"{last['production_scaffold']}: dev test {_pct(last['dev_acc'])}")
             if rows:
                 meta["versions"] = version_table(ws, scorer, rows, truth)
                 print_versions(meta["versions"], rows)

@@ -122,6 +122,12 @@ class DiagnoseConfig(_Section):
     samples_per_error: int = Field(20, ge=1)  # how many curated samples each explained error asks for
     top_findings: int = Field(20, ge=1)
     head_analysis: bool = True  # and let it choose the layers that get LoRA next time
+    # What a diagnosis steers in the next cycle (bench/README "Which links of the loop help"): "asks" its error
+    # patterns (confused pairs, weak classes) ask the generators for samples and harder mixes; "attributions" the
+    # words Captum found in the errors are what counterfactuals vary (else distinctive terms); "clusters" the traffic
+    # nearest its error clusters goes first to self-labeling and the label queue; "layers" activations (or heads)
+    # choose the layers that get LoRA (else the top model.lora_layers). Empty: findings are shown and steer nothing.
+    acts: list[Literal["asks", "attributions", "clusters", "layers"]] = ["asks", "attributions", "clusters", "layers"]
 
 
 class LLMConfig(_Section):

@@ -147,8 +147,10 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
         findings, corrections = store.diagnoses(cycle["id"]), store.production_feedback()
         seed = store.seed_examples(before_cycle=cycle["id"])  # people's answers to label requests count as seed
         pool, protected = store.unlabeled_pool(), _protected(store)
+    acts = set(cfg.diagnose.acts)
+    steering = findings if "asks" in acts else findings.iloc[:0]  # a rejection's lesson binds either way (remedy)
     pairs = [(json.loads(d)["true"], json.loads(d)["predicted"], int(sev))
-             for kind, d, sev in zip(findings.get("kind", []), findings.get("detail", []), findings.get("severity", []))
+             for kind, d, sev in zip(steering.get("kind", []), steering.get("detail", []), steering.get("severity", []))
              if kind in diagnose.PAIR_KINDS and json.loads(d).get("trend") != "fixed"]
     # A person's correction or answer, not a teacher, labels these.
     pool = pool[~pool["text"].isin(corrections["text"]) & ~pool["text"].isin(seed["text"])]
@@ -159,14 +161,17 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
         ex.notes = lambda text: store.note_progress(cycle["id"], cycle["stage"], text)  # the Overview's stage line
         context = curate.Context(loaded=loaded, seed=seed[["id", "text", "label"]],
                                  pool=pool, pairs=pairs,
-                                 favoured=diagnose.target_labels(findings), cfg=cfg.curate, root=ws.root,
-                                 asks=diagnose.asks(findings, cfg.diagnose.samples_per_error),
-                                 leaned_on=diagnose.leaned_on(findings), clusters=_cluster_texts(store, findings),
+                                 favoured=diagnose.target_labels(steering), cfg=cfg.curate, root=ws.root,
+                                 asks=diagnose.asks(steering, cfg.diagnose.samples_per_error),
+                                 leaned_on=diagnose.leaned_on(findings) if "attributions" in acts else {},
+                                 clusters=_cluster_texts(store, findings) if "clusters" in acts else [],
                                  seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                                  view=views.for_config(cfg.curate.teacher_encoder, ws.root, ex),
                                  encoder=executor.model_encoder(ex, ws, loaded))
         with store.kept_open():
-            context.mixes, context.memo["mixes_moved"] = difficulty.next_mixes(store, cycle["id"], context.requested_mix)
+            if cfg.curate.difficulty_control:  # off: every class keeps the configured mix
+                context.mixes, context.memo["mixes_moved"] = difficulty.next_mixes(store, cycle["id"],
+                                                                                   context.requested_mix)
         # The execution check (curate.sandbox*) is opened once for the stage and closed, its cluster and clones
         # removed, however the stage ends.
         with check.open_check(cfg.curate, ex) as context.check:
@@ -269,7 +274,7 @@ def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:
     """The model settings for this cycle's training: the diagnosis may pick which layers get LoRA (its activation
     analysis, or head importance where nothing separates; core.diagnose), and its reason goes to the lineage."""
     cfg = ws.config().model.model_dump()
-    if cycle["kind"] == "baseline" or cfg["lora_layer_ids"]:
+    if cycle["kind"] == "baseline" or cfg["lora_layer_ids"] or "layers" not in ws.config().diagnose.acts:
         return cfg, "configured"
     internals = ws.store.diagnosis_internals(cycle["id"])
     choice = internals.get("lora_choice") or internals.get("heads")  # heads: diagnoses stored before lora_choice
