@@ -122,6 +122,11 @@ class DiagnoseConfig(_Section):
     samples_per_error: int = Field(20, ge=1)  # how many curated samples each explained error asks for
     top_findings: int = Field(20, ge=1)
     head_analysis: bool = True  # and let it choose the layers that get LoRA next time
+    # Evidence beyond the selection rows (core/diagnose/evidence.py): a draw of this many traffic texts that the
+    # seed's k-NN vote labels with at least traffic_min_agreement of its votes (0: none); people's label answers
+    # the version did not train on are always used.
+    traffic_rows: int = Field(1000, ge=0, le=100_000)
+    traffic_min_agreement: float = Field(0.6, gt=0, le=1)
     # What a diagnosis steers in the next cycle (bench/README "Which links of the loop help"): "asks" its error
     # patterns (confused pairs, weak classes) ask the generators for samples and harder mixes; "attributions" the
     # words Captum found in the errors are what counterfactuals vary (else distinctive terms); "clusters" the traffic

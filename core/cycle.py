@@ -20,6 +20,7 @@ import pandas as pd
 from core import (atomic, checksums, curate, diagnose, drift, executor, gates, lessons, model as M, registry, stats,
                   traffic)
 from core.curate import ask, difficulty, replay, views
+from core.diagnose import evidence
 from core.sandbox import check
 from core.scaffolds import stages as scaffold_stages
 from core.evaluate import evaluate_parts, probe_predictions
@@ -118,8 +119,10 @@ def run_diagnosis(ws: Workspace, cycle_id: int, version: str, next_stage: str | 
         # The selection part only: the gate part stays untouched for the gates.
         selection, feedback = store.eval_results(version, "selection"), store.production_feedback(version)
         rejections = rejection_findings(store, version, cycle_id or None)
-    found = diagnose.diagnose(registry.load(ws, version), selection, cfg.diagnose, cfg.model.lora_layers,
-                              diagnose.finding_keys(previous), feedback=feedback, rejections=rejections)
+    loaded = registry.load(ws, version)
+    more = evidence.gather(store, loaded, cfg, cycle_id)  # label answers and traffic: no gate row
+    found = diagnose.diagnose(loaded, selection, cfg.diagnose, cfg.model.lora_layers, diagnose.finding_keys(previous),
+                              feedback=feedback, rejections=rejections, evidence=more)
     store.save_diagnosis(cycle_id, found["findings"], next_stage, found["attributions"], found["internals"], version)
     return found
 
@@ -132,21 +135,12 @@ def stage_diagnose(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                               f"({top['action'].iloc[0]})")
 
 
-def _cluster_texts(store, findings: pd.DataFrame) -> list[list[str]]:
-    """The selection rows' texts of each error cluster the diagnosis found."""
-    members = diagnose.cluster_members(findings)
-    if not members:
-        return []
-    text = store.heldout("selection").set_index("id")["text"]
-    return [[text[i] for i in ids if i in text.index] for ids in members]
-
-
 def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
     store, cfg = ws.store, ws.config()
     with store.kept_open():
         findings, corrections = store.diagnoses(cycle["id"]), store.production_feedback()
         seed = store.seed_examples(before_cycle=cycle["id"])  # people's answers to label requests count as seed
-        pool, protected = store.unlabeled_pool(), _protected(store)
+        pool, protected, selection = store.unlabeled_pool(), _protected(store), store.heldout("selection")
     acts = set(cfg.diagnose.acts)
     steering = findings if "asks" in acts else findings.iloc[:0]  # a rejection's lesson binds either way (remedy)
     pairs = [(json.loads(d)["true"], json.loads(d)["predicted"], int(sev))
@@ -164,7 +158,7 @@ def stage_curate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> None:
                                  favoured=diagnose.target_labels(steering), cfg=cfg.curate, root=ws.root,
                                  asks=diagnose.asks(steering, cfg.diagnose.samples_per_error),
                                  leaned_on=diagnose.leaned_on(findings) if "attributions" in acts else {},
-                                 clusters=_cluster_texts(store, findings) if "clusters" in acts else [],
+                                 clusters=diagnose.cluster_texts(findings, selection) if "clusters" in acts else [],
                                  seed_value=cycle["id"], remedy=lessons.remedy(findings), feedback=corrections,
                                  view=views.for_config(cfg.curate.teacher_encoder, ws.root, ex),
                                  encoder=executor.model_encoder(ex, ws, loaded))

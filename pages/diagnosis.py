@@ -57,7 +57,9 @@ def finding_panel(row, attributed: pd.DataFrame, report: dict | None) -> None:
                        if isinstance(d.get("predicted"), dict) else ""))
     if d.get("recall") is not None:
         st.markdown(f"Recall {tables.percent(d['recall'], 1)}, precision {tables.percent(d.get('precision'), 1)}, "
-                    f"{d.get('misses', 0)} missed of {d.get('support', 0)} held-out examples.")
+                    f"{d.get('misses', 0)} missed of {d.get('support', 0)} examples.")
+    if d.get("rests_on"):
+        st.markdown("Rests on: " + queries.rests_on_words(d["rests_on"]) + ".")
     if d.get("reason"):
         st.markdown(f"The {str(d.get('gate', '')).replace('_', ' ')} gate of cycle {d.get('cycle', '')} rejected "
                     f"its candidate: {d['reason']}.")

@@ -92,3 +92,28 @@ def test_attribution_ranks_a_planted_trigger_word_first(tmp_path):
     for record in attribute(loaded, texts, [0, 0]):
         assert top_tokens(record["tokens"], record["scores"], k=1) == ["zebra"]
         assert abs(record["delta"]) < 1.0
+
+
+@pytest.mark.slow
+def test_a_diagnosis_that_may_not_act_is_shown_and_steers_nothing(planted_confusion):
+    """diagnose.acts = []: the ablation's "diagnosis off" (bench/README): findings are stored as ever, and the
+    cycle's curation asks nothing of the generators for them, nor do they choose the LoRA layers."""
+    from tests.conftest import curate_only
+
+    ws = planted_confusion
+    config = ws.config()
+    config.diagnose.acts = []
+    ws.save_config(config)
+    cid = curate_only(ws)
+    findings = ws.store.diagnoses(cid)
+    assert "billing_question -> payment_processing_error" in set(findings["subject"])
+    report = json.loads(ws.store.stage_runs(cid).set_index("stage").loc["curate", "detail"])
+    assert report["asks"] == {} and report["asked"] == 0
+    assert report["per_generator"]["counterfactual"]["note"] == "no confused pairs diagnosed"
+    assert ws.store.diagnosis_internals(cid)["lora_choice"]["lora_layers"]  # it chose, and is not followed
+    assert cycle._model_config_for(ws, ws.store.cycle(cid)) == (config.model.model_dump(), "configured")
+    config.diagnose.acts = ["layers"]
+    ws.save_config(config)
+    chosen, reason = cycle._model_config_for(ws, ws.store.cycle(cid))
+    assert chosen["lora_layer_ids"] == ws.store.diagnosis_internals(cid)["lora_choice"]["lora_layers"]
+    assert reason.startswith("layers")

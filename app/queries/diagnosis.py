@@ -101,7 +101,7 @@ def _evidence(kind: str, detail: dict, trend: str) -> str:
         return "in the previous diagnosis, not in this one"
     if kind == "weak_class":
         recall = detail.get("recall")
-        return (f"recall {100 * recall:.1f}% of {detail.get('support', '?')} held-out examples"
+        return (f"recall {100 * recall:.1f}% of {detail.get('support', '?')} examples"
                 if recall is not None else "")
     if kind == "error_cluster":
         labels = ", ".join(f"{k} ({v})" for k, v in (detail.get("labels") or {}).items())
@@ -112,6 +112,19 @@ def _evidence(kind: str, detail: dict, trend: str) -> str:
     if kind == "gate_rejection":
         return detail.get("reason", "")
     return ""
+
+
+# (one, many) per source of evidence (core/diagnose/evidence.py)
+SOURCES = {"selection": ("selection row", "selection rows"),
+           "label_answers": ("label answer the version did not train on", "label answers the version did not train on"),
+           "traffic_view": ("traffic text labeled by the seed's neighbours", "traffic texts labeled by the seed's neighbours"),
+           "production": ("correction in production", "corrections in production")}
+
+
+def rests_on_words(counts: dict) -> str:
+    """A finding's evidence in words: {"traffic_view": 41, "selection": 1} -> "41 traffic texts ..., 1 selection
+    row"."""
+    return ", ".join(f"{int(n)} {SOURCES.get(s, (s, s))[int(n) != 1]}" for s, n in counts.items())
 
 
 def finding_effects(kind: str, subject: str, detail: dict, report: dict | None) -> list[str]:
@@ -181,13 +194,16 @@ def error_map(ws: str, cycle_id: int) -> pd.DataFrame:
     frame = pd.DataFrame({"example_id": stored["example_ids"], "x": stored["x"], "y": stored["y"],
                           "label": stored["label"], "correct": [bool(c) for c in stored["correct"]]})
     store = _store(ws)
-    version = (store.cycle(int(cycle_id)) or {}).get("parent_version")
-    if not version:  # an on-demand diagnosis (cycle 0): its attributions name the version
-        attr = store.attributions(int(cycle_id))
-        version = attr["version"].iloc[0] if len(attr) else None
-    results = store.eval_results(version, "selection") if version else \
-        pd.DataFrame(columns=["example_id", "predicted", "text"])
-    frame = frame.merge(results[["example_id", "predicted", "text"]], on="example_id", how="left")
+    if "text" in stored:  # rows of every source carry their text and prediction
+        frame = frame.assign(predicted=stored["predicted"], text=stored["text"])
+    else:  # a diagnosis stored before: selection rows only, read from the version's results
+        version = (store.cycle(int(cycle_id)) or {}).get("parent_version")
+        if not version:  # an on-demand diagnosis (cycle 0): its attributions name the version
+            attr = store.attributions(int(cycle_id))
+            version = attr["version"].iloc[0] if len(attr) else None
+        results = store.eval_results(version, "selection") if version else \
+            pd.DataFrame(columns=["example_id", "predicted", "text"])
+        frame = frame.merge(results[["example_id", "predicted", "text"]], on="example_id", how="left")
     clusters = store.diagnoses(int(cycle_id))
     member_of: dict[int, tuple[str, str]] = {}
     for subject, detail in zip(clusters["subject"], clusters["detail"]):

@@ -16,7 +16,7 @@ from core import model as M
 from core.config import DiagnoseConfig
 from core.diagnose.attribution import attribution_rows, top_tokens
 from core.diagnose.errors import (PAIR_KINDS, asks, class_findings, cluster_findings, pair_findings,  # noqa: F401
-                                  cluster_members, leaned_on, production_findings, rank, target_labels)
+                                  cluster_texts, leaned_on, production_findings, rank, rests_on, target_labels)
 from core.diagnose.internals import activation_stats, choose_lora_layers, head_importance
 
 __all__ = ["PAIR_KINDS", "diagnose", "finding_keys", "target_labels"]
@@ -24,11 +24,15 @@ __all__ = ["PAIR_KINDS", "diagnose", "finding_keys", "target_labels"]
 
 def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_layers: int,
              previous_keys: set[str], feedback: pd.DataFrame | None = None,
-             rejections: list[dict] | None = None) -> dict:
+             rejections: list[dict] | None = None, evidence: pd.DataFrame | None = None) -> dict:
     """results: the version's eval rows on the selection part of the held-out set (example_id, text, label,
-    predicted, confidence, correct); feedback: people's corrections of its production predictions (text,
-    served, label); rejections: findings from gates that rejected its earlier candidates (core.lessons).
-    Rejections rank first, then feedback."""
+    predicted, confidence, correct); evidence: more rows of that shape from sources that are no gate row, each
+    with its `source` (core.diagnose.evidence: label answers, traffic the view labels), diagnosed with them and
+    attributed after them; feedback: people's corrections of its production predictions (text, served, label);
+    rejections: findings from gates that rejected its earlier candidates (core.lessons). Rejections rank first,
+    then feedback. Every finding's detail says what it rests on (`rests_on`: rows per source)."""
+    results = pd.concat([results.assign(source="selection"), evidence], ignore_index=True) \
+        if evidence is not None and len(evidence) else results.assign(source="selection")
     results = results.reset_index(drop=True)
     pairs = pair_findings(results, cfg.samples_per_error, cfg.top_findings)
     findings = pairs + class_findings(results, cfg.top_findings, pairs, cfg.samples_per_error)
@@ -52,7 +56,10 @@ def diagnose(loaded: M.Loaded, results: pd.DataFrame, cfg: DiagnoseConfig, lora_
     failed = ~results["correct"].astype(bool).to_numpy()
     internals: dict = {"error_map": {"example_ids": [int(i) for i in results["example_id"]],
                                      "x": coords[:, 0].round(4).tolist(), "y": coords[:, 1].round(4).tolist(),
-                                     "label": results["label"].tolist(), "correct": (~failed).tolist()}}
+                                     "label": results["label"].tolist(), "correct": (~failed).tolist(),
+                                     "predicted": results["predicted"].tolist(), "text": results["text"].tolist(),
+                                     "source": results["source"].tolist()},
+                       "rests_on": rests_on(results["source"])}
     activations = activation_stats(loaded, results["text"].tolist(), failed)
     internals["activations"] = activations.to_dict("records")
     choice = None

@@ -17,17 +17,28 @@ KIND_ORDER = {"gate_rejection": -2, "production_error": -1, "confusion_pair": 0,
 PAIR_KINDS = ("production_error", "confusion_pair")  # findings naming a (true, predicted) pair
 
 
+def _sourced(rows: pd.DataFrame, default: str = "selection") -> pd.DataFrame:
+    """rows with a `source` column (core.diagnose.evidence.SOURCES): what each row of evidence is."""
+    return rows if "source" in rows else rows.assign(source=default)
+
+
+def rests_on(sources) -> dict[str, int]:
+    """How many rows of each source a finding rests on, largest first."""
+    return dict(Counter(sources).most_common())
+
+
 def _pair_findings(errors: pd.DataFrame, predicted: str, ids: str, kind: str, key: str, top: int,
                    samples_per_error: int) -> list[dict]:
     """One finding per (true label, predicted) pair of the errors, most frequent first."""
     rows = []
-    pairs = errors.groupby(["label", predicted]).agg(n=("text", "size"), examples=("text", list), ids=(ids, list))
+    pairs = errors.groupby(["label", predicted]).agg(n=("text", "size"), examples=("text", list), ids=(ids, list),
+                                                     sources=("source", list))
     for (truth, pred), row in pairs.sort_values("n", ascending=False).head(top).iterrows():
         n = int(row["n"])
         rows.append({"kind": kind, "subject": f"{truth} -> {pred}", "severity": float(n),
                      "key": f"{key}:{truth}->{pred}",
                      "detail": {"true": truth, "predicted": pred, "examples": row["examples"][:5], "n": n,
-                                ids: row["ids"], "asked": n * samples_per_error},
+                                ids: row["ids"], "asked": n * samples_per_error, "rests_on": rests_on(row["sources"])},
                      "action": f"generate {n * samples_per_error} samples separating '{truth}' from '{pred}'"})
     return rows
 
@@ -35,7 +46,7 @@ def _pair_findings(errors: pd.DataFrame, predicted: str, ids: str, kind: str, ke
 def production_findings(feedback: pd.DataFrame, samples_per_error: int, top: int = 20) -> list[dict]:
     """feedback: prediction_id, text, served, label (the correction). Each (true, served) pair people
     corrected is one finding; its severity is how many production predictions they corrected."""
-    errors = feedback[feedback["served"] != feedback["label"]]
+    errors = _sourced(feedback[feedback["served"] != feedback["label"]], "production")
     rows = _pair_findings(errors, "served", "prediction_id", "production_error", "production_error", top,
                           samples_per_error)
     for row in rows:
@@ -45,6 +56,7 @@ def production_findings(feedback: pd.DataFrame, samples_per_error: int, top: int
 
 
 def pair_findings(results: pd.DataFrame, samples_per_error: int, top: int = 20) -> list[dict]:
+    results = _sourced(results)
     rows = _pair_findings(results[~results["correct"].astype(bool)], "predicted", "example_id", "confusion_pair",
                           "pair", top, samples_per_error)
     for row in rows:
@@ -62,6 +74,7 @@ def class_findings(results: pd.DataFrame, top: int = 20, pairs: list[dict] | Non
         if p["severity"] >= 2:
             explained[p["detail"]["true"]] = explained.get(p["detail"]["true"], 0) + int(p["severity"])
     rows = []
+    results = _sourced(results)
     for label, group in results.groupby("label"):
         correct = group["correct"].astype(bool)
         predicted_as = results["predicted"] == label
@@ -73,7 +86,8 @@ def class_findings(results: pd.DataFrame, top: int = 20, pairs: list[dict] | Non
             rows.append({"kind": "weak_class", "subject": label, "severity": float(residual),
                          "key": f"class:{label}",
                          "detail": {"recall": float(correct.mean()), "precision": precision,
-                                    "support": len(group), "misses": misses, "asked": residual * samples_per_error},
+                                    "support": len(group), "misses": misses, "asked": residual * samples_per_error,
+                                    "rests_on": rests_on(group["source"])},
                          "action": f"generate {residual * samples_per_error} samples of '{label}' and raise its "
                                    "share in curated data"})
     return sorted(rows, key=lambda r: -r["severity"])[:top]
@@ -112,7 +126,7 @@ def cluster_findings(results: pd.DataFrame, embeddings: np.ndarray, max_clusters
     if k < 2:
         return [], coords
     labels = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(embeddings[wrong])
-    errors = results[wrong].reset_index(drop=True)
+    errors = _sourced(results)[wrong].reset_index(drop=True)
     docs = [" ".join(errors.loc[labels == c, "text"]) for c in range(k)]
     names = distinctive_terms(docs)
     err_coords = coords[wrong]
@@ -126,9 +140,10 @@ def cluster_findings(results: pd.DataFrame, embeddings: np.ndarray, max_clusters
                                 "predicted": members["predicted"].value_counts().to_dict(),
                                 "asked": {str(k): int(v) * samples_per_error
                                           for k, v in members["label"].value_counts().items()},
-                                "examples": members["text"].head(5).tolist(),
-                                "members": [{"example_id": int(e), "x": float(x), "y": float(y)}
-                                            for e, (x, y) in zip(members["example_id"], err_coords[labels == c])]},
+                                "examples": members["text"].head(5).tolist(), "rests_on": rests_on(members["source"]),
+                                "members": [{"example_id": int(e), "text": t, "x": float(x), "y": float(y)}
+                                            for e, t, (x, y) in zip(members["example_id"], members["text"],
+                                                                    err_coords[labels == c])]},
                      "action": f"generate {len(members) * samples_per_error} samples like '{' / '.join(terms)}' "
                                f"with their true labels ({', '.join(members['label'].unique()[:3])})"})
     return rows, coords
@@ -220,12 +235,15 @@ def leaned_on(findings: pd.DataFrame, k: int = 3) -> dict[str, list[str]]:
     return out
 
 
-def cluster_members(findings: pd.DataFrame) -> list[list[int]]:
-    """The held-out (selection) example ids of each error cluster the diagnosis found and that is not fixed."""
+def cluster_texts(findings: pd.DataFrame, selection: pd.DataFrame) -> list[list[str]]:
+    """The member texts of each error cluster the diagnosis found and that is not fixed (selection rows and traffic
+    the view disagreed on). selection (id, text): for a diagnosis stored before members carried their text."""
+    text = selection.set_index("id")["text"]
     out = []
     for _, row in findings.iterrows():
         detail = json.loads(row["detail"])
         if row["kind"] == "error_cluster" and detail.get("trend") != "fixed" and detail.get("members"):
-            out.append([int(m["example_id"]) for m in detail["members"]])
+            out.append([m["text"] if "text" in m else text[m["example_id"]] for m in detail["members"]
+                        if "text" in m or m["example_id"] in text.index])
     return out
 
