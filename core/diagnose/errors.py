@@ -18,7 +18,7 @@ PAIR_KINDS = ("production_error", "confusion_pair")  # findings naming a (true, 
 
 
 def _sourced(rows: pd.DataFrame, default: str = "selection") -> pd.DataFrame:
-    """rows with a `source` column (core.diagnose.evidence.SOURCES): what each row of evidence is."""
+    """rows with a `source` column (core/diagnose/evidence.py): what each row of evidence is."""
     return rows if "source" in rows else rows.assign(source=default)
 
 
