@@ -34,6 +34,12 @@ def test_a_diagnosis_rests_on_label_answers_and_traffic_and_never_on_gate_rows(w
     config.diagnose.traffic_rows, config.diagnose.traffic_min_agreement, config.curate.knn_k = 100, 0.6, 3
     ws.save_config(config)
     version = store.alias("production")
+    # the server logged a gate row's text, shouted: it is traffic, and still never evidence
+    shouted = store.heldout("gate")["text"].iloc[0].upper()
+    store.log_production(pd.DataFrame({"id": ["p1"], "at": [pd.Timestamp.now()], "text": [shouted],
+                                       "label": [store.labels()[0]], "confidence": [0.9], "model_version": [version],
+                                       "scaffold_version": [None], "latency_ms": [5.0]}), pd.DataFrame())
+    assert shouted in set(store.unlabeled_pool()["text"])
 
     found = cycle.run_diagnosis(ws, 0, version, None)
     emap = found["internals"]["error_map"]
@@ -47,7 +53,7 @@ def test_a_diagnosis_rests_on_label_answers_and_traffic_and_never_on_gate_rows(w
     # the weak baseline (it reads 8 tokens) disagrees with the seed's neighbours on some traffic
     assert (~traffic["correct"].astype(bool)).any(), traffic
     assert (traffic["correct"] == (traffic["predicted"] == traffic["label"])).all()
-    assert set(traffic["text"]) <= set(store.unlabeled_pool()["text"])
+    assert set(traffic["text"]) <= set(store.unlabeled_pool()["text"]) - {shouted}
     # no gate row, no probe text is evidence
     guarded = {normalize(t) for t in pd.concat([store.heldout("gate")["text"],
                                                 store.traffic_probe()["text"]])}

@@ -69,6 +69,9 @@ def gather(store, loaded: M.Loaded, cfg, draw_seed: int) -> pd.DataFrame:
         if trained_in is not None and len(answers):  # answers given before its cycle began are in its training set
             answers = answers[~answers["id"].isin(store.human_labels(before_cycle=int(trained_in))["id"])]
         traffic = cfg.diagnose.traffic_rows and (store.unlabeled_pool(), store.seed_examples())
+        if traffic:  # logged production traffic may repeat an evaluation text: never evidence
+            traffic = (traffic[0][~traffic[0]["text"].isin(store.evaluation_texts_in(traffic[0]["text"].tolist()))],
+                       traffic[1])
     given = answer_rows(loaded, answers)
     if not traffic:
         return given
