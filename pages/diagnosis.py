@@ -173,8 +173,11 @@ else:
         st.plotly_chart(fig)
         st.caption(f"Head importance ranks {heads['reason']}.")
     choice = internals.get("lora_choice")
-    if choice:
+    if choice and "layers" in shared.workspace(ws).config().diagnose.acts:
         st.info(f"Next training: LoRA on {choice['reason']}.")
+    elif choice:
+        st.caption(f"The analysis would put LoRA on {choice['reason']}; training keeps the configured top layers "
+                   "(`diagnose.acts` leaves out \"layers\": on Banking77 its choice cost 0.26 points, bench/README).")
 
 st.subheader("Confusion on held-out data")
 versions = shared.evaluations(ws)["version"].tolist()

@@ -23,6 +23,7 @@ def planted_confusion(tmp_path, tiny_csvs):
     held.to_csv(path, index=False)
     config = fast_config()
     config.diagnose.max_clusters = 2
+    config.diagnose.acts = ["asks", "attributions", "clusters", "layers"]  # the activations choose the LoRA layers
     ws = make_workspace(tmp_path / "ws", {**tiny_csvs, "heldout": path}, config)
     cid = cycle.start_cycle(ws)
     assert cycle.run_cycle(ws, cid, progress=False).status == "done"

@@ -1,5 +1,6 @@
 """Diagnostics that act: the doctor's stops fire with the default settings, and the activation analysis
-chooses the layers the next training adapts (the lineage saying which and why: tests/test_diagnose.py)."""
+chooses the layers the next training adapts where `diagnose.acts` asks it to (the lineage saying which and why:
+tests/test_diagnose.py)."""
 import numpy as np
 import pandas as pd
 
