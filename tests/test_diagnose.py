@@ -1,5 +1,6 @@
 """Self-diagnosis on data built so the answer is known."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -8,26 +9,33 @@ from core import cycle, model as M
 from core.cli import main
 from core.diagnose.attribution import attribute, top_tokens
 from core.train import TrainSpec, train
-from tests.conftest import fast_config, make_workspace
+from tests.conftest import built_once, copy_workspace, fast_config, make_workspace
+
+
+@pytest.fixture(scope="session")
+def _planted_template(tmp_path_factory, tiny_csvs):
+    """Held-out 'billing_question' rows that are really payment errors: the model must confuse the pair. Built
+    once for the run (tests/conftest.py built_once); each test takes a copy."""
+    def build(folder):
+        held = pd.read_csv(tiny_csvs["heldout"])
+        payments = pd.read_csv("data/tickets_unlabeled.csv")["text"]
+        payments = payments[payments.str.contains("declined|failed", case=False)].head(4).tolist()
+        billing_idx = held.index[held["label"] == "billing_question"][:4]
+        held.loc[billing_idx, "text"] = payments[: len(billing_idx)]
+        path = folder / "heldout.csv"
+        held.to_csv(path, index=False)
+        config = fast_config()
+        config.diagnose.max_clusters = 2
+        config.diagnose.acts = ["asks", "attributions", "clusters", "layers"]  # the activations choose the LoRA layers
+        ws = make_workspace(folder / "ws", {**tiny_csvs, "heldout": path}, config)
+        assert cycle.run_cycle(ws, cycle.start_cycle(ws), progress=False).status == "done"
+        return str(ws.root)
+    return Path(built_once(tmp_path_factory, "planted", build))
 
 
 @pytest.fixture
-def planted_confusion(tmp_path, tiny_csvs):
-    """Held-out 'billing_question' rows that are really payment errors: the model must confuse the pair."""
-    held = pd.read_csv(tiny_csvs["heldout"])
-    payments = pd.read_csv("data/tickets_unlabeled.csv")["text"]
-    payments = payments[payments.str.contains("declined|failed", case=False)].head(4).tolist()
-    billing_idx = held.index[held["label"] == "billing_question"][:4]
-    held.loc[billing_idx, "text"] = payments[: len(billing_idx)]
-    path = tmp_path / "heldout.csv"
-    held.to_csv(path, index=False)
-    config = fast_config()
-    config.diagnose.max_clusters = 2
-    config.diagnose.acts = ["asks", "attributions", "clusters", "layers"]  # the activations choose the LoRA layers
-    ws = make_workspace(tmp_path / "ws", {**tiny_csvs, "heldout": path}, config)
-    cid = cycle.start_cycle(ws)
-    assert cycle.run_cycle(ws, cid, progress=False).status == "done"
-    return ws
+def planted_confusion(tmp_path, _planted_template):
+    return copy_workspace(_planted_template, tmp_path / "ws")
 
 
 @pytest.mark.slow

@@ -172,9 +172,12 @@ def test_heldout_parts_are_stratified_stored_and_kept_apart(baseline_ws):
     gate_eval = store.evaluation("v1", "gate")
     assert gate_eval["n"] == len(gate)
     outcome = cycle.evolve(baseline_ws, cycles=1, auto_approve=True, progress=False)[-1]
-    # diagnosis read the selection part only
+    # of the held-out rows, diagnosis read the selection part only (its other evidence, traffic and label answers,
+    # has negative ids and is never a gate text)
     diagnosed = {i for d in store.diagnoses(outcome.cycle_id)["detail"] for i in json.loads(d).get("example_ids", [])}
-    assert diagnosed and diagnosed <= set(sel["id"])
+    assert {i for i in diagnosed if i >= 0} and {i for i in diagnosed if i >= 0} <= set(sel["id"])
+    emap = store.diagnosis_internals(outcome.cycle_id)["error_map"]
+    assert not set(gate["text"]) & {t for t, src in zip(emap["text"], emap["source"]) if src != "selection"}
     checks = store.gate_for(outcome.cycle_id, "promotion")["checks"]
     assert checks["candidate"]["n"] == len(gate) and checks["rows"] == "gate"
     assert checks["candidate"]["ci_low"] <= checks["candidate_accuracy"] <= checks["candidate"]["ci_high"]
