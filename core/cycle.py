@@ -267,8 +267,9 @@ def _label_weights(kept: pd.DataFrame, scheme: str) -> pd.Series:
 def _model_config_for(ws: Workspace, cycle: dict) -> tuple[dict, str]:
     """The model settings for this cycle's training: the diagnosis may pick which layers get LoRA (its activation
     analysis, or head importance where nothing separates; core.diagnose), and its reason goes to the lineage."""
-    cfg = ws.config().model.model_dump()
-    if cycle["kind"] == "baseline" or cfg["lora_layer_ids"] or "layers" not in ws.config().diagnose.acts:
+    config = ws.config()
+    cfg = config.model.model_dump()
+    if cycle["kind"] == "baseline" or cfg["lora_layer_ids"] or "layers" not in config.diagnose.acts:
         return cfg, "configured"
     internals = ws.store.diagnosis_internals(cycle["id"])
     choice = internals.get("lora_choice") or internals.get("heads")  # heads: diagnoses stored before lora_choice

@@ -52,6 +52,14 @@ def nearest(emb: np.ndarray, labeled_emb: np.ndarray, k: int, chunk: int = 2048)
     return out
 
 
+def knn_vote(emb: np.ndarray, labeled_emb: np.ndarray, labeled_idx: np.ndarray, num_labels: int, k: int) -> np.ndarray:
+    """Per row, the share of its k nearest labeled embeddings with each label (rows x num_labels)."""
+    nn = nearest(emb, labeled_emb, k)
+    out = np.zeros((len(emb), num_labels))
+    np.add.at(out, (np.repeat(np.arange(len(emb)), nn.shape[1]), labeled_idx[nn].ravel()), 1.0)
+    return out / nn.shape[1]
+
+
 def score(loaded: M.Loaded, texts: list[str], claimed: list[str], labeled_emb: np.ndarray,
           labeled_labels: np.ndarray, k: int, views: int, seed: int = 0, progress: bool = False,
           precomputed: tuple[np.ndarray, np.ndarray] | None = None,

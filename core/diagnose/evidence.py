@@ -2,8 +2,8 @@
 
 - `label_answers`: pool texts people labeled through the label queue after the version was trained (what it
   trained on is no evidence of its errors);
-- `traffic_view`: a draw of unlabeled traffic that the labeled examples' vote through the k-NN graph (the
-  verifiers' view) labels with confidence; where the model's own label differs, the disagreement is a suspected
+- `traffic_view`: a draw of unlabeled traffic that the labeled examples' k-NN vote (in the model's embedding)
+  labels with confidence; where the model's own label differs, the disagreement is a suspected
   error ("true" is the view's label). Traffic is where the model has to work, and on a few-shot workspace it
   gives hundreds of rows where the selection part has one per class.
 
@@ -16,22 +16,23 @@ import numpy as np
 import pandas as pd
 
 from core import model as M
-from core.curate.verify import nearest
+from core.curate.verify import knn_vote
 
-def _scored(loaded: M.Loaded, texts: list[str], labels: list[str], source: str, first_id: int) -> pd.DataFrame:
-    probs = M.predict_proba(loaded, texts)
+def _rows(loaded: M.Loaded, texts: list[str], labels, probs: np.ndarray, source: str, first_id: int) -> pd.DataFrame:
+    """texts in the shape of eval rows, ids negative from first_id down (no held-out row has one)."""
     predicted = np.asarray(loaded.labels, dtype=object)[probs.argmax(1)]
     return pd.DataFrame({"example_id": np.arange(first_id, first_id - len(texts), -1, dtype=np.int64),
-                         "text": texts, "label": labels, "predicted": predicted,
-                         "confidence": probs.max(1), "correct": predicted == np.asarray(labels, dtype=object),
-                         "source": source})
+                         "text": texts, "label": labels, "predicted": predicted, "confidence": probs.max(1),
+                         "correct": predicted == np.asarray(labels, dtype=object), "source": source})
 
 
 def answer_rows(loaded: M.Loaded, answers: pd.DataFrame) -> pd.DataFrame:
-    """answers: text, label of people's answers the version did not train on. Ids are negative (no held-out row)."""
+    """answers: text, label of people's answers the version did not train on."""
     known = answers[answers["label"].isin(loaded.labels)]
-    return _scored(loaded, known["text"].tolist(), known["label"].tolist(), "label_answers", -1) if len(known) \
-        else pd.DataFrame()
+    if known.empty:
+        return pd.DataFrame()
+    texts = known["text"].tolist()
+    return _rows(loaded, texts, known["label"].tolist(), M.predict_proba(loaded, texts), "label_answers", -1)
 
 
 def traffic_view_rows(loaded: M.Loaded, pool: pd.DataFrame, seed: pd.DataFrame, limit: int, k: int,
@@ -45,36 +46,30 @@ def traffic_view_rows(loaded: M.Loaded, pool: pd.DataFrame, seed: pd.DataFrame, 
     texts = pool["text"].drop_duplicates()
     texts = texts.iloc[np.sort(rng.choice(len(texts), min(limit, len(texts)), replace=False))].tolist()
     emb, probs = M.embed_and_proba(loaded, texts)
-    seed_emb = M.embed_and_proba(loaded, known["text"].tolist())[0]
     index = {name: i for i, name in enumerate(loaded.labels)}
-    seed_idx = np.asarray([index[x] for x in known["label"]])
-    nn = nearest(emb, seed_emb, k)
-    votes = np.zeros((len(texts), len(loaded.labels)))
-    np.add.at(votes, (np.repeat(np.arange(len(texts)), nn.shape[1]), seed_idx[nn].ravel()), 1.0 / nn.shape[1])
-    sure = votes.max(1) >= min_agreement
-    names = np.asarray(loaded.labels, dtype=object)
-    view, predicted = names[votes.argmax(1)], names[probs.argmax(1)]
-    ids = np.arange(first_id, first_id - len(texts), -1, dtype=np.int64)
-    return pd.DataFrame({"example_id": ids, "text": texts, "label": view, "predicted": predicted,
-                         "confidence": probs.max(1), "correct": predicted == view, "source": "traffic_view"})[sure] \
-        .reset_index(drop=True)
+    votes = knn_vote(emb, M.embed_and_proba(loaded, known["text"].tolist())[0],
+                     np.asarray([index[x] for x in known["label"]]), len(loaded.labels), k)
+    view = np.asarray(loaded.labels, dtype=object)[votes.argmax(1)]
+    rows = _rows(loaded, texts, view, probs, "traffic_view", first_id)
+    return rows[votes.max(1) >= min_agreement].reset_index(drop=True)
 
 
 def gather(store, loaded: M.Loaded, cfg, draw_seed: int) -> pd.DataFrame:
     """Every row of evidence beyond the selection rows for diagnosing loaded's version (cfg: the workspace's
     Config): the label answers it did not train on, then the traffic the view labels."""
+    pool = seed = None
     with store.kept_open():  # the reads share one open; the encoder passes run after it is let go
         trained_in = (store.version(loaded.version) or {}).get("cycle_id")
         answers = store.human_labels()
         if trained_in is not None and len(answers):  # answers given before its cycle began are in its training set
             answers = answers[~answers["id"].isin(store.human_labels(before_cycle=int(trained_in))["id"])]
-        traffic = cfg.diagnose.traffic_rows and (store.unlabeled_pool(), store.seed_examples())
-        if traffic:  # logged production traffic may repeat an evaluation text: never evidence
-            traffic = (traffic[0][~traffic[0]["text"].isin(store.evaluation_texts_in(traffic[0]["text"].tolist()))],
-                       traffic[1])
+        if cfg.diagnose.traffic_rows:
+            pool, seed = store.unlabeled_pool(), store.seed_examples()
+            # logged production traffic may repeat an evaluation text: never evidence
+            pool = pool[~pool["text"].isin(store.evaluation_texts_in(pool["text"].tolist()))]
     given = answer_rows(loaded, answers)
-    if not traffic:
+    if pool is None:
         return given
-    return pd.concat([given, traffic_view_rows(loaded, *traffic, cfg.diagnose.traffic_rows, cfg.curate.knn_k,
+    return pd.concat([given, traffic_view_rows(loaded, pool, seed, cfg.diagnose.traffic_rows, cfg.curate.knn_k,
                                                cfg.diagnose.traffic_min_agreement, draw_seed, -1 - len(given))],
                      ignore_index=True)

@@ -16,7 +16,7 @@ import numpy as np
 from core import model as M
 from core.curate import llm as llm_client
 from core.curate.filters import normalize
-from core.curate.verify import nearest, perturb
+from core.curate.verify import knn_vote, perturb
 from core.scaffolds.spec import ScaffoldError, parse
 from core.scaffolds.steps import STEPS, State
 
@@ -92,12 +92,9 @@ class Batch:
     def vote(self, k: int) -> np.ndarray:
         """Share of the k nearest bank examples with each label."""
         def compute():
-            out = np.zeros((len(self.texts), len(self.labels)))
             if not len(self.bank.emb) or not self.texts:
-                return out + 1.0 / len(self.labels)
-            nn = nearest(self._encoded()[0], self.bank.emb, k)
-            np.add.at(out, (np.repeat(np.arange(len(self.texts)), nn.shape[1]), self.bank.label_idx[nn].ravel()), 1.0)
-            return out / nn.shape[1]
+                return np.full((len(self.texts), len(self.labels)), 1.0 / len(self.labels))
+            return knn_vote(self._encoded()[0], self.bank.emb, self.bank.label_idx, len(self.labels), k)
         return self._once(("vote", k), compute)
 
     def view_probs(self, i: int) -> np.ndarray:
