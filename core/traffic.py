@@ -120,20 +120,52 @@ def inclusion(store, example_ids, preds: pd.DataFrame | None = None) -> pd.Serie
     return 1.0 - miss
 
 
+def anchor_version(store) -> str | None:
+    """The version that learned from the seed alone (the first with no parent): the one whose confidence on
+    traffic is honest enough to say how much easier the held-out rows are (stats.held_out_ease)."""
+    versions = store.versions()
+    roots = versions[versions["parent_version"].isna()]
+    return str(roots.iloc[0]["version"]) if len(roots) else None
+
+
+def _aligned(gate: pd.DataFrame, preds: pd.DataFrame, anchor: tuple | None) -> tuple | None:
+    """The anchor's (gate confidence, gate correct, probe confidence) row for row with the version's gate rows
+    and probe rows (both in example-id order); None where the anchor was scored on other rows."""
+    if anchor is None:
+        return None
+    a_gate = anchor[0].set_index("example_id").reindex(gate["example_id"])
+    a_probe = anchor[1].set_index("example_id").reindex(preds["example_id"])
+    if a_gate["confidence"].isna().any() or a_probe["confidence"].isna().any():
+        return None
+    return a_gate["confidence"].to_numpy(), a_gate["correct"].to_numpy(float), a_probe["confidence"].to_numpy()
+
+
+def label_free(gate: pd.DataFrame, preds: pd.DataFrame, anchor: tuple | None, resamples: int = 400) -> dict:
+    """A version's label-free estimate on traffic (stats.label_free_rows) from its gate-row results and probe
+    predictions; anchor: the seed-only version's (gate results, probe predictions), or None."""
+    gate, preds = gate.sort_values("example_id"), preds.sort_values("example_id")
+    return stats.label_free_rows(gate["confidence"], gate["correct"].astype(float), preds["confidence"],
+                                 resamples=resamples, anchor=_aligned(gate, preds, anchor))
+
+
 def version_estimate(store, version: str, labels: pd.Series | None = None, pi: pd.Series | None = None,
-                     interval: list | None = None, preds: pd.DataFrame | None = None,
-                     gate: pd.DataFrame | None = None) -> dict | None:
-    """A version's accuracy on traffic: the label-free per-row estimate (stats.label_free_rows) over the probe,
-    corrected by the traffic labels people gave (stats.assisted_accuracy); None without a probe. interval: the
-    label-free estimate's bootstrap interval when it was computed before (it depends on nothing that changes).
-    preds, gate: the version's probe predictions and gate-row results, read here unless given."""
+                     before: dict | None = None, preds: pd.DataFrame | None = None,
+                     gate: pd.DataFrame | None = None, anchor: tuple | None = None) -> dict | None:
+    """A version's accuracy on traffic: the label-free per-row estimate (label_free) over the probe, corrected
+    by the traffic labels people gave (stats.assisted_accuracy); None without a probe. before: the estimate
+    stored earlier, whose label-free interval is kept when it rests on the same anchor (it depends on nothing
+    else that changes). preds, gate: the version's probe predictions and gate-row results; anchor: the
+    seed-only version's (gate results, probe predictions); read here unless given."""
     preds = store.probe_predictions(version) if preds is None else preds
     gate = store.eval_results(version, "gate") if gate is None else gate
     if preds.empty or gate.empty:
         return None
-    rows = stats.label_free_rows(gate["confidence"], gate["correct"], preds["confidence"],
-                                 resamples=0 if interval else 400)
-    interval = interval or [rows["ci_low"], rows["ci_high"]]
+    if anchor is None and (root := anchor_version(store)) is not None:
+        anchor = (store.eval_results(root, "gate"), store.probe_predictions(root))
+    preds = preds.sort_values("example_id").reset_index(drop=True)
+    reuse = bool(before) and before.get("held_out_ease") is not None and "label_free_interval" in before
+    rows = label_free(gate, preds, anchor, resamples=0 if reuse else 400)
+    interval = before["label_free_interval"] if reuse else [rows["ci_low"], rows["ci_high"]]
     labels = _labels(store) if labels is None else labels
     labels = labels[labels.index.isin(preds["example_id"])]
     pi = inclusion(store, labels.index) if pi is None else pi.reindex(labels.index)
@@ -143,7 +175,7 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
     if not len(labels):  # label-free: the interval is the estimator's own
         est.update(ci_low=interval[0], ci_high=interval[1])
     return {**est, "label_free_interval": interval, "gate_rows": int(len(gate)),
-            "gate_accuracy": float(gate["correct"].mean()),
+            "gate_accuracy": float(gate["correct"].mean()), "held_out_ease": rows["held_out_ease"],
             "method": rows["method"] + (f", corrected by {len(labels)} traffic labels" if len(labels) else "")}
 
 
@@ -158,12 +190,17 @@ def refresh(store) -> dict[str, dict]:
         preds, gate = store.probe_predictions(), store.eval_results(part="gate")
         pi = inclusion(store, labels.index, preds)
         stored = store.evaluations()
+        root = anchor_version(store)
     stored = stored[stored["split"] == "traffic"]
-    before = {r.version: json.loads(r.detail).get("label_free_interval") for r in stored.itertuples() if r.detail}
+    before = {r.version: json.loads(r.detail) for r in stored.itertuples() if r.detail}
+    anchor = None
+    if root is not None and (preds["version"] == root).any() and (gate["version"] == root).any():
+        anchor = (gate[gate["version"] == root], preds[preds["version"] == root])
     estimates = {}
     for version, mine in preds.groupby("version", sort=False):
         rows = gate[gate["version"] == version].reset_index(drop=True)
-        estimate = version_estimate(store, version, labels, pi, before.get(version), mine.reset_index(drop=True), rows)
+        estimate = version_estimate(store, version, labels, pi, before.get(version), mine.reset_index(drop=True),
+                                    rows, anchor)
         if estimate is not None:
             estimates[version] = estimate
     store.save_traffic_estimates(estimates)

@@ -120,6 +120,44 @@ def test_the_traffic_estimate_covers_harder_traffic_where_the_gate_rows_miss_it(
         stats.label_free_rows([0.9], [True], [])
 
 
+def _graded(rng, n, low):
+    """n answers whose confidence is uniform on [low, 1] and right with probability confidence + 0.06: a
+    seed-only model, as sure of a row as it has reason to be, give or take a constant."""
+    conf = rng.uniform(low, 1.0, n)
+    return conf, rng.random(n) < np.minimum(conf + 0.06, 1.0)
+
+
+def test_the_held_out_rows_ease_measured_on_the_seed_only_model_comes_off_every_version():
+    """Held-out rows beside the seed (the near-seed domain): the seed-only model is sure of them and right on
+    ~98%, unsure of traffic and right on ~76%. The gate rows' curve, flat near 1, reads traffic 4-19 points
+    high; less the ease the seed-only model shows (its curve less its difference of confidences), its own
+    estimate lands on its traffic accuracy, and a later version's estimate is its own curve less the same
+    figure, so the versions keep their order."""
+    rng = np.random.default_rng(7)
+    errors, plain = [], []
+    for _ in range(20):
+        gate_conf, gate_ok = _graded(rng, 300, 0.85)
+        probe_conf, _ = _graded(rng, 1000, 0.4)
+        truth = float(np.minimum(rng.uniform(0.4, 1.0, 200_000) + 0.06, 1.0).mean())
+        anchor = (gate_conf, gate_ok, probe_conf)
+        est = stats.label_free_rows(gate_conf, gate_ok, probe_conf, resamples=50, anchor=anchor)
+        plain.append(stats.label_free_rows(gate_conf, gate_ok, probe_conf, resamples=0)["accuracy"] - truth)
+        errors.append(est["accuracy"] - truth)
+        assert est["ci_low"] <= est["accuracy"] <= est["ci_high"]
+        assert est["held_out_ease"] == pytest.approx(stats.held_out_ease(*anchor))
+        later_conf, later_ok = _graded(rng, 300, 0.9)  # a later version, scored on the same rows
+        later_probe = np.clip(probe_conf + 0.1, 0, 1)
+        later = stats.label_free_rows(later_conf, later_ok, later_probe, resamples=0, anchor=anchor)
+        alone = stats.label_free_rows(later_conf, later_ok, later_probe, resamples=0)
+        assert later["accuracy"] == pytest.approx(alone["accuracy"] - est["held_out_ease"])
+    print(f"plain {np.mean(plain):+.4f} [{min(plain):+.4f}, {max(plain):+.4f}]; less the ease {np.mean(errors):+.4f} "
+          f"[{min(errors):+.4f}, {max(errors):+.4f}]")
+    assert np.mean(plain) > 0.1 and min(plain) > 0.03, plain  # without the anchor: 4-19 points high
+    assert abs(np.mean(errors)) < 0.015 and max(map(abs, errors)) < 0.05, errors  # seen: -0.8 [-4.5, +1.1]
+    with pytest.raises(ValueError, match="anchor's rows"):
+        stats.label_free_rows(gate_conf, gate_ok, probe_conf, anchor=(gate_conf[:5], gate_ok[:5], probe_conf))
+
+
 def test_the_traffic_probe_is_drawn_once_and_kept_from_curation(tmp_path, tiny_csvs):
     from tests.conftest import make_workspace
 
@@ -287,7 +325,7 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     config.gates.data_review.max_generator_share = config.gates.data_review.max_label_noise = 1.0
     config.diagnose.max_attributions, config.diagnose.correct_attributions = 4, 0
     config.diagnose.head_analysis, config.diagnose.max_clusters = False, 2
-    config.train.epochs = 2
+    config.train.epochs, config.train.batch_size = 2, 16
     config.train.checkpoint_every = 1000  # no kill here: a checkpoint every 2 steps cost 8 of its 120 s
     config.data.selection_fraction = 0.5  # the lesson's forgetting test runs on the selection rows: 4 a class
     ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)

@@ -111,6 +111,20 @@ def test_traffic_labels_decide_the_gate_grade_every_version_and_never_train(weak
     disagree = set(cand.index[cand != prod.reindex(cand.index)])
     assert disagree, "the weak baseline and the candidate must disagree somewhere on the probe"
     assert store.gate_for(waiting.cycle_id, "promotion") is None  # no promotion gate before the labels are in
+    # before any label: the seed-only baseline's estimate is its difference of confidences (the held-out rows'
+    # ease taken off its curve), and the candidate's is its own curve less the same ease
+    root = store.version(c["parent_version"])
+    assert root["parent_version"] is None and traffic.anchor_version(store) == c["parent_version"]
+    gate_rows = store.eval_results(c["parent_version"], "gate")
+    doc = gate_rows["correct"].mean() - (gate_rows["confidence"].mean() - traffic.predictions(store, c["parent_version"])["confidence"].mean())
+    base = store.evaluation(c["parent_version"], "traffic")["detail"]
+    assert base["labeled"] == 0 and abs(base["accuracy"] - min(max(doc, 0.0), 1.0)) < 1e-9
+    assert "seed-only model" in base["method"] and base["ci_low"] <= base["accuracy"] <= base["ci_high"]
+    cand_gate = store.eval_results(c["candidate_version"], "gate")
+    curve = stats.isotonic_read(cand_gate["confidence"].to_numpy(), cand_gate["correct"].to_numpy(float),
+                                traffic.predictions(store, c["candidate_version"])["confidence"].to_numpy()).mean()
+    shown = store.evaluation(c["candidate_version"], "traffic")["detail"]
+    assert abs(shown["accuracy"] - min(max(curve - base["held_out_ease"], 0.0), 1.0)) < 1e-9
     assert main(["samples", "label", "--workspace", str(ws.root)]) == 0
     assert "grades" in capsys.readouterr().out
 
