@@ -99,10 +99,12 @@ def fast_config(autonomous: bool = True):
     config.model.lora_layers = 1
     config.model.max_length = 32
     config.train.epochs = 2
-    config.train.batch_size = 8
+    config.train.batch_size = 16
     config.train.checkpoint_every = 2
     config.curate.min_confidence = 0.3
     config.curate.max_per_class = 10
+    # Integrated gradients at 8 steps, not 16: a third of a tiny cycle's diagnosis, and the planted-word tests pass
+    config.diagnose.attribution_steps = 8
     # a traffic probe of 10 of the tiny pool's 40 rows, so every cycle in the tests estimates on traffic
     config.data.probe_min_pool, config.data.probe_fraction = 20, 0.25
     # Nobody labels traffic unless a test says so (tests/test_traffic_labels.py), so a gate opens at once.

@@ -1,6 +1,8 @@
 """Labels from traffic where they decide (issue 25): the draw, its unbiased estimates, and the gate that uses them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -193,3 +195,32 @@ def test_resemblance_sees_held_out_rows_written_beside_the_seed(tmp_path, tiny_c
     assert found_close["auc"] > 0.95 and found_close["resemblance"] < 0.1
     assert found_plain["resemblance"] > found_close["resemblance"] + 0.3
     assert found_close["seed_proximity"]["heldout"] > found_close["seed_proximity"]["probe"]
+
+
+def test_the_resemblance_is_measured_once_for_the_same_rows_and_view(baseline_ws, tmp_path, monkeypatch):
+    """A gate reuses the figure the gate before it measured while the seed, held-out and probe rows and the base
+    encoder are the same (it re-encoded all of them at every gate); another view of the rows measures again."""
+    from core import cycle, model as M
+    from core.curate import views
+
+    ws = baseline_ws
+    cycle.evolve(ws, cycles=1, progress=False)
+    stored = traffic.latest_resemblance(ws.store)
+    assert stored and stored["rows"]
+    # shown beside it: the ease every estimate had taken off, the seed-only baseline's
+    ease = ws.store.evaluation(traffic.anchor_version(ws.store), "traffic")["detail"]["held_out_ease"]
+    assert stored["held_out_ease"] == pytest.approx(ease)
+    assert f"{100 * ease:+.1f} points easier than traffic, taken off every version's estimate" in traffic.describe(stored)
+    opened = []
+    real = views.for_config
+    monkeypatch.setattr(views, "for_config", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    again = traffic.resemblance(ws)
+    assert opened == [] and again == {k: v for k, v in stored.items() if k != "gate"}
+    config = ws.config()
+    alias = tmp_path / "same-encoder"
+    alias.symlink_to(Path(M.resolve_base(config.model.base_model)).resolve(), target_is_directory=True)
+    config.model.base_model = str(alias)
+    ws.save_config(config)
+    measured = traffic.resemblance(ws)
+    assert opened == [str(alias)] and measured["rows"] != stored["rows"]
+    assert measured["auc"] == pytest.approx(stored["auc"])
