@@ -417,14 +417,15 @@ def version_table(ws, scorer, rows: list[dict], truth: dict[str, str]) -> list[d
 def print_versions(table: list[dict], rows: list[dict]) -> None:
     print()
     print("== versions " + "=" * 69)
-    print(f"{'version':<8}  {'shown':>8}  {'95% interval':>15}  {'basis':<40}  {'dev_test':>8}  {'error':>8}  "
-          f"{'probe':>8}  {'vs probe':>8}  promoted")
+    print(f"{'version':<8}  {'shown':>8}  {'95% interval':>15}  {'basis':<40}  {'ease':>8}  {'dev_test':>8}  "
+          f"{'error':>8}  {'probe':>8}  {'vs probe':>8}  promoted")
     for t in table:
         est = t["estimate"] or {}
         err = None if not est or t["dev_acc"] is None else est["accuracy"] - t["dev_acc"]
         on_probe = None if not est or t.get("probe_acc") is None else est["accuracy"] - t["probe_acc"]
         print(f"{t['version']:<8}  {_pct(est.get('accuracy')):>8}  {_ci(est or None):>15}  "
-              f"{(est.get('method') or est.get('basis') or '-')[:40]:<40}  {_pct(t['dev_acc']):>8}  {_pp(err):>8}  "
+              f"{(est.get('method') or est.get('basis') or '-')[:40]:<40}  {_pp(est.get('held_out_ease')):>8}  "
+              f"{_pct(t['dev_acc']):>8}  {_pp(err):>8}  "
               f"{_pct(t.get('probe_acc')):>8}  {_pp(on_probe):>8}  {'yes' if t['promoted'] else 'no'}")
     scored = [t for t in table if t["dev_acc"] is not None]
     ranked = [t for t in scored if t["estimate"]]
