@@ -47,8 +47,7 @@ def pairs(cycles: list[dict]) -> list[tuple[str, str]]:
 def load(work: Path, run: dict, truth: dict[str, str]):
     store = open_workspace(work / "workspace").store
     probe = store.traffic_probe().set_index("id")["text"].map(truth).dropna()
-    root = traffic.anchor_version(store)
-    anchor = (store.eval_results(root, "gate"), store.probe_predictions(root)) if root else None
+    anchor = traffic.anchor_rows(store)
     versions = {}
     for v in store.versions()["version"]:
         every = store.probe_predictions(v).sort_values("example_id")

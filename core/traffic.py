@@ -129,6 +129,12 @@ def anchor_version(store) -> str | None:
     return str(roots.iloc[0]["version"]) if len(roots) else None
 
 
+def anchor_rows(store) -> tuple | None:
+    """The seed-only version's (gate results, probe predictions), read from the store; None without one."""
+    root = anchor_version(store)
+    return None if root is None else (store.eval_results(root, "gate"), store.probe_predictions(root))
+
+
 def _aligned(gate: pd.DataFrame, preds: pd.DataFrame, anchor: tuple | None) -> tuple | None:
     """The anchor's (gate confidence, gate correct, probe confidence) row for row with the version's gate rows
     and probe rows (both in example-id order); None where the anchor was scored on other rows."""
@@ -161,8 +167,7 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
     gate = store.eval_results(version, "gate") if gate is None else gate
     if preds.empty or gate.empty:
         return None
-    if anchor is None and (root := anchor_version(store)) is not None:
-        anchor = (store.eval_results(root, "gate"), store.probe_predictions(root))
+    anchor = anchor_rows(store) if anchor is None else anchor
     preds = preds.sort_values("example_id").reset_index(drop=True)
     reuse = bool(before) and before.get("held_out_ease") is not None and "label_free_interval" in before
     rows = label_free(gate, preds, anchor, resamples=0 if reuse else 400)
