@@ -424,6 +424,8 @@ def stage_gate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | 
     evidence = {"candidate": shown.get(cycle["candidate_version"]),
                 "production": shown.get(cycle["parent_version"]) if cycle["parent_version"] else None,
                 "gain": traffic.gain(store, cycle["id"]) if cycle["parent_version"] else None,
+                "label_free_gain": (traffic.label_free_gain(store, cycle["candidate_version"], cycle["parent_version"])
+                                    if cycle["parent_version"] else None),
                 "resemblance": resemblance}
     checks = gates.promotion_checks(cfg.gates, candidate, production, evidence)
     return gate_stage(ws, cycle, ctx, "promotion", checks, step)

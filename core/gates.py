@@ -26,7 +26,8 @@ def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.D
 
     traffic (core/traffic.py): "candidate"/"production", each version's estimate on traffic (the figure shown,
     since held-out rows can be easier than traffic); "gain", the paired gain on probe rows people labeled
-    (stats.sampled_gain), which decides where it exists, since those rows are traffic; "resemblance", how
+    (stats.sampled_gain), which decides where it exists, since those rows are traffic; "label_free_gain", the
+    gain on the probe without labels (traffic.label_free_gain); "resemblance", how
     much the held-out rows look like traffic. Without traffic labels the gate rows' paired gain decides."""
     cand = stats.estimate(candidate["correct"].astype(bool))
     traffic = traffic or {}
@@ -57,9 +58,18 @@ def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.D
     if where != "gate rows" and gain["ci_high"] < 0:  # traffic-side evidence never outvotes a clear loss
         checks["reasons"].append(f"the gate rows show a loss ({gain['gain']:+.4f}, 95% CI {gain['ci_low']:+.4f} to "
                                  f"{gain['ci_high']:+.4f}) that the traffic-side estimate cannot outweigh")
+    low = stats.lower_bound(deciding, cfg.promotion_confidence)
+    second = traffic.get("label_free_gain")
+    checks.update(promotion_confidence=cfg.promotion_confidence, decision_lower_bound=low,
+                  label_free_gain=traffic.get("label_free_gain"))
     if not deciding["gain"] > cfg.min_gain:
         checks["reasons"].append(f"accuracy gain on {where} {deciding['gain']:+.4f} (95% CI {deciding['ci_low']:+.4f} "
                                  f"to {deciding['ci_high']:+.4f}; {rows}) does not beat the margin {cfg.min_gain:+.4f}")
+    elif low <= cfg.min_gain and second is not None and second["gain"] <= cfg.min_gain:
+        checks["reasons"].append(
+            f"accuracy gain on {where} {deciding['gain']:+.4f} could be chance (its {cfg.promotion_confidence:.0%} lower "
+            f"bound {low:+.4f} does not beat the margin; {rows}) and the probe's label-free gain {second['gain']:+.4f} "
+            f"({second['differ']} rows where the two answer differently) does not confirm it")
     for row in forgetting["flagged"]:
         checks["reasons"].append("forgetting guard: " + describe_forgotten(row, forgetting))
     checks["passed"] = not checks["reasons"]
@@ -77,13 +87,13 @@ def unlabeled_gain(gate: dict, traffic: dict) -> tuple[dict, str, str]:
     traffic estimates' difference as far as the held-out rows are unlike traffic (core/traffic.resemblance).
     Held-out rows near the seed reward a seed-only model and cannot see what a candidate learned from traffic
     (measured: gate rows 99.0% against 98.7% where the dev test says 83.4% against 86.3%); the estimates read
-    each version's confidence on the probe itself. Returns (gain, what decided, what it rests on)."""
+    each version's confidence on the probe itself, differenced where the two answer differently
+    (traffic.label_free_gain). Returns (gain, what decided, what it rests on)."""
     rows = f"{gate['fixed']} fixed / {gate['broken']} broken of {gate['n']} gate rows"
     similar = (traffic.get("resemblance") or {}).get("resemblance")
-    cand, prod = traffic.get("candidate") or {}, traffic.get("production") or {}
-    if similar is None or "label_free" not in cand or "label_free" not in prod or similar >= 1.0:
+    if similar is None or not traffic.get("label_free_gain") or similar >= 1.0:
         return gate, "gate rows", rows
-    on_traffic = cand["label_free"] - prod["label_free"]
+    on_traffic = traffic["label_free_gain"]["gain"]
     blended = similar * gate["gain"] + (1.0 - similar) * on_traffic
     # the blend's spread: the gate rows' share of it (the traffic side's is not added: its error is bias)
     half = similar * (gate["ci_high"] - gate["ci_low"]) / 2

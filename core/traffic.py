@@ -137,14 +137,16 @@ def anchor_rows(store) -> tuple | None:
 
 def _aligned(gate: pd.DataFrame, preds: pd.DataFrame, anchor: tuple | None) -> tuple | None:
     """The anchor's (gate confidence, gate correct, probe confidence) row for row with the version's gate rows
-    and probe rows (both in example-id order); None where the anchor was scored on other rows."""
+    and probe rows (both in example-id order), and where on the probe the version answers as the anchor does;
+    None where the anchor was scored on other rows."""
     if anchor is None:
         return None
     a_gate = anchor[0].set_index("example_id").reindex(gate["example_id"])
     a_probe = anchor[1].set_index("example_id").reindex(preds["example_id"])
     if a_gate["confidence"].isna().any() or a_probe["confidence"].isna().any():
         return None
-    return a_gate["confidence"].to_numpy(), a_gate["correct"].to_numpy(float), a_probe["confidence"].to_numpy()
+    return (a_gate["confidence"].to_numpy(), a_gate["correct"].to_numpy(float), a_probe["confidence"].to_numpy(),
+            a_probe["predicted"].to_numpy() == preds["predicted"].to_numpy())
 
 
 def label_free(gate: pd.DataFrame, preds: pd.DataFrame, anchor: tuple | None, resamples: int = 400) -> dict:
@@ -153,6 +155,27 @@ def label_free(gate: pd.DataFrame, preds: pd.DataFrame, anchor: tuple | None, re
     gate, preds = gate.sort_values("example_id"), preds.sort_values("example_id")
     return stats.label_free_rows(gate["confidence"], gate["correct"].astype(float), preds["confidence"],
                                  resamples=resamples, anchor=_aligned(gate, preds, anchor))
+
+
+def label_free_gain(store, candidate: str, production: str) -> dict | None:
+    """The candidate's gain over production on the probe, label-free: the two versions' per-row readings
+    (label_free) differenced on the rows where they answer differently, nothing elsewhere (they are right or wrong
+    together there; the plain difference of the two estimates also counts how much surer one is than the other
+    of the same answers, which self-training alone raises). None without a probe or gate rows for both."""
+    anchor = anchor_rows(store)
+    read = {}
+    for version in (candidate, production):
+        preds, gate = store.probe_predictions(version), store.eval_results(version, "gate")
+        if preds.empty or gate.empty:
+            return None
+        preds = preds.sort_values("example_id").reset_index(drop=True)
+        read[version] = (preds, label_free(gate, preds, anchor, resamples=0)["per_row"])
+    (c_preds, c_rows), (p_preds, p_rows) = read[candidate], read[production]
+    if not c_preds["example_id"].equals(p_preds["example_id"]):
+        return None
+    differ = (c_preds["predicted"] != p_preds["predicted"]).to_numpy()
+    return {"gain": float(np.where(differ, c_rows - p_rows, 0.0).mean()), "differ": int(differ.sum()),
+            "n": int(len(differ)), "method": "per-row label-free readings differenced where the two answer differently"}
 
 
 def version_estimate(store, version: str, labels: pd.Series | None = None, pi: pd.Series | None = None,
@@ -169,7 +192,7 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
         return None
     anchor = anchor_rows(store) if anchor is None else anchor
     preds = preds.sort_values("example_id").reset_index(drop=True)
-    reuse = bool(before) and before.get("held_out_ease") is not None and "label_free_interval" in before
+    reuse = bool(before) and before.get("agrees_with_anchor") is not None and "label_free_interval" in before
     rows = label_free(gate, preds, anchor, resamples=0 if reuse else 400)
     interval = before["label_free_interval"] if reuse else [rows["ci_low"], rows["ci_high"]]
     labels = _labels(store) if labels is None else labels
@@ -182,6 +205,7 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
         est.update(ci_low=interval[0], ci_high=interval[1])
     return {**est, "label_free_interval": interval, "gate_rows": int(len(gate)),
             "gate_accuracy": float(gate["correct"].mean()), "held_out_ease": rows["held_out_ease"],
+            "agrees_with_anchor": rows["agrees_with_anchor"],
             "method": rows["method"] + (f", corrected by {len(labels)} traffic labels" if len(labels) else "")}
 
 

@@ -91,8 +91,14 @@ def promotion_evidence(gate: dict, checks: dict) -> None:
     elif decided_on != "gate rows" and deciding:
         st.caption(f"Decided on the gate rows blended with the traffic estimates: the held-out rows resemble traffic "
                    f"{deciding['resemblance']:.2f}, so the gate rows' gain ({change(deciding['gate_rows_gain'])}) "
-                   f"counts {deciding['resemblance']:.2f} and the label-free traffic estimates' "
+                   f"counts {deciding['resemblance']:.2f} and the probe's label-free gain "
                    f"({change(deciding['traffic_estimate_gain'])}) the rest.")
+    if checks.get("decision_lower_bound") is not None and checks.get("promotion_confidence", 0.5) > 0.5:
+        free = checks.get("label_free_gain")
+        st.caption(f"At {checks['promotion_confidence']:.0%} the gain is at least "
+                   f"{change(checks['decision_lower_bound'])}; where that does not beat the margin, the probe's "
+                   f"label-free gain ({change(free['gain']) if free else 'none measured'}, read where the two models "
+                   f"answer differently) must.")
     if checks.get("resemblance"):
         st.caption("Held-out rows resemble traffic " + traffic_rows.describe(checks["resemblance"]))
     st.caption(" · ".join(filter(None, [f"Candidate: {_ci(shown_cand)}" if _ci(shown_cand) else None,

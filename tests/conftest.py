@@ -131,6 +131,9 @@ def fast_config(autonomous: bool = True):
     config.diagnose.attribution_steps = 8
     # a traffic probe of 10 of the tiny pool's 40 rows, so every cycle in the tests estimates on traffic
     config.data.probe_min_pool, config.data.probe_fraction = 20, 0.25
+    # A tiny gate set cannot show a gain at 90% and a 10-row probe's label-free gain is noise: the point estimate
+    # decides, as the promotion tests need (tests/test_honest_gate.py tests the shipped confidence).
+    config.gates.promotion_confidence = 0.5
     # Nobody labels traffic unless a test says so (tests/test_traffic_labels.py), so a gate opens at once.
     config.gates.traffic_labels_per_cycle = 0
     # Tiny data makes every retrain flip many predictions; drift tests set their own thresholds.

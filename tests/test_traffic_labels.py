@@ -114,7 +114,8 @@ def test_traffic_labels_decide_the_gate_grade_every_version_and_never_train(weak
     assert disagree, "the weak baseline and the candidate must disagree somewhere on the probe"
     assert store.gate_for(waiting.cycle_id, "promotion") is None  # no promotion gate before the labels are in
     # before any label: the seed-only baseline's estimate is its difference of confidences (the held-out rows'
-    # ease taken off its curve), and the candidate's is its own curve less the same ease
+    # ease taken off its curve), and the candidate's is the baseline's reading where the two answer alike, its own
+    # curve elsewhere, less the same ease; the label-free gain counts only the rows where they answer differently
     root = store.version(c["parent_version"])
     assert root["parent_version"] is None and traffic.anchor_version(store) == c["parent_version"]
     gate_rows = store.eval_results(c["parent_version"], "gate")
@@ -123,10 +124,17 @@ def test_traffic_labels_decide_the_gate_grade_every_version_and_never_train(weak
     assert base["labeled"] == 0 and abs(base["accuracy"] - min(max(doc, 0.0), 1.0)) < 1e-9
     assert "seed-only model" in base["method"] and base["ci_low"] <= base["accuracy"] <= base["ci_high"]
     cand_gate = store.eval_results(c["candidate_version"], "gate")
-    curve = stats.isotonic_read(cand_gate["confidence"].to_numpy(), cand_gate["correct"].to_numpy(float),
-                                traffic.predictions(store, c["candidate_version"])["confidence"].to_numpy()).mean()
+    own = stats.isotonic_read(cand_gate["confidence"].to_numpy(), cand_gate["correct"].to_numpy(float),
+                              traffic.predictions(store, c["candidate_version"])["confidence"].to_numpy())
+    seed_only = stats.isotonic_read(gate_rows["confidence"].to_numpy(), gate_rows["correct"].to_numpy(float),
+                                    traffic.predictions(store, c["parent_version"])["confidence"].to_numpy())
+    differ = (cand != prod.reindex(cand.index)).to_numpy()
     shown = store.evaluation(c["candidate_version"], "traffic")["detail"]
-    assert abs(shown["accuracy"] - min(max(curve - base["held_out_ease"], 0.0), 1.0)) < 1e-9
+    reading = np.where(differ, own, seed_only).mean() - base["held_out_ease"]
+    assert abs(shown["accuracy"] - min(max(reading, 0.0), 1.0)) < 1e-9
+    assert shown["agrees_with_anchor"] == pytest.approx(1 - differ.mean())
+    free = traffic.label_free_gain(store, c["candidate_version"], c["parent_version"])
+    assert free["differ"] == len(disagree) and free["gain"] == pytest.approx(np.where(differ, own - seed_only, 0).mean())
     assert main(["samples", "label", "--workspace", str(ws.root)]) == 0
     assert "grades" in capsys.readouterr().out
 
@@ -164,7 +172,7 @@ def test_without_labels_the_gate_leans_on_traffic_as_far_as_held_out_rows_are_un
     from core.config import GatesConfig
 
     gate = _gain(-0.0032, -0.0122, 0.0057)
-    near = {"candidate": {"label_free": 0.965, "accuracy": 0.965}, "production": {"label_free": 0.945, "accuracy": 0.945},
+    near = {"label_free_gain": {"gain": 0.02, "differ": 60, "n": 1000},
             "resemblance": {"resemblance": 0.37, "auc": 0.82, "seed_proximity": {"heldout": 0.9, "probe": 0.8}}}
     deciding, where, _ = gates.unlabeled_gain(gate, near)
     assert where == "gate rows and traffic estimates" and deciding["gain"] > 0.01
