@@ -83,12 +83,12 @@ def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.D
 
 
 def unlabeled_gain(gate: dict, traffic: dict) -> tuple[dict, str, str]:
-    """The gain that decides without traffic labels: the gate rows' paired gain, blended with the label-free
-    traffic estimates' difference as far as the held-out rows are unlike traffic (core/traffic.resemblance).
-    Held-out rows near the seed reward a seed-only model and cannot see what a candidate learned from traffic
-    (measured: gate rows 99.0% against 98.7% where the dev test says 83.4% against 86.3%); the estimates read
-    each version's confidence on the probe itself, differenced where the two answer differently
-    (traffic.label_free_gain). Returns (gain, what decided, what it rests on)."""
+    """The gain that decides without traffic labels: the gate rows' paired gain, blended with the probe's
+    label-free gain (traffic.label_free_gain: the two versions' per-row readings differenced where they answer
+    differently) as far as the held-out rows are unlike traffic (core/traffic.resemblance). Held-out rows near
+    the seed reward a seed-only model and cannot see what a candidate learned from traffic (measured: gate rows
+    99.0% against 98.7% where the dev test says 83.4% against 86.3%). Returns (gain, what decided, what it
+    rests on)."""
     rows = f"{gate['fixed']} fixed / {gate['broken']} broken of {gate['n']} gate rows"
     similar = (traffic.get("resemblance") or {}).get("resemblance")
     if similar is None or not traffic.get("label_free_gain") or similar >= 1.0:
@@ -101,7 +101,7 @@ def unlabeled_gain(gate: dict, traffic: dict) -> tuple[dict, str, str]:
                 "traffic_estimate_gain": on_traffic, "resemblance": similar}
     return (deciding, "gate rows and traffic estimates",
             f"{similar:.2f} x gate rows' {gate['gain']:+.4f} ({rows}) + {1 - similar:.2f} x the label-free "
-            f"traffic estimates' {on_traffic:+.4f}; held-out rows resemble traffic {similar:.2f}")
+            f"gain on the probe {on_traffic:+.4f}; held-out rows resemble traffic {similar:.2f}")
 
 
 def paired_results(candidate: pd.DataFrame, production: pd.DataFrame, part: str) -> pd.DataFrame:
