@@ -60,8 +60,7 @@ def promotion_checks(cfg: GatesConfig, candidate: pd.DataFrame, production: pd.D
                                  f"{gain['ci_high']:+.4f}) that the traffic-side estimate cannot outweigh")
     low = stats.lower_bound(deciding, cfg.promotion_confidence)
     second = traffic.get("label_free_gain")
-    checks.update(promotion_confidence=cfg.promotion_confidence, decision_lower_bound=low,
-                  label_free_gain=traffic.get("label_free_gain"))
+    checks.update(promotion_confidence=cfg.promotion_confidence, decision_lower_bound=low, label_free_gain=second)
     if not deciding["gain"] > cfg.min_gain:
         checks["reasons"].append(f"accuracy gain on {where} {deciding['gain']:+.4f} (95% CI {deciding['ci_low']:+.4f} "
                                  f"to {deciding['ci_high']:+.4f}; {rows}) does not beat the margin {cfg.min_gain:+.4f}")

@@ -162,10 +162,11 @@ def label_free_gain(store, candidate: str, production: str) -> dict | None:
     (label_free) differenced on the rows where they answer differently, nothing elsewhere (they are right or wrong
     together there; the plain difference of the two estimates also counts how much surer one is than the other
     of the same answers, which self-training alone raises). None without a probe or gate rows for both."""
-    anchor = anchor_rows(store)
+    with store.kept_open():  # six reads at each gate: one open of the file, not six
+        anchor = anchor_rows(store)
+        rows = {v: (store.probe_predictions(v), store.eval_results(v, "gate")) for v in (candidate, production)}
     read = {}
-    for version in (candidate, production):
-        preds, gate = store.probe_predictions(version), store.eval_results(version, "gate")
+    for version, (preds, gate) in rows.items():
         if preds.empty or gate.empty:
             return None
         preds = preds.sort_values("example_id").reset_index(drop=True)
