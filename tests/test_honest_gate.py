@@ -394,6 +394,7 @@ def test_many_classes_planted_forgetting_rejected_then_the_rejection_teaches(tmp
     config.diagnose.head_analysis, config.diagnose.max_clusters = False, 2
     config.train.epochs, config.train.batch_size = 2, 16
     config.train.checkpoint_every = 1000  # no kill here: a checkpoint every 2 steps cost 8 of its 120 s
+    config.train.eval_every = 1000  # one evaluation, at the end: no early stop under test (10 cost 12 of its 84 s)
     config.data.selection_fraction = 0.5  # the lesson's forgetting test runs on the selection rows: 4 a class
     ws = init_workspace(tmp_path / "ws", tmp_path / "seed.csv", None, tmp_path / "held.csv", config=config)
     templates = {f"{c}_{t}": ["{opener} " + f"{c} {t}" + " {closer}"] for c in COLOURS for t in THINGS}
