@@ -95,7 +95,20 @@ def wait_page(driver, title: str) -> None:
 
     WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.5,  # a rerun replaces elements while they are read
                   ignored_exceptions=(StaleElementReferenceException,)).until(ready, f"page {title!r} never rendered")
-    time.sleep(1.5)  # charts and data frames draw after the script ends
+
+
+def shoot(driver, path: Path) -> bool:
+    """A screenshot once the page's charts have drawn (Plotly draws after the script ends; a fixed 1.5 s after
+    every page cost a third of this test)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def drawn(d):
+        charts = d.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')
+        return all(c.find_elements(By.CSS_SELECTOR, "svg.main-svg") for c in charts)
+
+    WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.2).until(drawn, "a chart never drew")
+    return driver.save_screenshot(str(path))
 
 
 def buttons(driver) -> set[str]:
@@ -183,7 +196,7 @@ def check_and_shoot(driver, name: str, path: Path) -> Path:
     errors = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
     assert not errors, f"{name}: {errors[0].text[:2000]}"
     assert "Sign out" in buttons(driver), name
-    assert driver.save_screenshot(str(path)), path
+    assert shoot(driver, path), path
     return path
 
 
@@ -259,13 +272,13 @@ def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
         # A product, not a dev server: Streamlit's Deploy button is not there.
         assert driver.find_elements(By.CSS_SELECTOR, '[data-testid="stToolbar"]')
         assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stAppDeployButton"]')
-        driver.save_screenshot(str(shots / "sign_in.png"))
+        shoot(driver, shots / "sign_in.png")
 
         # A wrong password: the one generic refusal, and still the sign-in form.
         sign_in(driver, APPROVER, "not-the-password")
         wait.until(lambda d: REFUSED in alerts(d), "the refusal never showed")
         assert alerts(driver) == [REFUSED] and buttons(driver) == {"Sign in"}
-        driver.save_screenshot(str(shots / "sign_in_refused.png"))
+        shoot(driver, shots / "sign_in_refused.png")
 
         # The approver's journey. Signed in, the overview: production is the baseline, a gate waits.
         sign_in(driver, APPROVER, PASSWORD)
@@ -305,7 +318,7 @@ def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
         assert (gate["decided_by"], gate["comment"]) == (APPROVER, "approved from the browser test")
         wait.until(lambda d: f"Gate {gate_id} approved by {APPROVER}" in d.page_source,
                    "the page never confirmed the decision")
-        driver.save_screenshot(str(shots / "approvals_decided.png"))
+        shoot(driver, shots / "approvals_decided.png")
 
         # The engine acts on the decision (an `evolve --wait` would; here `resume`): the overview shows the
         # promotion. Reads are cached for a moment, so come back until the new version shows.
@@ -341,7 +354,7 @@ def test_sign_in_roles_and_approval_in_the_browser(tmp_path, _pending_template):
             assert not driver.find_elements(By.CSS_SELECTOR, 'input[type="password"]'), name
             if name in ("approvals", "models", "synthetic_data"):
                 assert f"signed in as {VIEWER} (viewer): read only" in driver.page_source, name
-                driver.save_screenshot(str(shots / f"{name}_viewer.png"))
+                shoot(driver, shots / f"{name}_viewer.png")
         sign_out(driver)
 
         # ...where the approver has them: the viewer's empty Models page is not an empty page.
