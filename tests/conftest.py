@@ -129,6 +129,8 @@ def fast_config(autonomous: bool = True):
     config.curate.max_per_class = 10
     # Integrated gradients at 8 steps, not 16: a third of a tiny cycle's diagnosis, and the planted-word tests pass
     config.diagnose.attribution_steps = 8
+    # The correct rows attributed for contrast: 4 of the tiny selection's rows, not 30 (most of a cycle's Captum time)
+    config.diagnose.correct_attributions = 4
     # a traffic probe of 10 of the tiny pool's 40 rows, so every cycle in the tests estimates on traffic
     config.data.probe_min_pool, config.data.probe_fraction = 20, 0.25
     # A tiny gate set cannot show a gain at 90% and a 10-row probe's label-free gain is noise: the point estimate
