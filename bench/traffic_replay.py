@@ -13,6 +13,7 @@ dev test and against the probe's own truth (the rows the estimate is about: the 
 probe's draw of traffic, which no estimator can remove), and per candidate how often the gain's sign is right.
 
     python bench/traffic_replay.py --work /tmp/exp/DO5 --json /tmp/exp/DO5.json [--budget 40] [--draws 200]
+                                   [--estimator shown|unbiased]
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ def load(work: Path, run: dict, truth: dict[str, str]):
     return probe, versions, dev
 
 
-def replay(probe, versions, cycle_pairs, budget: int, seed: int) -> tuple[dict, list]:
-    """One replay of the run's draws: (every version's estimate, each candidate's gain)."""
+def replay(probe, versions, cycle_pairs, budget: int, seed: int, key: str = "accuracy") -> tuple[dict, list]:
+    """One replay of the run's draws: (every version's estimate, each candidate's gain). key: "accuracy" (the
+    shown estimate) or "unbiased" (the plain difference estimator over every label)."""
     n = len(probe)
     labeled = pd.Series(False, index=probe.index)
     miss = np.ones(n)
@@ -84,8 +86,7 @@ def replay(probe, versions, cycle_pairs, budget: int, seed: int) -> tuple[dict, 
         labeled.iloc[drawn_at] = True
         miss *= np.where(disagree, 1 - design["pi_disagree"], 1 - design["pi_agree"])
     at = np.flatnonzero(labeled.to_numpy())
-    pi = 1 - miss[at]
-    estimates = {v: stats.assisted_accuracy(x["per_row"], x["correct"][at], x["per_row"][at], pi)["accuracy"]
+    estimates = {v: stats.assisted_accuracy(x["per_row"], 1 - miss, at, x["correct"][at])[key]
                  for v, x in versions.items()}
     return estimates, gains
 
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-column", default="category")
     p.add_argument("--budget", type=int, default=40, help="traffic labels a cycle (gates.traffic_labels_per_cycle)")
     p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--estimator", choices=["shown", "unbiased"], default="shown",
+                   help="each version's estimate as shown (labels drawn with a chance under 1 in 10 set aside where "
+                        "too few to correct the level) or the plain difference estimator over every label")
     args = p.parse_args(argv)
     try:
         run = json.loads(args.json.read_text(encoding="utf-8"))
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [v for v in versions if v in dev]
     est, signs = [], []
     for seed in range(args.draws):
-        e, g = replay(probe, versions, cycle_pairs, args.budget, seed)
+        e, g = replay(probe, versions, cycle_pairs, args.budget, seed,
+                      "accuracy" if args.estimator == "shown" else "unbiased")
         est.append([e[v] for v in names])
         signs.append(g)
     est, gains = 100 * np.array(est), 100 * np.array(signs)

@@ -197,17 +197,25 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
     rows = label_free(gate, preds, anchor, resamples=0 if reuse else 400)
     interval = before["label_free_interval"] if reuse else [rows["ci_low"], rows["ci_high"]]
     labels = _labels(store) if labels is None else labels
-    labels = labels[labels.index.isin(preds["example_id"])]
-    pi = inclusion(store, labels.index) if pi is None else pi.reindex(labels.index)
-    by_id = pd.Series(rows["per_row"], index=preds["example_id"].to_numpy())
+    ids = pd.Index(preds["example_id"])
+    labels = labels[labels.index.isin(ids)]
+    pi = inclusion(store, ids) if pi is None else pi.reindex(ids).fillna(0.0)
     correct = (preds.set_index("example_id")["predicted"].reindex(labels.index) == labels).to_numpy()
-    est = stats.assisted_accuracy(rows["per_row"], correct, by_id.reindex(labels.index).to_numpy(), pi.to_numpy())
+    est = stats.assisted_accuracy(rows["per_row"], pi.to_numpy(), ids.get_indexer(labels.index), correct,
+                                  label_free_half=(interval[1] - interval[0]) / 2)
     if not len(labels):  # label-free: the interval is the estimator's own
         est.update(ci_low=interval[0], ci_high=interval[1])
     return {**est, "label_free_interval": interval, "gate_rows": int(len(gate)),
             "gate_accuracy": float(gate["correct"].mean()), "held_out_ease": rows["held_out_ease"],
             "agrees_with_anchor": rows["agrees_with_anchor"],
-            "method": rows["method"] + (f", corrected by {len(labels)} traffic labels" if len(labels) else "")}
+            "method": rows["method"] + (_corrected(est) if len(labels) else "")}
+
+
+def _corrected(est: dict) -> str:
+    left = est["labeled"] - est["labels_used"]
+    return (f", corrected by {est['labels_used']} traffic labels" +
+            (f" ({left} more set aside: drawn with a chance under 1 in 10, they would correct the level with about "
+             f"{100 * est['sparse_sd']:.0f} points of noise)" if left else ""))
 
 
 def refresh(store) -> dict[str, dict]:
@@ -219,7 +227,7 @@ def refresh(store) -> dict[str, dict]:
             return {}
         labels = _labels(store)
         preds, gate = store.probe_predictions(), store.eval_results(part="gate")
-        pi = inclusion(store, labels.index, preds)
+        pi = inclusion(store, preds["example_id"].unique(), preds)
         stored = store.evaluations()
         root = anchor_version(store)
     stored = stored[stored["split"] == "traffic"]
