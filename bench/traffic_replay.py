@@ -61,12 +61,14 @@ def load(work: Path, run: dict, truth: dict[str, str]):
         versions[v] = {"predicted": preds["predicted"], "per_row": per_row.to_numpy(),
                        "correct": (preds["predicted"] == probe).to_numpy(float)}
     dev = {v["version"]: v["dev_acc"] for v in run["versions"] if v.get("dev_acc") is not None}
-    return probe, versions, dev
+    return probe, versions, dev, traffic.anchor_version(store)
 
 
-def replay(probe, versions, cycle_pairs, budget: int, seed: int, key: str = "accuracy") -> tuple[dict, list]:
+def replay(probe, versions, cycle_pairs, budget: int, seed: int, key: str = "accuracy",
+           anchor: str | None = None) -> tuple[dict, list]:
     """One replay of the run's draws: (every version's estimate, each candidate's gain). key: "accuracy" (the
-    shown estimate) or "unbiased" (the plain difference estimator over every label)."""
+    shown estimate) or "unbiased" (the plain difference estimator over every label); anchor: the seed-only version,
+    whose level every other version's estimate takes with its own gap to it (stats.assisted_accuracy)."""
     n = len(probe)
     labeled = pd.Series(False, index=probe.index)
     miss = np.ones(n)
@@ -86,7 +88,9 @@ def replay(probe, versions, cycle_pairs, budget: int, seed: int, key: str = "acc
         labeled.iloc[drawn_at] = True
         miss *= np.where(disagree, 1 - design["pi_disagree"], 1 - design["pi_agree"])
     at = np.flatnonzero(labeled.to_numpy())
-    estimates = {v: stats.assisted_accuracy(x["per_row"], 1 - miss, at, x["correct"][at])[key]
+    root = versions.get(anchor)
+    estimates = {v: stats.assisted_accuracy(x["per_row"], 1 - miss, at, x["correct"][at], anchor=None if
+                                            v == anchor or root is None else (root["per_row"], root["correct"][at]))[key]
                  for v, x in versions.items()}
     return estimates, gains
 
@@ -101,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=40, help="traffic labels a cycle (gates.traffic_labels_per_cycle)")
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--estimator", choices=["shown", "unbiased"], default="shown",
-                   help="each version's estimate as shown (labels drawn with a chance under 1 in 10 set aside where "
-                        "too few to correct the level) or the plain difference estimator over every label")
+                   help="each version's estimate as shown (the seed-only model's level, label-free unless the labels "
+                        "set it within a point, plus the version's labeled gap to it) or the plain difference "
+                        "estimator over every label")
     args = p.parse_args(argv)
     try:
         run = json.loads(args.json.read_text(encoding="utf-8"))
-        probe, versions, dev = load(args.work, run, truth_of(args.data, args.text_column, args.label_column))
+        probe, versions, dev, anchor = load(args.work, run, truth_of(args.data, args.text_column, args.label_column))
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     est, signs = [], []
     for seed in range(args.draws):
         e, g = replay(probe, versions, cycle_pairs, args.budget, seed,
-                      "accuracy" if args.estimator == "shown" else "unbiased")
+                      "accuracy" if args.estimator == "shown" else "unbiased", anchor)
         est.append([e[v] for v in names])
         signs.append(g)
     est, gains = 100 * np.array(est), 100 * np.array(signs)

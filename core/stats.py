@@ -20,9 +20,8 @@ from scipy.stats import binomtest, fisher_exact, norm
 
 LEVEL = 0.95  # every interval a gate shows
 EDGE_ROWS = 10  # the fewest rows the confidence curve's two ends rest on (isotonic_read)
-# assisted_accuracy: labels drawn with less probability (each standing for more than 10 probe rows) correct a
-# version's level only where their part's expected noise is at most a point
-SPARSE_PI, MAX_SPARSE_SD = 0.1, 0.01
+# assisted_accuracy: traffic labels set a version's level only where the correction's expected noise is at most a point
+MAX_LEVEL_SD = 0.01
 
 
 def _z(level: float) -> float:
@@ -193,40 +192,61 @@ def sampled_gain(z_known, z_drawn, unlabeled: int, n: int, level: float = LEVEL)
             "method": "disagreement rows labeled, Horvitz-Thompson"}
 
 
-def assisted_accuracy(predicted_correct, pi, labeled, labeled_correct, level: float = LEVEL,
-                      label_free_half: float = 0.0) -> dict:
-    """A version's accuracy on the probe: the label-free per-row prediction of its correctness averaged over every
-    probe row, corrected by the labeled rows' residuals (correct - predicted), each weighted by 1/pi, its
-    probability of having been labeled (a difference estimator: unbiased whatever the prediction is worth).
+def _level(s: np.ndarray, pi: np.ndarray, at: np.ndarray, c: np.ndarray) -> dict:
+    """The difference estimator of one version's accuracy (its per-row readings s over the probe, corrected by the
+    labeled rows' residuals weighted by 1/pi), its draw variance, and the noise its correction is expected to have,
+    known from the design before any answer: sqrt(sum over rows of (1 - pi) / pi * s(1 - s)) / n, infinite where
+    some row could never be drawn."""
+    n = len(s)
+    residual = c - s[at]
+    drawable = pi > 0
+    expected = (math.sqrt(float(np.sum((1 - pi[drawable]) / pi[drawable] * s[drawable] * (1 - s[drawable])))) / n
+                if drawable.all() else math.inf)
+    return {"value": float(s.mean() + (residual / pi[at]).sum() / n),
+            "var": float((((1 - pi[at]) / pi[at] ** 2) * residual ** 2).sum()) / n ** 2, "expected_sd": expected}
 
-    predicted_correct, pi: every probe row's; labeled: the labeled rows' positions; labeled_correct: whether the
-    version is right there. The rows whose pi is below SPARSE_PI (each label standing for more than 10 rows: the
-    agreement rows a cycle's budget reaches after its disagreements) correct the level only where that part's
-    expected noise, known from the design before any answer (sum of (1 - pi) / pi * p(1 - p) over those rows), is
-    at most MAX_SPARSE_SD: at 40 labels a cycle on a 1,000-row probe it is about 7 points, and one wrong row at
-    pi 1/180 would move every version's estimate 16 points (Banking77, both setups: every version within 2 points of
-    the dev test in 36-40% of redrawn draws). There the label-free reading stands and its interval
-    (label_free_half) widens the one shown. The rows drawn with larger probability (where candidate and production
-    disagree, which is where the label-free readings are weakest) always correct. `unbiased` keeps the plain
+
+def assisted_accuracy(predicted_correct, pi, labeled, labeled_correct, level: float = LEVEL,
+                      anchor: tuple | None = None, label_free_half: float = 0.0) -> dict:
+    """A version's accuracy on the probe from its label-free per-row readings and the traffic labels: predicted_correct
+    and pi (each row's probability of having been labeled by now), every probe row's; labeled: the labeled rows'
+    positions; labeled_correct: whether the version is right there.
+
+    The level: the difference estimator (the readings' mean corrected by the labeled rows' residuals, each weighted by
+    1/pi: unbiased whatever the readings are worth) where its expected noise is at most MAX_LEVEL_SD; elsewhere the
+    label-free reading stands, and its interval (label_free_half) widens the one shown. A level needs labels
+    everywhere: at 40 labels a cycle on a 1,000-row probe the rows where the versions agree are labeled at 1 in 8 to
+    1 in 180 and the correction's noise is 2.5 to 7 points, shared by every version (Banking77, both setups: every
+    version within 2 points of the dev test in 36-40% of redrawn draws).
+
+    anchor: the seed-only version's (predicted_correct, labeled_correct), row for row. A version then reads the
+    anchor's level plus its own gap to the anchor, the difference estimator of that gap: on the rows where the two
+    answer alike they are right or wrong together and read alike, so only the rows where they differ, the ones its
+    cycles' draws labeled first, move it; what every version shares cancels. `unbiased`: the version's plain
     difference estimator over every labeled row."""
     s, pi = np.asarray(predicted_correct, float), np.asarray(pi, float)
     at, c = np.asarray(labeled, int), np.asarray(labeled_correct, float)
     n = len(s)
-    share = (c - s[at]) / pi[at] / n  # each labeled row's part of the correction
-    noise = ((1 - pi[at]) / pi[at] ** 2) * (c - s[at]) ** 2 / n ** 2
-    region = (pi > 0) & (pi < SPARSE_PI)
-    sparse_sd = float(np.sqrt(np.sum((1 - pi[region]) / pi[region] * s[region] * (1 - s[region])))) / n
-    use = np.where(pi[at] < SPARSE_PI, sparse_sd <= MAX_SPARSE_SD, True)
-    value = float(s.mean() + share[use].sum())
+    own = _level(s, pi, at, c)
+    base = own if anchor is None else _level(np.asarray(anchor[0], float), pi, at, np.asarray(anchor[1], float))
+    labeled_level = base["expected_sd"] <= MAX_LEVEL_SD
+    level_value = base["value"] if labeled_level else float(np.mean(anchor[0] if anchor is not None else s))
+    gap = 0.0 if anchor is None else own["value"] - base["value"]
+    gap_var = 0.0
+    if anchor is not None:  # the gap's own draw variance: residual differences, zero where the two agree
+        d = (c - np.asarray(anchor[1], float)) - (s[at] - np.asarray(anchor[0], float)[at])
+        gap_var = float((((1 - pi[at]) / pi[at] ** 2) * d ** 2).sum()) / n ** 2
+    value = level_value + gap
     value_c = min(max(value, 0.0), 1.0)
-    half = _z(level) * math.sqrt(value_c * (1 - value_c) / n + float(noise[use].sum()))
-    if (pi == 0).any() or region.any() and sparse_sd > MAX_SPARSE_SD:  # the label-free level stands somewhere
+    half = _z(level) * math.sqrt(value_c * (1 - value_c) / n + gap_var + (base["var"] if labeled_level else 0.0))
+    if not labeled_level:
         half = math.hypot(half, label_free_half)
-    unbiased = float(s.mean() + share.sum())
     return {"accuracy": value_c, "ci_low": max(0.0, value - half), "ci_high": min(1.0, value + half),
             "n": int(n), "labeled": int(len(c)), "label_free": float(s.mean()),
-            "unbiased": min(max(unbiased, 0.0), 1.0), "labels_used": int(use.sum()),
-            "sparse_sd": sparse_sd, "level": level}
+            "unbiased": min(max(own["value"], 0.0), 1.0), "level_from": "traffic labels" if labeled_level else
+            "label-free", "level_sd": base["expected_sd"] if math.isfinite(base["expected_sd"]) else None,
+            "gap_to_anchor": gap if anchor is not None else None,
+            "level": level}
 
 
 def isotonic_read(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -107,7 +107,7 @@ def gain(store, cycle_id: int) -> dict | None:
 
 
 def inclusion(store, example_ids, preds: pd.DataFrame | None = None) -> pd.Series:
-    """Each labeled row's probability of having been drawn by now: 1 - prod over cycles of (1 - the probability
+    """Each probe row's probability of having been drawn by now: 1 - prod over cycles of (1 - the probability
     of its stratum in that cycle), the stratum read from that cycle's two versions' probe predictions (every
     version's, read here unless given)."""
     designs = store.traffic_designs()
@@ -186,7 +186,8 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
     by the traffic labels people gave (stats.assisted_accuracy); None without a probe. before: the estimate
     stored earlier, whose label-free interval is kept when it rests on the same anchor (it depends on nothing
     else that changes). preds, gate: the version's probe predictions and gate-row results; anchor: the
-    seed-only version's (gate results, probe predictions); read here unless given."""
+    seed-only version's (gate results, probe predictions); pi: every probe row's inclusion probability; read here
+    unless given."""
     preds = store.probe_predictions(version) if preds is None else preds
     gate = store.eval_results(version, "gate") if gate is None else gate
     if preds.empty or gate.empty:
@@ -199,9 +200,11 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
     labels = _labels(store) if labels is None else labels
     ids = pd.Index(preds["example_id"])
     labels = labels[labels.index.isin(ids)]
-    pi = inclusion(store, ids) if pi is None else pi.reindex(ids).fillna(0.0)
-    correct = (preds.set_index("example_id")["predicted"].reindex(labels.index) == labels).to_numpy()
-    est = stats.assisted_accuracy(rows["per_row"], pi.to_numpy(), ids.get_indexer(labels.index), correct,
+    pi = inclusion(store, ids) if pi is None else pi.reindex(ids)
+    at = ids.get_indexer(labels.index)
+    correct = (preds["predicted"].to_numpy()[at] == labels.to_numpy())
+    est = stats.assisted_accuracy(rows["per_row"], pi.fillna(0.0).to_numpy(), at, correct,
+                                  anchor=_anchor_readings(anchor, preds, version, at, labels),
                                   label_free_half=(interval[1] - interval[0]) / 2)
     if not len(labels):  # label-free: the interval is the estimator's own
         est.update(ci_low=interval[0], ci_high=interval[1])
@@ -211,11 +214,29 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
             "method": rows["method"] + (_corrected(est) if len(labels) else "")}
 
 
+def _anchor_readings(anchor: tuple | None, preds: pd.DataFrame, version: str, at, labels: pd.Series) -> tuple | None:
+    """The seed-only version's (per-row readings, right on the labeled rows), row for row with the version's probe
+    rows (preds, in example-id order); None for that version itself, without one, or where it was scored on other
+    rows."""
+    if anchor is None or (anchor[1]["version"] == version).all():
+        return None
+    a_preds = anchor[1].sort_values("example_id").reset_index(drop=True)
+    if not a_preds["example_id"].equals(preds["example_id"]):
+        return None
+    read = label_free(anchor[0], a_preds, anchor, resamples=0)["per_row"]
+    return read, a_preds["predicted"].to_numpy()[at] == labels.to_numpy()
+
+
 def _corrected(est: dict) -> str:
-    left = est["labeled"] - est["labels_used"]
-    return (f", corrected by {est['labels_used']} traffic labels" +
-            (f" ({left} more set aside: drawn with a chance under 1 in 10, they would correct the level with about "
-             f"{100 * est['sparse_sd']:.0f} points of noise)" if left else ""))
+    if est["gap_to_anchor"] is None:
+        head = f", {est['labeled']} traffic labels"
+    else:
+        head = (f", its gap to the seed-only model ({100 * est['gap_to_anchor']:+.1f} points) from {est['labeled']} "
+                f"traffic labels")
+    if est["level_from"] == "traffic labels":
+        return head + " (they set the level too)"
+    return head + (f"; the level label-free (the labels would set it with about {100 * est['level_sd']:.1f} points of "
+                   f"noise)" if est["level_sd"] is not None else "; the level label-free (some rows were never drawn)")
 
 
 def refresh(store) -> dict[str, dict]:
