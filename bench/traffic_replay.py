@@ -46,6 +46,8 @@ def pairs(cycles: list[dict]) -> list[tuple[str, str]]:
 
 
 def load(work: Path, run: dict, truth: dict[str, str]):
+    """(probe rows' truth, every version's readings and correctness there, dev-test accuracies, the seed-only
+    version, the store)."""
     store = open_workspace(work / "workspace").store
     probe = store.traffic_probe().set_index("id")["text"].map(truth).dropna()
     anchor = traffic.anchor_rows(store)
@@ -61,7 +63,7 @@ def load(work: Path, run: dict, truth: dict[str, str]):
         versions[v] = {"predicted": preds["predicted"], "per_row": per_row.to_numpy(),
                        "correct": (preds["predicted"] == probe).to_numpy(float)}
     dev = {v["version"]: v["dev_acc"] for v in run["versions"] if v.get("dev_acc") is not None}
-    return probe, versions, dev, traffic.anchor_version(store)
+    return probe, versions, dev, traffic.anchor_version(store), store
 
 
 def replay(probe, versions, cycle_pairs, budget: int, seed: int, key: str = "accuracy",
@@ -111,12 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         run = json.loads(args.json.read_text(encoding="utf-8"))
-        probe, versions, dev, anchor = load(args.work, run, truth_of(args.data, args.text_column, args.label_column))
+        probe, versions, dev, anchor, store = load(args.work, run, truth_of(args.data, args.text_column,
+                                                                            args.label_column))
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cycle_pairs = [(c, p) for c, p in pairs(run["cycles"]) if c in versions and p in versions]
     names = [v for v in versions if v in dev]
+    # The run's own draw and answers, every version's estimate re-read with this code (nothing is written).
+    own = {v: traffic.version_estimate(store, v) for v in names}
+    errors = [100 * (own[v]["accuracy"] - dev[v]) for v in names if own[v]]
+    print("the run's own labels, re-read: " + ", ".join(
+        f"{v} {100 * own[v]['accuracy']:.2f} ({100 * own[v]['ci_low']:.1f}-{100 * own[v]['ci_high']:.1f}, dev "
+        f"{100 * dev[v]:.2f})" for v in names if own[v]) + f"; error against the dev test largest "
+        f"{max(map(abs, errors)):.2f}, mean {np.mean(np.abs(errors)):.2f} points")
     est, signs = [], []
     for seed in range(args.draws):
         e, g = replay(probe, versions, cycle_pairs, args.budget, seed,

@@ -5,7 +5,7 @@ The probe is traffic nothing trains on (core/store/datasets.py `traffic_probe`).
 cycle draws at most `gates.traffic_labels_per_cycle` probe rows for the label queue: rows where the candidate
 and production disagree first (only they can move the paired gain), at random within that stratum, any budget
 left at random among the rows where they agree. Each stratum's probability of being drawn is stored with the
-cycle (`traffic_designs`), so the gain (stats.sampled_gain) and each version's accuracy
+cycle (`traffic_designs`), so the gain (stats.sampled_gain) and each version's gap to the seed-only model
 (stats.assisted_accuracy) stay unbiased however the rows were chosen. Labeled rows accumulate across cycles
 into a gate set drawn from traffic; they are never trained on (purpose `evaluate`).
 """

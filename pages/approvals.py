@@ -49,7 +49,9 @@ def _ci(est: dict | None) -> str | None:
     rows = (f"{est['n']} traffic probe rows and {est['gate_rows']} gate rows" if "gate_rows" in est
             else f"{est['n']} gate rows")
     if est.get("labeled"):
-        rows += f", corrected by {est['labeled']} traffic labels"
+        rows += f", {est['labeled']} traffic labels" + (
+            "" if est.get("level_from", "traffic labels") == "traffic labels"
+            else " (they give its gap to the seed-only model; the level is label-free)")
     return f"95% CI {tables.percent(est['ci_low'])} to {tables.percent(est['ci_high'])}, from {rows}"
 
 
