@@ -95,6 +95,16 @@ def wait_page(driver, title: str) -> None:
 
     WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.5,  # a rerun replaces elements while they are read
                   ignored_exceptions=(StaleElementReferenceException,)).until(ready, f"page {title!r} never rendered")
+    # Streamlit shows its running icon only after a moment, so the title can stand alone while the rest of the
+    # script still streams in: the page is read once its text and elements stopped changing for 0.5 s (a fixed
+    # 1.5 s after every page cost a third of this test; with no wait at all a viewer's page was read before its
+    # caption came).
+    last, still, deadline = None, 0, time.monotonic() + UI_TIMEOUT
+    while still < 2 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = driver.execute_script("return [document.body.innerText, document.getElementsByTagName('*').length]")
+        still = still + 1 if now == last else 0
+        last = now
 
 
 def shoot(driver, path: Path) -> bool:
