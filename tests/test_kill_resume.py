@@ -34,7 +34,7 @@ def _assert_consistent(ws, cid):
 @pytest.mark.slow
 def test_sigkill_inside_training_then_resume(baseline_ws):
     config = baseline_ws.config()
-    config.train.max_steps = 60  # long enough to be killed between checkpoints
+    config.train.max_steps = 30  # long enough to be killed between checkpoints (the first comes at step 5)
     config.train.checkpoint_every = 5
     config.doctor.enabled = False  # an early stop would make the step count below depend on the data
     baseline_ws.save_config(config)
@@ -54,7 +54,7 @@ def test_sigkill_inside_training_then_resume(baseline_ws):
     result = run_cli("resume", "--workspace", str(baseline_ws.root), "--quiet", check=True)
     assert "cycle 2" in result.stdout
     _assert_consistent(baseline_ws, cycle["id"])
-    assert store.version("v2")["lineage"]["steps"] == 60
+    assert store.version("v2")["lineage"]["steps"] == 30
 
 
 @pytest.mark.slow
