@@ -202,7 +202,7 @@ def _level(s: np.ndarray, pi: np.ndarray, at: np.ndarray, c: np.ndarray) -> dict
     drawable = pi > 0
     expected = (math.sqrt(float(np.sum((1 - pi[drawable]) / pi[drawable] * s[drawable] * (1 - s[drawable])))) / n
                 if drawable.all() else math.inf)
-    return {"value": float(s.mean() + (residual / pi[at]).sum() / n),
+    return {"value": float(s.mean() + (residual / pi[at]).sum() / n), "label_free": float(s.mean()),
             "var": float((((1 - pi[at]) / pi[at] ** 2) * residual ** 2).sum()) / n ** 2, "expected_sd": expected}
 
 
@@ -229,15 +229,15 @@ def assisted_accuracy(predicted_correct, pi, labeled, labeled_correct, level: fl
     at, c = np.asarray(labeled, int), np.asarray(labeled_correct, float)
     n = len(s)
     own = _level(s, pi, at, c)
-    base = own if anchor is None else _level(np.asarray(anchor[0], float), pi, at, np.asarray(anchor[1], float))
-    labeled_level = base["expected_sd"] <= MAX_LEVEL_SD
-    level_value = base["value"] if labeled_level else float(np.mean(anchor[0] if anchor is not None else s))
-    gap = 0.0 if anchor is None else own["value"] - base["value"]
-    gap_var = 0.0
-    if anchor is not None:  # the gap's own draw variance: residual differences, zero where the two agree
-        d = (c - np.asarray(anchor[1], float)) - (s[at] - np.asarray(anchor[0], float)[at])
+    gap, gap_var, base = 0.0, 0.0, own
+    if anchor is not None:
+        a_read, a_correct = np.asarray(anchor[0], float), np.asarray(anchor[1], float)
+        base = _level(a_read, pi, at, a_correct)
+        gap = own["value"] - base["value"]
+        d = (c - a_correct) - (s[at] - a_read[at])  # the gap's residuals: zero where the two agree
         gap_var = float((((1 - pi[at]) / pi[at] ** 2) * d ** 2).sum()) / n ** 2
-    value = level_value + gap
+    labeled_level = base["expected_sd"] <= MAX_LEVEL_SD
+    value = (base["value"] if labeled_level else base["label_free"]) + gap
     value_c = min(max(value, 0.0), 1.0)
     half = _z(level) * math.sqrt(value_c * (1 - value_c) / n + gap_var + (base["var"] if labeled_level else 0.0))
     if not labeled_level:
