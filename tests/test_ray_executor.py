@@ -59,12 +59,13 @@ def test_pool_and_teacher_view_encode_the_same_on_ray(ray_cluster, small_batches
     np.testing.assert_allclose(view, here, atol=3e-3)
 
 
-def _curate(ws, executor_name: str) -> pd.DataFrame:
-    """Run a cycle up to the end of its curate stage; the samples it wrote."""
+def _curate(ws, executor_name: str, teacher: bool = True) -> pd.DataFrame:
+    """Run a cycle up to the end of its curate stage; the samples it wrote. teacher: with a teacher view."""
     config = ws.config()
     config.engine.executor = executor_name
-    config.curate.teacher_encoder = BUNDLED_MODEL  # the teacher view's encoding runs on the executor too
-    config.curate.pseudo_labels = "verify"  # every self-label is verified: the perturbed views run there too
+    if teacher:
+        config.curate.teacher_encoder = BUNDLED_MODEL  # the teacher view's encoding runs on the executor too
+        config.curate.pseudo_labels = "verify"  # every self-label is verified: the perturbed views run there too
     ws.save_config(config)
     samples = ws.store.samples(curate_only(ws))
     return samples[["generator", "text", "label", "status", "reason"]].sort_values(["generator", "text"]) \
@@ -258,9 +259,10 @@ def test_a_sql_cycle_keeps_the_same_samples_and_sandbox_verdicts_on_ray(ray_clus
     shutil.copytree(root, template)
     monkeypatch.setattr(executor, "NOTE_EVERY_S", 0.0)  # a note after every batch
     local_ws = copy_workspace(template, tmp_path / "local-ws")
-    local = _curate(local_ws, "local")
+    # the preset's own curation settings (no teacher view: the driver-killed test has it on Ray)
+    local = _curate(local_ws, "local", teacher=False)
     ray_ws = copy_workspace(template, tmp_path / "ray-ws")
-    remote = _curate(ray_ws, "ray")
+    remote = _curate(ray_ws, "ray", teacher=False)
     for ws, where in ((local_ws, "here"), (ray_ws, r"on Ray \(2 workers\)")):
         row = ws.store.cycles().iloc[-1]
         assert row["progress_stage"] == "curate" and re.fullmatch(rf".+ {where}: ([\d,]+) of \1", row["progress"]), \
