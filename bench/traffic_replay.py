@@ -11,6 +11,7 @@ arithmetic: traffic.label_free + stats.assisted_accuracy with each row's inclusi
 candidate's gain (stats.sampled_gain). It prints, per version, the estimate's mean error and spread against the
 dev test and against the probe's own truth (the rows the estimate is about: the gap between the two is the
 probe's draw of traffic, which no estimator can remove), and per candidate how often the gain's sign is right.
+First it re-reads the run's own labels, then every version without labels (without_labels).
 
     python bench/traffic_replay.py --work /tmp/exp/DO5 --json /tmp/exp/DO5.json [--budget 40] [--draws 200]
                                    [--estimator shown|unbiased]
@@ -97,6 +98,37 @@ def replay(probe, versions, cycle_pairs, budget: int, seed: int, key: str = "acc
     return estimates, gains
 
 
+def ordered(estimate: dict, dev: dict) -> tuple[int, int]:
+    """(pairs of versions >= 0.5pp apart on the dev test that the estimate puts in the same order, such pairs)."""
+    names = list(estimate)
+    apart = [(a, b) for a in names for b in names if dev[b] - dev[a] >= 0.005]
+    return sum(estimate[b] > estimate[a] for a, b in apart), len(apart)
+
+
+def without_labels(store, names: list[str], dev: dict, anchor: str | None) -> None:
+    """Every version read with no traffic label: the shown label-free estimate, and beside it the gate's own
+    evidence against the seed-only model (its gate rows' paired gain weighted by the resemblance, as
+    gates.unlabeled_gain weighs it, plus the label-free gain for the rest), which was tried for the order and
+    dropped: both readings' order and error against the dev test."""
+    none = pd.Series(dtype=object)
+    est = {v: traffic.version_estimate(store, v, labels=none) for v in names}
+    est = {v: e for v, e in est.items() if e is not None}
+    similar = (traffic.latest_resemblance(store) or {}).get("resemblance")
+    if anchor not in est or similar is None:
+        return
+    base = est[anchor]
+    readings = {"label-free (shown)": {v: e["accuracy"] for v, e in est.items()},
+                f"gate's evidence (resemblance {similar:.2f})": {
+                    v: base["accuracy"] + similar * (e["gate_accuracy"] - base["gate_accuracy"])
+                    + (1 - similar) * (e["accuracy"] - base["accuracy"]) for v, e in est.items()}}
+    for name, reading in readings.items():
+        errors = [100 * abs(reading[v] - dev[v]) for v in reading]
+        right, pairs_apart = ordered(reading, dev)
+        print(f"without traffic labels, {name}: " + ", ".join(f"{v} {100 * r:.2f}" for v, r in reading.items())
+              + f"; error against the dev test largest {max(errors):.2f}, mean {np.mean(errors):.2f}; "
+                f"{right} of {pairs_apart} pairs >=0.5pp apart in the dev test's order")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True, help="a bench run's work folder, kept (--keep)")
@@ -127,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{v} {100 * own[v]['accuracy']:.2f} ({100 * own[v]['ci_low']:.1f}-{100 * own[v]['ci_high']:.1f}, dev "
         f"{100 * dev[v]:.2f})" for v in names if own[v]) + f"; error against the dev test largest "
         f"{max(map(abs, errors)):.2f}, mean {np.mean(np.abs(errors)):.2f} points")
+    without_labels(store, names, dev, anchor)
     est, signs = [], []
     for seed in range(args.draws):
         e, g = replay(probe, versions, cycle_pairs, args.budget, seed,
