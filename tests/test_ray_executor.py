@@ -243,8 +243,9 @@ def test_a_sql_cycle_keeps_the_same_samples_and_sandbox_verdicts_on_ray(ray_clus
     from core.workspace import open_workspace
 
     root = tmp_path / "sql"
-    # A pool and a grammar share small enough that each run executes about a hundred migrations, not 800 (each
-    # pool row's self-label is executed too): the comparison is the same, the preset's sizes took 200 s here.
+    # A smaller pool and grammar share: each run executes about 400 migrations, not 800 (each pool row's
+    # self-label is executed too; the diagnosis' asks add to the 12 a class); the same comparison, at about half
+    # the time.
     monkeypatch.setattr(presets, "POOL_SIZE", 60)
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["init", "--workspace", str(root), "--preset", "sql-migrations", "--policy", "auto"]) == 0
