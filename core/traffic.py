@@ -181,13 +181,14 @@ def label_free_gain(store, candidate: str, production: str) -> dict | None:
 
 def version_estimate(store, version: str, labels: pd.Series | None = None, pi: pd.Series | None = None,
                      before: dict | None = None, preds: pd.DataFrame | None = None,
-                     gate: pd.DataFrame | None = None, anchor: tuple | None = None) -> dict | None:
+                     gate: pd.DataFrame | None = None, anchor: tuple | None = None,
+                     anchor_read: np.ndarray | None = None) -> dict | None:
     """A version's accuracy on traffic: the label-free per-row estimate (label_free) over the probe, corrected
     by the traffic labels people gave (stats.assisted_accuracy); None without a probe. before: the estimate
     stored earlier, whose label-free interval is kept when it rests on the same anchor (it depends on nothing
     else that changes). preds, gate: the version's probe predictions and gate-row results; anchor: the
-    seed-only version's (gate results, probe predictions); pi: every probe row's inclusion probability; read here
-    unless given."""
+    seed-only version's (gate results, probe predictions); anchor_read: its per-row readings (anchor_readings); pi:
+    every probe row's inclusion probability; read or computed here unless given."""
     preds = store.probe_predictions(version) if preds is None else preds
     gate = store.eval_results(version, "gate") if gate is None else gate
     if preds.empty or gate.empty:
@@ -204,7 +205,7 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
     at = ids.get_indexer(labels.index)
     correct = (preds["predicted"].to_numpy()[at] == labels.to_numpy())
     est = stats.assisted_accuracy(rows["per_row"], pi.fillna(0.0).to_numpy(), at, correct,
-                                  anchor=_anchor_readings(anchor, preds, version, at, labels),
+                                  anchor=_anchor_rows_for(anchor, anchor_read, preds, version, at, labels),
                                   label_free_half=(interval[1] - interval[0]) / 2)
     if not len(labels):  # label-free: the interval is the estimator's own
         est.update(ci_low=interval[0], ci_high=interval[1])
@@ -214,16 +215,25 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
             "method": rows["method"] + (_corrected(est) if len(labels) else "")}
 
 
-def _anchor_readings(anchor: tuple | None, preds: pd.DataFrame, version: str, at, labels: pd.Series) -> tuple | None:
+def anchor_readings(anchor: tuple | None) -> np.ndarray | None:
+    """The seed-only version's per-row label-free readings over its probe rows (example-id order); None without
+    one. The same for every version's estimate: refresh computes it once."""
+    if anchor is None:
+        return None
+    return label_free(anchor[0], anchor[1].sort_values("example_id"), anchor, resamples=0)["per_row"]
+
+
+def _anchor_rows_for(anchor: tuple | None, read: np.ndarray | None, preds: pd.DataFrame, version: str, at,
+                     labels: pd.Series) -> tuple | None:
     """The seed-only version's (per-row readings, right on the labeled rows), row for row with the version's probe
     rows (preds, in example-id order); None for that version itself, without one, or where it was scored on other
-    rows."""
+    rows. read: its readings, computed here unless given."""
     if anchor is None or (anchor[1]["version"] == version).all():
         return None
     a_preds = anchor[1].sort_values("example_id").reset_index(drop=True)
     if not a_preds["example_id"].equals(preds["example_id"]):
         return None
-    read = label_free(anchor[0], a_preds, anchor, resamples=0)["per_row"]
+    read = anchor_readings(anchor) if read is None else read
     return read, a_preds["predicted"].to_numpy()[at] == labels.to_numpy()
 
 
@@ -256,11 +266,12 @@ def refresh(store) -> dict[str, dict]:
     anchor = None
     if root is not None and (preds["version"] == root).any() and (gate["version"] == root).any():
         anchor = (gate[gate["version"] == root], preds[preds["version"] == root])
+    anchor_read = anchor_readings(anchor)
     estimates = {}
     for version, mine in preds.groupby("version", sort=False):
         rows = gate[gate["version"] == version].reset_index(drop=True)
         estimate = version_estimate(store, version, labels, pi, before.get(version), mine.reset_index(drop=True),
-                                    rows, anchor)
+                                    rows, anchor, anchor_read)
         if estimate is not None:
             estimates[version] = estimate
     store.save_traffic_estimates(estimates)
