@@ -7,7 +7,7 @@ estimate can stray from its dev-test accuracy, needs many. This reads a run kept
 production, each version's dev-test accuracy), scores the probe rows with the data's own labels, and for each
 of `--draws` seeds replays the cycles: each draws `--budget` probe rows with core/traffic.draw (disagreements
 first, the rows labeled earlier excluded), then every version's estimate (core/traffic.version_estimate's
-arithmetic: traffic.label_free + stats.assisted_accuracy with each row's inclusion probability) and each
+arithmetic: traffic.readings + stats.assisted_accuracy with each row's inclusion probability) and each
 candidate's gain (stats.sampled_gain). It prints, per version, the estimate's mean error and spread against the
 dev test and against the probe's own truth (the rows the estimate is about: the gap between the two is the
 probe's draw of traffic, which no estimator can remove), and per candidate how often the gain's sign is right.
@@ -51,20 +51,17 @@ def load(work: Path, run: dict, truth: dict[str, str]):
     version, the store)."""
     store = open_workspace(work / "workspace").store
     probe = store.traffic_probe().set_index("id")["text"].map(truth).dropna()
-    anchor = traffic.anchor_rows(store)
+    read = traffic.readings(store)
     versions = {}
-    for v in store.versions()["version"]:
-        every = store.probe_predictions(v).sort_values("example_id")
+    for v, every in read.probe.items():
         preds = every.set_index("example_id").reindex(probe.index)
-        gate = store.eval_results(v, "gate")
-        if preds["predicted"].isna().any() or gate.empty:
+        if preds["predicted"].isna().any():
             continue
-        rows = traffic.label_free(gate, every, anchor, resamples=0)
-        per_row = pd.Series(rows["per_row"], index=every["example_id"].to_numpy()).reindex(probe.index)
+        per_row = pd.Series(read.per_row[v], index=every["example_id"].to_numpy()).reindex(probe.index)
         versions[v] = {"predicted": preds["predicted"], "per_row": per_row.to_numpy(),
                        "correct": (preds["predicted"] == probe).to_numpy(float)}
     dev = {v["version"]: v["dev_acc"] for v in run["versions"] if v.get("dev_acc") is not None}
-    return probe, versions, dev, traffic.anchor_version(store), store
+    return probe, versions, dev, read.root, store
 
 
 def replay(probe, versions, cycle_pairs, budget: int, seed: int, key: str = "accuracy",

@@ -417,15 +417,16 @@ def stage_gate(ws: Workspace, cycle: dict, ctx: dict, step: Stage) -> Outcome | 
     if cycle["parent_version"]:
         ensure_evaluated(ws, cycle["parent_version"])  # a version from before the held-out set had parts
         production = store.eval_results(cycle["parent_version"], "gate")
-    shown = traffic.refresh(store)  # with every traffic label answered by now
+    read = traffic.readings(store)  # every version's per-row readings of the probe, for both of the next two
+    shown = traffic.refresh(store, read)  # with every traffic label answered by now
     resemblance = traffic.resemblance(ws) if cycle["parent_version"] else None
     if resemblance is not None:  # shown beside it: what the estimates take off for it
         resemblance["held_out_ease"] = (shown.get(cycle["candidate_version"]) or {}).get("held_out_ease")
     evidence = {"candidate": shown.get(cycle["candidate_version"]),
                 "production": shown.get(cycle["parent_version"]) if cycle["parent_version"] else None,
                 "gain": traffic.gain(store, cycle["id"]) if cycle["parent_version"] else None,
-                "label_free_gain": (traffic.label_free_gain(store, cycle["candidate_version"], cycle["parent_version"])
-                                    if cycle["parent_version"] else None),
+                "label_free_gain": (traffic.label_free_gain(store, cycle["candidate_version"], cycle["parent_version"],
+                                                            read) if cycle["parent_version"] else None),
                 "resemblance": resemblance}
     checks = gates.promotion_checks(cfg.gates, candidate, production, evidence)
     return gate_stage(ws, cycle, ctx, "promotion", checks, step)

@@ -275,3 +275,50 @@ def test_the_resemblance_is_measured_once_for_the_same_rows_and_view(baseline_ws
     measured = traffic.resemblance(ws)
     assert opened == [str(alias)] and measured["rows"] != stored["rows"]
     assert measured["auc"] == pytest.approx(stored["auc"])
+
+
+def _register(store, version: str, parent: str, probe: pd.DataFrame, gate: pd.DataFrame) -> None:
+    """A version (no weights: nothing here loads one) with its probe predictions and gate-row results."""
+    store.register_version(version, store.next_version_num(), None, parent, "test", "-", {}, {}, "test")
+    store.save_evaluation(version, {"gate": (gate, float(gate["correct"].mean()), {})}, probe=probe)
+
+
+def test_a_version_reads_its_parents_rows_where_it_answers_as_its_parent(baseline_ws):
+    """A child self-trained on traffic is surer of the answers it shares with its parent (it learned them); read by
+    its own curve those rows rose with nothing changed, so a candidate the gate found worse than production read
+    above it. Where it answers as its parent it reads its parent's rows, so the difference of the two shown
+    estimates is the gate's label-free gain."""
+    store = baseline_ws.store
+    root = traffic.anchor_version(store)
+    probe = store.probe_predictions(root).sort_values("example_id").reset_index(drop=True)
+    gate = store.eval_results(root, "gate")[["example_id", "predicted", "confidence", "correct"]]
+    assert len(probe) >= 8 and len(gate) >= 8
+    labels = sorted(set(probe["predicted"]) | set(gate["predicted"]))
+    assert len(labels) >= 2
+    other = {a: labels[(i + 1) % len(labels)] for i, a in enumerate(labels)}
+    parent = probe[["example_id", "predicted", "confidence"]].copy()
+    parent.loc[:1, "predicted"] = parent.loc[:1, "predicted"].map(other)  # answers 2 rows otherwise than the root
+    _register(store, "p", root, parent, gate)
+    # the child: the parent's answers everywhere, surer of every one on traffic; its gate rows as its parent's
+    child = parent.assign(confidence=1 - (1 - parent["confidence"]) / 4)
+    _register(store, "c", "p", child, gate)
+    # a grandchild that answers 2 rows otherwise than its parent
+    grandchild = child.copy()
+    grandchild.loc[4:5, "predicted"] = grandchild.loc[4:5, "predicted"].map(other)
+    _register(store, "g", "c", grandchild, gate)
+
+    shown = traffic.refresh(store)
+    assert shown["c"]["accuracy"] == pytest.approx(shown["p"]["accuracy"])
+    assert "p's reading where it answers as p does (100% of the probe)" in shown["c"]["method"]
+    for cand, prod in (("g", "c"), ("p", root)):
+        free = traffic.label_free_gain(store, cand, prod)
+        assert free["gain"] == pytest.approx(shown[cand]["accuracy"] - shown[prod]["accuracy"])
+    read = traffic.readings(store)
+    assert np.array_equal(read.per_row["c"], read.per_row["p"])
+    assert read.from_parent["c"] == ("p", 1.0) and read.from_parent["g"] == ("c", 1 - 2 / len(probe))
+    same = np.ones(len(probe), bool)
+    same[4:6] = False
+    assert np.array_equal(read.per_row["g"][same], read.per_row["c"][same])
+    # its own curve, read on rows it is surer of, would have put it above its parent
+    own = traffic.label_free(gate, child, read.anchor, resamples=0)["accuracy"]
+    assert own > shown["p"]["accuracy"] + 0.005
