@@ -238,9 +238,13 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
     if version not in read.per_row:
         return None
     preds, gate, anchor = read.probe[version], read.gate[version], read.anchor
-    reuse = bool(before) and before.get("agrees_with_anchor") is not None and "label_free_interval" in before
+    reuse = bool(before) and before.get("agrees_with_anchor") is not None and "reads_parent" in before
     rows = label_free(gate, preds, anchor, resamples=0 if reuse else 400)
-    interval = before["label_free_interval"] if reuse else [rows["ci_low"], rows["ci_high"]]
+    # The bootstrap redraws the version's own reading; the parent's rows it takes instead move its centre, not its
+    # spread.
+    shift = float(read.per_row[version].mean() - rows["per_row"].mean())
+    interval = (before["label_free_interval"] if reuse else
+                [min(max(rows["ci_low"] + shift, 0.0), 1.0), min(max(rows["ci_high"] + shift, 0.0), 1.0)])
     labels = _labels(store) if labels is None else labels
     ids = pd.Index(preds["example_id"])
     labels = labels[labels.index.isin(ids)]
@@ -254,7 +258,7 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
         est.update(ci_low=interval[0], ci_high=interval[1])
     return {**est, "label_free_interval": interval, "gate_rows": int(len(gate)),
             "gate_accuracy": float(gate["correct"].mean()), "held_out_ease": rows["held_out_ease"],
-            "agrees_with_anchor": rows["agrees_with_anchor"],
+            "agrees_with_anchor": rows["agrees_with_anchor"], "reads_parent": read.from_parent.get(version),
             "method": rows["method"] + _inherited(read, version) + (_corrected(est) if len(labels) else "")}
 
 

@@ -310,6 +310,9 @@ def test_a_version_reads_its_parents_rows_where_it_answers_as_its_parent(baselin
     shown = traffic.refresh(store)
     assert shown["c"]["accuracy"] == pytest.approx(shown["p"]["accuracy"])
     assert "p's reading where it answers as p does (100% of the probe)" in shown["c"]["method"]
+    assert tuple(shown["c"]["reads_parent"]) == ("p", 1.0)
+    for version in ("p", "c", "g"):  # the interval moves with the reading
+        assert shown[version]["ci_low"] <= shown[version]["accuracy"] <= shown[version]["ci_high"]
     for cand, prod in (("g", "c"), ("p", root)):
         free = traffic.label_free_gain(store, cand, prod)
         assert free["gain"] == pytest.approx(shown[cand]["accuracy"] - shown[prod]["accuracy"])
