@@ -53,11 +53,12 @@ def load(work: Path, run: dict, truth: dict[str, str]):
     probe = store.traffic_probe().set_index("id")["text"].map(truth).dropna()
     read = traffic.readings(store)
     versions = {}
-    for v, every in read.probe.items():
+    for v, per_row in read.per_row.items():
+        every = read.probe[v]
         preds = every.set_index("example_id").reindex(probe.index)
         if preds["predicted"].isna().any():
             continue
-        per_row = pd.Series(read.per_row[v], index=every["example_id"].to_numpy()).reindex(probe.index)
+        per_row = pd.Series(per_row, index=every["example_id"].to_numpy()).reindex(probe.index)
         versions[v] = {"predicted": preds["predicted"], "per_row": per_row.to_numpy(),
                        "correct": (preds["predicted"] == probe).to_numpy(float)}
     dev = {v["version"]: v["dev_acc"] for v in run["versions"] if v.get("dev_acc") is not None}
