@@ -48,7 +48,7 @@ def pairs(cycles: list[dict]) -> list[tuple[str, str]]:
 
 def load(work: Path, run: dict, truth: dict[str, str]):
     """(probe rows' truth, every version's readings and correctness there, dev-test accuracies, the seed-only
-    version, the store)."""
+    version, the store, every version's readings)."""
     store = open_workspace(work / "workspace").store
     probe = store.traffic_probe().set_index("id")["text"].map(truth).dropna()
     read = traffic.readings(store)
@@ -62,7 +62,7 @@ def load(work: Path, run: dict, truth: dict[str, str]):
         versions[v] = {"predicted": preds["predicted"], "per_row": per_row.to_numpy(),
                        "correct": (preds["predicted"] == probe).to_numpy(float)}
     dev = {v["version"]: v["dev_acc"] for v in run["versions"] if v.get("dev_acc") is not None}
-    return probe, versions, dev, read.root, store
+    return probe, versions, dev, read.root, store, read
 
 
 def replay(probe, versions, cycle_pairs, budget: int, seed: int, key: str = "accuracy",
@@ -103,13 +103,13 @@ def ordered(estimate: dict, dev: dict) -> tuple[int, int]:
     return sum(estimate[b] > estimate[a] for a, b in apart), len(apart)
 
 
-def without_labels(store, names: list[str], dev: dict, anchor: str | None) -> None:
+def without_labels(store, read: traffic.Readings, names: list[str], dev: dict, anchor: str | None) -> None:
     """Every version read with no traffic label: the shown label-free estimate, and beside it the gate's own
     evidence against the seed-only model (its gate rows' paired gain weighted by the resemblance, as
     gates.unlabeled_gain weighs it, plus the label-free gain for the rest), which was tried for the order and
     dropped: both readings' order and error against the dev test."""
     none = pd.Series(dtype=object)
-    est = {v: traffic.version_estimate(store, v, labels=none) for v in names}
+    est = {v: traffic.version_estimate(store, v, labels=none, read=read) for v in names}
     est = {v: e for v, e in est.items() if e is not None}
     similar = (traffic.latest_resemblance(store) or {}).get("resemblance")
     if anchor not in est or similar is None:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         run = json.loads(args.json.read_text(encoding="utf-8"))
-        probe, versions, dev, anchor, store = load(args.work, run, truth_of(args.data, args.text_column,
+        probe, versions, dev, anchor, store, read = load(args.work, run, truth_of(args.data, args.text_column,
                                                                             args.label_column))
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -151,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     cycle_pairs = [(c, p) for c, p in pairs(run["cycles"]) if c in versions and p in versions]
     names = [v for v in versions if v in dev]
     # The run's own draw and answers, every version's estimate re-read with this code (nothing is written).
-    own = {v: traffic.version_estimate(store, v) for v in names}
+    own = {v: traffic.version_estimate(store, v, read=read) for v in names}
     errors = [100 * (own[v]["accuracy"] - dev[v]) for v in names if own[v]]
     print("the run's own labels, re-read: " + ", ".join(
         f"{v} {100 * own[v]['accuracy']:.2f} ({100 * own[v]['ci_low']:.1f}-{100 * own[v]['ci_high']:.1f}, dev "
         f"{100 * dev[v]:.2f})" for v in names if own[v]) + f"; error against the dev test largest "
         f"{max(map(abs, errors)):.2f}, mean {np.mean(np.abs(errors)):.2f} points")
-    without_labels(store, names, dev, anchor)
+    without_labels(store, read, names, dev, anchor)
     est, signs = [], []
     for seed in range(args.draws):
         e, g = replay(probe, versions, cycle_pairs, args.budget, seed,

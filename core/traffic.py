@@ -136,13 +136,22 @@ def _root(versions: pd.DataFrame) -> str | None:
 @dataclass
 class Readings:
     """Every version's label-free reading of the probe, row by row (readings)."""
-    anchor: tuple | None  # the seed-only version's (gate results, probe predictions)
     gate: dict[str, pd.DataFrame]  # each version's gate-row results
     probe: dict[str, pd.DataFrame]  # each version's probe predictions, in example-id order
-    per_row: dict[str, np.ndarray]  # each version's reading of each of those rows
+    own: dict[str, dict]  # each version's own label_free reading (no bootstrap)
+    per_row: dict[str, np.ndarray]  # each version's reading of each probe row, its parent's where it answers alike
     root: str | None  # the seed-only version
-    predictions: pd.DataFrame  # every version's probe predictions, as stored
     from_parent: dict[str, tuple[str, float]]  # version: (its parent, the share of rows it reads as the parent)
+
+    @property
+    def anchor(self) -> tuple | None:
+        """The seed-only version's (gate results, probe predictions); None without them."""
+        return (self.gate[self.root], self.probe[self.root]) if self.root in self.per_row else None
+
+    def predictions(self) -> pd.DataFrame:
+        """Every version's probe predictions in one frame, as the store gives them."""
+        return pd.concat(self.probe.values(), ignore_index=True) if self.probe else pd.DataFrame(
+            columns=["version", "example_id", "predicted", "confidence"])
 
 
 def readings(store) -> Readings:
@@ -171,19 +180,20 @@ def _readings(versions: pd.DataFrame, preds: pd.DataFrame, gate: pd.DataFrame) -
     root = _root(versions)
     anchor = (by_gate[root], by_preds[root]) if root in by_preds and root in by_gate else None
     parents = dict(zip(versions["version"], versions["parent_version"]))
-    per_row, from_parent = {}, {}
+    own, per_row, from_parent = {}, {}, {}
     for version in versions["version"]:  # by number: a parent before its children
         mine, rows = by_preds.get(version), by_gate.get(version)
         if mine is None or rows is None:
             continue
-        read = label_free(rows, mine, anchor, resamples=0)["per_row"]
+        own[version] = label_free(rows, mine, anchor, resamples=0)
+        read = own[version]["per_row"]
         parent = parents.get(version)
         if parent in per_row and by_preds[parent]["example_id"].equals(mine["example_id"]):
             same = by_preds[parent]["predicted"].to_numpy() == mine["predicted"].to_numpy()
             read = np.where(same, per_row[parent], read)
             from_parent[version] = (parent, float(same.mean()))
         per_row[version] = read
-    return Readings(anchor, by_gate, by_preds, per_row, root, preds, from_parent)
+    return Readings(by_gate, by_preds, own, per_row, root, from_parent)
 
 
 def _aligned(gate: pd.DataFrame, preds: pd.DataFrame, anchor: tuple | None) -> tuple | None:
@@ -239,7 +249,7 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
         return None
     preds, gate, anchor = read.probe[version], read.gate[version], read.anchor
     reuse = bool(before) and before.get("agrees_with_anchor") is not None and "reads_parent" in before
-    rows = label_free(gate, preds, anchor, resamples=0 if reuse else 400)
+    rows = read.own[version] if reuse else label_free(gate, preds, anchor, resamples=400)
     # The bootstrap redraws the version's own reading; the parent's rows it takes instead move its centre, not its
     # spread.
     shift = float(read.per_row[version].mean() - rows["per_row"].mean())
@@ -265,7 +275,7 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
 def _anchor_rows_for(read: Readings, version: str, at, labels: pd.Series) -> tuple | None:
     """The seed-only version's (per-row readings, right on the labeled rows), row for row with the version's probe
     rows; None for that version itself, without one, or where it was scored on other rows."""
-    if read.anchor is None or version == read.root or read.root not in read.per_row:
+    if version == read.root or read.root not in read.per_row:
         return None
     a_preds = read.probe[read.root]
     if not a_preds["example_id"].equals(read.probe[version]["example_id"]):
@@ -300,7 +310,7 @@ def refresh(store, read: Readings | None = None) -> dict[str, dict]:
         if store.traffic_probe().empty:
             return {}
         rows = _rows(store) if read is None else None
-        preds = read.predictions if read is not None else rows[1]
+        preds = read.predictions() if read is not None else rows[1]
         labels = _labels(store)
         pi = inclusion(store, preds["example_id"].unique(), preds)
         stored = store.evaluations()
