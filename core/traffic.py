@@ -238,38 +238,51 @@ def label_free_gain(store, candidate: str, production: str, read: Readings | Non
 
 
 def version_estimate(store, version: str, labels: pd.Series | None = None, pi: pd.Series | None = None,
-                     before: dict | None = None, read: Readings | None = None) -> dict | None:
+                     before: dict | None = None, read: Readings | None = None,
+                     level_interval: list | None = None) -> dict | None:
     """A version's accuracy on traffic: its label-free per-row readings (readings) over the probe, corrected by
     the traffic labels people gave (stats.assisted_accuracy); None without a probe. before: the estimate stored
     earlier, whose label-free interval is kept when it rests on the same anchor (it depends on nothing else that
     changes). pi: every probe row's inclusion probability; read: every version's readings; read or computed here
-    unless given."""
+    unless given. level_interval: the seed-only version's label-free interval, which widens the shown one where
+    the labels do not set the level (that level is the seed-only version's reading); computed here unless given."""
     read = readings(store) if read is None else read
     if version not in read.per_row:
         return None
-    preds, gate, anchor = read.probe[version], read.gate[version], read.anchor
-    reuse = bool(before) and before.get("agrees_with_anchor") is not None and "reads_parent" in before
-    rows = read.own[version] if reuse else label_free(gate, preds, anchor, resamples=400)
-    # The bootstrap redraws the version's own reading; the parent's rows it takes instead move its centre, not its
-    # spread.
-    shift = float(read.per_row[version].mean() - rows["per_row"].mean())
-    interval = (before["label_free_interval"] if reuse else
-                [min(max(rows["ci_low"] + shift, 0.0), 1.0), min(max(rows["ci_high"] + shift, 0.0), 1.0)])
+    preds, gate = read.probe[version], read.gate[version]
+    rows, interval = _label_free_interval(read, version, before)
     labels = _labels(store) if labels is None else labels
     ids = pd.Index(preds["example_id"])
     labels = labels[labels.index.isin(ids)]
     pi = inclusion(store, ids) if pi is None else pi.reindex(ids)
     at = ids.get_indexer(labels.index)
     correct = (preds["predicted"].to_numpy()[at] == labels.to_numpy())
-    est = stats.assisted_accuracy(read.per_row[version], pi.fillna(0.0).to_numpy(), at, correct,
-                                  anchor=_anchor_rows_for(read, version, at, labels),
-                                  label_free_half=(interval[1] - interval[0]) / 2)
+    anchor_rows = _anchor_rows_for(read, version, at, labels)
+    if anchor_rows is None:
+        level_interval = interval
+    elif level_interval is None and len(labels):
+        level_interval = _label_free_interval(read, read.root, None)[1]
+    est = stats.assisted_accuracy(read.per_row[version], pi.fillna(0.0).to_numpy(), at, correct, anchor=anchor_rows,
+                                  label_free_half=(level_interval[1] - level_interval[0]) / 2 if len(labels) else 0.0)
     if not len(labels):  # label-free: the interval is the estimator's own
         est.update(ci_low=interval[0], ci_high=interval[1])
     return {**est, "label_free_interval": interval, "gate_rows": int(len(gate)),
             "gate_accuracy": float(gate["correct"].mean()), "held_out_ease": rows["held_out_ease"],
             "agrees_with_anchor": rows["agrees_with_anchor"], "reads_parent": read.from_parent.get(version),
             "method": rows["method"] + _inherited(read, version) + (_corrected(est) if len(labels) else "")}
+
+
+def _label_free_interval(read: Readings, version: str, before: dict | None) -> tuple[dict, list]:
+    """The version's own label_free reading and the interval of its shown label-free reading; before: its stored
+    estimate, whose interval is kept where it read the same anchor and parent."""
+    reuse = bool(before) and before.get("agrees_with_anchor") is not None and "reads_parent" in before
+    if reuse:
+        return read.own[version], before["label_free_interval"]
+    rows = label_free(read.gate[version], read.probe[version], read.anchor, resamples=400)
+    # The bootstrap redraws the version's own reading; the parent's rows it takes instead move its centre, not its
+    # spread.
+    shift = float(read.per_row[version].mean() - rows["per_row"].mean())
+    return rows, [min(max(rows["ci_low"] + shift, 0.0), 1.0), min(max(rows["ci_high"] + shift, 0.0), 1.0)]
 
 
 def _anchor_rows_for(read: Readings, version: str, at, labels: pd.Series) -> tuple | None:
@@ -317,11 +330,12 @@ def refresh(store, read: Readings | None = None) -> dict[str, dict]:
     read = _readings(*rows) if read is None else read
     stored = stored[stored["split"] == "traffic"]
     before = {r.version: json.loads(r.detail) for r in stored.itertuples() if r.detail}
-    estimates = {}
-    for version in read.per_row:
-        estimate = version_estimate(store, version, labels, pi, before.get(version), read)
+    estimates, level = {}, None
+    for version in read.per_row:  # the seed-only version first: its interval is every other's level's
+        estimate = version_estimate(store, version, labels, pi, before.get(version), read, level)
         if estimate is not None:
             estimates[version] = estimate
+            level = estimate["label_free_interval"] if version == read.root else level
     store.save_traffic_estimates(estimates)
     return estimates
 

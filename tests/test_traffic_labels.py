@@ -325,3 +325,30 @@ def test_a_version_reads_its_parents_rows_where_it_answers_as_its_parent(baselin
     # its own curve, read on rows it is surer of, would have put it above its parent
     own = traffic.label_free(gate, child, read.anchor, resamples=0)["accuracy"]
     assert own > shown["p"]["accuracy"] + 0.005
+
+
+def test_where_labels_leave_the_level_label_free_its_interval_is_the_seed_only_models(baseline_ws, monkeypatch):
+    """Where the traffic labels are too few to set the level, a version reads the seed-only model's label-free
+    level plus its labeled gap; the level's uncertainty is then the seed-only model's label-free interval, not the
+    version's own (which here, read off four noisy gate rows on every probe row, is twice as wide)."""
+    store = baseline_ws.store
+    root = traffic.anchor_version(store)
+    probe = store.probe_predictions(root).sort_values("example_id").reset_index(drop=True)
+    gate = store.eval_results(root, "gate")[["example_id", "predicted", "confidence", "correct"]]
+    labels = sorted(set(probe["predicted"]) | set(gate["predicted"]))
+    other = {a: labels[(i + 1) % len(labels)] for i, a in enumerate(labels)}
+    noisy = gate.head(4).assign(confidence=[0.3, 0.5, 0.7, 0.9], correct=[True, False, True, False])
+    _register(store, "w", root, probe.assign(predicted=probe["predicted"].map(other))[
+        ["example_id", "predicted", "confidence"]], noisy)
+    ids = probe["example_id"]
+    answered = pd.Series(probe["predicted"].to_numpy()[:3], index=ids[:3])  # the root's answers, taken as right
+    halves = []
+    real = stats.assisted_accuracy
+    monkeypatch.setattr(stats, "assisted_accuracy", lambda *a, **k: halves.append(k["label_free_half"]) or real(*a, **k))
+    root_free = traffic.version_estimate(store, root, labels=pd.Series(dtype=object))["label_free_interval"]
+    est = traffic.version_estimate(store, "w", answered, pd.Series(0.5, index=ids))
+    assert est["level_from"] == "label-free" and est["labeled"] == 3
+    own_half = (est["label_free_interval"][1] - est["label_free_interval"][0]) / 2
+    root_half = (root_free[1] - root_free[0]) / 2
+    assert own_half > 1.5 * root_half  # the setup: the two intervals are far apart
+    assert halves[-1] == pytest.approx(root_half)
