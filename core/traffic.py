@@ -382,6 +382,18 @@ def resemblance(ws) -> dict | None:
             "method": "held-out vs probe rows' similarity to the nearest seed row (base encoder), ROC AUC"}
 
 
+def rests_on(est: dict) -> str:
+    """What a shown estimate rests on, in words: the one wording of the CLI, the Overview and Approvals."""
+    if est.get("basis") != "traffic" and "gate_rows" not in est:
+        return f"{est['n']:,} gate rows"
+    labeled = est.get("labeled") or 0
+    labels = "no traffic labels" if not labeled else f"{labeled:,} traffic labels" + (
+        "" if est.get("level_from", "traffic labels") == "traffic labels"
+        else ", which give its gap to the seed-only model, the level label-free")
+    gate = f", {est['gate_rows']:,} gate rows" if est.get("gate_rows") else ""
+    return f"on traffic: {est['n']:,} probe rows{gate}, {labels}"
+
+
 def latest_resemblance(store) -> dict | None:
     """The resemblance the newest promotion gate measured (core/gates.py stores it with its checks), with the
     gate's id; None before any."""

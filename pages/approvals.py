@@ -43,16 +43,14 @@ def _interval(est: dict | None) -> str:
 
 
 def _ci(est: dict | None) -> str | None:
-    """What the figure rests on: on traffic, the probe's and the gate's rows; else the gate rows alone."""
+    """The interval and what the figure rests on (traffic.rests_on)."""
     if not est:
         return None
-    rows = (f"{est['n']} traffic probe rows and {est['gate_rows']} gate rows" if "gate_rows" in est
-            else f"{est['n']} gate rows")
-    if est.get("labeled"):
-        rows += f", {est['labeled']} traffic labels" + (
-            "" if est.get("level_from", "traffic labels") == "traffic labels"
-            else " (they give its gap to the seed-only model; the level is label-free)")
-    return f"95% CI {tables.percent(est['ci_low'])} to {tables.percent(est['ci_high'])}, from {rows}"
+    text = (f"95% CI {tables.percent(est['ci_low'])} to {tables.percent(est['ci_high'])}, "
+            f"{traffic_rows.rests_on(est)}")
+    if "gate_rows" in est and not est.get("labeled"):
+        text += " (without them a version's gain over its parent tends to read short: docs/gate.md)"
+    return text
 
 
 def change(value) -> str:

@@ -141,6 +141,9 @@ def test_every_page_renders_on_a_workspace_waiting_at_a_gate(monkeypatch, _pendi
         assert len(charts) == 1  # requested against achieved difficulty mix
     elif page == "approvals":
         assert f"Gate {gate_id}" in shown and "Checks passed" in shown and "95% CI" in str(at.metric[0].help)
+        # the tests' cycles read a traffic probe nobody labels: the figure says so, and what that costs
+        assert "no traffic labels (without them a version's gain over its parent tends to read short" in str(
+            at.metric[0].help)
         assert "Forgetting guard" in shown  # the test's evidence: the closest classes, with their p-values
         forgetting = at.dataframe[0].value
         assert {"Class", "Broken", "Fixed", "Adjusted p"} <= set(forgetting.columns) and len(forgetting)

@@ -41,6 +41,7 @@ def test_overview_puts_the_pending_gate_first_and_tells_each_cycle(monkeypatch, 
     kept = samples["status"].isin(["kept", "approved"]).sum()
     assert waiting["Samples generated → kept"] == f"{len(samples):,} → {kept:,} kept"
     assert "95% CI" in waiting["Candidate estimate"] and "95% CI" in waiting["Production estimate"]
+    assert waiting["Candidate estimate"].endswith("gate rows, no traffic labels)")
     assert waiting["Decided by"] == "waiting for a person" and waiting["Net gain"].endswith("pts if promoted")
     assert baseline["Outcome"] == "✓ promoted" and baseline["Net gain"] == "baseline"
     assert baseline["Decided by"] == "automatic (the gate's policy)"

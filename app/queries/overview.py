@@ -7,7 +7,7 @@ import pandas as pd
 
 from app import tables
 from app.queries.shared import _cached, _quick_store, _store
-from core import stats
+from core import stats, traffic as traffic_rows
 from core.store import utcnow
 
 
@@ -28,7 +28,6 @@ def overview(ws: str) -> dict:
     traffic = store.production_summary()
     now = utcnow()
     attention.update(problems(timeline, now))
-    from core import traffic as traffic_rows
 
     return {"timeline": timeline, "attention": attention, "traffic": traffic, "read_at": now,
             "production": _version(names.get("production")), "candidate": _version(names.get("candidate")),
@@ -46,9 +45,8 @@ def _points(value: float) -> str:
 def _estimate_text(est: dict | None) -> str | None:
     if not est:
         return None
-    basis = "on traffic" if est.get("basis") == "traffic" else f"{est['n']} gate rows"
     return (f"{100 * est['accuracy']:.1f}% (95% CI {100 * est['ci_low']:.1f}–{100 * est['ci_high']:.1f}%, "
-            f"{basis})")
+            f"{traffic_rows.rests_on(est)})")
 
 
 def _stages_text(row: dict) -> str | None:

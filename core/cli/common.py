@@ -63,8 +63,7 @@ def principal(ws, name: str | None, action: str):
 
 
 def estimate_text(est: dict) -> str:
-    """An estimate with its interval and what it rests on: on traffic (the probe's rows, carried over from
-    the gate rows) or on the gate rows alone."""
-    rows = (f"on traffic, {est['n']} probe rows and {est['gate_rows']} gate rows" if est.get("basis") == "traffic"
-            or "gate_rows" in est else f"{est['n']} gate rows")
-    return f"{est['accuracy']:.4f} (95% CI {est['ci_low']:.4f}-{est['ci_high']:.4f}, {rows})"
+    """An estimate with its interval and what it rests on (traffic.rests_on)."""
+    from core import traffic
+
+    return f"{est['accuracy']:.4f} (95% CI {est['ci_low']:.4f}-{est['ci_high']:.4f}, {traffic.rests_on(est)})"
