@@ -109,8 +109,7 @@ def without_labels(store, read: traffic.Readings, names: list[str], dev: dict, a
     gates.unlabeled_gain weighs it, plus the label-free gain for the rest), which was tried for the order and
     dropped: both readings' order and error against the dev test."""
     none = pd.Series(dtype=object)
-    est = {v: traffic.version_estimate(store, v, labels=none, read=read) for v in names}
-    est = {v: e for v, e in est.items() if e is not None}
+    est = {v: e for v, e in traffic.estimates(store, read, labels=none).items() if v in names}
     similar = (traffic.latest_resemblance(store) or {}).get("resemblance")
     if anchor not in est or similar is None:
         return
@@ -173,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     cycle_pairs = [(c, p) for c, p in pairs(run["cycles"]) if c in versions and p in versions]
     names = [v for v in versions if v in dev]
     # The run's own draw and answers, every version's estimate re-read with this code (nothing is written).
-    own = {v: traffic.version_estimate(store, v, read=read) for v in names}
+    every = traffic.estimates(store, read)
+    own = {v: every.get(v) for v in names}
     errors = [100 * (own[v]["accuracy"] - dev[v]) for v in names if own[v]]
     print("the run's own labels, re-read: " + ", ".join(
         f"{v} {100 * own[v]['accuracy']:.2f} ({100 * own[v]['ci_low']:.1f}-{100 * own[v]['ci_high']:.1f}, dev "

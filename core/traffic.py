@@ -258,12 +258,12 @@ def version_estimate(store, version: str, labels: pd.Series | None = None, pi: p
     at = ids.get_indexer(labels.index)
     correct = (preds["predicted"].to_numpy()[at] == labels.to_numpy())
     anchor_rows = _anchor_rows_for(read, version, at, labels)
-    if anchor_rows is None:
-        level_interval = interval
-    elif level_interval is None and len(labels):
-        level_interval = _label_free_interval(read, read.root, None)[1]
+    level_half = 0.0  # without labels the shown interval is the label-free one (below)
+    if len(labels):
+        level = interval if anchor_rows is None else level_interval or _label_free_interval(read, read.root, None)[1]
+        level_half = (level[1] - level[0]) / 2
     est = stats.assisted_accuracy(read.per_row[version], pi.fillna(0.0).to_numpy(), at, correct, anchor=anchor_rows,
-                                  label_free_half=(level_interval[1] - level_interval[0]) / 2 if len(labels) else 0.0)
+                                  label_free_half=level_half)
     if not len(labels):  # label-free: the interval is the estimator's own
         est.update(ci_low=interval[0], ci_high=interval[1])
     return {**est, "label_free_interval": interval, "gate_rows": int(len(gate)),
@@ -330,14 +330,27 @@ def refresh(store, read: Readings | None = None) -> dict[str, dict]:
     read = _readings(*rows) if read is None else read
     stored = stored[stored["split"] == "traffic"]
     before = {r.version: json.loads(r.detail) for r in stored.itertuples() if r.detail}
-    estimates, level = {}, None
-    for version in read.per_row:  # the seed-only version first: its interval is every other's level's
-        estimate = version_estimate(store, version, labels, pi, before.get(version), read, level)
+    found = estimates(store, read, labels, pi, before)
+    store.save_traffic_estimates(found)
+    return found
+
+
+def estimates(store, read: Readings, labels: pd.Series | None = None, pi: pd.Series | None = None,
+              before: dict | None = None) -> dict[str, dict]:
+    """Every version's estimate (version_estimate), nothing stored; labels, pi: read here unless given; before:
+    each version's stored estimate. The seed-only version goes first: its label-free interval is every other
+    version's level's."""
+    labels = _labels(store) if labels is None else labels
+    if pi is None:
+        preds = read.predictions()
+        pi = inclusion(store, preds["example_id"].unique(), preds)
+    found, level = {}, None
+    for version in sorted(read.per_row, key=lambda v: v != read.root):
+        estimate = version_estimate(store, version, labels, pi, (before or {}).get(version), read, level)
         if estimate is not None:
-            estimates[version] = estimate
+            found[version] = estimate
             level = estimate["label_free_interval"] if version == read.root else level
-    store.save_traffic_estimates(estimates)
-    return estimates
+    return found
 
 
 def resemblance(ws) -> dict | None:
